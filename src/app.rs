@@ -1,0 +1,142 @@
+//! Wiring: starts the roles a command asks for (receiver, workers) around one supervised
+//! broker connection, and shuts them down in order.
+//!
+//! INVARIANT: on shutdown the receiver stops accepting and finishes its requests, workers
+//! finish the deliveries they started, and only then is the broker connection closed, so
+//! every started publish and ack completes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::puhuri::PuhuriClient;
+use crate::queue::Broker;
+use crate::receiver::{self, ReceiverStats};
+use crate::worker::Worker;
+
+/// Which roles run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub receive: bool,
+    pub work: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        receive: true,
+        work: true,
+    };
+}
+
+/// A started service.
+pub struct Running {
+    /// Where the receiver listens, when it runs.
+    pub addr: Option<SocketAddr>,
+    pub broker: Broker,
+    pub stats: Arc<ReceiverStats>,
+    pub worker: Option<Arc<Worker>>,
+    stop: CancellationToken,
+    broker_stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// How long shutdown waits for in-flight work before giving up.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Starts the roles. `listener` is used by the receiver; when `None` and the receiver
+/// runs, `config.listen` is bound.
+pub async fn start(
+    config: &Config,
+    roles: Roles,
+    policy: Policy,
+    listener: Option<TcpListener>,
+    stop: CancellationToken,
+) -> anyhow::Result<Running> {
+    let broker_stop = CancellationToken::new();
+    let broker = Broker::start(
+        &config.amqp,
+        config.worker.retry_delays.clone(),
+        broker_stop.clone(),
+    );
+    let tracker = TaskTracker::new();
+    let stats = Arc::new(ReceiverStats::default());
+
+    let mut addr = None;
+    if roles.receive {
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?,
+        };
+        addr = Some(listener.local_addr()?);
+        let app = receiver::router(&config.sources, broker.clone(), stats.clone());
+        let server_stop = stop.clone();
+        tracker.spawn(async move {
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(server_stop.clone().cancelled_owned());
+            if let Err(error) = server.await {
+                tracing::error!(error = %error, "receiver failed; stopping");
+                server_stop.cancel();
+            }
+        });
+        tracing::info!(listen = ?addr, sources = config.sources.len(), "receiver listening");
+    }
+
+    let mut worker = None;
+    if roles.work {
+        config.require_token()?;
+        let client = PuhuriClient::new(&config.puhuri)?;
+        let w = Arc::new(Worker::new(
+            client,
+            policy,
+            broker.clone(),
+            config.worker.clone(),
+        ));
+        worker = Some(w.clone());
+        let worker_stop = stop.clone();
+        tracker.spawn(async move { w.run(worker_stop).await });
+        tracing::info!(api = ?config.puhuri.api, puhuri = %config.puhuri.url, "workers started");
+    }
+    tracker.close();
+
+    Ok(Running {
+        addr,
+        broker,
+        stats,
+        worker,
+        stop,
+        broker_stop,
+        tracker,
+    })
+}
+
+impl Running {
+    /// Asks every role to stop, waits for in-flight work (up to the deadline), then closes
+    /// the broker connection.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the roles stop (after the stop token fires), then closes the broker.
+    pub async fn wait(self) {
+        self.stop.cancelled().await;
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown deadline passed with work in flight; redeliveries will finish it"
+            );
+        }
+        self.broker_stop.cancel();
+    }
+}

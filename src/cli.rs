@@ -1,0 +1,369 @@
+//! The command line: parsing with clap, and one function per command.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, Roles};
+use crate::config::{Config, ProcessEnv};
+use crate::policy::Policy;
+use crate::secret::Secret;
+use crate::signature::{self, WebhookSecret};
+use crate::sim::{HookFormat, HookTarget, Sim, SimConfig};
+
+/// Event-driven, policy-driven approval of Puhuri Core allocation requests.
+#[derive(Debug, Parser)]
+#[command(name = "puhuri-approver", version, about)]
+pub struct Cli {
+    /// Log format: `text` (default) or `json`.
+    #[arg(
+        long,
+        global = true,
+        env = "PUHURI_APPROVER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every role in one process: receiver and workers.
+    Serve(ServiceArgs),
+    /// Run the receiver only (HTTP in, RabbitMQ out).
+    Receive(ServiceArgs),
+    /// Run the workers only (RabbitMQ in, Puhuri Core out).
+    Work(ServiceArgs),
+    /// Run the Puhuri Core simulator (for tests, demos and benchmarks).
+    Sim(SimArgs),
+    /// Print Standard Webhooks headers for a body, to send a test notification with curl.
+    Sign(SignArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// The configuration file (TOML). Without it, defaults and environment variables apply.
+    #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// API token the simulator accepts (`Authorization: Token <token>`).
+    #[arg(
+        long,
+        env = "PUHURI_SIM_TOKEN",
+        default_value = "sim-token",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Announce each created allocation to this URL.
+    #[arg(long)]
+    pub hook_url: Option<String>,
+    /// Format of the announcement: Waldur's unsigned hook or a signed `allocation` notification.
+    #[arg(long, default_value = "allocation")]
+    pub hook_format: SimHookFormat,
+    /// Secret that signs `allocation` announcements (`whsec_...`).
+    #[arg(long, env = "PUHURI_SIM_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
+    /// Start with an empty catalogue instead of the default offerings and organisations.
+    #[arg(long)]
+    pub no_seed: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SimHookFormat {
+    WaldurHook,
+    Allocation,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The signing secret (`whsec_...`).
+    #[arg(long, env = "PUHURI_APPROVER_SIGN_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The notification id (`webhook-id`); a fresh one when omitted.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Unix seconds (`webhook-timestamp`); now when omitted.
+    #[arg(long)]
+    pub timestamp: Option<i64>,
+    /// Print `-H name:value` arguments for curl instead of header lines.
+    #[arg(long)]
+    pub curl: bool,
+    /// The body file, exactly as it will be sent; `-` reads standard input.
+    pub body: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (and the policy file it names).
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and list every problem with its line.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+/// Sets up logging once.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => run_service(args, Roles::ALL).await,
+        Command::Receive(args) => {
+            run_service(
+                args,
+                Roles {
+                    receive: true,
+                    work: false,
+                },
+            )
+            .await
+        }
+        Command::Work(args) => {
+            run_service(
+                args,
+                Roles {
+                    receive: false,
+                    work: true,
+                },
+            )
+            .await
+        }
+        Command::Sim(args) => run_sim(args).await,
+        Command::Sign(args) => sign(args),
+        Command::Config(ConfigCommand::Check { file }) => check_config(&file),
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let policy = load_policy(&file)?;
+            println!("{}: ok ({} rules)", file.display(), policy.rule_count());
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let config = match path {
+        Some(path) => Config::load(path, &ProcessEnv)?,
+        None => Config::from_env(&ProcessEnv)?,
+    };
+    Ok(config)
+}
+
+/// Reads and compiles a policy file; errors name the file and every line.
+pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Policy::parse(&text).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}:{}: {}: {}", path.display(), e.line, e.rule, e.message))
+            .collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })
+}
+
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = load_config(Some(path))?;
+    if let Some(policy) = &config.policy_file {
+        let policy_path = resolve_relative(path, policy);
+        load_policy(&policy_path)?;
+    }
+    println!(
+        "{}: ok ({} sources, API `{:?}`, policy {})",
+        path.display(),
+        config.sources.len(),
+        config.puhuri.api,
+        config
+            .policy_file
+            .as_ref()
+            .map(|p| format!("`{}`", p.display()))
+            .unwrap_or_else(|| "none: every allocation is held".into())
+    );
+    Ok(())
+}
+
+/// A relative policy path is relative to the config file's folder.
+fn resolve_relative(config_path: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    config_path
+        .parent()
+        .map(|dir| dir.join(path))
+        .unwrap_or_else(|| path.to_owned())
+}
+
+async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let policy = match &config.policy_file {
+        Some(policy) => {
+            let path = match &args.config {
+                Some(config_path) => resolve_relative(config_path, policy),
+                None => policy.clone(),
+            };
+            let policy = load_policy(&path)?;
+            tracing::info!(policy = %path.display(), rules = policy.rule_count(), "policy loaded");
+            policy
+        }
+        None => {
+            if roles.work {
+                tracing::warn!("no policy file configured: every allocation is held for a human");
+            }
+            Policy::hold_everything()
+        }
+    };
+    tracing::info!(prefix = %config.amqp.prefix, "queue backend: RabbitMQ");
+    let stop = CancellationToken::new();
+    let running = app::start(&config, roles, policy, None, stop.clone()).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    if args.token.trim().is_empty() {
+        bail!("--token: the token is empty");
+    }
+    let hook = match args.hook_url {
+        None => None,
+        Some(url) => {
+            let format = match args.hook_format {
+                SimHookFormat::WaldurHook => HookFormat::WaldurHook,
+                SimHookFormat::Allocation => {
+                    let secret = args
+                        .hook_secret
+                        .as_deref()
+                        .context("--hook-secret (or PUHURI_SIM_HOOK_SECRET) is required for `allocation` hooks")?;
+                    let secret = WebhookSecret::parse(secret)
+                        .map_err(|e| anyhow::anyhow!("--hook-secret: {e}"))?;
+                    HookFormat::Allocation { secret }
+                }
+            };
+            Some(HookTarget { url, format })
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let sim = Sim::new(SimConfig {
+        tokens: vec![Secret::new(args.token)],
+        hook,
+        seed: !args.no_seed,
+        public_url: Some(format!("http://{addr}")),
+    });
+    tracing::info!(listen = %addr, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(sim.serve(listener, stop.clone()));
+    shutdown_signal().await;
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let secret =
+        WebhookSecret::parse(&args.secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+    let body = if args.body == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .context("cannot read standard input")?;
+        body
+    } else {
+        std::fs::read(&args.body)
+            .with_context(|| format!("{}: cannot read", args.body.display()))?
+    };
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+    if !signature::is_valid_id(&id) {
+        bail!("--id: expected 1 to 256 printable ASCII characters without spaces");
+    }
+    let timestamp = match args.timestamp {
+        Some(ts) => ts,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    let value = secret.sign(&id, timestamp, &body);
+    if args.curl {
+        println!(
+            "-H {}:{id} -H {}:{timestamp} -H {}:{value}",
+            signature::HEADER_ID,
+            signature::HEADER_TIMESTAMP,
+            signature::HEADER_SIGNATURE
+        );
+    } else {
+        println!("{}: {id}", signature::HEADER_ID);
+        println!("{}: {timestamp}", signature::HEADER_TIMESTAMP);
+        println!("{}: {value}", signature::HEADER_SIGNATURE);
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! puhuri-approver: event-driven, policy-driven approval of Puhuri Core (Waldur)
+//! allocation requests for service providers.
+//!
+//! See `ARCHITECTURE.md` for the codemap and the invariants each module keeps.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod notification;
+pub mod policy;
+pub mod puhuri;
+pub mod queue;
+pub mod receiver;
+pub mod secret;
+pub mod signature;
+pub mod sim;
+pub mod worker;

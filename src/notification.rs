@@ -1,0 +1,412 @@
+//! Notifications: the payload formats accepted at the receiver, and the versioned
+//! envelope that travels through the queue.
+//!
+//! INVARIANT: a notification is only a hint that names an allocation (an order and/or a
+//! resource). Nothing in it is trusted beyond the uuids: workers re-fetch the allocation
+//! from Puhuri Core before deciding.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::PayloadFormat;
+
+/// A Waldur uuid in its canonical form: 32 lowercase hex digits.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WaldurUuid(String);
+
+impl WaldurUuid {
+    /// Accepts 32 hex digits or the hyphenated 8-4-4-4-12 form, in any case.
+    pub fn parse(value: &str) -> Option<WaldurUuid> {
+        let hex: String = match value.len() {
+            32 => value.to_owned(),
+            36 => {
+                let bytes = value.as_bytes();
+                if [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+                    return None;
+                }
+                value.chars().filter(|c| *c != '-').collect()
+            }
+            _ => return None,
+        };
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(WaldurUuid(hex.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 8 hex digits, handy in backend ids.
+    pub fn short(&self) -> &str {
+        &self.0[..8]
+    }
+}
+
+impl TryFrom<String> for WaldurUuid {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        WaldurUuid::parse(&value).ok_or_else(|| format!("`{value}` is not a uuid"))
+    }
+}
+
+impl From<WaldurUuid> for String {
+    fn from(value: WaldurUuid) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for WaldurUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for WaldurUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Which allocation a notification is about. At least one field is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationHint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_uuid: Option<WaldurUuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_uuid: Option<WaldurUuid>,
+}
+
+impl AllocationHint {
+    /// The key under which work on one allocation is serialized within a worker.
+    pub fn key(&self) -> String {
+        match (&self.resource_uuid, &self.order_uuid) {
+            (Some(resource), _) => format!("r:{resource}"),
+            (None, Some(order)) => format!("o:{order}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// What a payload said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// It names an allocation that may be waiting for the provider.
+    Allocation {
+        event_type: String,
+        hint: AllocationHint,
+    },
+    /// It is well-formed but says nothing about a new allocation.
+    Ignored { event_type: String },
+}
+
+/// Why a payload was refused. Messages name the field, never echo secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the body does not match the `{format}` format: {detail}")]
+    Shape {
+        format: &'static str,
+        detail: String,
+    },
+    #[error("`{0}` is not a uuid")]
+    BadUuid(&'static str),
+    #[error("the notification names no allocation: `order_uuid` or `resource_uuid` is required")]
+    NoAllocation,
+    #[error("unknown notification type `{0}`")]
+    UnknownType(String),
+}
+
+/// Event types of Waldur's hooks that may announce an allocation waiting for its provider.
+pub const WALDUR_ALLOCATION_EVENTS: &[&str] = &[
+    "marketplace_resource_create_requested",
+    "marketplace_order_created",
+    "marketplace_order_approved",
+];
+
+/// Event types of the canonical format.
+pub const ALLOCATION_EVENTS: &[&str] = &["allocation.created", "allocation.pending"];
+
+/// Parses a body in the given format.
+pub fn parse_payload(format: PayloadFormat, body: &[u8]) -> Result<Parsed, PayloadError> {
+    match format {
+        PayloadFormat::WaldurHook => parse_waldur_hook(body),
+        PayloadFormat::Allocation => parse_allocation(body),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanonicalNotification {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    order_uuid: Option<String>,
+    #[serde(default)]
+    resource_uuid: Option<String>,
+    #[serde(default)]
+    offering_uuid: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    occurred_at: Option<String>,
+}
+
+fn parse_allocation(body: &[u8]) -> Result<Parsed, PayloadError> {
+    let value: CanonicalNotification = serde_json::from_slice(body).map_err(|error| {
+        if error.is_data() {
+            PayloadError::Shape {
+                format: "allocation",
+                detail: error.to_string(),
+            }
+        } else {
+            PayloadError::NotJson(error.to_string())
+        }
+    })?;
+    if !ALLOCATION_EVENTS.contains(&value.event_type.as_str()) {
+        return Err(PayloadError::UnknownType(truncate(&value.event_type)));
+    }
+    let order_uuid = optional_uuid(value.order_uuid.as_deref(), "order_uuid")?;
+    let resource_uuid = optional_uuid(value.resource_uuid.as_deref(), "resource_uuid")?;
+    optional_uuid(value.offering_uuid.as_deref(), "offering_uuid")?;
+    if order_uuid.is_none() && resource_uuid.is_none() {
+        return Err(PayloadError::NoAllocation);
+    }
+    Ok(Parsed::Allocation {
+        event_type: value.event_type,
+        hint: AllocationHint {
+            order_uuid,
+            resource_uuid,
+        },
+    })
+}
+
+#[derive(Deserialize)]
+struct WaldurHook {
+    event_type: String,
+    #[serde(default)]
+    context: serde_json::Map<String, Value>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    created: Option<Value>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    message: Option<Value>,
+}
+
+fn parse_waldur_hook(body: &[u8]) -> Result<Parsed, PayloadError> {
+    let hook: WaldurHook = serde_json::from_slice(body).map_err(|error| {
+        if error.is_data() {
+            PayloadError::Shape {
+                format: "waldur-hook",
+                detail: error.to_string(),
+            }
+        } else {
+            PayloadError::NotJson(error.to_string())
+        }
+    })?;
+    if !WALDUR_ALLOCATION_EVENTS.contains(&hook.event_type.as_str()) {
+        return Ok(Parsed::Ignored {
+            event_type: truncate(&hook.event_type),
+        });
+    }
+    let order_uuid = context_uuid(&hook.context, "order_uuid")?;
+    let resource_uuid = context_uuid(&hook.context, "resource_uuid")?;
+    if order_uuid.is_none() && resource_uuid.is_none() {
+        return Err(PayloadError::NoAllocation);
+    }
+    Ok(Parsed::Allocation {
+        event_type: hook.event_type,
+        hint: AllocationHint {
+            order_uuid,
+            resource_uuid,
+        },
+    })
+}
+
+/// Waldur renders null as the string `"None"` in hook context.
+fn context_uuid(
+    context: &serde_json::Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<WaldurUuid>, PayloadError> {
+    match context.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() || s == "None" => Ok(None),
+        Some(Value::String(s)) => WaldurUuid::parse(s)
+            .map(Some)
+            .ok_or(PayloadError::BadUuid(key)),
+        Some(_) => Err(PayloadError::BadUuid(key)),
+    }
+}
+
+fn optional_uuid(
+    value: Option<&str>,
+    key: &'static str,
+) -> Result<Option<WaldurUuid>, PayloadError> {
+    match value {
+        None => Ok(None),
+        Some(s) => WaldurUuid::parse(s)
+            .map(Some)
+            .ok_or(PayloadError::BadUuid(key)),
+    }
+}
+
+fn truncate(value: &str) -> String {
+    value.chars().take(100).collect()
+}
+
+/// A deterministic id for payloads that carry none (Waldur's hooks): the same body from
+/// the same source always gets the same id, so identical deliveries share a message id.
+pub fn derived_id(source: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(source.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("wh_{hex}")
+}
+
+/// The queue message, versioned so that old and new workers can coexist during a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub enum Envelope {
+    #[serde(rename = "1")]
+    V1(WorkItem),
+}
+
+/// One allocation to look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// The notification id; also the AMQP `message_id`.
+    pub id: String,
+    /// The configured source it came from (or `reconciler`).
+    pub source: String,
+    pub event_type: String,
+    #[serde(flatten)]
+    pub hint: AllocationHint,
+    /// Unix milliseconds at which the receiver accepted it.
+    pub received_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = "0bd3a4ee3c0a4b4d8f0c6b2f6f1e2a11";
+    const RESOURCE: &str = "a1916bd53fd04b1ab1a4e700c926607b";
+
+    #[test]
+    fn parses_uuids_in_both_forms() {
+        let dashed = "A1916BD5-3FD0-4B1A-B4E7-00C926607B00";
+        assert_eq!(
+            WaldurUuid::parse(dashed).map(|u| u.to_string()),
+            Some("a1916bd53fd04b1ab4e700c926607b00".to_owned())
+        );
+        for bad in [
+            "",
+            "xyz",
+            "a1916bd53fd04b1ab1a4e700c926607",
+            "g1916bd53fd04b1ab1a4e700c926607b",
+        ] {
+            assert_eq!(WaldurUuid::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_a_waldur_hook_with_stringly_nulls() {
+        let body = format!(
+            r#"{{"created":"2026-01-01T00:00:00Z","message":"m","event_type":"marketplace_resource_create_requested","context":{{"resource_uuid":"{RESOURCE}","order_uuid":"None","is_industry":"False"}}}}"#
+        );
+        let parsed = parse_payload(PayloadFormat::WaldurHook, body.as_bytes()).expect("parses");
+        assert_eq!(
+            parsed,
+            Parsed::Allocation {
+                event_type: "marketplace_resource_create_requested".into(),
+                hint: AllocationHint {
+                    order_uuid: None,
+                    resource_uuid: WaldurUuid::parse(RESOURCE),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn ignores_unrelated_waldur_events() {
+        let body =
+            br#"{"created":"x","message":"m","event_type":"user_password_updated","context":{}}"#;
+        assert_eq!(
+            parse_payload(PayloadFormat::WaldurHook, body),
+            Ok(Parsed::Ignored {
+                event_type: "user_password_updated".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_canonical_notifications() {
+        let cases: &[(&str, PayloadError)] = &[
+            (
+                r#"{"type":"allocation.created"}"#,
+                PayloadError::NoAllocation,
+            ),
+            (
+                r#"{"type":"allocation.created","order_uuid":"nope"}"#,
+                PayloadError::BadUuid("order_uuid"),
+            ),
+            (
+                r#"{"type":"allocation.deleted","order_uuid":"0bd3a4ee3c0a4b4d8f0c6b2f6f1e2a11"}"#,
+                PayloadError::UnknownType("allocation.deleted".into()),
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                parse_payload(PayloadFormat::Allocation, body.as_bytes()).as_ref(),
+                Err(expected),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            parse_payload(PayloadFormat::Allocation, b"{not json"),
+            Err(PayloadError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_payload(PayloadFormat::Allocation, br#"{"type":1,"order_uuid":"x"}"#),
+            Err(PayloadError::Shape { .. })
+        ));
+        assert!(matches!(
+            parse_payload(PayloadFormat::Allocation, &[0xff, 0xfe]),
+            Err(PayloadError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn envelopes_round_trip_with_a_version_tag() {
+        let envelope = Envelope::V1(WorkItem {
+            id: "msg_1".into(),
+            source: "relay".into(),
+            event_type: "allocation.created".into(),
+            hint: AllocationHint {
+                order_uuid: WaldurUuid::parse(ORDER),
+                resource_uuid: None,
+            },
+            received_at_ms: 5,
+        });
+        let json = serde_json::to_string(&envelope).expect("serializes");
+        assert!(json.starts_with(r#"{"v":"1","#), "{json}");
+        let back: Envelope = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn derived_ids_are_stable_per_source_and_body() {
+        assert_eq!(derived_id("a", b"x"), derived_id("a", b"x"));
+        assert_ne!(derived_id("a", b"x"), derived_id("b", b"x"));
+        assert_ne!(derived_id("a", b"x"), derived_id("a", b"y"));
+    }
+}

@@ -1,0 +1,623 @@
+//! The Puhuri Core (Waldur) client for the service-provider side.
+//!
+//! Speaks both API generations ([`ApiGeneration`]): the current one, where the provider
+//! approves or rejects the *order*, and the 2021 one, where it changes the *resource's*
+//! state. Every call has a timeout; every failure is classified as [`PuhuriError::Transient`]
+//! (try again later), [`PuhuriError::Conflict`] (the allocation changed state: re-fetch) or
+//! [`PuhuriError::Permanent`] (this request can never succeed).
+//!
+//! INVARIANT: the token is sent only in the `Authorization` header and never appears in
+//! an error or a log line. Every path ends with `/` (Waldur answers 301 otherwise and a
+//! followed POST loses its body).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::config::{ApiGeneration, PuhuriConfig};
+use crate::notification::{AllocationHint, WaldurUuid};
+use crate::policy::Allocation;
+
+/// How a Puhuri Core call failed, by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PuhuriError {
+    #[error("{operation}: temporary failure: {detail}")]
+    Transient {
+        operation: String,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{operation}: conflict with the allocation's current state: {detail}")]
+    Conflict { operation: String, detail: String },
+    #[error("{operation}: refused ({status}): {detail}")]
+    Permanent {
+        operation: String,
+        status: u16,
+        detail: String,
+    },
+}
+
+impl PuhuriError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PuhuriError::Transient { .. })
+    }
+}
+
+/// An order as Puhuri Core renders it (the fields used here).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Order {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub order_type: String,
+    pub state: String,
+    pub marketplace_resource_uuid: Option<String>,
+    pub resource_name: Option<String>,
+    pub offering_uuid: Option<String>,
+    pub offering_name: Option<String>,
+    pub offering_type: Option<String>,
+    pub project_uuid: Option<String>,
+    pub project_name: Option<String>,
+    pub project_slug: Option<String>,
+    pub customer_uuid: Option<String>,
+    pub customer_name: Option<String>,
+    pub limits: Option<Map<String, Value>>,
+    pub attributes: Option<Map<String, Value>>,
+}
+
+/// A marketplace resource as Puhuri Core renders it (the fields used here).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Resource {
+    pub uuid: String,
+    pub name: Option<String>,
+    pub slug: Option<String>,
+    pub state: String,
+    pub backend_id: Option<String>,
+    pub limits: Option<Map<String, Value>>,
+    pub offering_uuid: Option<String>,
+    pub offering_name: Option<String>,
+    pub offering_type: Option<String>,
+    pub plan_name: Option<String>,
+    pub project_uuid: Option<String>,
+    pub project_name: Option<String>,
+    pub project_slug: Option<String>,
+    pub customer_uuid: Option<String>,
+    pub customer_name: Option<String>,
+    pub customer_slug: Option<String>,
+    pub creation_order: Option<Order>,
+}
+
+/// An allocation as re-fetched: its resource and, when known, its creation order.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub resource: Resource,
+    pub order: Option<Order>,
+}
+
+/// Whether an allocation still waits for the provider's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// It waits: decide now.
+    Yes,
+    /// It has been decided already (by us, a human or another replica).
+    AlreadyHandled(String),
+    /// It is not yet at the provider (the consumer or project still has to approve).
+    NotYet(String),
+}
+
+impl Fetched {
+    /// Reads the state machine of the given API generation.
+    pub fn waiting(&self, api: ApiGeneration) -> Waiting {
+        match api {
+            ApiGeneration::Resources => {
+                if self.resource.state == "Creating" {
+                    Waiting::Yes
+                } else {
+                    Waiting::AlreadyHandled(format!("resource is {}", self.resource.state))
+                }
+            }
+            ApiGeneration::Orders => {
+                let Some(order) = &self.order else {
+                    return Waiting::AlreadyHandled("resource has no creation order".into());
+                };
+                match order.state.as_str() {
+                    "pending-provider" if self.resource.state == "Creating" => Waiting::Yes,
+                    "pending-provider" => {
+                        Waiting::AlreadyHandled(format!("resource is {}", self.resource.state))
+                    }
+                    "pending-consumer" | "pending-project" => {
+                        Waiting::NotYet(format!("order is {}", order.state))
+                    }
+                    other => Waiting::AlreadyHandled(format!("order is {other}")),
+                }
+            }
+        }
+    }
+
+    /// The policy's view of the allocation.
+    pub fn to_allocation(&self) -> Allocation {
+        let r = &self.resource;
+        let o = self.order.as_ref();
+        let pick = |a: &Option<String>, b: Option<&Option<String>>| -> String {
+            a.clone()
+                .or_else(|| b.and_then(|b| b.clone()))
+                .unwrap_or_default()
+        };
+        let limits_source = r
+            .limits
+            .as_ref()
+            .filter(|l| !l.is_empty())
+            .or_else(|| o.and_then(|o| o.limits.as_ref()));
+        let limits: BTreeMap<String, f64> = limits_source
+            .map(|limits| {
+                limits
+                    .iter()
+                    .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Allocation {
+            resource_uuid: r.uuid.clone(),
+            resource_name: pick(&r.name, o.map(|o| &o.resource_name)),
+            resource_slug: r.slug.clone().unwrap_or_default(),
+            order_uuid: o.map(|o| o.uuid.clone()).unwrap_or_default(),
+            offering_uuid: pick(&r.offering_uuid, o.map(|o| &o.offering_uuid)),
+            offering_name: pick(&r.offering_name, o.map(|o| &o.offering_name)),
+            offering_type: pick(&r.offering_type, o.map(|o| &o.offering_type)),
+            plan_name: r.plan_name.clone().unwrap_or_default(),
+            customer_uuid: pick(&r.customer_uuid, o.map(|o| &o.customer_uuid)),
+            customer_name: pick(&r.customer_name, o.map(|o| &o.customer_name)),
+            customer_slug: r.customer_slug.clone().unwrap_or_default(),
+            project_uuid: pick(&r.project_uuid, o.map(|o| &o.project_uuid)),
+            project_name: pick(&r.project_name, o.map(|o| &o.project_name)),
+            project_slug: pick(&r.project_slug, o.map(|o| &o.project_slug)),
+            limits,
+        }
+    }
+}
+
+/// One page of a list, with the URL of the next page if any.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+    pub total: Option<u64>,
+}
+
+/// The client. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct PuhuriClient {
+    http: reqwest::Client,
+    base: String,
+    api: ApiGeneration,
+}
+
+impl std::fmt::Debug for PuhuriClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PuhuriClient")
+            .field("base", &self.base)
+            .field("api", &self.api)
+            .finish()
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the Puhuri Core client: {0}")]
+pub struct BuildError(String);
+
+impl PuhuriClient {
+    pub fn new(config: &PuhuriConfig) -> Result<PuhuriClient, BuildError> {
+        let mut headers = HeaderMap::new();
+        let mut auth =
+            HeaderValue::from_str(&format!("Token {}", config.token.expose())).map_err(|_| {
+                BuildError("the token contains characters not allowed in a header".into())
+            })?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("puhuri-approver/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BuildError(e.to_string()))?;
+        Ok(PuhuriClient {
+            http,
+            base: config.url.clone(),
+            api: config.api,
+        })
+    }
+
+    pub fn api(&self) -> ApiGeneration {
+        self.api
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn call(
+        &self,
+        operation: &str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, PuhuriError> {
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| PuhuriError::Transient {
+                operation: operation.to_owned(),
+                detail: describe_reqwest_error(&error),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        let detail = summarize_body(status, &text);
+        Err(classify(operation, status, detail, &text, retry_after))
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        operation: &str,
+        path: &str,
+    ) -> Result<T, PuhuriError> {
+        let response = self
+            .call(operation, Method::GET, &self.url(path), None)
+            .await?;
+        response
+            .json::<T>()
+            .await
+            .map_err(|error| PuhuriError::Transient {
+                operation: operation.to_owned(),
+                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
+                retry_after: None,
+            })
+    }
+
+    async fn post(
+        &self,
+        operation: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, PuhuriError> {
+        let response = self
+            .call(operation, Method::POST, &self.url(path), body.as_ref())
+            .await?;
+        let bytes = response.bytes().await.unwrap_or_default();
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn resource_path(&self, uuid: &str) -> String {
+        match self.api {
+            ApiGeneration::Orders => format!("marketplace-provider-resources/{uuid}/"),
+            ApiGeneration::Resources => format!("marketplace-resources/{uuid}/"),
+        }
+    }
+
+    pub async fn get_order(&self, uuid: &WaldurUuid) -> Result<Order, PuhuriError> {
+        self.get_json("get order", &format!("marketplace-orders/{uuid}/"))
+            .await
+    }
+
+    pub async fn get_resource(&self, uuid: &str) -> Result<Resource, PuhuriError> {
+        self.get_json("get resource", &self.resource_path(uuid))
+            .await
+    }
+
+    /// Re-fetches an allocation from whatever the notification named.
+    pub async fn fetch_allocation(&self, hint: &AllocationHint) -> Result<Fetched, PuhuriError> {
+        let mut order = None;
+        let resource_uuid = match (&hint.resource_uuid, &hint.order_uuid) {
+            (Some(resource), _) => resource.to_string(),
+            (None, Some(order_uuid)) => {
+                let fetched = self.get_order(order_uuid).await?;
+                let Some(resource) = fetched.marketplace_resource_uuid.clone() else {
+                    return Err(PuhuriError::Permanent {
+                        operation: "get order".into(),
+                        status: 200,
+                        detail: format!("order {order_uuid} names no marketplace resource"),
+                    });
+                };
+                order = Some(fetched);
+                resource
+            }
+            (None, None) => {
+                return Err(PuhuriError::Permanent {
+                    operation: "fetch allocation".into(),
+                    status: 0,
+                    detail: "the notification names no allocation".into(),
+                });
+            }
+        };
+        let mut resource = self.get_resource(&resource_uuid).await?;
+        let order = match (order, resource.creation_order.take()) {
+            (Some(order), _) => Some(order),
+            (None, Some(creation)) => Some(creation),
+            (None, None) => match &hint.order_uuid {
+                Some(order_uuid) => Some(self.get_order(order_uuid).await?),
+                None => None,
+            },
+        };
+        Ok(Fetched { resource, order })
+    }
+
+    /// Sets the provider's reference. Idempotent in Waldur: the same value answers 200.
+    pub async fn set_backend_id(
+        &self,
+        resource_uuid: &str,
+        backend_id: &str,
+    ) -> Result<(), PuhuriError> {
+        let path = format!("{}set_backend_id/", self.resource_path(resource_uuid));
+        self.post(
+            "set backend_id",
+            &path,
+            Some(json!({ "backend_id": backend_id })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Approves: the order (current API) or the resource's state `ok` (2021 API).
+    pub async fn approve(&self, fetched: &Fetched) -> Result<(), PuhuriError> {
+        match self.api {
+            ApiGeneration::Orders => {
+                let order = order_uuid(fetched, "approve")?;
+                self.post(
+                    "approve",
+                    &format!("marketplace-orders/{order}/approve_by_provider/"),
+                    None,
+                )
+                .await
+                .map(drop)
+            }
+            ApiGeneration::Resources => self.set_state(&fetched.resource.uuid, "ok").await,
+        }
+    }
+
+    /// Rejects with a comment. The 2021 API has no comment: the resource is terminated.
+    pub async fn reject(&self, fetched: &Fetched, comment: &str) -> Result<(), PuhuriError> {
+        match self.api {
+            ApiGeneration::Orders => {
+                let order = order_uuid(fetched, "reject")?;
+                self.post(
+                    "reject",
+                    &format!("marketplace-orders/{order}/reject_by_provider/"),
+                    Some(json!({ "provider_rejection_comment": comment })),
+                )
+                .await
+                .map(drop)
+            }
+            ApiGeneration::Resources => self.set_state(&fetched.resource.uuid, "terminated").await,
+        }
+    }
+
+    /// Marks the allocation erred. Callers set `backend_id` first so that Waldur keeps the
+    /// resource `Erred` rather than `Terminated`.
+    pub async fn set_erred(&self, fetched: &Fetched, message: &str) -> Result<(), PuhuriError> {
+        match self.api {
+            ApiGeneration::Orders => self
+                .post(
+                    "set erred",
+                    &format!(
+                        "marketplace-provider-resources/{}/set_as_erred/",
+                        fetched.resource.uuid
+                    ),
+                    Some(json!({ "error_message": message, "error_traceback": "" })),
+                )
+                .await
+                .map(drop),
+            ApiGeneration::Resources => self.set_state(&fetched.resource.uuid, "erred").await,
+        }
+    }
+
+    async fn set_state(&self, resource_uuid: &str, state: &str) -> Result<(), PuhuriError> {
+        self.post(
+            "set state",
+            &format!("marketplace-resources/{resource_uuid}/set_state_by_provider/"),
+            Some(json!({ "state": state })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// One page of a list endpoint. `path` is relative to the API base, with its query.
+    pub async fn list_page<T: DeserializeOwned>(&self, url: &str) -> Result<Page<T>, PuhuriError> {
+        let url = if url.starts_with("http://") || url.starts_with("https://") {
+            url.to_owned()
+        } else {
+            self.url(url)
+        };
+        let response = self.call("list", Method::GET, &url, None).await?;
+        let next = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| link_with_rel(v, "next"));
+        let total = response
+            .headers()
+            .get("x-result-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let items = response
+            .json::<Vec<T>>()
+            .await
+            .map_err(|error| PuhuriError::Transient {
+                operation: "list".into(),
+                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
+                retry_after: None,
+            })?;
+        Ok(Page { items, next, total })
+    }
+
+    /// Every order waiting for the provider on an offering, following `Link: rel="next"`.
+    /// Returns the orders and the number of calls made.
+    pub async fn list_pending_orders(
+        &self,
+        offering_uuid: &str,
+    ) -> Result<(Vec<Order>, usize), PuhuriError> {
+        let mut url = format!(
+            "marketplace-orders/?offering_uuid={offering_uuid}&state=pending-provider&type=Create&page_size=100\
+             &field=uuid&field=state&field=type&field=marketplace_resource_uuid"
+        );
+        let mut orders = Vec::new();
+        let mut calls = 0;
+        loop {
+            let page: Page<Order> = self.list_page(&url).await?;
+            calls += 1;
+            orders.extend(page.items);
+            match page.next {
+                Some(next) if calls < 10_000 => url = next,
+                _ => break,
+            }
+        }
+        Ok((orders, calls))
+    }
+}
+
+fn order_uuid<'a>(fetched: &'a Fetched, operation: &str) -> Result<&'a str, PuhuriError> {
+    fetched
+        .order
+        .as_ref()
+        .map(|o| o.uuid.as_str())
+        .ok_or_else(|| PuhuriError::Permanent {
+            operation: operation.to_owned(),
+            status: 0,
+            detail: "the allocation has no creation order".into(),
+        })
+}
+
+/// Finds the URL with the given `rel` in a `Link` header, by parsing each entry's
+/// parameters rather than relying on their order.
+pub fn link_with_rel(header: &str, rel: &str) -> Option<String> {
+    header.split(',').find_map(|entry| {
+        let mut parts = entry.split(';');
+        let target = parts.next()?.trim();
+        let url = target.strip_prefix('<')?.strip_suffix('>')?;
+        let matches = parts.any(|param| {
+            let mut kv = param.splitn(2, '=');
+            let key = kv.next().map(str::trim);
+            let value = kv.next().map(|v| v.trim().trim_matches('"'));
+            key == Some("rel") && value.is_some_and(|v| v.split_whitespace().any(|r| r == rel))
+        });
+        matches.then(|| url.to_owned())
+    })
+}
+
+fn classify(
+    operation: &str,
+    status: StatusCode,
+    detail: String,
+    body: &str,
+    retry_after: Option<Duration>,
+) -> PuhuriError {
+    let operation = operation.to_owned();
+    match status.as_u16() {
+        409 => PuhuriError::Conflict { operation, detail },
+        // The 2021 API answers a wrong state with 400 and this message.
+        400 if body.contains("Can't switch from state") => {
+            PuhuriError::Conflict { operation, detail }
+        }
+        408 | 429 | 500..=599 => PuhuriError::Transient {
+            operation,
+            detail,
+            retry_after,
+        },
+        code => PuhuriError::Permanent {
+            operation,
+            status: code,
+            detail,
+        },
+    }
+}
+
+fn summarize_body(status: StatusCode, text: &str) -> String {
+    let body: String = text.chars().take(300).collect();
+    if body.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {}", status.as_u16(), body.replace('\n', " "))
+    }
+}
+
+/// reqwest's errors carry the URL (never the token); keep the kind and the URL path.
+fn describe_reqwest_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_decode() {
+        "could not decode the body"
+    } else {
+        "request failed"
+    };
+    match error.url() {
+        Some(url) => format!("{kind} ({})", url.path()),
+        None => kind.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_rel_next_in_any_order() {
+        let header = r#"<http://x/api/o/?page=3>; rel="last", <http://x/api/o/?page=2>; rel="next", <http://x/api/o/?page=1>; rel="first""#;
+        assert_eq!(
+            link_with_rel(header, "next").as_deref(),
+            Some("http://x/api/o/?page=2")
+        );
+        assert_eq!(link_with_rel(header, "prev"), None);
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        let c = |code: u16, body: &str| {
+            classify(
+                "op",
+                StatusCode::from_u16(code).expect("status"),
+                String::new(),
+                body,
+                None,
+            )
+        };
+        assert!(matches!(c(409, ""), PuhuriError::Conflict { .. }));
+        assert!(matches!(
+            c(400, r#"{"status":"Can't switch from state 'OK' to 'ok'."}"#),
+            PuhuriError::Conflict { .. }
+        ));
+        assert!(matches!(
+            c(400, "{}"),
+            PuhuriError::Permanent { status: 400, .. }
+        ));
+        assert!(matches!(
+            c(404, ""),
+            PuhuriError::Permanent { status: 404, .. }
+        ));
+        assert!(c(429, "").is_transient());
+        assert!(c(503, "").is_transient());
+    }
+}

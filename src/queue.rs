@@ -1,0 +1,843 @@
+//! The durable queue between receivers and workers: RabbitMQ through lapin.
+//!
+//! Topology (all names start with the configured prefix `P`; see `ARCHITECTURE.md`):
+//! - `P.work` (direct exchange) → `P.work` (quorum queue), routing key `allocation`.
+//!   The queue declares `x-delivery-limit` and dead-letters to `P.dead` with
+//!   `x-dead-letter-strategy = at-least-once` and `x-overflow = reject-publish`
+//!   explicitly, so RabbitMQ 3.10 through 4.x behave alike (4.x would otherwise apply a
+//!   default limit of 20 and drop at the limit).
+//! - `P.retry` (direct) → one quorum queue per delay tier, `P.retry.<ms>ms`, each with
+//!   `x-message-ttl` and dead-lettering back to `P.work` (per-queue TTL, so a long delay
+//!   never blocks a short one; no delayed-message plugin).
+//! - `P.dead` (fanout) → `P.dead` (quorum): messages that can never succeed, with every
+//!   attempt's reason in the `x-puhuri-reasons` header.
+//! - `P.events` (topic): decisions go out here for the provider's other systems.
+//!
+//! INVARIANT: [`Broker::publish_notification`] returns `Ok` only after the broker's
+//! publisher confirm (`ack`, not returned): the message is on disk on a quorum majority.
+//! INVARIANT: publishing is not serialized behind a lock: a small set of confirm-mode
+//! channels is shared round-robin and each publish awaits only its own confirm.
+//! INVARIANT: a delivery is settled exactly once ([`Delivery`] methods take `self`); a
+//! retry or dead-letter copy is confirmed before the original is acked.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AmqpConfig;
+use crate::notification::{Envelope, WorkItem};
+use crate::secret::Secret;
+
+/// Routing key of work messages.
+pub const WORK_ROUTING_KEY: &str = "allocation";
+/// Header: the number of attempts already made.
+pub const HEADER_ATTEMPTS: &str = "x-puhuri-attempts";
+/// Header: one reason per failed attempt.
+pub const HEADER_REASONS: &str = "x-puhuri-reasons";
+/// Delivery limit declared on the work queue: deliveries that crash or stall workers
+/// this many times are dead-lettered by the broker itself.
+pub const WORK_DELIVERY_LIMIT: i64 = 50;
+
+/// Queue and exchange names derived from the prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+    pub retry_delays: Vec<Duration>,
+}
+
+impl Topology {
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+    pub fn work_queue(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}ms", self.prefix, delay.as_millis())
+    }
+    fn retry_routing_key(delay: Duration) -> String {
+        format!("delay.{}ms", delay.as_millis())
+    }
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    /// Every queue, for tooling and test clean-up.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![self.work_queue(), self.dead_queue()];
+        queues.extend(self.retry_delays.iter().map(|d| self.retry_queue(*d)));
+        queues
+    }
+    /// The delay before attempt `attempts + 1`, after `attempts` failed ones.
+    pub fn delay_for(&self, attempts: u32) -> Duration {
+        let index = (attempts.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
+        self.retry_delays
+            .get(index)
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Why a publish did not get a positive confirm.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker is not connected")]
+    Unavailable,
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the message was unroutable: {0}")]
+    Unroutable(String),
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker error: {0}")]
+    Broker(#[source] lapin::Error),
+    #[error("cannot encode the message: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// A queue operation other than publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+struct Session {
+    connection: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    generation: u64,
+}
+
+impl Session {
+    fn channel(&self) -> &Channel {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        &self.channels[index]
+    }
+}
+
+struct Inner {
+    url: Secret,
+    topology: Topology,
+    publish_channels: usize,
+    confirm_timeout: Duration,
+    // Held only to clone the Arc, never across an await.
+    session: RwLock<Option<Arc<Session>>>,
+    generation: AtomicU64,
+    connected: watch::Sender<bool>,
+}
+
+/// A supervised broker connection: reconnects with backoff, redeclares the topology,
+/// and hands out publishers and consumers. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// Starts the supervisor; it runs until `stop` is cancelled. The broker may be
+    /// unreachable: publishing then fails fast with [`PublishError::Unavailable`].
+    pub fn start(
+        config: &AmqpConfig,
+        retry_delays: Vec<Duration>,
+        stop: CancellationToken,
+    ) -> Broker {
+        let (connected, _) = watch::channel(false);
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                url: config.url.clone(),
+                topology: Topology {
+                    prefix: config.prefix.clone(),
+                    retry_delays,
+                },
+                publish_channels: config.publish_channels,
+                confirm_timeout: config.confirm_timeout,
+                session: RwLock::new(None),
+                generation: AtomicU64::new(0),
+                connected,
+            }),
+        };
+        let supervisor = broker.clone();
+        tokio::spawn(async move { supervisor.supervise(stop).await });
+        broker
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Whether a connection with declared topology is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.session().is_some()
+    }
+
+    /// Waits until connected, or returns `false` when `stop` fires first.
+    pub async fn wait_connected(&self, stop: &CancellationToken) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::select! {
+            result = rx.wait_for(|c| *c) => result.is_ok(),
+            () = stop.cancelled() => false,
+        }
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        match self.inner.session.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_session(&self, session: Option<Arc<Session>>) {
+        let connected = session.is_some();
+        match self.inner.session.write() {
+            Ok(mut guard) => *guard = session,
+            Err(poisoned) => *poisoned.into_inner() = session,
+        }
+        self.inner.connected.send_replace(connected);
+    }
+
+    async fn supervise(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            match self.connect().await {
+                Ok(session) => {
+                    backoff = Duration::from_millis(100);
+                    let session = Arc::new(session);
+                    tracing::info!(
+                        generation = session.generation,
+                        "broker connected, topology declared"
+                    );
+                    self.set_session(Some(session.clone()));
+                    let mut events = session.connection.events_listener();
+                    let mut tick = tokio::time::interval(Duration::from_millis(500));
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            event = events.next() => match event {
+                                Some(lapin::Event::Error(error)) => {
+                                    tracing::warn!(error = %error, "broker connection failed");
+                                    break;
+                                }
+                                Some(_) => {}
+                                None => break,
+                            },
+                            _ = tick.tick() => {
+                                let channels_ok = session.channels.iter().all(|c| c.status().connected());
+                                if !session.connection.status().connected() || !channels_ok {
+                                    tracing::warn!("broker connection or channel closed");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    self.set_session(None);
+                    if stop.is_cancelled() {
+                        let _ = session.connection.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                    let _ = session.connection.close(320, "reconnecting".into()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.set_session(None);
+    }
+
+    async fn connect(&self) -> Result<Session, lapin::Error> {
+        let connect = Connection::connect(self.inner.url.expose(), ConnectionProperties::default());
+        let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(lapin::ErrorKind::IOError(Arc::new(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+                .into());
+            }
+        };
+        let setup = connection.create_channel().await?;
+        declare_topology(&setup, &self.inner.topology).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut channels = Vec::with_capacity(self.inner.publish_channels);
+        for _ in 0..self.inner.publish_channels {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Session {
+            connection,
+            channels,
+            next: AtomicUsize::new(0),
+            generation,
+        })
+    }
+
+    /// Publishes a notification for the workers; `Ok` only after the publisher confirm.
+    pub async fn publish_notification(&self, item: &WorkItem) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(&Envelope::V1(item.clone())).map_err(PublishError::Encode)?;
+        let topology = &self.inner.topology;
+        self.publish(
+            &topology.work_exchange(),
+            WORK_ROUTING_KEY,
+            &body,
+            work_properties(&item.id, FieldTable::default()),
+            true,
+        )
+        .await
+    }
+
+    /// Publishes a decision event on the events exchange. Nobody may be listening, so it
+    /// is not mandatory, but it is confirmed.
+    pub async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        self.publish(
+            &self.inner.topology.events_exchange(),
+            routing_key,
+            body,
+            work_properties(message_id, FieldTable::default()),
+            false,
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.channel();
+        let timeout = self.inner.confirm_timeout;
+        let publish = async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        match tokio::time::timeout(timeout, publish).await {
+            Err(_) => Err(PublishError::Timeout(timeout)),
+            Ok(Err(error)) => Err(PublishError::Broker(error)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                Err(PublishError::Unroutable(returned.reply_text.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Opens a consumer on the work queue with the given prefetch, waiting for a
+    /// connection first. Returns `None` when `stop` fires before that.
+    pub async fn consume(&self, prefetch: u16, stop: &CancellationToken) -> Option<Deliveries> {
+        loop {
+            if !self.wait_connected(stop).await {
+                return None;
+            }
+            let Some(session) = self.session() else {
+                continue;
+            };
+            match self.open_consumer(&session, prefetch).await {
+                Ok(consumer) => {
+                    return Some(Deliveries {
+                        consumer,
+                        broker: self.clone(),
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot open a consumer; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_consumer(
+        &self,
+        session: &Session,
+        prefetch: u16,
+    ) -> Result<lapin::Consumer, lapin::Error> {
+        let channel = session.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        channel
+            .basic_consume(
+                self.inner.topology.work_queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Deletes every queue of this topology (tests and `purge` tooling).
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        for queue in self.inner.topology.queues() {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Takes one message from a queue of this topology, acking it (tests and tooling).
+    pub async fn take_one(&self, queue: &str) -> Result<Option<RawMessage>, QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let message = channel
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await?;
+        let result = match message {
+            Some(message) => {
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await?;
+                let headers = header_strings(&message.delivery.properties);
+                Some(RawMessage {
+                    message_id: message
+                        .delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    body: message.delivery.data.clone(),
+                    headers,
+                })
+            }
+            None => None,
+        };
+        let _ = channel.close(200, "done".into()).await;
+        Ok(result)
+    }
+
+    /// Messages ready in a queue of this topology.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(declared.message_count())
+    }
+}
+
+/// A message read by [`Broker::take_one`].
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub message_id: String,
+    pub body: Vec<u8>,
+    /// String-valued headers, and string arrays joined with `\n`.
+    pub headers: Vec<(String, String)>,
+}
+
+fn header_strings(properties: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = properties.headers() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(key, value)| {
+            let text = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::FieldArray(items) => items
+                    .as_slice()
+                    .iter()
+                    .filter_map(|v| match v {
+                        AMQPValue::LongString(s) => {
+                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return None,
+            };
+            Some((key.to_string(), text))
+        })
+        .collect()
+}
+
+fn work_properties(message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message_id.into())
+        .with_headers(headers)
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn safe_dead_lettering(args: &mut FieldTable, exchange: &str, routing_key: Option<&str>) {
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(exchange.into()),
+    );
+    if let Some(key) = routing_key {
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(key.into()),
+        );
+    }
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+}
+
+async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (topology.work_exchange(), ExchangeKind::Direct),
+        (topology.retry_exchange(), ExchangeKind::Direct),
+        (topology.dead_exchange(), ExchangeKind::Fanout),
+        (topology.events_exchange(), ExchangeKind::Topic),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await?;
+    }
+
+    channel
+        .queue_declare(
+            topology.dead_queue().into(),
+            durable_queue,
+            quorum_arguments(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            topology.dead_queue().into(),
+            topology.dead_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut work_args = quorum_arguments();
+    work_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(WORK_DELIVERY_LIMIT),
+    );
+    safe_dead_lettering(&mut work_args, &topology.dead_exchange(), None);
+    channel
+        .queue_declare(topology.work_queue().into(), durable_queue, work_args)
+        .await?;
+    channel
+        .queue_bind(
+            topology.work_queue().into(),
+            topology.work_exchange().into(),
+            WORK_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    for delay in &topology.retry_delays {
+        let mut args = quorum_arguments();
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        safe_dead_lettering(&mut args, &topology.work_exchange(), Some(WORK_ROUTING_KEY));
+        let queue = topology.retry_queue(*delay);
+        channel
+            .queue_declare(queue.clone().into(), durable_queue, args)
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                topology.retry_exchange().into(),
+                Topology::retry_routing_key(*delay).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The stream of deliveries of one consumer.
+pub struct Deliveries {
+    consumer: lapin::Consumer,
+    broker: Broker,
+}
+
+impl Deliveries {
+    /// The next delivery; `None` when the consumer's channel or connection is gone (the
+    /// caller opens a new consumer, and unacked deliveries come back redelivered).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        match self.consumer.next().await {
+            Some(Ok(delivery)) => Some(Delivery::new(delivery, self.broker.clone())),
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "consumer failed");
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// One delivery from the work queue.
+pub struct Delivery {
+    /// The decoded message, or why it could not be decoded.
+    pub item: Result<WorkItem, String>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// Reasons of the earlier failed attempts.
+    pub reasons: Vec<String>,
+    pub redelivered: bool,
+    pub message_id: String,
+    raw: lapin::message::Delivery,
+    broker: Broker,
+}
+
+impl Delivery {
+    fn new(raw: lapin::message::Delivery, broker: Broker) -> Delivery {
+        let item = match serde_json::from_slice::<Envelope>(&raw.data) {
+            Ok(Envelope::V1(item)) => Ok(item),
+            Err(error) => Err(format!("undecodable message: {error}")),
+        };
+        let mut attempts = 0;
+        let mut reasons = Vec::new();
+        if let Some(headers) = raw.properties.headers() {
+            for (key, value) in headers.inner() {
+                match (key.as_str(), value) {
+                    (HEADER_ATTEMPTS, AMQPValue::LongLongInt(n)) => {
+                        attempts = u32::try_from(*n).unwrap_or(0)
+                    }
+                    (HEADER_REASONS, AMQPValue::FieldArray(items)) => {
+                        reasons = items
+                            .as_slice()
+                            .iter()
+                            .filter_map(|v| match v {
+                                AMQPValue::LongString(s) => {
+                                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let message_id = raw
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        Delivery {
+            item,
+            attempts,
+            reasons,
+            redelivered: raw.redelivered,
+            message_id,
+            raw,
+            broker,
+        }
+    }
+
+    /// Done: remove it from the queue.
+    pub async fn ack(self) -> Result<(), QueueError> {
+        self.raw.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Give it back to the queue now (the broker counts it against the delivery limit).
+    pub async fn requeue(self) -> Result<(), QueueError> {
+        self.raw
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Schedules another attempt after the tier's delay, or dead-letters it when
+    /// `max_attempts` are used up. The copy is confirmed before the original is acked.
+    pub async fn retry_later(self, reason: &str, max_attempts: u32) -> Result<Retried, QueueError> {
+        let attempts = self.attempts + 1;
+        if attempts >= max_attempts {
+            self.dead_letter(reason).await?;
+            return Ok(Retried::DeadLettered { attempts });
+        }
+        let topology = self.broker.topology().clone();
+        let delay = topology.delay_for(attempts);
+        let mut reasons = self.reasons.clone();
+        reasons.push(reason.to_owned());
+        let properties = work_properties(&self.message_id, attempt_headers(attempts, &reasons));
+        self.broker
+            .publish(
+                &topology.retry_exchange(),
+                &Topology::retry_routing_key(delay),
+                &self.raw.data,
+                properties,
+                true,
+            )
+            .await?;
+        self.raw.acker.ack(BasicAckOptions::default()).await?;
+        Ok(Retried::Scheduled { attempts, delay })
+    }
+
+    /// Moves it to the dead-letter queue with every attempt's reason.
+    pub async fn dead_letter(self, reason: &str) -> Result<(), QueueError> {
+        let topology = self.broker.topology().clone();
+        let mut reasons = self.reasons.clone();
+        reasons.push(reason.to_owned());
+        let properties = work_properties(
+            &self.message_id,
+            attempt_headers(self.attempts + 1, &reasons),
+        );
+        self.broker
+            .publish(
+                &topology.dead_exchange(),
+                "dead",
+                &self.raw.data,
+                properties,
+                true,
+            )
+            .await?;
+        self.raw.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+}
+
+/// What [`Delivery::retry_later`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    Scheduled { attempts: u32, delay: Duration },
+    DeadLettered { attempts: u32 },
+}
+
+fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_ATTEMPTS.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    let values: Vec<AMQPValue> = reasons
+        .iter()
+        .map(|r| AMQPValue::LongString(LongString::from(truncate_reason(r))))
+        .collect();
+    headers.insert(
+        HEADER_REASONS.into(),
+        AMQPValue::FieldArray(FieldArray::from(values)),
+    );
+    headers
+}
+
+fn truncate_reason(reason: &str) -> String {
+    reason.chars().take(500).collect()
+}
+
+#[allow(dead_code)]
+fn short(s: &str) -> ShortString {
+    s.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_follow_the_tiers_and_stay_on_the_last() {
+        let topology = Topology {
+            prefix: "p".into(),
+            retry_delays: vec![Duration::from_millis(10), Duration::from_millis(20)],
+        };
+        assert_eq!(topology.delay_for(1), Duration::from_millis(10));
+        assert_eq!(topology.delay_for(2), Duration::from_millis(20));
+        assert_eq!(topology.delay_for(9), Duration::from_millis(20));
+        assert_eq!(
+            topology.retry_queue(Duration::from_millis(10)),
+            "p.retry.10ms"
+        );
+    }
+}

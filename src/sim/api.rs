@@ -1,0 +1,931 @@
+//! The Waldur API surface under `/api/`, handled by one dispatcher so the order
+//! of checks matches Django + DRF exactly:
+//!
+//! 1. injected latency, then an injected failure (no other effect);
+//! 2. an unknown path answers 404; a path that only lacks its trailing slash
+//!    answers 301 to the slashed path with the query kept (`APPEND_SLASH`,
+//!    before authentication, like Django's `CommonMiddleware`);
+//! 3. authentication (`Authorization: Token <t>`, keyword case-insensitive):
+//!    401 `Authentication credentials were not provided.` without usable
+//!    credentials, `Invalid token header. ...` for a malformed header,
+//!    `Invalid token.` for an unknown token;
+//! 4. 405 `Method "X" not allowed.` with `Allow`;
+//! 5. object lookup (404 `Not found.`, also for a malformed uuid), then the
+//!    action's validators (`marketplace/views.py`: project end date 400, state
+//!    409, offering type 405), then the request body (lazily, only for
+//!    actions that read it; DRF parser errors 400/415, field errors 400).
+//!
+//! Routes: `GET|HEAD /api/marketplace-orders/`, `.../{uuid}/`, `POST .../{uuid}/`
+//! `approve_by_provider|reject_by_provider|set_state_erred|set_state_executing|set_state_done/`;
+//! `GET|HEAD /api/marketplace-provider-resources/`, `.../{uuid}/`, `POST .../{uuid}/`
+//! `set_backend_id|set_as_erred/`; `GET|HEAD /api/marketplace-resources/`,
+//! `.../{uuid}/`, `POST .../{uuid}/set_backend_id|set_as_erred|set_state_by_provider/`.
+//! Other Waldur routes are not simulated (404); methods Waldur offers to
+//! consumers (creating orders, editing resources) answer 405.
+//!
+//! INVARIANT: the model lock is taken once per request, after any sleep, and
+//! released before the response is returned.
+
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::query::{InvalidPage, Page, QueryPairs};
+use super::state::{
+    Actor, ApiError, Model, ORDER_TYPES, OrderFilter, OrderState, ResourceFilter, ResourceState,
+    SortKey,
+};
+use super::{RecordedCall, Sim};
+
+/// Django's `DATA_UPLOAD_MAX_MEMORY_SIZE` (2.5 MiB).
+const MAX_BODY: usize = 2_621_440;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    Orders,
+    ProviderResources,
+    Resources,
+}
+
+impl Collection {
+    fn from_segment(segment: &str) -> Option<Self> {
+        match segment {
+            "marketplace-orders" => Some(Collection::Orders),
+            "marketplace-provider-resources" => Some(Collection::ProviderResources),
+            "marketplace-resources" => Some(Collection::Resources),
+            _ => None,
+        }
+    }
+
+    fn actions(self) -> &'static [&'static str] {
+        match self {
+            Collection::Orders => &[
+                "approve_by_provider",
+                "reject_by_provider",
+                "set_state_erred",
+                "set_state_executing",
+                "set_state_done",
+            ],
+            Collection::ProviderResources => &["set_backend_id", "set_as_erred"],
+            Collection::Resources => &["set_backend_id", "set_as_erred", "set_state_by_provider"],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Root,
+    List(Collection),
+    Detail(Collection, String),
+    Action(Collection, String, &'static str),
+}
+
+impl Route {
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Action(..) => "POST, OPTIONS",
+            _ => "GET, HEAD, OPTIONS",
+        }
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        match self {
+            Route::Action(..) => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+}
+
+/// DRF's default lookup pattern `[^/.]+`.
+fn is_lookup(segment: &str) -> bool {
+    !segment.is_empty() && !segment.contains('.')
+}
+
+/// Resolves a path that must end with `/`.
+fn resolve(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/api/")?;
+    if rest.is_empty() {
+        return Some(Route::Root);
+    }
+    let rest = rest.strip_suffix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let collection = Collection::from_segment(parts.first()?)?;
+    match parts.as_slice() {
+        [_] => Some(Route::List(collection)),
+        [_, id] if is_lookup(id) => Some(Route::Detail(collection, (*id).to_string())),
+        [_, id, action] if is_lookup(id) => collection
+            .actions()
+            .iter()
+            .find(|a| *a == action)
+            .map(|a| Route::Action(collection, (*id).to_string(), a)),
+        _ => None,
+    }
+}
+
+/// A response before it becomes HTTP.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    status: u16,
+    body: Option<Value>,
+    headers: Vec<(header::HeaderName, String)>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+        }
+    }
+
+    fn empty(status: u16) -> Self {
+        Self {
+            status,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn into_response(self, head: bool) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = match (&self.body, head) {
+            (Some(body), false) => {
+                let bytes = serde_json::to_vec(body).unwrap_or_default();
+                (
+                    status,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    bytes,
+                )
+                    .into_response()
+            }
+            (Some(_), true) => (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+            )
+                .into_response(),
+            (None, _) => status.into_response(),
+        };
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(error: ApiError) -> Self {
+        Reply::json(error.status, error.body)
+    }
+}
+
+/// Entry point for every request the admin routes do not take.
+pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let path = uri.path().to_string();
+    if path != "/api" && !path.starts_with("/api/") {
+        return Reply::json(404, json!({"detail": "Not found."})).into_response(false);
+    }
+    let headers = request.headers().clone();
+    let is_write = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let body = to_bytes(request.into_body(), MAX_BODY).await;
+
+    let (latency, fault) = sim.take_fault();
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
+
+    let (status, response) = match (&body, fault) {
+        (_, Some(status)) => (status, fault_response(status)),
+        (Err(_), None) => {
+            let reply = Reply::json(
+                413,
+                json!({"detail": "Request body exceeded the allowed size."}),
+            );
+            (413, reply.into_response(false))
+        }
+        (Ok(body), None) => {
+            let reply = sim.dispatch(&method, uri.path(), uri.query(), &headers, body);
+            let status = reply.status;
+            (status, reply.into_response(method == Method::HEAD))
+        }
+    };
+
+    if is_write {
+        let recorded_body = match &body {
+            Ok(bytes) if !bytes.is_empty() => {
+                serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null)
+            }
+            _ => Value::Null,
+        };
+        sim.lock().calls.push(RecordedCall {
+            method: method.as_str().to_string(),
+            path,
+            query: uri.query().map(str::to_string),
+            body: recorded_body,
+            status,
+        });
+    }
+    response
+}
+
+/// What a broken upstream answers: Django's or a proxy's HTML error page.
+fn fault_response(status: u16) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if code == StatusCode::INTERNAL_SERVER_ERROR {
+        "<h1>Server Error (500)</h1>".to_string()
+    } else {
+        let reason = code.canonical_reason().unwrap_or("Error");
+        format!(
+            "<html>\r\n<head><title>{} {reason}</title></head>\r\n<body>\r\n<center><h1>{} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+            code.as_u16(),
+            code.as_u16()
+        )
+    };
+    (
+        code,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        Body::from(body),
+    )
+        .into_response()
+}
+
+impl Sim {
+    /// Takes the injected latency and, when one is due, the failure status.
+    fn take_fault(&self) -> (u64, Option<u16>) {
+        let mut shared = self.lock();
+        let latency = shared.faults.latency_ms;
+        if shared.faults.fail_next > 0 {
+            shared.faults.fail_next -= 1;
+            return (latency, Some(shared.faults.fail_status.unwrap_or(500)));
+        }
+        let rate = shared.faults.error_rate;
+        if rate > 0.0 && shared.random() < rate {
+            return (latency, Some(500));
+        }
+        (latency, None)
+    }
+
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.inner.public_url {
+            return url.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    }
+
+    /// Authenticates like DRF's `TokenAuthentication`.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Actor, ApiError> {
+        let not_provided =
+            || ApiError::detail(401, "Authentication credentials were not provided.");
+        let Some(raw) = headers.get(header::AUTHORIZATION) else {
+            return Err(not_provided());
+        };
+        let raw = String::from_utf8_lossy(raw.as_bytes());
+        let parts: Vec<&str> = raw.split_whitespace().collect();
+        match parts.as_slice() {
+            [keyword, ..] if !keyword.eq_ignore_ascii_case("token") => Err(not_provided()),
+            [] => Err(not_provided()),
+            [_] => Err(ApiError::detail(
+                401,
+                "Invalid token header. No credentials provided.",
+            )),
+            [_, token] => {
+                let found = self
+                    .inner
+                    .tokens
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| bool::from(t.expose().as_bytes().ct_eq(token.as_bytes())));
+                match found {
+                    Some((index, _)) => Ok(Actor {
+                        username: if index == 0 {
+                            "sp-integration".to_string()
+                        } else {
+                            format!("sp-integration-{}", index + 1)
+                        },
+                        full_name: "Service provider integration".to_string(),
+                    }),
+                    None => Err(ApiError::detail(401, "Invalid token.")),
+                }
+            }
+            _ => Err(ApiError::detail(
+                401,
+                "Invalid token header. Token string should not contain spaces.",
+            )),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        method: &Method,
+        path: &str,
+        raw_query: Option<&str>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Reply {
+        let Some(route) = resolve(path) else {
+            let slashed = format!("{path}/");
+            if !path.ends_with('/') && resolve(&slashed).is_some() {
+                let location = match raw_query {
+                    Some(q) => format!("{slashed}?{q}"),
+                    None => slashed,
+                };
+                return Reply::empty(301).with_header(header::LOCATION, location);
+            }
+            return ApiError::not_found().into();
+        };
+        let actor = match self.authenticate(headers) {
+            Ok(actor) => actor,
+            Err(error) => {
+                return Reply::from(error).with_header(header::WWW_AUTHENTICATE, "Token");
+            }
+        };
+        if method == Method::OPTIONS {
+            return Reply::json(
+                200,
+                json!({
+                    "name": route_name(&route),
+                    "description": "",
+                    "renders": ["application/json"],
+                    "parses": ["application/json", "application/x-www-form-urlencoded"],
+                }),
+            )
+            .with_header(header::ALLOW, route.allow());
+        }
+        if !route.allows(method) {
+            return Reply::json(
+                405,
+                json!({"detail": format!("Method \"{}\" not allowed.", method.as_str())}),
+            )
+            .with_header(header::ALLOW, route.allow());
+        }
+        let base = self.base_url(headers);
+        let query = QueryPairs::parse(raw_query);
+        let now = OffsetDateTime::now_utc();
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let result = match route {
+            Route::Root => Ok(Reply::json(
+                200,
+                json!({
+                    "marketplace-orders": format!("{base}/api/marketplace-orders/"),
+                    "marketplace-provider-resources": format!("{base}/api/marketplace-provider-resources/"),
+                    "marketplace-resources": format!("{base}/api/marketplace-resources/"),
+                }),
+            )),
+            Route::List(collection) => list(model, collection, &base, path, &query),
+            Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
+            Route::Action(collection, id, action) => {
+                act(model, collection, &id, action, &actor, headers, body, now)
+            }
+        };
+        result.unwrap_or_else(Reply::from)
+    }
+}
+
+fn route_name(route: &Route) -> &'static str {
+    match route {
+        Route::Root => "Api Root",
+        Route::List(Collection::Orders) => "Order List",
+        Route::Detail(Collection::Orders, _) => "Order Instance",
+        Route::List(_) => "Resource List",
+        Route::Detail(..) => "Resource Instance",
+        Route::Action(..) => "Action",
+    }
+}
+
+// ----- lists -----
+
+fn select_fields(mut object: Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
+    // Waldur's RestrictedSerializerMixin: unknown names are ignored; when no
+    // requested name is known, every field is rendered.
+    if fields.iter().any(|f| object.contains_key(*f)) {
+        object.retain(|key, _| fields.contains(&key.as_str()));
+    }
+    object
+}
+
+fn choice_error(value: &str) -> String {
+    format!("Select a valid choice. {value} is not one of the available choices.")
+}
+
+struct FilterErrors(Map<String, Value>);
+
+impl FilterErrors {
+    fn add(&mut self, field: &str, message: String) {
+        self.0
+            .entry(field.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(Value::Array(list)) = self.0.get_mut(field) {
+            list.push(Value::String(message));
+        }
+    }
+
+    fn uuid(&mut self, query: &QueryPairs, field: &str) -> Option<Uuid> {
+        let raw = query.last(field)?;
+        if raw.is_empty() {
+            return None;
+        }
+        match Uuid::parse_str(raw.trim()) {
+            Ok(uuid) => Some(uuid),
+            Err(_) => {
+                self.add(field, "Enter a valid UUID.".to_string());
+                None
+            }
+        }
+    }
+
+    fn text(query: &QueryPairs, field: &str) -> Option<String> {
+        query
+            .last(field)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+
+    fn ordering(
+        &mut self,
+        query: &QueryPairs,
+        allowed: &[(&str, SortKey)],
+    ) -> Vec<(SortKey, bool)> {
+        let mut out = Vec::new();
+        let Some(raw) = query.last("o") else {
+            return out;
+        };
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, desc) = match item.strip_prefix('-') {
+                Some(name) => (name, true),
+                None => (item, false),
+            };
+            match allowed.iter().find(|(n, _)| *n == name) {
+                Some((_, key)) => out.push((*key, desc)),
+                None => self.add("o", choice_error(item)),
+            }
+        }
+        out
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError {
+                status: 400,
+                body: Value::Object(self.0),
+            })
+        }
+    }
+}
+
+fn order_filter(query: &QueryPairs) -> Result<(OrderFilter, Vec<(SortKey, bool)>), ApiError> {
+    let mut errors = FilterErrors(Map::new());
+    let mut filter = OrderFilter::default();
+    for value in query.all("state") {
+        match OrderState::parse(value) {
+            Some(state) => filter.states.push(state),
+            None => errors.add("state", choice_error(value)),
+        }
+    }
+    for value in query.all("type") {
+        if ORDER_TYPES.contains(&value) {
+            filter.types.push(value.to_string());
+        } else {
+            errors.add("type", choice_error(value));
+        }
+    }
+    filter.offering_types = query
+        .all("offering_type")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    filter.offering = errors.uuid(query, "offering_uuid");
+    filter.provider = errors.uuid(query, "provider_uuid");
+    filter.project = errors.uuid(query, "project_uuid");
+    filter.customer = errors.uuid(query, "customer_uuid");
+    filter.resource = errors.uuid(query, "resource_uuid");
+    let sort = errors.ordering(
+        query,
+        &[
+            ("created", SortKey::Created),
+            ("state", SortKey::State),
+            ("cost", SortKey::Constant),
+            ("consumer_reviewed_at", SortKey::Constant),
+        ],
+    );
+    errors.finish()?;
+    Ok((filter, sort))
+}
+
+fn resource_filter(query: &QueryPairs) -> Result<(ResourceFilter, Vec<(SortKey, bool)>), ApiError> {
+    let mut errors = FilterErrors(Map::new());
+    let mut filter = ResourceFilter::default();
+    for value in query.all("state") {
+        match ResourceState::parse(value) {
+            Some(state) => filter.states.push(state),
+            None => errors.add("state", choice_error(value)),
+        }
+    }
+    filter.offering = errors.uuid(query, "offering_uuid");
+    filter.provider = errors.uuid(query, "provider_uuid");
+    filter.project = errors.uuid(query, "project_uuid");
+    filter.customer = errors.uuid(query, "customer_uuid");
+    filter.backend_id = FilterErrors::text(query, "backend_id");
+    filter.offering_type = FilterErrors::text(query, "offering_type");
+    filter.name = FilterErrors::text(query, "name");
+    filter.name_exact = FilterErrors::text(query, "name_exact");
+    filter.project_name = FilterErrors::text(query, "project_name");
+    let sort = errors.ordering(
+        query,
+        &[("name", SortKey::Name), ("created", SortKey::Created)],
+    );
+    errors.finish()?;
+    Ok((filter, sort))
+}
+
+fn list(
+    model: &Model,
+    collection: Collection,
+    base: &str,
+    path: &str,
+    query: &QueryPairs,
+) -> Result<Reply, ApiError> {
+    let fields = query.all("field");
+    let with_order = fields.contains(&"creation_order");
+    let items = match collection {
+        Collection::Orders => {
+            let (filter, sort) = order_filter(query)?;
+            model.list_orders(&filter, &sort)
+        }
+        Collection::ProviderResources | Collection::Resources => {
+            let (filter, sort) = resource_filter(query)?;
+            model.list_resources(&filter, &sort)
+        }
+    };
+    let render = |i: usize| match collection {
+        Collection::Orders => model.render_order(i, base),
+        Collection::ProviderResources | Collection::Resources => {
+            model.render_resource(i, base, with_order)
+        }
+    };
+    let count = items.len();
+    let page = Page::select(count, query.last("page"), query.last("page_size"))
+        .map_err(|InvalidPage| ApiError::detail(404, "Invalid page."))?;
+    let body: Vec<Value> = items[page.range(count)]
+        .iter()
+        .map(|&i| Value::Object(select_fields(render(i), &fields)))
+        .collect();
+    let link = page.link_header(&format!("{base}{path}"), query);
+    Ok(Reply::json(200, Value::Array(body))
+        .with_header(
+            header::HeaderName::from_static("x-result-count"),
+            count.to_string(),
+        )
+        .with_header(header::LINK, link))
+}
+
+fn find_order(model: &Model, id: &str) -> Result<usize, ApiError> {
+    Uuid::parse_str(id)
+        .ok()
+        .and_then(|uuid| model.order_by_uuid(uuid))
+        .ok_or_else(ApiError::not_found)
+}
+
+fn find_resource(model: &Model, id: &str) -> Result<usize, ApiError> {
+    Uuid::parse_str(id)
+        .ok()
+        .and_then(|uuid| model.resource_by_uuid(uuid))
+        .ok_or_else(ApiError::not_found)
+}
+
+fn detail(
+    model: &Model,
+    collection: Collection,
+    id: &str,
+    base: &str,
+    query: &QueryPairs,
+) -> Result<Reply, ApiError> {
+    let fields = query.all("field");
+    let object = match collection {
+        Collection::Orders => model.render_order(find_order(model, id)?, base),
+        Collection::ProviderResources | Collection::Resources => {
+            model.render_resource(find_resource(model, id)?, base, true)
+        }
+    };
+    Ok(Reply::json(
+        200,
+        Value::Object(select_fields(object, &fields)),
+    ))
+}
+
+// ----- request bodies -----
+
+/// `request.data` as DRF's parsers produce it.
+fn request_data(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    else {
+        // Without a media type DRF does not parse the body at all.
+        return Ok(Map::new());
+    };
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" => {
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|error| ApiError::detail(400, format!("JSON parse error - {error}")))?;
+            match value {
+                Value::Object(map) => Ok(map),
+                other => Err(ApiError {
+                    status: 400,
+                    body: json!({"non_field_errors": [format!(
+                        "Invalid data. Expected a dictionary, but got {}.",
+                        python_type(&other)
+                    )]}),
+                }),
+            }
+        }
+        "application/x-www-form-urlencoded" => {
+            let text = String::from_utf8_lossy(body);
+            let map = QueryPairs::parse(Some(&text))
+                .last_values()
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            Ok(map)
+        }
+        _ => Err(ApiError::detail(
+            415,
+            format!("Unsupported media type \"{content_type}\" in request."),
+        )),
+    }
+}
+
+fn python_type(value: &Value) -> &'static str {
+    match value {
+        Value::Array(_) => "list",
+        Value::String(_) => "str",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::Bool(_) => "bool",
+        Value::Null => "NoneType",
+        Value::Object(_) => "dict",
+    }
+}
+
+/// Rules of one DRF `CharField`.
+struct CharRules {
+    required: bool,
+    allow_blank: bool,
+    max_length: Option<usize>,
+}
+
+/// Validates a DRF `CharField` (whitespace trimmed, numbers accepted as text).
+fn char_field(
+    data: &Map<String, Value>,
+    key: &str,
+    rules: &CharRules,
+    errors: &mut FilterErrors,
+) -> Option<String> {
+    let value = match data.get(key) {
+        None => {
+            if rules.required {
+                errors.add(key, "This field is required.".into());
+            }
+            return None;
+        }
+        Some(Value::Null) => {
+            errors.add(key, "This field may not be null.".into());
+            return None;
+        }
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => {
+            errors.add(key, "Not a valid string.".into());
+            return None;
+        }
+    };
+    if value.is_empty() && !rules.allow_blank {
+        errors.add(key, "This field may not be blank.".into());
+        return None;
+    }
+    if let Some(max) = rules.max_length
+        && value.chars().count() > max
+    {
+        errors.add(
+            key,
+            format!("Ensure this field has no more than {max} characters."),
+        );
+        return None;
+    }
+    Some(value)
+}
+
+// ----- actions -----
+
+#[allow(clippy::too_many_arguments)]
+fn act(
+    model: &mut Model,
+    collection: Collection,
+    id: &str,
+    action: &str,
+    actor: &Actor,
+    headers: &HeaderMap,
+    body: &Bytes,
+    now: OffsetDateTime,
+) -> Result<Reply, ApiError> {
+    let optional_text = CharRules {
+        required: false,
+        allow_blank: true,
+        max_length: None,
+    };
+    let required_text = CharRules {
+        required: true,
+        allow_blank: true,
+        max_length: None,
+    };
+    if collection == Collection::Orders {
+        let order = find_order(model, id)?;
+        return match action {
+            "approve_by_provider" => {
+                model.approve_by_provider(order, actor, now)?;
+                Ok(Reply::empty(200))
+            }
+            "reject_by_provider" => {
+                if model.orders[order].state != OrderState::PendingProvider {
+                    return Err(ApiError::states(&["pending-provider"]));
+                }
+                let data = request_data(headers, body)?;
+                let mut errors = FilterErrors(Map::new());
+                let comment = char_field(
+                    &data,
+                    "provider_rejection_comment",
+                    &optional_text,
+                    &mut errors,
+                );
+                errors.finish()?;
+                model.reject_by_provider(order, actor, comment, now)?;
+                Ok(Reply::empty(200))
+            }
+            "set_state_erred" => {
+                model.check_order_erred_allowed(order)?;
+                let data = request_data(headers, body)?;
+                let mut errors = FilterErrors(Map::new());
+                let message = char_field(&data, "error_message", &required_text, &mut errors);
+                let traceback = char_field(&data, "error_traceback", &required_text, &mut errors);
+                errors.finish()?;
+                model.set_order_erred(
+                    order,
+                    message.unwrap_or_default(),
+                    traceback.unwrap_or_default(),
+                    now,
+                )?;
+                Ok(Reply::empty(200))
+            }
+            "set_state_executing" => {
+                model.set_order_executing(order, now)?;
+                Ok(Reply::empty(200))
+            }
+            "set_state_done" => {
+                model.set_order_done(order, now)?;
+                Ok(Reply::empty(200))
+            }
+            _ => Err(ApiError::not_found()),
+        };
+    }
+    let resource = find_resource(model, id)?;
+    match action {
+        "set_backend_id" => {
+            let data = request_data(headers, body)?;
+            let mut errors = FilterErrors(Map::new());
+            let rules = CharRules {
+                required: true,
+                allow_blank: true,
+                max_length: Some(255),
+            };
+            let backend_id = char_field(&data, "backend_id", &rules, &mut errors);
+            errors.finish()?;
+            let changed = model.set_backend_id(resource, backend_id.unwrap_or_default(), now);
+            let status = if changed {
+                "Resource backend_id has been changed."
+            } else {
+                "Resource backend_id is not changed."
+            };
+            Ok(Reply::json(200, json!({ "status": status })))
+        }
+        "set_as_erred" => {
+            let data = request_data(headers, body)?;
+            let mut errors = FilterErrors(Map::new());
+            let message = char_field(&data, "error_message", &optional_text, &mut errors);
+            let traceback = char_field(&data, "error_traceback", &optional_text, &mut errors);
+            errors.finish()?;
+            model.set_resource_erred(
+                resource,
+                message.unwrap_or_default(),
+                traceback.unwrap_or_default(),
+                now,
+            );
+            Ok(Reply::empty(200))
+        }
+        "set_state_by_provider" => {
+            let data = request_data(headers, body)?;
+            let target = match data.get("state") {
+                None => return Err(ApiError::field("state", "This field is required.")),
+                Some(Value::Null) => {
+                    return Err(ApiError::field("state", "This field may not be null."));
+                }
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => if *b { "True" } else { "False" }.to_string(),
+                Some(other) => other.to_string(),
+            };
+            model.set_state_by_provider(resource, &target, actor, now)?;
+            Ok(Reply::json(
+                200,
+                json!({"status": "Resource state has been changed."}),
+            ))
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_routes() {
+        assert_eq!(resolve("/api/"), Some(Route::Root));
+        assert_eq!(
+            resolve("/api/marketplace-orders/"),
+            Some(Route::List(Collection::Orders))
+        );
+        assert_eq!(
+            resolve("/api/marketplace-orders/abc/approve_by_provider/"),
+            Some(Route::Action(
+                Collection::Orders,
+                "abc".into(),
+                "approve_by_provider"
+            ))
+        );
+        assert_eq!(resolve("/api/marketplace-orders"), None);
+        assert_eq!(resolve("/api/marketplace-orders/abc/set_backend_id/"), None);
+        assert_eq!(resolve("/api/marketplace-orders/a.b/"), None);
+        assert_eq!(
+            resolve("/api/marketplace-resources/x/set_state_by_provider/"),
+            Some(Route::Action(
+                Collection::Resources,
+                "x".into(),
+                "set_state_by_provider"
+            ))
+        );
+        assert_eq!(
+            resolve("/api/marketplace-provider-resources/x/set_state_by_provider/"),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_are_ignored() {
+        let mut object = Map::new();
+        object.insert("uuid".into(), json!("u"));
+        object.insert("state".into(), json!("s"));
+        assert_eq!(select_fields(object.clone(), &["nope"]).len(), 2);
+        assert_eq!(select_fields(object, &["nope", "state"]).len(), 1);
+    }
+}

@@ -1,0 +1,568 @@
+//! Puhuri Core simulator: a standalone HTTP server that behaves like the part of
+//! Waldur (the platform behind Puhuri Core) a service provider talks to, for
+//! tests, demos and benchmarks.
+//!
+//! It is as strict as the real API: token authentication, Django's
+//! `APPEND_SLASH` redirect, DRF error bodies and status codes, order and
+//! resource state machines, filters, pagination with `Link` / `X-Result-Count`
+//! and `field=` selection. Both API generations are served over the same data:
+//! the current one (`/api/marketplace-orders/`, `/api/marketplace-provider-resources/`)
+//! and the 2021 one (`/api/marketplace-resources/` with `set_state_by_provider`).
+//! See `api.rs` for the exact surface and the Waldur behaviour each rule follows.
+//!
+//! # Seeded catalogue (`SimConfig::seed`)
+//! Provider `LUMI` (FI) with offerings `LUMI-C` (`Marketplace.Basic`;
+//! `cpu_k_hours`, `gb_k_hours`), `LUMI-G` (`Marketplace.Basic`; `gpu_k_hours`,
+//! `gb_k_hours`) and `LUMI-Slurm` (`Marketplace.Slurm`; all three), one plan
+//! each; organisations University of Helsinki (FI), KTH (SE), University of
+//! Tartu (EE), NTNU (NO), DTU (DK), one project each: `Climate extremes`
+//! (the default), `Protein dynamics`, `Estonian language models`,
+//! `Ocean circulation` (ended 2024-12-31: approving its orders answers the
+//! "expired" 400), `Wind farm wakes`. Uuids derive from names, so they are the
+//! same on every start. API tokens act as the user `sp-integration`
+//! (`sp-integration-<n>` for the n-th token).
+//!
+//! # Admin API (no authentication, JSON; errors are `application/problem+json`)
+//! - `POST /admin/allocations` body [`NewAllocation`] -> 201 [`CreatedAllocation`];
+//!   404 for an unknown offering or project, 400 for an unknown component, a
+//!   limit that is not a non-negative integer or an unsupported `order_state`.
+//!   Fires the configured hook once.
+//! - `GET /admin/calls` -> `[RecordedCall]`; `DELETE /admin/calls` -> 204 (clears).
+//! - `PUT /admin/faults` body [`Faults`] -> 204; `GET /admin/faults` -> the current faults.
+//! - `GET /admin/catalogue` -> [`Catalogue`].
+//! - `POST /admin/customers` body [`NewCustomer`], `POST /admin/projects` body
+//!   [`NewProject`], `POST /admin/offerings` body [`NewOffering`] -> 201 `{"uuid": "..."}`;
+//!   names are unique per kind (409 otherwise), references accept a uuid or a name.
+//!
+//! # Invariants
+//! - All mutable state (model, recorded calls, faults, random generator) lives
+//!   in one `std::sync::Mutex`, never held across an `.await`; injected latency
+//!   and hook delivery happen outside it.
+//! - Every write call (POST/PUT/PATCH/DELETE) under `/api/` is recorded once, in
+//!   completion order, with its final status, including refused, redirected and
+//!   fault-injected ones; admin calls are never recorded.
+//! - A fault-injected response leaves the model untouched.
+//! - Uuids are rendered as 32 lowercase hex digits; lookups also accept the
+//!   hyphenated form. The seeded catalogue has the same uuids on every start.
+//! - A hook is posted at most once per allocation, never retried, never
+//!   blocking the creation; failures are logged without URLs or secrets.
+
+mod admin;
+mod api;
+mod hook;
+mod query;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use state::{Model, OrderState};
+
+/// How a simulator instance behaves.
+pub struct SimConfig {
+    /// Accepted API tokens (`Authorization: Token <t>`, keyword case-insensitive).
+    pub tokens: Vec<crate::secret::Secret>,
+    /// Where to announce new allocations.
+    pub hook: Option<HookTarget>,
+    /// Create the default catalogue at start.
+    pub seed: bool,
+    /// Base for absolute URLs in bodies and `Link` headers, e.g.
+    /// `http://127.0.0.1:8090`; when `None`, the request's `Host` header is used.
+    pub public_url: Option<String>,
+}
+
+/// The receiver of allocation announcements.
+#[derive(Clone, Debug)]
+pub struct HookTarget {
+    pub url: String,
+    pub format: HookFormat,
+}
+
+/// The shape of an announcement.
+#[derive(Clone, Debug)]
+pub enum HookFormat {
+    /// Waldur's own web hook: unsigned `{created, message, event_type, context}`.
+    WaldurHook,
+    /// The `allocation.created` notification, signed with Standard Webhooks headers.
+    Allocation {
+        secret: crate::signature::WebhookSecret,
+    },
+}
+
+/// Why an admin operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("unknown offering `{0}`")]
+    UnknownOffering(String),
+    #[error("unknown project `{0}`")]
+    UnknownProject(String),
+    #[error("unknown customer `{0}`")]
+    UnknownCustomer(String),
+    #[error("offering `{offering}` has no component `{component}`")]
+    UnknownComponent { component: String, offering: String },
+    #[error("limit `{component}` must be a non-negative integer, got {value}")]
+    InvalidLimit { component: String, value: String },
+    #[error("{0} already exists")]
+    Duplicate(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SimError {
+    /// The HTTP status the admin API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            SimError::UnknownOffering(_)
+            | SimError::UnknownProject(_)
+            | SimError::UnknownCustomer(_) => 404,
+            SimError::Duplicate(_) => 409,
+            SimError::UnknownComponent { .. }
+            | SimError::InvalidLimit { .. }
+            | SimError::Invalid(_) => 400,
+        }
+    }
+}
+
+/// A request for a new allocation (an order in `pending-provider` or
+/// `pending-consumer` with its `Creating` resource).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NewAllocation {
+    /// Offering uuid or name; default: the first offering.
+    pub offering: Option<String>,
+    /// Project uuid or name; default: the first project.
+    pub project: Option<String>,
+    /// Resource name; default: `attributes.name`, else Waldur's suggested name
+    /// `<customer slug>-<project slug>-<offering slug>-<n>`.
+    pub name: Option<String>,
+    /// Component type -> non-negative integer; every key must be a component
+    /// of the offering.
+    pub limits: serde_json::Map<String, serde_json::Value>,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// `pending-provider` (default) or `pending-consumer`.
+    pub order_state: Option<String>,
+}
+
+/// What a new allocation is made of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreatedAllocation {
+    pub order_uuid: String,
+    pub resource_uuid: String,
+    pub offering_uuid: String,
+    pub project_uuid: String,
+    pub customer_uuid: String,
+}
+
+/// One write call received on the Waldur API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordedCall {
+    pub method: String,
+    /// The path as requested (without the query).
+    pub path: String,
+    pub query: Option<String>,
+    /// The JSON body; `Null` when there was none or it was not JSON.
+    pub body: serde_json::Value,
+    pub status: u16,
+}
+
+/// Injected faults; they apply to every `/api/` request, never to `/admin/`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// The next N API calls (any method) answer `fail_status`.
+    pub fail_next: u32,
+    /// Default 500.
+    pub fail_status: Option<u16>,
+    /// 0..1: fraction of API calls answering 500 at random.
+    pub error_rate: f64,
+    /// Added to every API call.
+    pub latency_ms: u64,
+}
+
+/// The organisations, projects and offerings currently known.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Catalogue {
+    pub customers: Vec<CatalogueCustomer>,
+    pub projects: Vec<CatalogueProject>,
+    pub offerings: Vec<CatalogueOffering>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogueCustomer {
+    pub uuid: String,
+    pub name: String,
+    pub slug: String,
+    pub abbreviation: String,
+    pub country: String,
+    /// Whether the organisation is a service provider (owns offerings).
+    pub is_service_provider: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogueProject {
+    pub uuid: String,
+    pub name: String,
+    pub slug: String,
+    pub customer_uuid: String,
+    pub customer_name: String,
+    /// `YYYY-MM-DD`; a project whose end date is today or earlier is expired.
+    pub end_date: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogueOffering {
+    pub uuid: String,
+    pub name: String,
+    pub offering_type: String,
+    pub provider_uuid: String,
+    pub provider_name: String,
+    /// Component types accepted in limits.
+    pub components: Vec<String>,
+    pub plan_uuid: String,
+    pub plan_name: String,
+}
+
+/// A new organisation.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    pub name: String,
+    /// Default: the slugified name.
+    #[serde(default)]
+    pub slug: Option<String>,
+    /// ISO 3166 code, e.g. `FI`; default empty.
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub abbreviation: Option<String>,
+}
+
+/// A new project of an existing organisation.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    /// Customer uuid or name.
+    pub customer: String,
+    pub name: String,
+    #[serde(default)]
+    pub slug: Option<String>,
+    /// `YYYY-MM-DD`.
+    #[serde(default)]
+    pub end_date: Option<String>,
+}
+
+/// A new offering with one plan.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewOffering {
+    pub name: String,
+    /// `Marketplace.Basic` (default) or `Marketplace.Slurm`.
+    #[serde(default)]
+    pub offering_type: Option<String>,
+    /// Provider organisation uuid or name (it becomes a service provider);
+    /// default: the first service provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Component types, e.g. `["cpu_k_hours", "gb_k_hours"]`.
+    pub components: Vec<String>,
+    /// Default: `<name> Standard`.
+    #[serde(default)]
+    pub plan_name: Option<String>,
+}
+
+/// A running simulator; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tokens: Vec<crate::secret::Secret>,
+    hook: Option<HookTarget>,
+    public_url: Option<String>,
+    http: reqwest::Client,
+    shared: Mutex<Shared>,
+}
+
+struct Shared {
+    model: Model,
+    calls: Vec<RecordedCall>,
+    faults: Faults,
+    rng: u64,
+}
+
+impl Shared {
+    /// splitmix64: a uniform number in [0, 1).
+    fn random(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How long hook delivery may take.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Sim {
+        let mut model = Model::default();
+        if config.seed
+            && let Err(error) = model.seed()
+        {
+            tracing::error!(%error, "seeding the simulator catalogue failed");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(HOOK_TIMEOUT)
+            .build()
+            .unwrap_or_else(|error| {
+                tracing::warn!(error = %error.without_url(), "hook client setup failed; using defaults");
+                reqwest::Client::new()
+            });
+        let seed = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+        Sim {
+            inner: Arc::new(Inner {
+                tokens: config.tokens,
+                hook: config.hook,
+                public_url: config
+                    .public_url
+                    .map(|u| u.trim_end_matches('/').to_string()),
+                http,
+                shared: Mutex::new(Shared {
+                    model,
+                    calls: Vec::new(),
+                    faults: Faults::default(),
+                    rng: seed,
+                }),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The whole HTTP surface: `/api/...` (Waldur) and `/admin/...`.
+    pub fn router(&self) -> axum::Router {
+        admin::routes()
+            .fallback(api::handle)
+            .method_not_allowed_fallback(admin::method_not_allowed)
+            .with_state(self.clone())
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes open requests.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+
+    /// Creates an allocation as a consumer would, then fires the hook (spawned).
+    pub async fn create_allocation(
+        &self,
+        request: NewAllocation,
+    ) -> Result<CreatedAllocation, SimError> {
+        let now = time::OffsetDateTime::now_utc();
+        let (created, delivery) = {
+            let mut shared = self.lock();
+            let model = &mut shared.model;
+            let offering = match &request.offering {
+                Some(key) => model
+                    .find_offering(key)
+                    .ok_or_else(|| SimError::UnknownOffering(key.clone()))?,
+                None if model.offerings.is_empty() => {
+                    return Err(SimError::UnknownOffering("(no offering exists)".into()));
+                }
+                None => 0,
+            };
+            let project = match &request.project {
+                Some(key) => model
+                    .find_project(key)
+                    .ok_or_else(|| SimError::UnknownProject(key.clone()))?,
+                None if model.projects.is_empty() => {
+                    return Err(SimError::UnknownProject("(no project exists)".into()));
+                }
+                None => 0,
+            };
+            let limits = model.validate_limits(offering, &request.limits)?;
+            let order_state = match request.order_state.as_deref() {
+                None | Some("pending-provider") => OrderState::PendingProvider,
+                Some("pending-consumer") => OrderState::PendingConsumer,
+                Some(other) => {
+                    return Err(SimError::Invalid(format!(
+                        "order_state `{other}` is not supported; use `pending-provider` or `pending-consumer`"
+                    )));
+                }
+            };
+            let name = match request.name {
+                Some(name) if name.trim().is_empty() => {
+                    return Err(SimError::Invalid("name must not be empty".into()));
+                }
+                other => other,
+            };
+            let (order, resource) = model.create_allocation(
+                state::AllocationSpec {
+                    offering,
+                    project,
+                    name,
+                    limits,
+                    attributes: request.attributes,
+                    order_state,
+                },
+                now,
+            );
+            let customer = model.projects[project].customer;
+            let created = CreatedAllocation {
+                order_uuid: state::hex(model.orders[order].uuid),
+                resource_uuid: state::hex(model.resources[resource].uuid),
+                offering_uuid: state::hex(model.offerings[offering].uuid),
+                project_uuid: state::hex(model.projects[project].uuid),
+                customer_uuid: state::hex(model.customers[customer].uuid),
+            };
+            let delivery = self
+                .inner
+                .hook
+                .as_ref()
+                .map(|target| hook::prepare(target, model, order, now));
+            (created, delivery)
+        };
+        if let Some(delivery) = delivery {
+            let client = self.inner.http.clone();
+            tokio::spawn(hook::deliver(client, delivery));
+        }
+        Ok(created)
+    }
+
+    /// Every write call on the Waldur API so far, in order.
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.lock().calls.clone()
+    }
+
+    /// Forgets the recorded calls.
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Replaces the injected faults (`error_rate` is clamped to 0..=1).
+    pub fn set_faults(&self, mut faults: Faults) {
+        faults.error_rate = if faults.error_rate.is_finite() {
+            faults.error_rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.lock().faults = faults;
+    }
+
+    /// The faults currently injected (`fail_next` counts down).
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    /// The order as `GET /api/marketplace-orders/{uuid}/` renders it.
+    pub fn order(&self, uuid: &str) -> Option<serde_json::Value> {
+        let id = uuid::Uuid::parse_str(uuid.trim()).ok()?;
+        let shared = self.lock();
+        let index = shared.model.order_by_uuid(id)?;
+        Some(serde_json::Value::Object(
+            shared.model.render_order(index, self.default_base()),
+        ))
+    }
+
+    /// The resource as `GET /api/marketplace-provider-resources/{uuid}/` renders it.
+    pub fn resource(&self, uuid: &str) -> Option<serde_json::Value> {
+        let id = uuid::Uuid::parse_str(uuid.trim()).ok()?;
+        let shared = self.lock();
+        let index = shared.model.resource_by_uuid(id)?;
+        Some(serde_json::Value::Object(shared.model.render_resource(
+            index,
+            self.default_base(),
+            true,
+        )))
+    }
+
+    pub fn catalogue(&self) -> Catalogue {
+        self.lock().model.catalogue()
+    }
+
+    /// Adds an organisation; returns its uuid.
+    pub fn add_customer(&self, customer: NewCustomer) -> Result<String, SimError> {
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let index = model.add_customer(
+            &customer.name,
+            customer.slug.as_deref(),
+            customer.country.as_deref().unwrap_or(""),
+            customer.abbreviation.as_deref(),
+            false,
+            None,
+        )?;
+        Ok(state::hex(model.customers[index].uuid))
+    }
+
+    /// Adds a project to an organisation; returns its uuid.
+    pub fn add_project(&self, project: NewProject) -> Result<String, SimError> {
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let customer = model
+            .find_customer(&project.customer)
+            .ok_or_else(|| SimError::UnknownCustomer(project.customer.clone()))?;
+        let end_date = match project.end_date.as_deref() {
+            None => None,
+            Some(raw) => Some(state::parse_date(raw).ok_or_else(|| {
+                SimError::Invalid(format!("end_date `{raw}` is not a YYYY-MM-DD date"))
+            })?),
+        };
+        let index =
+            model.add_project(customer, &project.name, project.slug.as_deref(), end_date)?;
+        Ok(state::hex(model.projects[index].uuid))
+    }
+
+    /// Adds an offering with one plan; returns its uuid.
+    pub fn add_offering(&self, offering: NewOffering) -> Result<String, SimError> {
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let provider = match &offering.provider {
+            Some(key) => model
+                .find_customer(key)
+                .ok_or_else(|| SimError::UnknownCustomer(key.clone()))?,
+            None => model
+                .customers
+                .iter()
+                .position(|c| c.is_provider)
+                .ok_or_else(|| {
+                    SimError::Invalid("no service provider exists; name one in `provider`".into())
+                })?,
+        };
+        let index = model.add_offering(
+            provider,
+            &offering.name,
+            offering.offering_type.as_deref().unwrap_or(state::BASIC),
+            &offering.components,
+            offering.plan_name.as_deref(),
+        )?;
+        Ok(state::hex(model.offerings[index].uuid))
+    }
+
+    /// The base of absolute URLs when no request is at hand.
+    fn default_base(&self) -> &str {
+        self.inner
+            .public_url
+            .as_deref()
+            .unwrap_or("http://localhost")
+    }
+}

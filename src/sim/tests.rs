@@ -1,0 +1,883 @@
+//! End-to-end tests of the simulator over real HTTP (a listener on 127.0.0.1:0).
+
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::secret::Secret;
+
+const TOKEN: &str = "sim-test-token-0123456789";
+
+struct Running {
+    sim: Sim,
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_with(hook: Option<HookTarget>) -> Running {
+    let sim = Sim::new(SimConfig {
+        tokens: vec![Secret::new(TOKEN)],
+        hook,
+        seed: true,
+        public_url: None,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(sim.clone().serve(listener, shutdown.clone()));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Running {
+        sim,
+        base,
+        client,
+        shutdown,
+    }
+}
+
+async fn start() -> Running {
+    start_with(None).await
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> (u16, HeaderMap, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .header("Authorization", format!("Token {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        split(response).await
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("Authorization", format!("Token {TOKEN}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let (status, _, body) = split(request.send().await.unwrap()).await;
+        (status, body)
+    }
+
+    async fn allocate(&self, project: &str, offering: &str) -> CreatedAllocation {
+        self.sim
+            .create_allocation(NewAllocation {
+                project: Some(project.into()),
+                offering: Some(offering.into()),
+                limits: json!({"cpu_k_hours": 1000, "gb_k_hours": 3000})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                ..NewAllocation::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn allocate_slurm(&self) -> CreatedAllocation {
+        self.sim
+            .create_allocation(NewAllocation {
+                project: Some("Climate extremes".into()),
+                offering: Some("LUMI-Slurm".into()),
+                ..NewAllocation::default()
+            })
+            .await
+            .unwrap()
+    }
+}
+
+async fn split(response: reqwest::Response) -> (u16, HeaderMap, Value) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_checked() {
+    let s = start().await;
+    let (status, headers, body) = split(
+        s.client
+            .get(s.url("/api/marketplace-orders/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        body,
+        json!({"detail": "Authentication credentials were not provided."})
+    );
+    assert_eq!(header(&headers, "www-authenticate"), "Token");
+
+    let (status, _, body) = split(
+        s.client
+            .get(s.url("/api/marketplace-orders/"))
+            .header("Authorization", "Token wrong")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body, json!({"detail": "Invalid token."}));
+
+    let (status, _, _) = split(
+        s.client
+            .get(s.url("/api/marketplace-orders/"))
+            .header("Authorization", format!("tOkEn {TOKEN}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn unknown_uuid_is_404_and_missing_slash_is_301() {
+    let s = start().await;
+    let (status, _, body) = s
+        .get("/api/marketplace-orders/0f0e0d0c0b0a09080706050403020100/")
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body, json!({"detail": "Not found."}));
+
+    let (status, headers, _) = s.get("/api/marketplace-orders?state=done").await;
+    assert_eq!(status, 301);
+    assert_eq!(
+        header(&headers, "location"),
+        "/api/marketplace-orders/?state=done"
+    );
+
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-orders/{}/approve_by_provider",
+        created.order_uuid
+    );
+    let (status, _) = s.post(&path, None).await;
+    assert_eq!(status, 301);
+    let last = s.sim.calls().pop().unwrap();
+    assert_eq!((last.method.as_str(), last.status), ("POST", 301));
+    assert_eq!(
+        s.sim.order(&created.order_uuid).unwrap()["state"],
+        "pending-provider"
+    );
+
+    let (status, _, body) = s
+        .get(&format!(
+            "/api/marketplace-orders/{}/approve_by_provider/",
+            created.order_uuid
+        ))
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(body, json!({"detail": "Method \"GET\" not allowed."}));
+}
+
+#[tokio::test]
+async fn approve_completes_basic_allocation_once() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    // The hyphenated form is accepted too.
+    let hyphenated = uuid::Uuid::parse_str(&created.order_uuid)
+        .unwrap()
+        .hyphenated()
+        .to_string();
+    let path = format!("/api/marketplace-orders/{hyphenated}/approve_by_provider/");
+    let (status, body) = s.post(&path, None).await;
+    assert_eq!((status, body), (200, Value::Null));
+
+    let (_, _, order) = s
+        .get(&format!("/api/marketplace-orders/{}/", created.order_uuid))
+        .await;
+    assert_eq!(order["state"], "done");
+    assert_eq!(order["provider_reviewed_by"], "sp-integration");
+    assert!(
+        order["provider_reviewed_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(
+        order["marketplace_resource_uuid"],
+        created.resource_uuid.as_str()
+    );
+    assert_eq!(order["resource_uuid"], Value::Null);
+
+    let (_, _, resource) = s
+        .get(&format!(
+            "/api/marketplace-provider-resources/{}/",
+            created.resource_uuid
+        ))
+        .await;
+    assert_eq!(resource["state"], "OK");
+    assert_eq!(resource["creation_order"]["state"], "done");
+    assert_eq!(
+        resource["limits"],
+        json!({"cpu_k_hours": 1000, "gb_k_hours": 3000})
+    );
+
+    let (status, body) = s.post(&path, None).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        body,
+        json!({"detail": "Valid states for operation: pending-provider."})
+    );
+}
+
+#[tokio::test]
+async fn expired_project_is_refused_before_the_state_check() {
+    let s = start().await;
+    let created = s
+        .sim
+        .create_allocation(NewAllocation {
+            project: Some("Ocean circulation".into()),
+            order_state: Some("pending-consumer".into()),
+            ..NewAllocation::default()
+        })
+        .await
+        .unwrap();
+    let (status, body) = s
+        .post(
+            &format!(
+                "/api/marketplace-orders/{}/approve_by_provider/",
+                created.order_uuid
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!([
+            "Project 'Ocean circulation | Norwegian University of Science and Technology' is expired."
+        ])
+    );
+    assert_eq!(
+        s.sim.order(&created.order_uuid).unwrap()["state"],
+        "pending-consumer"
+    );
+}
+
+#[tokio::test]
+async fn reject_stores_the_comment_and_terminates() {
+    let s = start().await;
+    let created = s.allocate("Protein dynamics", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-orders/{}/reject_by_provider/",
+        created.order_uuid
+    );
+    let (status, body) = s
+        .post(
+            &path,
+            Some(json!({"provider_rejection_comment": "Exceeds quota"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let order = s.sim.order(&created.order_uuid).unwrap();
+    assert_eq!(order["state"], "rejected");
+    assert_eq!(order["provider_rejection_comment"], "Exceeds quota");
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
+        "Terminated"
+    );
+    let (status, _) = s.post(&path, Some(json!({}))).await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn set_backend_id_validates_and_is_idempotent() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-provider-resources/{}/set_backend_id/",
+        created.resource_uuid
+    );
+    let (status, body) = s
+        .post(&path, Some(json!({"backend_id": "project_465000001"})))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"status": "Resource backend_id has been changed."})
+    );
+    let (status, body) = s
+        .post(&path, Some(json!({"backend_id": "project_465000001"})))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"status": "Resource backend_id is not changed."})
+    );
+    let (status, body) = s.post(&path, Some(json!({}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(body, json!({"backend_id": ["This field is required."]}));
+    let (status, body) = s
+        .post(&path, Some(json!({"backend_id": "x".repeat(256)})))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"backend_id": ["Ensure this field has no more than 255 characters."]})
+    );
+    let (_, _, listed) = s
+        .get("/api/marketplace-resources/?backend_id=project_465000001")
+        .await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+
+    let response = s
+        .client
+        .post(s.url(&path))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = split(response).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("JSON parse error - "),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn set_as_erred_terminates_without_backend_id_and_errs_with_one() {
+    let s = start().await;
+    let bare = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, _) = s
+        .post(
+            &format!(
+                "/api/marketplace-provider-resources/{}/set_as_erred/",
+                bare.resource_uuid
+            ),
+            Some(json!({"error_message": "no capacity", "error_traceback": ""})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.sim.resource(&bare.resource_uuid).unwrap()["state"],
+        "Terminated"
+    );
+    let order = s.sim.order(&bare.order_uuid).unwrap();
+    assert_eq!(order["state"], "erred");
+    assert_eq!(order["error_message"], "no capacity");
+
+    let named = s.allocate("Climate extremes", "LUMI-C").await;
+    let base = format!(
+        "/api/marketplace-provider-resources/{}",
+        named.resource_uuid
+    );
+    let (status, _) = s
+        .post(
+            &format!("{base}/set_backend_id/"),
+            Some(json!({"backend_id": "lumi_1"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .post(
+            &format!("{base}/set_as_erred/"),
+            Some(json!({"error_message": "", "error_traceback": ""})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.sim.resource(&named.resource_uuid).unwrap()["state"],
+        "Erred"
+    );
+    assert_eq!(s.sim.order(&named.order_uuid).unwrap()["state"], "erred");
+}
+
+#[tokio::test]
+async fn set_state_erred_is_only_for_agent_offerings() {
+    let s = start().await;
+    let basic = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, body) = s
+        .post(
+            &format!(
+                "/api/marketplace-orders/{}/set_state_erred/",
+                basic.order_uuid
+            ),
+            Some(json!({"error_message": "x", "error_traceback": "y"})),
+        )
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(
+        body,
+        json!({"detail": "The order's offering with Marketplace.Basic type does not support this action"})
+    );
+
+    let slurm = s.allocate_slurm().await;
+    let path = format!(
+        "/api/marketplace-orders/{}/set_state_erred/",
+        slurm.order_uuid
+    );
+    let (status, body) = s.post(&path, Some(json!({"error_message": "x"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"error_traceback": ["This field is required."]})
+    );
+    let (status, _) = s
+        .post(
+            &path,
+            Some(json!({"error_message": "x", "error_traceback": "y"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.sim.order(&slurm.order_uuid).unwrap()["state"], "erred");
+    assert_eq!(
+        s.sim.resource(&slurm.resource_uuid).unwrap()["state"],
+        "Terminated"
+    );
+}
+
+#[tokio::test]
+async fn agent_offering_approval_waits_for_set_state_done() {
+    let s = start().await;
+    let slurm = s.allocate_slurm().await;
+    let order = format!("/api/marketplace-orders/{}", slurm.order_uuid);
+    let (status, _) = s.post(&format!("{order}/approve_by_provider/"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.sim.order(&slurm.order_uuid).unwrap()["state"],
+        "executing"
+    );
+    assert_eq!(
+        s.sim.resource(&slurm.resource_uuid).unwrap()["state"],
+        "Creating"
+    );
+    let (status, _) = s.post(&format!("{order}/set_state_done/"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.sim.order(&slurm.order_uuid).unwrap()["state"], "done");
+    assert_eq!(s.sim.resource(&slurm.resource_uuid).unwrap()["state"], "OK");
+}
+
+#[tokio::test]
+async fn set_state_by_provider_follows_the_2021_state_machine() {
+    let s = start().await;
+    let created = s.allocate("Wind farm wakes", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-resources/{}/set_state_by_provider/",
+        created.resource_uuid
+    );
+    let (status, body) = s.post(&path, Some(json!({"state": "ok"}))).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "Resource state has been changed."}))
+    );
+    assert_eq!(s.sim.order(&created.order_uuid).unwrap()["state"], "done");
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
+        "OK"
+    );
+
+    let (status, body) = s.post(&path, Some(json!({"state": "ok"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"status": "Can't switch from state 'OK' to 'ok'."})
+    );
+
+    let (status, body) = s.post(&path, Some(json!({"state": "bogus"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(body, json!({"state": ["\"bogus\" is not a valid choice."]}));
+
+    let (status, _) = s.post(&path, Some(json!({"state": "erred"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
+        "Erred"
+    );
+    let (status, _) = s.post(&path, Some(json!({"state": "ok"}))).await;
+    assert_eq!(status, 200);
+    let (status, _) = s.post(&path, Some(json!({"state": "terminated"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
+        "Terminated"
+    );
+
+    let pending = s.allocate("Wind farm wakes", "LUMI-C").await;
+    let (status, _) = s
+        .post(
+            &format!(
+                "/api/marketplace-resources/{}/set_state_by_provider/",
+                pending.resource_uuid
+            ),
+            Some(json!({"state": "terminated"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.sim.order(&pending.order_uuid).unwrap()["state"],
+        "rejected"
+    );
+}
+
+#[tokio::test]
+async fn lists_paginate_with_link_and_count() {
+    let s = start().await;
+    for _ in 0..25 {
+        s.allocate("Estonian language models", "LUMI-C").await;
+    }
+    let list = "/api/marketplace-orders/";
+    let query = "state=pending-provider&page_size=10";
+    let (status, headers, body) = s.get(&format!("{list}?{query}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-result-count"), "25");
+    assert_eq!(body.as_array().map(Vec::len), Some(10));
+    let first = format!("{}{list}?page_size=10&state=pending-provider", s.base);
+    assert_eq!(
+        header(&headers, "link"),
+        format!(
+            "<{first}>; rel=\"first\", <{}{list}?page=2&page_size=10&state=pending-provider>; rel=\"next\", <{}{list}?page=3&page_size=10&state=pending-provider>; rel=\"last\"",
+            s.base, s.base
+        )
+    );
+
+    let (_, headers, second) = s.get(&format!("{list}?{query}&page=2")).await;
+    assert_eq!(second.as_array().map(Vec::len), Some(10));
+    let link = header(&headers, "link");
+    assert!(link.contains(&format!("<{first}>; rel=\"prev\"")), "{link}");
+    assert!(
+        link.contains("page=3&page_size=10&state=pending-provider>; rel=\"next\""),
+        "{link}"
+    );
+    // Pages do not overlap and follow creation order.
+    let created_first = body[9]["created"].as_str().unwrap().to_string();
+    let created_second = second[0]["created"].as_str().unwrap().to_string();
+    assert!(created_first < created_second);
+
+    let (_, headers, third) = s.get(&format!("{list}?{query}&page=3")).await;
+    assert_eq!(third.as_array().map(Vec::len), Some(5));
+    assert!(!header(&headers, "link").contains("rel=\"next\""));
+
+    let (status, _, body) = s.get(&format!("{list}?{query}&page=4")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body, json!({"detail": "Invalid page."}));
+
+    let response = s
+        .client
+        .head(s.url(&format!("{list}?{query}")))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(header(response.headers(), "x-result-count"), "25");
+    assert!(response.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn filters_and_field_selection() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    s.allocate("Protein dynamics", "LUMI-C").await;
+    let catalogue = s.sim.catalogue();
+    let uh = &catalogue.customers[1];
+    let (_, _, body) = s
+        .get(&format!(
+            "/api/marketplace-provider-resources/?customer_uuid={}&state=Creating&field=uuid&field=state",
+            uh.uuid
+        ))
+        .await;
+    assert_eq!(
+        body,
+        json!([{"uuid": created.resource_uuid, "state": "Creating"}])
+    );
+    let (_, _, body) = s.get("/api/marketplace-orders/?field=nonexistent").await;
+    assert!(body[0].get("offering_uuid").is_some());
+
+    let (status, _, body) = s
+        .get("/api/marketplace-orders/?state=Bogus&offering_uuid=nope")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({
+            "state": ["Select a valid choice. Bogus is not one of the available choices."],
+            "offering_uuid": ["Enter a valid UUID."]
+        })
+    );
+}
+
+#[tokio::test]
+async fn fail_next_answers_the_fault_and_records_it() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let admin = s
+        .client
+        .put(s.url("/admin/faults"))
+        .json(&json!({"fail_next": 2, "fail_status": 503}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status().as_u16(), 204);
+    let path = format!(
+        "/api/marketplace-orders/{}/approve_by_provider/",
+        created.order_uuid
+    );
+    assert_eq!(s.post(&path, None).await.0, 503);
+    assert_eq!(s.get("/api/marketplace-orders/").await.0, 503);
+    assert_eq!(
+        s.sim.order(&created.order_uuid).unwrap()["state"],
+        "pending-provider"
+    );
+    assert_eq!(s.post(&path, None).await.0, 200);
+    let statuses: Vec<u16> = s.sim.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![503, 200]);
+}
+
+#[tokio::test]
+async fn admin_api_creates_and_refuses_with_problems() {
+    let s = start().await;
+    let response = s
+        .client
+        .post(s.url("/admin/allocations"))
+        .json(&json!({"offering": "LUMI-G", "limits": {"cpu_k_hours": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 400);
+    assert_eq!(
+        problem["detail"],
+        "offering `LUMI-G` has no component `cpu_k_hours`"
+    );
+
+    let response = s
+        .client
+        .post(s.url("/admin/allocations"))
+        .json(&json!({"project": "No such project"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+
+    let response = s
+        .client
+        .post(s.url("/admin/allocations"))
+        .json(&json!({"offering": "LUMI-G", "limits": {"gpu_k_hours": 10}, "attributes": {"is_industry": false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let created: CreatedAllocation = response.json().await.unwrap();
+    let order = s.sim.order(&created.order_uuid).unwrap();
+    assert_eq!(order["offering_name"], "LUMI-G");
+    assert_eq!(order["limits"], json!({"gpu_k_hours": 10}));
+    assert!(s.sim.calls().is_empty(), "admin calls are not recorded");
+
+    let response = s
+        .client
+        .post(s.url("/admin/customers"))
+        .json(&json!({"name": "Aalto University", "country": "FI"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let response = s
+        .client
+        .post(s.url("/admin/projects"))
+        .json(&json!({"customer": "Aalto University", "name": "Fusion", "end_date": "2099-01-01"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let catalogue: Catalogue = s
+        .client
+        .get(s.url("/admin/catalogue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(catalogue.projects.iter().any(|p| p.name == "Fusion"
+        && p.customer_name == "Aalto University"
+        && p.end_date.as_deref() == Some("2099-01-01")));
+}
+
+/// A receiver that forwards each request's headers and body.
+async fn receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, Vec<u8>)>,
+    CancellationToken,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body.to_vec()));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+    (url, rx, stop)
+}
+
+#[tokio::test]
+async fn allocation_hook_is_signed() {
+    let (url, mut rx, stop) = receiver().await;
+    let secret =
+        crate::signature::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let s = start_with(Some(HookTarget {
+        url,
+        format: HookFormat::Allocation {
+            secret: secret.clone(),
+        },
+    }))
+    .await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let signed = crate::signature::SignedHeaders {
+        id: headers.get("webhook-id").and_then(|v| v.to_str().ok()),
+        timestamp: headers
+            .get("webhook-timestamp")
+            .and_then(|v| v.to_str().ok()),
+        signature: headers
+            .get("webhook-signature")
+            .and_then(|v| v.to_str().ok()),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let id = crate::signature::verify(&[secret], signed, &body, now, 60).unwrap();
+    assert!(id.starts_with("msg_"));
+    let payload: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(payload["type"], "allocation.created");
+    assert_eq!(payload["order_uuid"], created.order_uuid.as_str());
+    assert_eq!(payload["resource_uuid"], created.resource_uuid.as_str());
+    assert_eq!(payload["offering_uuid"], created.offering_uuid.as_str());
+    assert_eq!(header(&headers, "content-type"), "application/json");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn waldur_hook_has_flat_context() {
+    let (url, mut rx, stop) = receiver().await;
+    let s = start_with(Some(HookTarget {
+        url,
+        format: HookFormat::WaldurHook,
+    }))
+    .await;
+    let created = s
+        .sim
+        .create_allocation(NewAllocation {
+            attributes: json!({"is_industry": true, "is_commercial": false})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            ..NewAllocation::default()
+        })
+        .await
+        .unwrap();
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(headers.get("webhook-signature").is_none());
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["event_type"], "marketplace_resource_create_requested");
+    let context = &event["context"];
+    assert_eq!(context["order_uuid"], created.order_uuid.as_str());
+    assert_eq!(context["resource_uuid"], created.resource_uuid.as_str());
+    assert_eq!(context["order_state"], "pending-provider");
+    assert_eq!(context["resource_attributes"]["is_industry"], "True");
+    assert_eq!(context["resource_attributes"]["is_commercial"], "False");
+    assert_eq!(context["resource_end_date"], "None");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn concurrent_approvals_succeed_exactly_once() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-orders/{}/approve_by_provider/",
+        created.order_uuid
+    );
+    let attempts = (0..16).map(|_| s.post(&path, None));
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 15);
+    assert_eq!(s.sim.calls().len(), 16);
+}
+
+#[tokio::test]
+async fn error_rate_one_always_fails_with_an_html_500() {
+    let s = start().await;
+    s.sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let response = s
+        .client
+        .get(s.url("/api/marketplace-orders/"))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "<h1>Server Error (500)</h1>"
+    );
+    s.sim.set_faults(Faults::default());
+    assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
+}

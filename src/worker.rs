@@ -1,0 +1,391 @@
+//! Workers: take notifications off the queue, re-fetch the allocation, decide by policy,
+//! write the decision back to Puhuri Core, then settle the delivery.
+//!
+//! INVARIANT: a notification is never trusted: the allocation is re-fetched and acted on
+//! only while it still waits for the provider.
+//! INVARIANT: a delivery is acked only after Puhuri Core answered every write of the
+//! decision (or the allocation turned out to be decided already). Transient failures go
+//! to a delay tier and, after `max_attempts`, to the dead-letter queue; permanent ones go
+//! to the dead-letter queue at once. Nothing is acked unprocessed and nothing loops forever.
+//! INVARIANT: `backend_id` is a deterministic function of the allocation, and
+//! `set_backend_id` is idempotent, so a redelivery writes the same value again at most.
+//! INVARIANT: within one worker process, one allocation is processed by one task at a
+//! time; across processes, Puhuri Core's state machine (409) is the arbiter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{ApiGeneration, WorkerConfig};
+use crate::notification::WorkItem;
+use crate::policy::{Action, Policy, Verdict};
+use crate::puhuri::{Fetched, PuhuriClient, PuhuriError, Waiting};
+use crate::queue::{Broker, Delivery, Retried};
+
+/// What happened to one allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Approved {
+        backend_id: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    Erred {
+        message: String,
+    },
+    Held {
+        note: String,
+    },
+    /// It was decided already (redelivery, another replica, or a human).
+    AlreadyHandled {
+        state: String,
+    },
+    /// It has not reached the provider yet; the reconciler will find it when it does.
+    NotWaiting {
+        state: String,
+    },
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Approved { .. } => "approved",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Erred { .. } => "erred",
+            Outcome::Held { .. } => "held",
+            Outcome::AlreadyHandled { .. } => "already-handled",
+            Outcome::NotWaiting { .. } => "not-waiting",
+        }
+    }
+}
+
+/// Why processing did not finish, by what should happen to the delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{reason}")]
+    Permanent { reason: String },
+}
+
+impl From<PuhuriError> for ProcessError {
+    fn from(error: PuhuriError) -> Self {
+        match &error {
+            PuhuriError::Transient { retry_after, .. } => ProcessError::Transient {
+                retry_after: *retry_after,
+                reason: error.to_string(),
+            },
+            // A conflict that survives a re-fetch is retried: the state is moving.
+            PuhuriError::Conflict { .. } => ProcessError::Transient {
+                reason: error.to_string(),
+                retry_after: None,
+            },
+            PuhuriError::Permanent { .. } => ProcessError::Permanent {
+                reason: error.to_string(),
+            },
+        }
+    }
+}
+
+/// Serializes work on one allocation within this process.
+#[derive(Default)]
+struct KeyedLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.locks.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    fn release(&self, key: &str) {
+        let mut locks = match self.locks.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Only this map and the finishing task hold it: nobody else is waiting.
+        if locks
+            .get(key)
+            .is_some_and(|lock| Arc::strong_count(lock) <= 2)
+        {
+            locks.remove(key);
+        }
+    }
+}
+
+/// The worker role.
+pub struct Worker {
+    client: PuhuriClient,
+    policy: RwLock<Arc<Policy>>,
+    broker: Broker,
+    config: WorkerConfig,
+    locks: KeyedLocks,
+}
+
+impl Worker {
+    pub fn new(
+        client: PuhuriClient,
+        policy: Policy,
+        broker: Broker,
+        config: WorkerConfig,
+    ) -> Worker {
+        Worker {
+            client,
+            policy: RwLock::new(Arc::new(policy)),
+            broker,
+            config,
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    /// Replaces the policy; deliveries already being decided keep the old one.
+    pub fn set_policy(&self, policy: Policy) {
+        match self.policy.write() {
+            Ok(mut guard) => *guard = Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        }
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Consumes until `stop` fires, then lets every started delivery finish.
+    ///
+    /// Prefetch equals the number of allocations decided concurrently by this process:
+    /// each decision waits on Puhuri Core for most of its time, so many in flight keep
+    /// throughput up, while a bound keeps other workers fed and memory flat.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let tracker = TaskTracker::new();
+        'outer: while !stop.is_cancelled() {
+            let Some(mut deliveries) = self.broker.consume(self.config.prefetch, &stop).await
+            else {
+                break;
+            };
+            tracing::info!(prefetch = self.config.prefetch, "worker consuming");
+            loop {
+                // Cancellation is checked only between deliveries; a started one finishes.
+                let delivery = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break 'outer,
+                    delivery = deliveries.next() => delivery,
+                };
+                let Some(delivery) = delivery else {
+                    tracing::warn!("consumer ended; reopening");
+                    break;
+                };
+                let worker = self.clone();
+                tracker.spawn(async move { worker.handle(delivery).await });
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let item = match &delivery.item {
+            Ok(item) => item.clone(),
+            Err(reason) => {
+                let reason = reason.clone();
+                tracing::error!(message_id = %delivery.message_id, error = %reason, "dead-lettering an undecodable message");
+                if let Err(error) = delivery.dead_letter(&reason).await {
+                    tracing::warn!(error = %error, "cannot dead-letter; it will be redelivered");
+                }
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "notification",
+            id = %item.id,
+            source = %item.source,
+            attempt = delivery.attempts + 1,
+            redelivered = delivery.redelivered,
+        );
+        async move {
+            let key = item.hint.key();
+            let lock = self.locks.lock_for(&key);
+            let result = {
+                let _guard = lock.lock().await;
+                self.process(&item).await
+            };
+            drop(lock);
+            self.locks.release(&key);
+            self.settle(delivery, &item, result).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        item: &WorkItem,
+        result: Result<(Outcome, Option<Verdict>), ProcessError>,
+    ) {
+        match result {
+            Ok((outcome, verdict)) => {
+                tracing::info!(
+                    outcome = outcome.name(),
+                    rule = verdict
+                        .as_ref()
+                        .and_then(|v| v.rule.as_deref())
+                        .unwrap_or("-"),
+                    "decided"
+                );
+                if matches!(
+                    outcome,
+                    Outcome::Approved { .. }
+                        | Outcome::Rejected { .. }
+                        | Outcome::Erred { .. }
+                        | Outcome::Held { .. }
+                ) {
+                    self.publish_decision(item, &outcome, verdict.as_ref())
+                        .await;
+                }
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(error = %error, "ack failed; the redelivery will find the allocation decided");
+                }
+            }
+            Err(ProcessError::Transient { reason, .. }) => match delivery
+                .retry_later(&reason, self.config.max_attempts)
+                .await
+            {
+                Ok(Retried::Scheduled { attempts, delay }) => {
+                    tracing::warn!(error = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "temporary failure; retry scheduled");
+                }
+                Ok(Retried::DeadLettered { attempts }) => {
+                    tracing::error!(error = %reason, attempts, "attempts exhausted; dead-lettered");
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot schedule a retry; the broker will redeliver");
+                }
+            },
+            Err(ProcessError::Permanent { reason }) => {
+                tracing::error!(error = %reason, "permanent failure; dead-lettered");
+                if let Err(error) = delivery.dead_letter(&reason).await {
+                    tracing::warn!(error = %error, "cannot dead-letter; the broker will redeliver");
+                }
+            }
+        }
+    }
+
+    async fn publish_decision(
+        &self,
+        item: &WorkItem,
+        outcome: &Outcome,
+        verdict: Option<&Verdict>,
+    ) {
+        let body = json!({
+            "type": format!("decision.{}", outcome.name()),
+            "notification_id": item.id,
+            "order_uuid": item.hint.order_uuid,
+            "resource_uuid": item.hint.resource_uuid,
+            "rule": verdict.and_then(|v| v.rule.clone()),
+            "outcome": match outcome {
+                Outcome::Approved { backend_id } => json!({"action": "approve", "backend_id": backend_id}),
+                Outcome::Rejected { reason } => json!({"action": "reject", "reason": reason}),
+                Outcome::Erred { message } => json!({"action": "erred", "message": message}),
+                Outcome::Held { note } => json!({"action": "hold", "note": note}),
+                _ => json!(null),
+            },
+        });
+        let routing_key = format!("decision.{}", outcome.name());
+        if let Err(error) = self
+            .broker
+            .publish_event(&routing_key, body.to_string().as_bytes(), &item.id)
+            .await
+        {
+            tracing::warn!(error = %error, "decision event not published");
+        }
+    }
+
+    /// The step function: decide one notification and write the decision. Tests call it
+    /// directly; [`Worker::run`] wraps it with queue settlement.
+    pub async fn process(
+        &self,
+        item: &WorkItem,
+    ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
+        let fetched = self.client.fetch_allocation(&item.hint).await?;
+        match fetched.waiting(self.client.api()) {
+            Waiting::AlreadyHandled(state) => return Ok((Outcome::AlreadyHandled { state }, None)),
+            Waiting::NotYet(state) => return Ok((Outcome::NotWaiting { state }, None)),
+            Waiting::Yes => {}
+        }
+        let verdict = self.policy().evaluate(&fetched.to_allocation());
+        let outcome = match self.act(&fetched, &verdict.action).await {
+            Ok(outcome) => outcome,
+            Err(PuhuriError::Conflict { .. }) => {
+                // Someone else moved it: decide by what it is now.
+                let now = self.client.fetch_allocation(&item.hint).await?;
+                match now.waiting(self.client.api()) {
+                    Waiting::AlreadyHandled(state) => Outcome::AlreadyHandled { state },
+                    Waiting::NotYet(state) => Outcome::NotWaiting { state },
+                    Waiting::Yes => {
+                        return Err(ProcessError::Transient {
+                            reason: "Puhuri Core answered 409 but the allocation still waits"
+                                .into(),
+                            retry_after: None,
+                        });
+                    }
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok((outcome, Some(verdict)))
+    }
+
+    async fn act(&self, fetched: &Fetched, action: &Action) -> Result<Outcome, PuhuriError> {
+        match action {
+            Action::Approve { backend_id } => {
+                self.client
+                    .set_backend_id(&fetched.resource.uuid, backend_id)
+                    .await?;
+                self.client.approve(fetched).await?;
+                Ok(Outcome::Approved {
+                    backend_id: backend_id.clone(),
+                })
+            }
+            Action::Reject { reason } => {
+                if self.client.api() == ApiGeneration::Resources {
+                    tracing::info!(
+                        "the 2021 API takes no rejection comment; terminating without it"
+                    );
+                }
+                self.client.reject(fetched, reason).await?;
+                Ok(Outcome::Rejected {
+                    reason: reason.clone(),
+                })
+            }
+            Action::Erred {
+                backend_id,
+                message,
+            } => {
+                // backend_id first: a Creating resource without one is Terminated, not Erred.
+                self.client
+                    .set_backend_id(&fetched.resource.uuid, backend_id)
+                    .await?;
+                self.client.set_erred(fetched, message).await?;
+                Ok(Outcome::Erred {
+                    message: message.clone(),
+                })
+            }
+            Action::Hold { note } => Ok(Outcome::Held { note: note.clone() }),
+        }
+    }
+}
