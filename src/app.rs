@@ -122,13 +122,14 @@ impl Running {
     /// Asks every role to stop, waits for in-flight work (up to the deadline), then closes
     /// the broker connection.
     pub async fn shutdown(self) {
-        self.stop.cancel();
-        self.wait().await;
+        self.stop_roles().await;
+        self.broker_stop.cancel();
     }
 
-    /// Waits until the roles stop (after the stop token fires), then closes the broker.
-    pub async fn wait(self) {
-        self.stop.cancelled().await;
+    /// Stops the receiver and workers and waits for their in-flight work, keeping the
+    /// broker connection open (for tooling that still needs it).
+    pub async fn stop_roles(&self) {
+        self.stop.cancel();
         if tokio::time::timeout(SHUTDOWN_DEADLINE, self.tracker.wait())
             .await
             .is_err()
@@ -137,6 +138,12 @@ impl Running {
                 "shutdown deadline passed with work in flight; redeliveries will finish it"
             );
         }
-        self.broker_stop.cancel();
+    }
+
+    /// Waits until something (a signal handler, a failed role) fires the stop token, then
+    /// shuts down in order.
+    pub async fn wait(self) {
+        self.stop.cancelled().await;
+        self.shutdown().await;
     }
 }

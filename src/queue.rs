@@ -27,8 +27,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{
@@ -428,6 +428,17 @@ impl Broker {
         for queue in self.inner.topology.queues() {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        let topology = &self.inner.topology;
+        for exchange in [
+            topology.work_exchange(),
+            topology.retry_exchange(),
+            topology.dead_exchange(),
+            topology.events_exchange(),
+        ] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await?;
         }
         let _ = channel.close(200, "done".into()).await;

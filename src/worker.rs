@@ -65,6 +65,28 @@ impl Outcome {
     }
 }
 
+/// What became of one delivery; sent to [`Worker::subscribe`] receivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The notification id.
+    pub id: String,
+    /// Which attempt this was (1 for the first).
+    pub attempt: u32,
+    /// The outcome, or the failure's reason.
+    pub result: Result<Outcome, String>,
+    pub disposition: Disposition,
+}
+
+/// What was done with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Acked,
+    RetryScheduled,
+    DeadLettered,
+    /// Settling failed; the broker will redeliver it.
+    LeftToBroker,
+}
+
 /// Why processing did not finish, by what should happen to the delivery.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -133,6 +155,7 @@ pub struct Worker {
     broker: Broker,
     config: WorkerConfig,
     locks: KeyedLocks,
+    settled: tokio::sync::broadcast::Sender<Settled>,
 }
 
 impl Worker {
@@ -148,7 +171,13 @@ impl Worker {
             broker,
             config,
             locks: KeyedLocks::default(),
+            settled: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Every settled delivery from now on (for tests, tooling and metrics).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Settled> {
+        self.settled.subscribe()
     }
 
     /// Replaces the policy; deliveries already being decided keep the old one.
@@ -238,14 +267,20 @@ impl Worker {
         item: &WorkItem,
         result: Result<(Outcome, Option<Verdict>), ProcessError>,
     ) {
-        match result {
+        let attempt = delivery.attempts + 1;
+        let (result, disposition) = match result {
             Ok((outcome, verdict)) => {
+                let since_received_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64 - item.received_at_ms)
+                    .unwrap_or(0);
                 tracing::info!(
                     outcome = outcome.name(),
                     rule = verdict
                         .as_ref()
                         .and_then(|v| v.rule.as_deref())
                         .unwrap_or("-"),
+                    since_received_ms,
                     "decided"
                 );
                 if matches!(
@@ -258,31 +293,53 @@ impl Worker {
                     self.publish_decision(item, &outcome, verdict.as_ref())
                         .await;
                 }
-                if let Err(error) = delivery.ack().await {
-                    tracing::warn!(error = %error, "ack failed; the redelivery will find the allocation decided");
-                }
+                let disposition = match delivery.ack().await {
+                    Ok(()) => Disposition::Acked,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "ack failed; the redelivery will find the allocation decided");
+                        Disposition::LeftToBroker
+                    }
+                };
+                (Ok(outcome), disposition)
             }
-            Err(ProcessError::Transient { reason, .. }) => match delivery
-                .retry_later(&reason, self.config.max_attempts)
-                .await
-            {
-                Ok(Retried::Scheduled { attempts, delay }) => {
-                    tracing::warn!(error = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "temporary failure; retry scheduled");
-                }
-                Ok(Retried::DeadLettered { attempts }) => {
-                    tracing::error!(error = %reason, attempts, "attempts exhausted; dead-lettered");
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "cannot schedule a retry; the broker will redeliver");
-                }
-            },
+            Err(ProcessError::Transient { reason, .. }) => {
+                let disposition = match delivery
+                    .retry_later(&reason, self.config.max_attempts)
+                    .await
+                {
+                    Ok(Retried::Scheduled { attempts, delay }) => {
+                        tracing::warn!(error = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "temporary failure; retry scheduled");
+                        Disposition::RetryScheduled
+                    }
+                    Ok(Retried::DeadLettered { attempts }) => {
+                        tracing::error!(error = %reason, attempts, "attempts exhausted; dead-lettered");
+                        Disposition::DeadLettered
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot schedule a retry; the broker will redeliver");
+                        Disposition::LeftToBroker
+                    }
+                };
+                (Err(reason), disposition)
+            }
             Err(ProcessError::Permanent { reason }) => {
-                tracing::error!(error = %reason, "permanent failure; dead-lettered");
-                if let Err(error) = delivery.dead_letter(&reason).await {
-                    tracing::warn!(error = %error, "cannot dead-letter; the broker will redeliver");
-                }
+                tracing::error!(error = %reason, "permanent failure; dead-lettering");
+                let disposition = match delivery.dead_letter(&reason).await {
+                    Ok(()) => Disposition::DeadLettered,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot dead-letter; the broker will redeliver");
+                        Disposition::LeftToBroker
+                    }
+                };
+                (Err(reason), disposition)
             }
-        }
+        };
+        let _ = self.settled.send(Settled {
+            id: item.id.clone(),
+            attempt,
+            result,
+            disposition,
+        });
     }
 
     async fn publish_decision(

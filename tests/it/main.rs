@@ -1,0 +1,6 @@
+//! The integration tests: one binary, a real RabbitMQ at `AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`) and the project's Puhuri Core simulator
+//! started in-process on port 0. Every test uses its own queue prefix.
+
+mod helpers;
+mod spine;
