@@ -94,16 +94,14 @@ pub async fn start(
     if roles.work {
         config.require_token()?;
         let client = PuhuriClient::new(&config.puhuri)?;
-        let w = Arc::new(Worker::new(
-            client,
-            policy,
-            broker.clone(),
-            config.worker.clone(),
-        ));
+        let w = Arc::new(
+            Worker::new(client, policy, broker.clone(), config.worker.clone())
+                .with_shadow(config.policy_shadow),
+        );
         worker = Some(w.clone());
         let worker_stop = stop.clone();
         tracker.spawn(async move { w.run(worker_stop).await });
-        tracing::info!(api = ?config.puhuri.api, puhuri = %config.puhuri.url, "workers started");
+        tracing::info!(api = ?config.puhuri.api, puhuri = %config.puhuri.url, shadow = config.policy_shadow, "workers started");
     }
     tracker.close();
 

@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
 use crate::config::{Config, ProcessEnv};
-use crate::policy::Policy;
+use crate::policy::cases::Cases;
+use crate::policy::reload::{self, PolicyFile};
+use crate::policy::{Action, Allocation, Policy};
+use crate::puhuri::{Fetched, Resource};
 use crate::secret::Secret;
 use crate::signature::{self, WebhookSecret};
 use crate::sim::{HookFormat, HookTarget, Sim, SimConfig};
@@ -132,6 +135,28 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Show how a policy decides one allocation: every rule, matched or not and why, the
+    /// action, and the rendered backend_id, reason or note.
+    Explain {
+        /// The policy file.
+        file: PathBuf,
+        /// The allocation: the policy's allocation object (JSON, as in `policy test` cases),
+        /// or a resource as Puhuri Core renders it (with `creation_order`); `-` reads stdin.
+        allocation: PathBuf,
+        /// Evaluation time (RFC 3339); now when omitted.
+        #[arg(long)]
+        now: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a file of cases (allocations with expected decisions) against a policy.
+    Test {
+        /// The policy file.
+        file: PathBuf,
+        /// The cases file (TOML, `[[case]]` tables).
+        cases: PathBuf,
+    },
 }
 
 /// Sets up logging once.
@@ -178,9 +203,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = load_policy(&file)?;
-            println!("{}: ok ({} rules)", file.display(), policy.rule_count());
+            println!(
+                "{}: ok ({} rules, version {})",
+                file.display(),
+                policy.rule_count(),
+                policy.version()
+            );
             Ok(())
         }
+        Command::Policy(PolicyCommand::Explain {
+            file,
+            allocation,
+            now,
+            json,
+        }) => explain_policy(&file, &allocation, now.as_deref(), json),
+        Command::Policy(PolicyCommand::Test { file, cases }) => test_policy(&file, &cases),
     }
 }
 
@@ -204,6 +241,146 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
             .collect();
         anyhow::anyhow!("{}", lines.join("\n"))
     })
+}
+
+/// Reads an allocation for `policy explain`: the allocation object, or a Puhuri Core
+/// resource (recognised by its top-level `uuid`).
+fn read_allocation(path: &Path) -> anyhow::Result<Allocation> {
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}: not JSON: {e}", path.display(), e.line()))?;
+    if value.get("uuid").is_some() {
+        let resource: Resource = serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{}: not a Puhuri Core resource: {e}", path.display()))?;
+        let order = resource.creation_order.clone();
+        return Ok(Fetched { resource, order }.to_allocation(None));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| anyhow::anyhow!("{}: not an allocation object: {e}", path.display()))
+}
+
+fn parse_now(now: Option<&str>) -> anyhow::Result<time::OffsetDateTime> {
+    match now {
+        None => Ok(time::OffsetDateTime::now_utc()),
+        Some(text) => {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| anyhow::anyhow!("--now: `{text}` is not an RFC 3339 timestamp"))
+        }
+    }
+}
+
+fn explain_policy(
+    file: &Path,
+    allocation: &Path,
+    now: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let policy = load_policy(file)?;
+    let allocation = read_allocation(allocation)?;
+    let explanation = policy.explain(&allocation, parse_now(now)?);
+    let verdict = &explanation.verdict;
+    let (key, value) = match &verdict.action {
+        Action::Approve { backend_id, .. } => ("backend_id", backend_id),
+        Action::Reject { reason } => ("reason", reason),
+        Action::Erred { message, .. } => ("message", message),
+        Action::Hold { note } => ("note", note),
+    };
+    if json {
+        let report = match &verdict.action {
+            Action::Approve { report, .. } => serde_json::to_value(report)?,
+            _ => serde_json::Value::Null,
+        };
+        let body = serde_json::json!({
+            "policy_version": verdict.policy_version.as_ref(),
+            "rules": explanation.rules,
+            "rule": verdict.rule,
+            "action": verdict.action.name(),
+            key: value,
+            "report": report,
+            "reasons": verdict.reasons,
+            "rule_errors": verdict.errors,
+        });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("policy {} ({})", file.display(), verdict.policy_version);
+    for rule in &explanation.rules {
+        let first = verdict.rule.as_deref() == Some(rule.rule.as_str());
+        println!(
+            "  {} line {:>4}  {:<12} {}",
+            if first { "=>" } else { "  " },
+            rule.line,
+            rule.result,
+            rule.rule
+        );
+        if let Some(error) = &rule.error {
+            println!("                        error: {error}");
+        }
+        for (path, value) in &rule.facts {
+            println!("                        {path} = {value}");
+        }
+    }
+    println!(
+        "decision: {} by {}",
+        verdict.action.name(),
+        verdict
+            .rule
+            .as_deref()
+            .map(|r| format!("rule `{r}`"))
+            .unwrap_or_else(|| "the default".into())
+    );
+    println!("{key}: {value}");
+    if let Action::Approve { report, .. } = &verdict.action {
+        for section in report {
+            println!("report: {}: {}", section.header, section.body);
+        }
+    }
+    for reason in &verdict.reasons {
+        println!("  - {reason}");
+    }
+    Ok(())
+}
+
+fn test_policy(file: &Path, cases_path: &Path) -> anyhow::Result<()> {
+    let policy = load_policy(file)?;
+    let text = std::fs::read_to_string(cases_path)
+        .with_context(|| format!("{}: cannot read", cases_path.display()))?;
+    let cases =
+        Cases::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cases_path.display()))?;
+    let results = cases.run(&policy);
+    let failed: Vec<_> = results.iter().filter(|r| !r.failures.is_empty()).collect();
+    for result in &results {
+        if result.failures.is_empty() {
+            println!("ok      {}", result.name);
+        } else {
+            println!(
+                "FAILED  {} ({}:{})",
+                result.name,
+                cases_path.display(),
+                result.line
+            );
+            for failure in &result.failures {
+                println!("          {failure}");
+            }
+        }
+    }
+    println!(
+        "{} passed, {} failed",
+        results.len() - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        bail!("{} of {} cases failed", failed.len(), results.len());
+    }
+    Ok(())
 }
 
 fn check_config(path: &Path) -> anyhow::Result<()> {
@@ -239,14 +416,23 @@ fn resolve_relative(config_path: &Path, path: &Path) -> PathBuf {
 
 async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
-    let policy = match &config.policy_file {
-        Some(policy) => {
-            let path = match &args.config {
-                Some(config_path) => resolve_relative(config_path, policy),
-                None => policy.clone(),
-            };
-            let policy = load_policy(&path)?;
-            tracing::info!(policy = %path.display(), rules = policy.rule_count(), "policy loaded");
+    let policy_path = config
+        .policy_file
+        .as_ref()
+        .map(|policy| match &args.config {
+            Some(config_path) => resolve_relative(config_path, policy),
+            None => policy.clone(),
+        });
+    let policy = match &policy_path {
+        Some(path) => {
+            let policy = load_policy(path)?;
+            tracing::info!(
+                policy = %path.display(),
+                rules = policy.rule_count(),
+                version = policy.version(),
+                shadow = config.policy_shadow,
+                "policy loaded; reloaded on SIGHUP or when the file changes"
+            );
             policy
         }
         None => {
@@ -258,7 +444,11 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     };
     tracing::info!(prefix = %config.amqp.prefix, "queue backend: RabbitMQ");
     let stop = CancellationToken::new();
+    let watched = policy_path.map(|path| PolicyFile::new(path, &policy));
     let running = app::start(&config, roles, policy, None, stop.clone()).await?;
+    if let (Some(file), Some(worker)) = (watched, running.worker.clone()) {
+        tokio::spawn(reload::watch(file, worker, stop.clone()));
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;

@@ -56,6 +56,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub puhuri: PuhuriConfig,
     pub policy_file: Option<PathBuf>,
+    /// Decide and publish decisions, but write nothing to Puhuri Core.
+    pub policy_shadow: bool,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -182,6 +184,7 @@ struct FilePuhuri {
 #[serde(deny_unknown_fields)]
 struct FilePolicy {
     file: Option<String>,
+    shadow: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +368,19 @@ impl Config {
             .get("PUHURI_APPROVER_POLICY")
             .or(file.policy.file)
             .map(PathBuf::from);
+        let policy_shadow = match env.get("PUHURI_APPROVER_POLICY_SHADOW") {
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "PUHURI_APPROVER_POLICY_SHADOW".into(),
+                        message: format!("`{value}` is not `true` or `false`"),
+                    });
+                }
+            },
+            None => file.policy.shadow.unwrap_or(false),
+        };
 
         let mut sources = Vec::new();
         for source in &file.sources {
@@ -473,6 +489,7 @@ impl Config {
                 offerings: file.puhuri.offerings,
             },
             policy_file,
+            policy_shadow,
             sources,
         })
     }

@@ -21,7 +21,11 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{ApiGeneration, PuhuriConfig};
 use crate::notification::{AllocationHint, WaldurUuid};
-use crate::policy::Allocation;
+use crate::policy::ReportSection;
+use crate::policy::allocation::{
+    Allocation, CustomerFacts, OfferingFacts, OrderFacts, PlanFacts, ProjectFacts, ResourceFacts,
+    UserFacts,
+};
 
 /// How a Puhuri Core call failed, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +70,27 @@ pub struct Order {
     pub project_slug: Option<String>,
     pub customer_uuid: Option<String>,
     pub customer_name: Option<String>,
+    pub customer_slug: Option<String>,
+    pub provider_uuid: Option<String>,
+    pub provider_name: Option<String>,
+    pub plan_uuid: Option<String>,
+    pub plan_name: Option<String>,
     pub limits: Option<Map<String, Value>>,
     pub attributes: Option<Map<String, Value>>,
+    pub created: Option<String>,
+    pub created_by_username: Option<String>,
+    pub created_by_full_name: Option<String>,
+}
+
+/// An organisation as `GET /api/customers/{uuid}/` renders it (the fields used here).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Customer {
+    pub uuid: String,
+    pub name: Option<String>,
+    pub abbreviation: Option<String>,
+    /// ISO 3166-1 alpha-2 code.
+    pub country: Option<String>,
 }
 
 /// A marketplace resource as Puhuri Core renders it (the fields used here).
@@ -79,17 +102,24 @@ pub struct Resource {
     pub slug: Option<String>,
     pub state: String,
     pub backend_id: Option<String>,
+    pub attributes: Option<Map<String, Value>>,
     pub limits: Option<Map<String, Value>>,
     pub offering_uuid: Option<String>,
     pub offering_name: Option<String>,
     pub offering_type: Option<String>,
+    pub plan_uuid: Option<String>,
     pub plan_name: Option<String>,
+    pub provider_uuid: Option<String>,
+    pub provider_name: Option<String>,
     pub project_uuid: Option<String>,
     pub project_name: Option<String>,
     pub project_slug: Option<String>,
+    pub project_end_date: Option<String>,
     pub customer_uuid: Option<String>,
     pub customer_name: Option<String>,
     pub customer_slug: Option<String>,
+    pub created: Option<String>,
+    pub end_date: Option<String>,
     pub creation_order: Option<Order>,
 }
 
@@ -140,15 +170,18 @@ impl Fetched {
         }
     }
 
-    /// The policy's view of the allocation.
-    pub fn to_allocation(&self) -> Allocation {
+    /// The policy's view of the allocation. `customer` is the organisation's own record,
+    /// fetched only when the policy reads what only it has (`customer.country`).
+    pub fn to_allocation(&self, customer: Option<&Customer>) -> Allocation {
         let r = &self.resource;
         let o = self.order.as_ref();
         let pick = |a: &Option<String>, b: Option<&Option<String>>| -> String {
             a.clone()
+                .filter(|a| !a.is_empty())
                 .or_else(|| b.and_then(|b| b.clone()))
                 .unwrap_or_default()
         };
+        let text = |a: &Option<String>| a.clone().unwrap_or_default();
         let limits_source = r
             .limits
             .as_ref()
@@ -162,22 +195,58 @@ impl Fetched {
                     .collect()
             })
             .unwrap_or_default();
+        let attributes = o
+            .and_then(|o| o.attributes.clone())
+            .filter(|a| !a.is_empty())
+            .or_else(|| r.attributes.clone())
+            .unwrap_or_default();
+        let date = |d: &Option<String>| d.clone().filter(|d| !d.is_empty());
         Allocation {
-            resource_uuid: r.uuid.clone(),
-            resource_name: pick(&r.name, o.map(|o| &o.resource_name)),
-            resource_slug: r.slug.clone().unwrap_or_default(),
-            order_uuid: o.map(|o| o.uuid.clone()).unwrap_or_default(),
-            offering_uuid: pick(&r.offering_uuid, o.map(|o| &o.offering_uuid)),
-            offering_name: pick(&r.offering_name, o.map(|o| &o.offering_name)),
-            offering_type: pick(&r.offering_type, o.map(|o| &o.offering_type)),
-            plan_name: r.plan_name.clone().unwrap_or_default(),
-            customer_uuid: pick(&r.customer_uuid, o.map(|o| &o.customer_uuid)),
-            customer_name: pick(&r.customer_name, o.map(|o| &o.customer_name)),
-            customer_slug: r.customer_slug.clone().unwrap_or_default(),
-            project_uuid: pick(&r.project_uuid, o.map(|o| &o.project_uuid)),
-            project_name: pick(&r.project_name, o.map(|o| &o.project_name)),
-            project_slug: pick(&r.project_slug, o.map(|o| &o.project_slug)),
+            resource: ResourceFacts {
+                uuid: r.uuid.clone(),
+                name: pick(&r.name, o.map(|o| &o.resource_name)),
+                slug: text(&r.slug),
+                state: r.state.clone(),
+                backend_id: text(&r.backend_id),
+                created: text(&r.created),
+                end_date: date(&r.end_date),
+            },
+            order: OrderFacts {
+                uuid: o.map(|o| o.uuid.clone()).unwrap_or_default(),
+                order_type: o.map(|o| o.order_type.clone()).unwrap_or_default(),
+                state: o.map(|o| o.state.clone()).unwrap_or_default(),
+                created: o.map(|o| text(&o.created)).unwrap_or_default(),
+            },
+            offering: OfferingFacts {
+                uuid: pick(&r.offering_uuid, o.map(|o| &o.offering_uuid)),
+                name: pick(&r.offering_name, o.map(|o| &o.offering_name)),
+                offering_type: pick(&r.offering_type, o.map(|o| &o.offering_type)),
+                provider_uuid: pick(&r.provider_uuid, o.map(|o| &o.provider_uuid)),
+                provider_name: pick(&r.provider_name, o.map(|o| &o.provider_name)),
+            },
+            plan: PlanFacts {
+                uuid: pick(&r.plan_uuid, o.map(|o| &o.plan_uuid)),
+                name: pick(&r.plan_name, o.map(|o| &o.plan_name)),
+            },
+            project: ProjectFacts {
+                uuid: pick(&r.project_uuid, o.map(|o| &o.project_uuid)),
+                name: pick(&r.project_name, o.map(|o| &o.project_name)),
+                slug: pick(&r.project_slug, o.map(|o| &o.project_slug)),
+                end_date: date(&r.project_end_date),
+            },
+            customer: CustomerFacts {
+                uuid: pick(&r.customer_uuid, o.map(|o| &o.customer_uuid)),
+                name: pick(&r.customer_name, o.map(|o| &o.customer_name)),
+                slug: pick(&r.customer_slug, o.map(|o| &o.customer_slug)),
+                abbreviation: customer.map(|c| text(&c.abbreviation)).unwrap_or_default(),
+                country: customer.map(|c| text(&c.country)).unwrap_or_default(),
+            },
             limits,
+            attributes,
+            created_by: UserFacts {
+                username: o.map(|o| text(&o.created_by_username)).unwrap_or_default(),
+                full_name: o.map(|o| text(&o.created_by_full_name)).unwrap_or_default(),
+            },
         }
     }
 }
@@ -375,6 +444,27 @@ impl PuhuriClient {
             "set backend_id",
             &path,
             Some(json!({ "backend_id": backend_id })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The organisation's own record (for its country).
+    pub async fn get_customer(&self, uuid: &str) -> Result<Customer, PuhuriError> {
+        self.get_json("get customer", &format!("customers/{uuid}/"))
+            .await
+    }
+
+    /// Submits the access report shown to the allocation's users.
+    pub async fn submit_report(
+        &self,
+        resource_uuid: &str,
+        sections: &[ReportSection],
+    ) -> Result<(), PuhuriError> {
+        self.post(
+            "submit report",
+            &format!("{}submit_report/", self.resource_path(resource_uuid)),
+            Some(json!({ "report": sections })),
         )
         .await
         .map(drop)

@@ -16,15 +16,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{ApiGeneration, WorkerConfig};
+use crate::decision::{Decided, DecisionEvent};
 use crate::notification::WorkItem;
+use crate::policy::reload::ReloadCounters;
 use crate::policy::{Action, Policy, Verdict};
-use crate::puhuri::{Fetched, PuhuriClient, PuhuriError, Waiting};
+use crate::puhuri::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
 use crate::queue::{Broker, Delivery, Retried};
 
 /// What happened to one allocation.
@@ -152,6 +153,9 @@ impl KeyedLocks {
 pub struct Worker {
     client: PuhuriClient,
     policy: RwLock<Arc<Policy>>,
+    /// Decide and publish, but write nothing to Puhuri Core.
+    shadow: bool,
+    policy_reloads: ReloadCounters,
     broker: Broker,
     config: WorkerConfig,
     locks: KeyedLocks,
@@ -168,6 +172,8 @@ impl Worker {
         Worker {
             client,
             policy: RwLock::new(Arc::new(policy)),
+            shadow: false,
+            policy_reloads: ReloadCounters::default(),
             broker,
             config,
             locks: KeyedLocks::default(),
@@ -178,6 +184,27 @@ impl Worker {
     /// Every settled delivery from now on (for tests, tooling and metrics).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Settled> {
         self.settled.subscribe()
+    }
+
+    /// In shadow mode the worker decides and publishes the decision event, but writes
+    /// nothing to Puhuri Core.
+    pub fn with_shadow(mut self, shadow: bool) -> Worker {
+        self.shadow = shadow;
+        self
+    }
+
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// The running policy's version (`sha256:...`).
+    pub fn policy_version(&self) -> String {
+        self.policy().version().to_owned()
+    }
+
+    /// How often the policy was reloaded or a new file refused.
+    pub fn policy_reloads(&self) -> &ReloadCounters {
+        &self.policy_reloads
     }
 
     /// Replaces the policy; deliveries already being decided keep the old one.
@@ -348,27 +375,48 @@ impl Worker {
         outcome: &Outcome,
         verdict: Option<&Verdict>,
     ) {
-        let body = json!({
-            "type": format!("decision.{}", outcome.name()),
-            "notification_id": item.id,
-            "order_uuid": item.hint.order_uuid,
-            "resource_uuid": item.hint.resource_uuid,
-            "rule": verdict.and_then(|v| v.rule.clone()),
-            "outcome": match outcome {
-                Outcome::Approved { backend_id } => json!({"action": "approve", "backend_id": backend_id}),
-                Outcome::Rejected { reason } => json!({"action": "reject", "reason": reason}),
-                Outcome::Erred { message } => json!({"action": "erred", "message": message}),
-                Outcome::Held { note } => json!({"action": "hold", "note": note}),
-                _ => json!(null),
-            },
-        });
-        let routing_key = format!("decision.{}", outcome.name());
+        let decided = match outcome {
+            Outcome::Approved { .. } => Decided::Approved,
+            Outcome::Rejected { .. } => Decided::Rejected,
+            Outcome::Erred { .. } => Decided::Erred,
+            Outcome::Held { .. } => Decided::Held,
+            Outcome::AlreadyHandled { .. } | Outcome::NotWaiting { .. } => return,
+        };
+        let Some(verdict) = verdict else { return };
+        let event = DecisionEvent::new(&item.id, decided, verdict, self.shadow);
+        let body = match serde_json::to_vec(&event) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(error = %error, "decision event not serializable");
+                return;
+            }
+        };
         if let Err(error) = self
             .broker
-            .publish_event(&routing_key, body.to_string().as_bytes(), &item.id)
+            .publish_event(&event.routing_key(), &body, &item.id)
             .await
         {
             tracing::warn!(error = %error, "decision event not published");
+        }
+    }
+
+    /// The organisation's own record, when the policy reads what only it has. A record
+    /// the provider may not see leaves those fields empty rather than failing.
+    async fn fetch_customer(&self, fetched: &Fetched) -> Result<Option<Customer>, PuhuriError> {
+        let uuid = fetched
+            .resource
+            .customer_uuid
+            .clone()
+            .or_else(|| fetched.order.as_ref().and_then(|o| o.customer_uuid.clone()))
+            .filter(|u| !u.is_empty());
+        let Some(uuid) = uuid else { return Ok(None) };
+        match self.client.get_customer(&uuid).await {
+            Ok(customer) => Ok(Some(customer)),
+            Err(error @ PuhuriError::Permanent { .. }) => {
+                tracing::warn!(error = %error, "customer record unavailable; its country stays empty");
+                Ok(None)
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -384,7 +432,22 @@ impl Worker {
             Waiting::NotYet(state) => return Ok((Outcome::NotWaiting { state }, None)),
             Waiting::Yes => {}
         }
-        let verdict = self.policy().evaluate(&fetched.to_allocation());
+        let policy = self.policy();
+        let customer = if policy.needs_customer_details() {
+            self.fetch_customer(&fetched).await?
+        } else {
+            None
+        };
+        let allocation = fetched.to_allocation(customer.as_ref());
+        let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
+        if self.shadow {
+            tracing::info!(
+                action = verdict.action.name(),
+                rule = verdict.rule.as_deref().unwrap_or("-"),
+                "shadow mode: decision recorded, nothing written"
+            );
+            return Ok((shadow_outcome(&verdict.action), Some(verdict)));
+        }
         let outcome = match self.act(&fetched, &verdict.action).await {
             Ok(outcome) => outcome,
             Err(PuhuriError::Conflict { .. }) => {
@@ -409,11 +472,20 @@ impl Worker {
 
     async fn act(&self, fetched: &Fetched, action: &Action) -> Result<Outcome, PuhuriError> {
         match action {
-            Action::Approve { backend_id } => {
+            Action::Approve { backend_id, report } => {
                 self.client
                     .set_backend_id(&fetched.resource.uuid, backend_id)
                     .await?;
                 self.client.approve(fetched).await?;
+                if !report.is_empty()
+                    && let Err(error) = self
+                        .client
+                        .submit_report(&fetched.resource.uuid, report)
+                        .await
+                {
+                    // The approval stands; a retry would find it decided and never report.
+                    tracing::warn!(error = %error, "approved, but the access report was not submitted");
+                }
                 Ok(Outcome::Approved {
                     backend_id: backend_id.clone(),
                 })
@@ -444,5 +516,21 @@ impl Worker {
             }
             Action::Hold { note } => Ok(Outcome::Held { note: note.clone() }),
         }
+    }
+}
+
+/// The outcome a decision would have had, for shadow mode (nothing was written).
+fn shadow_outcome(action: &Action) -> Outcome {
+    match action {
+        Action::Approve { backend_id, .. } => Outcome::Approved {
+            backend_id: backend_id.clone(),
+        },
+        Action::Reject { reason } => Outcome::Rejected {
+            reason: reason.clone(),
+        },
+        Action::Erred { message, .. } => Outcome::Erred {
+            message: message.clone(),
+        },
+        Action::Hold { note } => Outcome::Held { note: note.clone() },
     }
 }

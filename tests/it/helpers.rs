@@ -24,16 +24,15 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub const APPROVE_SMALL: &str = r#"
 [[rule]]
 name = "small-lumi-c"
-offering = ["LUMI-C"]
-max_limits = { cpu_k_hours = 1000 }
+when = 'offering.name == "LUMI-C" && limits.cpu_k_hours <= 1000'
 action = "approve"
-backend_id = "{project_slug}_{resource_short_uuid}"
+backend_id = "{project.slug}_{resource.short_uuid}"
 
 [[rule]]
 name = "big-lumi-c"
-offering = ["LUMI-C"]
+when = 'offering.name == "LUMI-C"'
 action = "reject"
-reason = "{project_name}: requests above 1000 CPU k-hours go to the allocation panel"
+reason = "{project.name}: requests above 1000 CPU k-hours go to the allocation panel"
 
 [default]
 action = "hold"
