@@ -495,6 +495,30 @@ impl Broker {
         let _ = channel.close(200, "done".into()).await;
         Ok(declared.message_count())
     }
+
+    /// Declares a queue bound to the events exchange with `binding` (e.g. `allocation.#`),
+    /// for tests and tooling that read decision events with [`Broker::take_one`]. The
+    /// queue expires a minute after its last use.
+    pub async fn bind_events_queue(&self, queue: &str, binding: &str) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.inner.topology.events_exchange().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
 }
 
 /// A message read by [`Broker::take_one`].

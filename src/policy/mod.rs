@@ -747,6 +747,7 @@ fn compile_action(
         && !reason.has_placeholders()
         && reason.literal_text().trim().is_empty()
         && action.reason.is_some()
+        && problems.is_empty()
     {
         problems.push("`reason` is empty; the requester sees it as the rejection comment".into());
     }

@@ -50,6 +50,7 @@ enum Collection {
     Orders,
     ProviderResources,
     Resources,
+    Customers,
 }
 
 impl Collection {
@@ -58,6 +59,7 @@ impl Collection {
             "marketplace-orders" => Some(Collection::Orders),
             "marketplace-provider-resources" => Some(Collection::ProviderResources),
             "marketplace-resources" => Some(Collection::Resources),
+            "customers" => Some(Collection::Customers),
             _ => None,
         }
     }
@@ -71,8 +73,14 @@ impl Collection {
                 "set_state_executing",
                 "set_state_done",
             ],
-            Collection::ProviderResources => &["set_backend_id", "set_as_erred"],
-            Collection::Resources => &["set_backend_id", "set_as_erred", "set_state_by_provider"],
+            Collection::ProviderResources => &["set_backend_id", "set_as_erred", "submit_report"],
+            Collection::Resources => &[
+                "set_backend_id",
+                "set_as_erred",
+                "set_state_by_provider",
+                "submit_report",
+            ],
+            Collection::Customers => &[],
         }
     }
 }
@@ -418,6 +426,8 @@ fn route_name(route: &Route) -> &'static str {
         Route::Root => "Api Root",
         Route::List(Collection::Orders) => "Order List",
         Route::Detail(Collection::Orders, _) => "Order Instance",
+        Route::List(Collection::Customers) => "Customer List",
+        Route::Detail(Collection::Customers, _) => "Customer Instance",
         Route::List(_) => "Resource List",
         Route::Detail(..) => "Resource Instance",
         Route::Action(..) => "Action",
@@ -589,12 +599,14 @@ fn list(
             let (filter, sort) = resource_filter(query)?;
             model.list_resources(&filter, &sort)
         }
+        Collection::Customers => (0..model.customer_count()).collect(),
     };
     let render = |i: usize| match collection {
         Collection::Orders => model.render_order(i, base),
         Collection::ProviderResources | Collection::Resources => {
             model.render_resource(i, base, with_order)
         }
+        Collection::Customers => model.render_customer(i, base),
     };
     let count = items.len();
     let page = Page::select(count, query.last("page"), query.last("page_size"))
@@ -638,6 +650,13 @@ fn detail(
         Collection::Orders => model.render_order(find_order(model, id)?, base),
         Collection::ProviderResources | Collection::Resources => {
             model.render_resource(find_resource(model, id)?, base, true)
+        }
+        Collection::Customers => {
+            let customer = Uuid::parse_str(id)
+                .ok()
+                .and_then(|uuid| model.customer_by_uuid(uuid))
+                .ok_or_else(ApiError::not_found)?;
+            model.render_customer(customer, base)
         }
     };
     Ok(Reply::json(
@@ -831,6 +850,28 @@ fn act(
     }
     let resource = find_resource(model, id)?;
     match action {
+        "submit_report" => {
+            let data = request_data(headers, body)?;
+            let sections = match data.get("report") {
+                Some(Value::Array(sections))
+                    if !sections.is_empty()
+                        && sections.iter().all(|s| {
+                            s.get("header").is_some_and(Value::is_string)
+                                && s.get("body").is_some_and(Value::is_string)
+                        }) =>
+                {
+                    Value::Array(sections.clone())
+                }
+                _ => {
+                    return Err(ApiError {
+                        status: 400,
+                        body: json!({"report": ["A list of at least one {header, body} section is required."]}),
+                    });
+                }
+            };
+            model.set_report(resource, sections, now);
+            Ok(Reply::json(200, json!({"status": "Report is submitted"})))
+        }
         "set_backend_id" => {
             let data = request_data(headers, body)?;
             let mut errors = FilterErrors(Map::new());

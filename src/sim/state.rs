@@ -436,6 +436,14 @@ impl Model {
         self.resource_index.get(&uuid).copied()
     }
 
+    pub(crate) fn customer_count(&self) -> usize {
+        self.customers.len()
+    }
+
+    pub(crate) fn customer_by_uuid(&self, uuid: Uuid) -> Option<usize> {
+        self.customers.iter().position(|c| c.uuid == uuid)
+    }
+
     pub(crate) fn find_customer(&self, key: &str) -> Option<usize> {
         parse_uuid_or_name(&self.customers, key, |c| c.uuid, |c| &c.name)
     }
@@ -1010,6 +1018,13 @@ impl Model {
     // ----- resource actions -----
 
     /// `set_backend_id`; returns whether the value changed.
+    pub(crate) fn set_report(&mut self, resource: usize, report: Value, now: OffsetDateTime) {
+        let stamp = self.stamp(now);
+        let r = &mut self.resources[resource];
+        r.report = Some(report);
+        r.modified = stamp;
+    }
+
     pub(crate) fn set_backend_id(
         &mut self,
         resource: usize,
@@ -1276,6 +1291,25 @@ impl Model {
             "callback_url": Value::Null,
         });
         object(value, rest)
+    }
+
+    /// The organisation as `CustomerSerializer` renders it (the fields a provider reads).
+    pub(crate) fn render_customer(&self, customer: usize, base: &str) -> Map<String, Value> {
+        let c = &self.customers[customer];
+        let value = json!({
+            "url": format!("{base}/api/customers/{}/", hex(c.uuid)),
+            "uuid": hex(c.uuid),
+            "name": c.name,
+            "slug": c.slug,
+            "abbreviation": c.abbreviation,
+            "native_name": "",
+            "country": c.country,
+            "is_service_provider": c.is_provider,
+        });
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
     }
 
     /// The resource as `ResourceSerializer` renders it; `creation_order` (the

@@ -47,6 +47,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// Have the simulator announce new allocations to the receiver.
     pub sim_hook: bool,
+    /// Policy shadow mode: decide and publish, write nothing.
+    pub shadow: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             amqp_url: None,
             max_attempts: 4,
             sim_hook: false,
+            shadow: false,
         }
     }
 }
@@ -111,6 +114,9 @@ prefetch = 16
 max_attempts = {max_attempts}
 retry_delays_ms = [50, 100]
 
+[policy]
+shadow = {shadow}
+
 [puhuri]
 url = "http://{sim_addr}/api/"
 token = "{TOKEN}"
@@ -131,6 +137,7 @@ secrets = ["{SECRET}"]
 "#,
         max_attempts = options.max_attempts,
         api = options.api,
+        shadow = options.shadow,
     );
     let env: std::collections::HashMap<String, String> = [(
         "PUHURI_APPROVER_AMQP_URL".to_owned(),
