@@ -20,6 +20,8 @@
 //! INVARIANT: a delivery is settled exactly once ([`Delivery`] methods take `self`); a
 //! retry or dead-letter copy is confirmed before the original is acked.
 
+pub mod embedded;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
