@@ -79,6 +79,9 @@ pub struct StoredDeadLetter {
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
+/// Answers an operation once its batch's commit is known.
+type Answer = Box<dyn FnOnce(Option<&StorageError>) + Send>;
+
 enum Op {
     Publish {
         lane: Lane,
@@ -381,8 +384,7 @@ fn run_writer(mut connection: Connection, ops: mpsc::Receiver<Op>, lease_ms: i64
                     continue;
                 }
             };
-        let mut replies: Vec<Box<dyn FnOnce(Option<&StorageError>) + Send>> =
-            Vec::with_capacity(batch.len());
+        let mut replies: Vec<Answer> = Vec::with_capacity(batch.len());
         for op in batch {
             replies.push(apply(&transaction, op, lease_ms, &mut next_token));
         }
@@ -410,16 +412,8 @@ fn fail(op: Op, error: StorageError) {
 
 /// Runs one operation inside the batch's transaction and returns how to answer it once
 /// the commit is known: a failed commit fails every operation of the batch.
-fn apply(
-    tx: &rusqlite::Transaction<'_>,
-    op: Op,
-    lease_ms: i64,
-    next_token: &mut i64,
-) -> Box<dyn FnOnce(Option<&StorageError>) + Send> {
-    fn answer<T: Send + 'static>(
-        reply: Reply<T>,
-        result: Result<T, StorageError>,
-    ) -> Box<dyn FnOnce(Option<&StorageError>) + Send> {
+fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut i64) -> Answer {
+    fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StorageError>) -> Answer {
         Box::new(move |commit_error| {
             let result = match commit_error {
                 Some(error) => Err(error.clone()),
