@@ -1,0 +1,792 @@
+//! The embedded durable queue: one SQLite database in the data folder, for a single
+//! machine without RabbitMQ.
+//!
+//! One writer thread owns the database and applies operations in batches, one
+//! transaction per batch (group commit): many concurrent publishes cost one `fsync`.
+//!
+//! INVARIANT: `publish` returns only after the transaction holding the message has
+//! committed with `synchronous = FULL` in WAL mode, i.e. after the write-ahead log was
+//! fsync'd: a 202 answered after it survives a crash of the process or the machine.
+//! INVARIANT: a claimed message is leased, not removed: a worker that dies leaves a lease
+//! that expires, and the message is delivered again (`redelivered`). Settling (ack, retry,
+//! dead letter) checks the lease token, so a worker whose lease expired cannot settle a
+//! message that has been handed to another.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, params};
+use tokio::sync::{Notify, oneshot};
+
+/// Which queue a message is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Work,
+    Dead,
+}
+
+impl Lane {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lane::Work => "work",
+            Lane::Dead => "dead",
+        }
+    }
+}
+
+/// A storage failure. Never carries message bodies.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("the embedded queue at `{path}` cannot be opened: {message}")]
+    Open { path: String, message: String },
+    #[error("the embedded queue failed: {0}")]
+    Sqlite(String),
+    #[error("the embedded queue is closed")]
+    Closed,
+    #[error("the lease on this message has expired; it was or will be delivered again")]
+    LeaseLost,
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(error: rusqlite::Error) -> Self {
+        StorageError::Sqlite(error.to_string())
+    }
+}
+
+/// A leased message.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub token: i64,
+    pub message_id: String,
+    pub body: Vec<u8>,
+    pub attempts: u32,
+    pub reasons: Vec<String>,
+    pub redelivered: bool,
+}
+
+/// A dead letter as stored.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub message_id: String,
+    pub body: Vec<u8>,
+    pub attempts: u32,
+    pub reasons: Vec<String>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+/// Answers an operation once its batch's commit is known.
+type Answer = Box<dyn FnOnce(Option<&StorageError>) + Send>;
+
+enum Op {
+    Publish {
+        lane: Lane,
+        message_id: String,
+        body: Vec<u8>,
+        attempts: u32,
+        reasons: Vec<String>,
+        available_at: i64,
+        reply: Reply<()>,
+    },
+    Claim {
+        limit: usize,
+        reply: Reply<Vec<Claimed>>,
+    },
+    Ack {
+        id: i64,
+        token: i64,
+        reply: Reply<()>,
+    },
+    Reschedule {
+        id: i64,
+        token: i64,
+        lane: Lane,
+        attempts: u32,
+        reasons: Vec<String>,
+        available_at: i64,
+        reply: Reply<()>,
+    },
+    NextDue {
+        reply: Reply<Option<i64>>,
+    },
+    Depth {
+        lane: Lane,
+        reply: Reply<u64>,
+    },
+    Dead {
+        limit: usize,
+        reply: Reply<Vec<StoredDeadLetter>>,
+    },
+    /// Removes dead letters (by message id, or all when `None`); when `replay`, they go
+    /// back to the work lane with a fresh attempt count. Returns how many.
+    SettleDead {
+        message_id: Option<String>,
+        replay: bool,
+        reply: Reply<usize>,
+    },
+    Event {
+        routing_key: String,
+        body: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Purge {
+        reply: Reply<()>,
+    },
+}
+
+/// Deliveries that crash or stall workers this many times are moved to the dead lane.
+pub const DELIVERY_LIMIT: i64 = 50;
+/// Decision events kept for audit in the database (the newest ones).
+const EVENTS_KEPT: i64 = 100_000;
+
+struct Inner {
+    ops: mpsc::Sender<Op>,
+    /// Woken when work may be ready (a publish, a release).
+    ready: Notify,
+    path: PathBuf,
+}
+
+/// A handle on the embedded queue. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedQueue")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl EmbeddedQueue {
+    /// Opens (creating when needed) `queue.sqlite3` in `dir`. `lease` is how long a claimed
+    /// message stays invisible before it is delivered again.
+    pub fn open(dir: &Path, lease: Duration) -> Result<EmbeddedQueue, StorageError> {
+        let open_error = |message: String| StorageError::Open {
+            path: dir.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        let path = dir.join("queue.sqlite3");
+        let connection = Connection::open(&path).map_err(|e| open_error(e.to_string()))?;
+        initialize(&connection).map_err(|e| open_error(e.to_string()))?;
+        let (ops, receiver) = mpsc::channel();
+        let lease_ms = lease.as_millis() as i64;
+        std::thread::Builder::new()
+            .name("embedded-queue".into())
+            .spawn(move || run_writer(connection, receiver, lease_ms))
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(EmbeddedQueue {
+            inner: Arc::new(Inner {
+                ops,
+                ready: Notify::new(),
+                path,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StorageError> {
+        let (reply, receive) = oneshot::channel();
+        self.inner
+            .ops
+            .send(make(reply))
+            .map_err(|_| StorageError::Closed)?;
+        receive.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Stores a message durably; visible to consumers after `delay`.
+    pub async fn publish(
+        &self,
+        lane: Lane,
+        message_id: &str,
+        body: &[u8],
+        attempts: u32,
+        reasons: &[String],
+        delay: Duration,
+    ) -> Result<(), StorageError> {
+        let available_at = now_ms() + delay.as_millis() as i64;
+        self.call(|reply| Op::Publish {
+            lane,
+            message_id: message_id.to_owned(),
+            body: body.to_vec(),
+            attempts,
+            reasons: reasons.to_vec(),
+            available_at,
+            reply,
+        })
+        .await?;
+        if lane == Lane::Work && delay.is_zero() {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Leases up to `limit` ready messages of the work lane.
+    pub async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, StorageError> {
+        self.call(|reply| Op::Claim { limit, reply }).await
+    }
+
+    /// Removes a leased message.
+    pub async fn ack(&self, id: i64, token: i64) -> Result<(), StorageError> {
+        self.call(|reply| Op::Ack { id, token, reply }).await
+    }
+
+    /// Moves a leased message to `lane`, visible after `delay`, with its history.
+    pub async fn reschedule(
+        &self,
+        claimed: &Claimed,
+        lane: Lane,
+        attempts: u32,
+        reasons: &[String],
+        delay: Duration,
+    ) -> Result<(), StorageError> {
+        let available_at = now_ms() + delay.as_millis() as i64;
+        self.call(|reply| Op::Reschedule {
+            id: claimed.id,
+            token: claimed.token,
+            lane,
+            attempts,
+            reasons: reasons.to_vec(),
+            available_at,
+            reply,
+        })
+        .await?;
+        if lane == Lane::Work && delay.is_zero() {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Waits until work may be ready: a local publish, the next delayed message or lease
+    /// expiry, or `poll` (other processes may publish into the same file).
+    pub async fn wait_for_work(&self, poll: Duration) {
+        let due = self
+            .call(|reply| Op::NextDue { reply })
+            .await
+            .ok()
+            .flatten();
+        let wait = match due {
+            Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64).min(poll),
+            None => poll,
+        };
+        if wait.is_zero() {
+            return;
+        }
+        let notified = self.inner.ready.notified();
+        let _ = tokio::time::timeout(wait, notified).await;
+    }
+
+    pub async fn depth(&self, lane: Lane) -> Result<u64, StorageError> {
+        self.call(|reply| Op::Depth { lane, reply }).await
+    }
+
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StorageError> {
+        self.call(|reply| Op::Dead { limit, reply }).await
+    }
+
+    pub async fn settle_dead(
+        &self,
+        message_id: Option<&str>,
+        replay: bool,
+    ) -> Result<usize, StorageError> {
+        let done = self
+            .call(|reply| Op::SettleDead {
+                message_id: message_id.map(str::to_owned),
+                replay,
+                reply,
+            })
+            .await?;
+        if replay && done > 0 {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    /// Appends a decision event to the audit table.
+    pub async fn record_event(&self, routing_key: &str, body: &[u8]) -> Result<(), StorageError> {
+        self.call(|reply| Op::Event {
+            routing_key: routing_key.to_owned(),
+            body: body.to_vec(),
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes every message and event (tests and tooling).
+    pub async fn purge_everything(&self) -> Result<(), StorageError> {
+        self.call(|reply| Op::Purge { reply }).await
+    }
+}
+
+fn initialize(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.execute_batch(
+        "CREATE TABLE IF NOT EXISTS messages (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             lane TEXT NOT NULL,
+             message_id TEXT NOT NULL,
+             body BLOB NOT NULL,
+             attempts INTEGER NOT NULL DEFAULT 0,
+             reasons TEXT NOT NULL DEFAULT '[]',
+             available_at INTEGER NOT NULL,
+             lease_until INTEGER,
+             lease_token INTEGER,
+             deliveries INTEGER NOT NULL DEFAULT 0,
+             enqueued_at INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id);
+         CREATE TABLE IF NOT EXISTS events (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             routing_key TEXT NOT NULL,
+             body BLOB NOT NULL,
+             recorded_at INTEGER NOT NULL
+         );",
+    )
+}
+
+fn run_writer(mut connection: Connection, ops: mpsc::Receiver<Op>, lease_ms: i64) {
+    let mut next_token: i64 = now_ms();
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let transaction =
+            match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+                Ok(tx) => tx,
+                Err(error) => {
+                    let error = StorageError::from(error);
+                    for op in batch {
+                        fail(op, error.clone());
+                    }
+                    continue;
+                }
+            };
+        let mut replies: Vec<Answer> = Vec::with_capacity(batch.len());
+        for op in batch {
+            replies.push(apply(&transaction, op, lease_ms, &mut next_token));
+        }
+        let committed = transaction.commit().map_err(StorageError::from);
+        for reply in replies {
+            reply(committed.as_ref().err());
+        }
+    }
+}
+
+fn fail(op: Op, error: StorageError) {
+    match op {
+        Op::Publish { reply, .. }
+        | Op::Ack { reply, .. }
+        | Op::Reschedule { reply, .. }
+        | Op::Event { reply, .. }
+        | Op::Purge { reply } => drop(reply.send(Err(error))),
+        Op::Claim { reply, .. } => drop(reply.send(Err(error))),
+        Op::NextDue { reply } => drop(reply.send(Err(error))),
+        Op::Depth { reply, .. } => drop(reply.send(Err(error))),
+        Op::Dead { reply, .. } => drop(reply.send(Err(error))),
+        Op::SettleDead { reply, .. } => drop(reply.send(Err(error))),
+    }
+}
+
+/// Runs one operation inside the batch's transaction and returns how to answer it once
+/// the commit is known: a failed commit fails every operation of the batch.
+fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut i64) -> Answer {
+    fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StorageError>) -> Answer {
+        Box::new(move |commit_error| {
+            let result = match commit_error {
+                Some(error) => Err(error.clone()),
+                None => result,
+            };
+            let _ = reply.send(result);
+        })
+    }
+    let now = now_ms();
+    match op {
+        Op::Publish {
+            lane,
+            message_id,
+            body,
+            attempts,
+            reasons,
+            available_at,
+            reply,
+        } => {
+            let result = tx
+                .execute(
+                    "INSERT INTO messages (lane, message_id, body, attempts, reasons, available_at, enqueued_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![lane.as_str(), message_id, body, attempts, encode_reasons(&reasons), available_at, now],
+                )
+                .map(drop)
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::Claim { limit, reply } => {
+            let result = claim(tx, limit, now, lease_ms, next_token);
+            answer(reply, result)
+        }
+        Op::Ack { id, token, reply } => {
+            let result = tx
+                .execute(
+                    "DELETE FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
+                    params![id, token, now],
+                )
+                .map_err(StorageError::from)
+                .and_then(|n| {
+                    if n == 1 {
+                        Ok(())
+                    } else {
+                        Err(StorageError::LeaseLost)
+                    }
+                });
+            answer(reply, result)
+        }
+        Op::Reschedule {
+            id,
+            token,
+            lane,
+            attempts,
+            reasons,
+            available_at,
+            reply,
+        } => {
+            let result = tx
+                .execute(
+                    "UPDATE messages SET lane = ?1, attempts = ?2, reasons = ?3, available_at = ?4,
+                         lease_until = NULL, lease_token = NULL, deliveries = 0
+                     WHERE id = ?5 AND lease_token = ?6 AND lease_until > ?7",
+                    params![
+                        lane.as_str(),
+                        attempts,
+                        encode_reasons(&reasons),
+                        available_at,
+                        id,
+                        token,
+                        now
+                    ],
+                )
+                .map_err(StorageError::from)
+                .and_then(|n| {
+                    if n == 1 {
+                        Ok(())
+                    } else {
+                        Err(StorageError::LeaseLost)
+                    }
+                });
+            answer(reply, result)
+        }
+        Op::NextDue { reply } => {
+            let result = tx
+                .query_row(
+                    "SELECT MIN(CASE WHEN lease_until IS NULL THEN available_at ELSE MAX(available_at, lease_until) END)
+                     FROM messages WHERE lane = 'work'",
+                    [],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::Depth { lane, reply } => {
+            let result = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM messages WHERE lane = ?1",
+                    params![lane.as_str()],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|n| n.max(0) as u64)
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::Dead { limit, reply } => {
+            let result = dead_letters(tx, limit);
+            answer(reply, result)
+        }
+        Op::SettleDead {
+            message_id,
+            replay,
+            reply,
+        } => {
+            let result = settle_dead(tx, message_id.as_deref(), replay, now);
+            answer(reply, result)
+        }
+        Op::Event {
+            routing_key,
+            body,
+            reply,
+        } => {
+            let result = tx
+                .execute(
+                    "INSERT INTO events (routing_key, body, recorded_at) VALUES (?1, ?2, ?3)",
+                    params![routing_key, body, now],
+                )
+                .and_then(|_| {
+                    tx.execute(
+                        "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+                        params![EVENTS_KEPT],
+                    )
+                })
+                .map(drop)
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::Purge { reply } => {
+            let result = tx
+                .execute_batch("DELETE FROM messages; DELETE FROM events;")
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+    }
+}
+
+fn claim(
+    tx: &rusqlite::Transaction<'_>,
+    limit: usize,
+    now: i64,
+    lease_ms: i64,
+    next_token: &mut i64,
+) -> Result<Vec<Claimed>, StorageError> {
+    // Deliveries that keep failing without being settled go to the dead lane, as
+    // RabbitMQ's delivery limit does.
+    tx.execute(
+        "UPDATE messages SET lane = 'dead', lease_until = NULL, lease_token = NULL,
+             reasons = json_insert(reasons, '$[#]', 'delivered ' || deliveries || ' times without being settled')
+         WHERE lane = 'work' AND deliveries >= ?1 AND (lease_until IS NULL OR lease_until <= ?2)",
+        params![DELIVERY_LIMIT, now],
+    )?;
+    *next_token += 1;
+    let token = *next_token;
+    let mut statement = tx.prepare_cached(
+        "UPDATE messages SET lease_until = ?1, lease_token = ?2, deliveries = deliveries + 1
+         WHERE id IN (
+             SELECT id FROM messages
+             WHERE lane = 'work' AND available_at <= ?3 AND (lease_until IS NULL OR lease_until <= ?3)
+             ORDER BY available_at, id LIMIT ?4)
+         RETURNING id, message_id, body, attempts, reasons, deliveries",
+    )?;
+    let rows = statement.query_map(params![now + lease_ms, token, now, limit as i64], |row| {
+        Ok(Claimed {
+            id: row.get(0)?,
+            token,
+            message_id: row.get(1)?,
+            body: row.get(2)?,
+            attempts: row.get::<_, i64>(3)?.max(0) as u32,
+            reasons: decode_reasons(&row.get::<_, String>(4)?),
+            redelivered: row.get::<_, i64>(5)? > 1,
+        })
+    })?;
+    let mut claimed: Vec<Claimed> = rows.collect::<Result<_, _>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+fn dead_letters(
+    tx: &rusqlite::Transaction<'_>,
+    limit: usize,
+) -> Result<Vec<StoredDeadLetter>, StorageError> {
+    let mut statement = tx.prepare_cached(
+        "SELECT id, message_id, body, attempts, reasons FROM messages WHERE lane = 'dead' ORDER BY id LIMIT ?1",
+    )?;
+    let rows = statement.query_map(params![limit.min(i64::MAX as usize) as i64], |row| {
+        Ok(StoredDeadLetter {
+            id: row.get(0)?,
+            message_id: row.get(1)?,
+            body: row.get(2)?,
+            attempts: row.get::<_, i64>(3)?.max(0) as u32,
+            reasons: decode_reasons(&row.get::<_, String>(4)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn settle_dead(
+    tx: &rusqlite::Transaction<'_>,
+    message_id: Option<&str>,
+    replay: bool,
+    now: i64,
+) -> Result<usize, StorageError> {
+    let n = match (message_id, replay) {
+        (Some(id), true) => tx.execute(
+            "UPDATE messages SET lane = 'work', attempts = 0, available_at = ?1, deliveries = 0,
+                 lease_until = NULL, lease_token = NULL
+             WHERE id = (SELECT id FROM messages WHERE lane = 'dead' AND message_id = ?2 ORDER BY id LIMIT 1)",
+            params![now, id],
+        )?,
+        (None, true) => tx.execute(
+            "UPDATE messages SET lane = 'work', attempts = 0, available_at = ?1, deliveries = 0,
+                 lease_until = NULL, lease_token = NULL
+             WHERE lane = 'dead'",
+            params![now],
+        )?,
+        (Some(id), false) => tx.execute(
+            "DELETE FROM messages
+             WHERE id = (SELECT id FROM messages WHERE lane = 'dead' AND message_id = ?1 ORDER BY id LIMIT 1)",
+            params![id],
+        )?,
+        (None, false) => tx.execute("DELETE FROM messages WHERE lane = 'dead'", [])?,
+    };
+    Ok(n)
+}
+
+fn encode_reasons(reasons: &[String]) -> String {
+    serde_json::to_string(reasons).unwrap_or_else(|_| "[]".into())
+}
+
+fn decode_reasons(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Looks up whether a database exists in `dir` (for start-up messages).
+pub fn exists(dir: &Path) -> bool {
+    dir.join("queue.sqlite3").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("embedded-queue-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_published_message_is_claimed_once_and_acked() {
+        let dir = temp();
+        let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
+        queue
+            .publish(Lane::Work, "m1", b"body", 0, &[], Duration::ZERO)
+            .await
+            .expect("publish");
+        let claimed = queue.claim(10).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(
+            (claimed[0].message_id.as_str(), claimed[0].body.as_slice()),
+            ("m1", &b"body"[..])
+        );
+        assert!(!claimed[0].redelivered);
+        assert!(
+            queue.claim(10).await.expect("claim").is_empty(),
+            "leased messages are invisible"
+        );
+        queue
+            .ack(claimed[0].id, claimed[0].token)
+            .await
+            .expect("ack");
+        assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_redelivers_and_the_old_lease_cannot_settle() {
+        let dir = temp();
+        let queue = EmbeddedQueue::open(&dir, Duration::from_millis(50)).expect("open");
+        queue
+            .publish(Lane::Work, "m1", b"x", 0, &[], Duration::ZERO)
+            .await
+            .expect("publish");
+        let first = queue.claim(1).await.expect("claim").remove(0);
+        queue.wait_for_work(Duration::from_secs(2)).await;
+        let mut second = queue.claim(1).await.expect("claim");
+        while second.is_empty() {
+            queue.wait_for_work(Duration::from_millis(20)).await;
+            second = queue.claim(1).await.expect("claim");
+        }
+        let second = second.remove(0);
+        assert!(second.redelivered);
+        assert!(matches!(
+            queue.ack(first.id, first.token).await,
+            Err(StorageError::LeaseLost)
+        ));
+        queue
+            .ack(second.id, second.token)
+            .await
+            .expect("the current lease settles");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn messages_survive_reopening_and_dead_letters_replay() {
+        let dir = temp();
+        {
+            let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
+            queue
+                .publish(Lane::Work, "m1", b"x", 0, &[], Duration::ZERO)
+                .await
+                .expect("publish");
+            let claimed = queue.claim(1).await.expect("claim").remove(0);
+            queue
+                .reschedule(
+                    &claimed,
+                    Lane::Dead,
+                    3,
+                    &["a".into(), "b".into(), "c".into()],
+                    Duration::ZERO,
+                )
+                .await
+                .expect("bury");
+        }
+        let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("reopen");
+        let dead = queue.dead_letters(10).await.expect("dead");
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].attempts, dead[0].reasons.len()), (3, 3));
+        assert_eq!(
+            queue.settle_dead(Some("nope"), true).await.expect("replay"),
+            0
+        );
+        assert_eq!(
+            queue.settle_dead(Some("m1"), true).await.expect("replay"),
+            1
+        );
+        let claimed = queue.claim(1).await.expect("claim");
+        assert_eq!((claimed.len(), claimed[0].attempts), (1, 0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_delayed_message_waits_for_its_time() {
+        let dir = temp();
+        let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
+        queue
+            .publish(Lane::Work, "later", b"x", 1, &[], Duration::from_millis(80))
+            .await
+            .expect("publish");
+        assert!(queue.claim(1).await.expect("claim").is_empty());
+        let started = std::time::Instant::now();
+        let mut claimed = Vec::new();
+        while claimed.is_empty() {
+            queue.wait_for_work(Duration::from_secs(2)).await;
+            claimed = queue.claim(1).await.expect("claim");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(claimed[0].attempts, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
