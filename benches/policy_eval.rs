@@ -10,8 +10,9 @@ use puhuri_approver::policy::allocation::{Allocation, CustomerFacts, OfferingFac
 fn main() {
     let mut text = String::new();
     for i in 0..999 {
+        let threshold = (i + 1) * 1000;
         text.push_str(&format!(
-            "[[rule]]\nname = \"rule-{i}\"\nwhen = '''customer.country == \"FI\" && offering.name == \"LUMI-C\" && limits.cpu_k_hours > {i}000.0 && project.end_date != null'''\naction = \"hold\"\nnote = \"rule {i} for {{project.slug}}\"\n\n"
+            "[[rule]]\nname = \"rule-{i}\"\nwhen = '''customer.country == \"FI\" && offering.name == \"LUMI-C\" && limits.cpu_k_hours > {threshold}.0 && project.end_date != null'''\naction = \"hold\"\nnote = \"rule {i} for {{project.slug}}\"\n\n"
         ));
     }
     text.push_str("[[rule]]\nname = \"last\"\nwhen = 'customer.country == \"FI\"'\naction = \"approve\"\nbackend_id = \"{project.slug}_{resource.short_uuid}\"\n");
