@@ -299,7 +299,6 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
             Policy::hold_everything()
         }
     };
-    tracing::info!(prefix = %config.amqp.prefix, "queue backend: RabbitMQ");
     let stop = CancellationToken::new();
     let running = app::start(&config, roles, policy, None, stop.clone()).await?;
     shutdown_signal().await;
@@ -416,11 +415,7 @@ async fn connect_broker(
     config: &Config,
     stop: &CancellationToken,
 ) -> anyhow::Result<crate::queue::Broker> {
-    let broker = crate::queue::Broker::start(
-        &config.amqp,
-        config.worker.retry_delays.clone(),
-        stop.clone(),
-    );
+    let broker = app::open_queue(config, stop.clone())?;
     let connected = tokio::time::timeout(
         std::time::Duration::from_secs(15),
         broker.wait_connected(stop),

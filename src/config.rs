@@ -52,12 +52,51 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Which queue backend runs.
+    pub queue: QueueChoice,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
     pub reconcile: ReconcileConfig,
     pub puhuri: PuhuriConfig,
     pub policy_file: Option<PathBuf>,
     pub sources: Vec<SourceConfig>,
+}
+
+/// The queue backend: RabbitMQ when an AMQP URL is configured, else the embedded queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueChoice {
+    RabbitMq,
+    Embedded {
+        /// The data folder holding `queue.sqlite3`.
+        data_dir: PathBuf,
+        /// How long a claimed message stays invisible before it is delivered again.
+        lease: Duration,
+    },
+}
+
+/// The default data folder of the embedded queue, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "puhuri-approver-data";
+
+fn embedded_choice(
+    at: &Locator<'_>,
+    file: &FileQueue,
+    env: &dyn Environment,
+) -> Result<QueueChoice, ConfigError> {
+    let data_dir = env
+        .get("PUHURI_APPROVER_DATA_DIR")
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned());
+    let lease = match &file.lease_secs {
+        Some(s) if *s.get_ref() == 0 || *s.get_ref() > 3600 => {
+            return Err(at.invalid(s.span(), "queue.lease_secs", "expected 1 to 3600"));
+        }
+        Some(s) => Duration::from_secs(*s.get_ref()),
+        None => Duration::from_secs(60),
+    };
+    Ok(QueueChoice::Embedded {
+        data_dir: PathBuf::from(data_dir),
+        lease,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +196,8 @@ struct FileConfig {
     #[serde(default)]
     amqp: FileAmqp,
     #[serde(default)]
+    queue: FileQueue,
+    #[serde(default)]
     worker: FileWorker,
     #[serde(default)]
     reconcile: FileReconcile,
@@ -185,6 +226,14 @@ struct FileWorker {
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     retry_jitter: Option<Spanned<f64>>,
     shutdown_deadline_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueue {
+    backend: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    lease_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +331,8 @@ impl Config {
             },
         };
 
+        let amqp_configured =
+            env.get("PUHURI_APPROVER_AMQP_URL").is_some() || file.amqp.url.is_some();
         let amqp_url = match env.get("PUHURI_APPROVER_AMQP_URL") {
             Some(url) => url,
             None => match &file.amqp.url {
@@ -299,6 +350,24 @@ impl Config {
                 }
                 None => DEFAULT_AMQP_URL.to_owned(),
             },
+        };
+        let queue = match file
+            .queue
+            .backend
+            .as_ref()
+            .map(|b| (b.get_ref().as_str(), b.span()))
+        {
+            Some(("rabbitmq", _)) => QueueChoice::RabbitMq,
+            Some(("embedded", _)) => embedded_choice(&at, &file.queue, env)?,
+            Some((other, span)) => {
+                return Err(at.invalid(
+                    span,
+                    "queue.backend",
+                    &format!("unknown backend `{other}`; expected `embedded` or `rabbitmq`"),
+                ));
+            }
+            None if amqp_configured => QueueChoice::RabbitMq,
+            None => embedded_choice(&at, &file.queue, env)?,
         };
         let prefix = match &file.amqp.prefix {
             Some(prefix) => {
@@ -524,6 +593,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            queue,
             amqp: AmqpConfig {
                 url: Secret::new(amqp_url),
                 prefix,
@@ -661,7 +731,15 @@ mod tests {
     #[test]
     fn defaults_need_no_file() {
         let config = parse("").expect("defaults");
-        assert_eq!(config.amqp.url.expose(), DEFAULT_AMQP_URL);
+        assert_eq!(
+            config.queue,
+            QueueChoice::Embedded {
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                lease: Duration::from_secs(60)
+            }
+        );
+        let config = parse("[amqp]\nurl = \"amqp://h/v\"\n").expect("rabbit");
+        assert_eq!(config.queue, QueueChoice::RabbitMq);
         assert_eq!(config.amqp.prefix, "puhuri-approver");
         assert_eq!(config.worker.prefetch, 32);
         assert_eq!(config.puhuri.api, ApiGeneration::Orders);

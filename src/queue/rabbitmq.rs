@@ -1,4 +1,5 @@
-//! The durable queue between receivers and workers: RabbitMQ through lapin.
+//! The RabbitMQ backend of the queue, through lapin: for many receivers and workers on a
+//! cluster.
 //!
 //! Topology (all names start with the configured prefix `P`; see `ARCHITECTURE.md`):
 //! - `P.work` (direct exchange) → `P.work` (quorum queue), routing key `allocation`.
@@ -13,14 +14,12 @@
 //!   attempt's reason in the `x-puhuri-reasons` header.
 //! - `P.events` (topic): decisions go out here for the provider's other systems.
 //!
-//! INVARIANT: [`Broker::publish_notification`] returns `Ok` only after the broker's
+//! INVARIANT: [`RabbitBroker::publish_notification`] returns `Ok` only after the broker's
 //! publisher confirm (`ack`, not returned): the message is on disk on a quorum majority.
 //! INVARIANT: publishing is not serialized behind a lock: a small set of confirm-mode
 //! channels is shared round-robin and each publish awaits only its own confirm.
-//! INVARIANT: a delivery is settled exactly once ([`Delivery`] methods take `self`); a
+//! INVARIANT: a delivery is settled exactly once ([`RabbitDelivery`] methods take `self`); a
 //! retry or dead-letter copy is confirmed before the original is acked.
-
-pub mod embedded;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -39,6 +38,7 @@ use lapin::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::{DeadLetter, PublishError, QueueError, Retried, Select, Topology, jittered};
 use crate::config::AmqpConfig;
 use crate::notification::{Envelope, WorkItem};
 use crate::secret::Secret;
@@ -54,111 +54,6 @@ pub const HEADER_REASONS: &str = "x-puhuri-reasons";
 pub const WORK_DELIVERY_LIMIT: i64 = 50;
 /// Delivery limit declared on the dead-letter queue (see `declare_topology`).
 pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000;
-
-/// Queue and exchange names derived from the prefix.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub prefix: String,
-    pub retry_delays: Vec<Duration>,
-}
-
-impl Topology {
-    pub fn work_exchange(&self) -> String {
-        format!("{}.work", self.prefix)
-    }
-    pub fn work_queue(&self) -> String {
-        format!("{}.work", self.prefix)
-    }
-    pub fn retry_exchange(&self) -> String {
-        format!("{}.retry", self.prefix)
-    }
-    pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}.retry.{}ms", self.prefix, delay.as_millis())
-    }
-    fn retry_routing_key(delay: Duration) -> String {
-        format!("delay.{}ms", delay.as_millis())
-    }
-    pub fn dead_exchange(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-    pub fn dead_queue(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-    pub fn events_exchange(&self) -> String {
-        format!("{}.events", self.prefix)
-    }
-    /// Every queue, for tooling and test clean-up.
-    pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![self.work_queue(), self.dead_queue()];
-        queues.extend(self.retry_delays.iter().map(|d| self.retry_queue(*d)));
-        queues
-    }
-    /// The delay before attempt `attempts + 1`, after `attempts` failed ones.
-    pub fn delay_for(&self, attempts: u32) -> Duration {
-        let index = (attempts.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
-        self.retry_delays
-            .get(index)
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
-    }
-
-    /// The attempt's tier, or the first tier at least as long as `retry_after`, bounded
-    /// by the last tier.
-    pub fn delay_covering(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
-        let base = self.delay_for(attempts);
-        let Some(wanted) = retry_after.filter(|w| *w > base) else {
-            return base;
-        };
-        self.retry_delays
-            .iter()
-            .copied()
-            .find(|d| *d >= wanted)
-            .or_else(|| self.retry_delays.iter().copied().max())
-            .unwrap_or(base)
-    }
-}
-
-/// Shortens a delay by a random fraction of up to `jitter`.
-pub fn jittered(delay: Duration, jitter: f64) -> Duration {
-    if jitter <= 0.0 {
-        return delay;
-    }
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let random =
-        u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as f64 / u32::MAX as f64;
-    let factor = 1.0 - jitter.min(0.99) * random;
-    Duration::from_millis(((delay.as_millis() as f64) * factor).max(1.0) as u64)
-}
-
-/// Why a publish did not get a positive confirm.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("the broker is not connected")]
-    Unavailable,
-    #[error("the broker refused the message (nack)")]
-    Nacked,
-    #[error("the message was unroutable: {0}")]
-    Unroutable(String),
-    #[error("no confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("broker error: {0}")]
-    Broker(#[source] lapin::Error),
-    #[error("cannot encode the message: {0}")]
-    Encode(#[source] serde_json::Error),
-}
-
-/// A queue operation other than publishing failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    #[error("the delivery came from a connection that has since been replaced")]
-    Stale,
-    #[error("the broker is not reachable")]
-    Unreachable,
-}
 
 struct Session {
     connection: Connection,
@@ -188,20 +83,20 @@ struct Inner {
 /// A supervised broker connection: reconnects with backoff, redeclares the topology,
 /// and hands out publishers and consumers. Cheap to clone.
 #[derive(Clone)]
-pub struct Broker {
+pub struct RabbitBroker {
     inner: Arc<Inner>,
 }
 
-impl Broker {
+impl RabbitBroker {
     /// Starts the supervisor; it runs until `stop` is cancelled. The broker may be
     /// unreachable: publishing then fails fast with [`PublishError::Unavailable`].
     pub fn start(
         config: &AmqpConfig,
         retry_delays: Vec<Duration>,
         stop: CancellationToken,
-    ) -> Broker {
+    ) -> RabbitBroker {
         let (connected, _) = watch::channel(false);
-        let broker = Broker {
+        let broker = RabbitBroker {
             inner: Arc::new(Inner {
                 url: config.url.clone(),
                 topology: Topology {
@@ -442,7 +337,11 @@ impl Broker {
 
     /// Opens a consumer on the work queue with the given prefetch, waiting for a
     /// connection first. Returns `None` when `stop` fires before that.
-    pub async fn consume(&self, prefetch: u16, stop: &CancellationToken) -> Option<Deliveries> {
+    pub async fn consume(
+        &self,
+        prefetch: u16,
+        stop: &CancellationToken,
+    ) -> Option<RabbitDeliveries> {
         loop {
             if !self.wait_connected(stop).await {
                 return None;
@@ -452,7 +351,7 @@ impl Broker {
             };
             match self.open_consumer(&session, prefetch).await {
                 Ok(consumer) => {
-                    return Some(Deliveries {
+                    return Some(RabbitDeliveries {
                         consumer,
                         broker: self.clone(),
                         generation: session.generation,
@@ -564,57 +463,26 @@ impl Broker {
     }
 }
 
-/// A message in the dead-letter queue.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub message_id: String,
-    /// Attempts made before it was dead-lettered.
-    pub attempts: u32,
-    /// One reason per failed attempt, oldest first.
-    pub reasons: Vec<String>,
-    /// The decoded work item, when the body is one.
-    pub item: Option<WorkItem>,
-    pub body: Vec<u8>,
-}
-
-impl DeadLetter {
-    fn from_delivery(delivery: &lapin::message::Delivery) -> DeadLetter {
-        let (attempts, reasons) = attempt_history(&delivery.properties);
-        DeadLetter {
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            attempts,
-            reasons,
-            item: match serde_json::from_slice::<Envelope>(&delivery.data) {
-                Ok(Envelope::V1(item)) => Some(item),
-                Err(_) => None,
-            },
-            body: delivery.data.clone(),
-        }
+fn dead_letter_from(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let (attempts, reasons) = attempt_history(&delivery.properties);
+    DeadLetter {
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        attempts,
+        reasons,
+        item: match serde_json::from_slice::<Envelope>(&delivery.data) {
+            Ok(Envelope::V1(item)) => Some(item),
+            Err(_) => None,
+        },
+        body: delivery.data.clone(),
     }
 }
 
-/// What to act on in the dead-letter queue.
-#[derive(Debug, Clone, Copy)]
-pub enum Select<'a> {
-    One(&'a str),
-    All,
-}
-
-impl Select<'_> {
-    fn matches(&self, message_id: &str) -> bool {
-        match self {
-            Select::One(id) => *id == message_id,
-            Select::All => true,
-        }
-    }
-}
-
-impl Broker {
+impl RabbitBroker {
     /// Reads up to `limit` dead letters without removing them.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let session = self.session().ok_or(QueueError::Unreachable)?;
@@ -630,7 +498,7 @@ impl Broker {
             else {
                 break;
             };
-            letters.push(DeadLetter::from_delivery(&message.delivery));
+            letters.push(dead_letter_from(&message.delivery));
         }
         // Closing the channel returns every message read to the queue.
         let _ = channel.close(200, "inspected".into()).await;
@@ -677,7 +545,7 @@ impl Broker {
             else {
                 break;
             };
-            let letter = DeadLetter::from_delivery(&message.delivery);
+            let letter = dead_letter_from(&message.delivery);
             if !select.matches(&letter.message_id) {
                 continue; // left unacked: returned to the queue when the channel closes
             }
@@ -712,7 +580,7 @@ impl Broker {
     }
 }
 
-/// A message read by [`Broker::take_one`].
+/// A message read by [`RabbitBroker::take_one`].
 #[derive(Debug, Clone)]
 pub struct RawMessage {
     pub message_id: String,
@@ -872,18 +740,18 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
 }
 
 /// The stream of deliveries of one consumer.
-pub struct Deliveries {
+pub struct RabbitDeliveries {
     consumer: lapin::Consumer,
-    broker: Broker,
+    broker: RabbitBroker,
     generation: u64,
 }
 
-impl Deliveries {
+impl RabbitDeliveries {
     /// The next delivery; `None` when the consumer's channel or connection is gone (the
     /// caller opens a new consumer, and unacked deliveries come back redelivered).
-    pub async fn next(&mut self) -> Option<Delivery> {
+    pub async fn next(&mut self) -> Option<RabbitDelivery> {
         match self.consumer.next().await {
-            Some(Ok(delivery)) => Some(Delivery::new(
+            Some(Ok(delivery)) => Some(RabbitDelivery::new(
                 delivery,
                 self.broker.clone(),
                 self.generation,
@@ -898,7 +766,7 @@ impl Deliveries {
 }
 
 /// One delivery from the work queue.
-pub struct Delivery {
+pub struct RabbitDelivery {
     /// The decoded message, or why it could not be decoded.
     pub item: Result<WorkItem, String>,
     /// Attempts made before this one.
@@ -908,12 +776,12 @@ pub struct Delivery {
     pub redelivered: bool,
     pub message_id: String,
     raw: lapin::message::Delivery,
-    broker: Broker,
+    broker: RabbitBroker,
     generation: u64,
 }
 
-impl Delivery {
-    fn new(raw: lapin::message::Delivery, broker: Broker, generation: u64) -> Delivery {
+impl RabbitDelivery {
+    fn new(raw: lapin::message::Delivery, broker: RabbitBroker, generation: u64) -> RabbitDelivery {
         let item = match serde_json::from_slice::<Envelope>(&raw.data) {
             Ok(Envelope::V1(item)) => Ok(item),
             Err(error) => Err(format!("undecodable message: {error}")),
@@ -925,7 +793,7 @@ impl Delivery {
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_default();
-        Delivery {
+        RabbitDelivery {
             item,
             attempts,
             reasons,
@@ -1029,13 +897,6 @@ impl Delivery {
         self.settle_ack().await?;
         Ok(())
     }
-}
-
-/// What [`Delivery::retry_later`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retried {
-    Scheduled { attempts: u32, delay: Duration },
-    DeadLettered { attempts: u32 },
 }
 
 fn attempt_history(properties: &BasicProperties) -> (u32, Vec<String>) {
