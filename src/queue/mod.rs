@@ -452,7 +452,7 @@ pub struct Delivery {
 }
 
 enum Settle {
-    Rabbit(RabbitDelivery),
+    Rabbit(Box<RabbitDelivery>),
     Embedded {
         embedded: Embedded,
         claimed: Claimed,
@@ -469,7 +469,7 @@ impl Delivery {
             reasons: delivery.reasons.clone(),
             redelivered: delivery.redelivered,
             message_id: delivery.message_id.clone(),
-            settle: Settle::Rabbit(delivery),
+            settle: Settle::Rabbit(Box::new(delivery)),
         }
     }
 
