@@ -250,22 +250,26 @@ pub fn router_with(
         .with_state(state)
 }
 
-async fn method_not_allowed() -> Problem {
-    Problem::new(
+async fn method_not_allowed(State(state): State<Arc<ReceiverState>>) -> Problem {
+    let problem = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "Method not allowed",
         "notifications are sent with `POST`",
-    )
+    );
+    state.stats.count_refusal(&problem);
+    problem
 }
 
-async fn not_found() -> Problem {
-    Problem::new(
+async fn not_found(State(state): State<Arc<ReceiverState>>) -> Problem {
+    let problem = Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
         "Not found",
         "no such endpoint",
-    )
+    );
+    state.stats.count_refusal(&problem);
+    problem
 }
 
 async fn readiness(State(state): State<Arc<ReceiverState>>) -> Response {

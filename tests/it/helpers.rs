@@ -48,6 +48,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// Have the simulator announce new allocations to the receiver.
     pub sim_hook: bool,
+    /// TOML appended to the test config (more `[[sources]]`, a `[receiver]` table).
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             amqp_url: None,
             max_attempts: 4,
             sim_hook: false,
+            extra_config: String::new(),
         }
     }
 }
@@ -129,9 +132,12 @@ name = "waldur-relay"
 format = "waldur-hook"
 auth = "standard-webhooks"
 secrets = ["{SECRET}"]
+
+{extra_config}
 "#,
         max_attempts = options.max_attempts,
         api = options.api,
+        extra_config = options.extra_config,
     );
     let env: std::collections::HashMap<String, String> = [(
         "PUHURI_APPROVER_AMQP_URL".to_owned(),

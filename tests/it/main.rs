@@ -3,4 +3,5 @@
 //! started in-process on port 0. Every test uses its own queue prefix.
 
 mod helpers;
+mod ingress;
 mod spine;
