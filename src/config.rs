@@ -987,4 +987,132 @@ mod tests {
             other => panic!("unexpected scheme {other:?}"),
         }
     }
+
+    fn source(extra: &str) -> String {
+        format!("[[sources]]\nname = \"hook\"\nformat = \"waldur-hook\"\n{extra}\n")
+    }
+
+    #[test]
+    fn fails_closed_on_sources_without_authentication() {
+        let error = parse(&source("auth = \"none\"")).expect_err("no auth");
+        assert!(
+            error.to_string().contains("insecure_no_auth = true"),
+            "{error}"
+        );
+        let config = parse(&source("auth = \"none\"\ninsecure_no_auth = true")).expect("declared");
+        assert!(matches!(config.sources[0].auth, SourceAuth::None));
+        let error = parse(&source(
+            "auth = \"path-secret\"\ninsecure_no_auth = true\nsecrets = [\"p4th-s3cret_0123456789abcdefghijklmnop\"]",
+        ))
+        .expect_err("contradiction");
+        assert!(error.to_string().contains("insecure_no_auth"), "{error}");
+        let error = parse(&source("auth = \"github\"")).expect_err("no secret");
+        assert!(
+            error.to_string().contains("needs at least one secret"),
+            "{error}"
+        );
+        let error = parse(&source("auth = \"github\"\nsecrets = [\"\"]")).expect_err("empty");
+        assert!(error.to_string().contains("empty"), "{error}");
+        let error = parse(&source("auth = \"github\"\nsecrets = [\"short\"]")).expect_err("short");
+        assert!(
+            error
+                .to_string()
+                .starts_with("test.toml:5: `sources.secrets`"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("short\""), "{error}");
+        let error = parse(&source("auth = \"hmac\"\nsecrets = [\"x\"]")).expect_err("unknown");
+        assert!(
+            error.to_string().contains("unknown scheme `hmac`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn refuses_overlapping_sources() {
+        let path = "auth = \"path-secret\"\nsecrets = [\"p4th-s3cret_0123456789abcdefghijklmnop\"]";
+        let twice = format!("{}{}", source(path), source(path));
+        let error = parse(&twice).expect_err("same name");
+        assert!(error.to_string().contains("defined twice"), "{error}");
+        let other = source(path).replace("\"hook\"", "\"other\"");
+        let error = parse(&format!("{}{other}", source(path))).expect_err("same secret");
+        assert!(
+            error
+                .to_string()
+                .contains("reuses another source's path secret"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reads_networks_limits_and_windows() {
+        let config = parse(&format!(
+            "[receiver]\ntrust_forwarded_for = 1\n\n{}",
+            source(
+                "auth = \"none\"\ninsecure_no_auth = true\nallowed_networks = [\"192.0.2.0/24\", \"2001:db8::1\"]\nrate_limit_per_sec = 5"
+            )
+        ))
+        .expect("valid");
+        assert_eq!(config.receiver.trust_forwarded_for, 1);
+        let source0 = &config.sources[0];
+        assert_eq!(source0.allowed_networks.len(), 2);
+        assert!(
+            source0.allowed_networks[0]
+                .contains(&"192.0.2.77".parse::<std::net::IpAddr>().expect("ip"))
+        );
+        assert_eq!(
+            source0.rate_limit,
+            RateLimit {
+                per_sec: 5,
+                burst: 10
+            }
+        );
+        assert_eq!(source0.replay_window, Duration::from_secs(3600));
+        let error = parse(&source(
+            "auth = \"none\"\ninsecure_no_auth = true\nallowed_networks = [\"192.0.2.0/33\"]",
+        ))
+        .expect_err("bad cidr");
+        assert!(error.to_string().contains("`192.0.2.0/33`"), "{error}");
+        let error = parse(&format!(
+            "{}\nreplay_window_secs = 100\n",
+            "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\nauth = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]"
+        ))
+        .expect_err("window shorter than the tolerance");
+        assert!(
+            error.to_string().contains("twice the timestamp tolerance"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reads_secrets_from_files() {
+        let dir = std::env::temp_dir().join(format!("pa-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("secrets");
+        std::fs::write(&file, format!("# rotated 2026-01\n{SECRET}\n\n")).expect("write");
+        let text = format!(
+            "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\nauth = \"standard-webhooks\"\nsecrets_file = \"secrets\"\n"
+        );
+        let config_path = dir.join("config.toml");
+        let config = Config::parse(&text, &config_path.display().to_string(), &HashMap::new())
+            .expect("relative to the config file");
+        match &config.sources[0].auth {
+            SourceAuth::StandardWebhooks { secrets, .. } => assert_eq!(secrets.len(), 1),
+            other => panic!("unexpected scheme {other:?}"),
+        }
+        let env: HashMap<String, String> = [(
+            "PUHURI_APPROVER_SOURCE_RELAY_SECRETS_FILE".to_owned(),
+            dir.join("missing").display().to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let error = Config::parse(&text, "t.toml", &env).expect_err("missing file");
+        assert!(
+            error
+                .to_string()
+                .contains("PUHURI_APPROVER_SOURCE_RELAY_SECRETS_FILE"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }
