@@ -1090,9 +1090,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("secrets");
         std::fs::write(&file, format!("# rotated 2026-01\n{SECRET}\n\n")).expect("write");
-        let text = 
-            "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\nauth = \"standard-webhooks\"\nsecrets_file = \"secrets\"\n"
-            .to_owned();
+        let text = "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\n".to_owned()
+            + "auth = \"standard-webhooks\"\nsecrets_file = \"secrets\"\n";
         let config_path = dir.join("config.toml");
         let config = Config::parse(&text, &config_path.display().to_string(), &HashMap::new())
             .expect("relative to the config file");
