@@ -19,6 +19,7 @@ use crate::policy::Policy;
 use crate::puhuri::PuhuriClient;
 use crate::queue::Broker;
 use crate::receiver::{self, ReceiverStats};
+use crate::reconciler::Reconciler;
 use crate::worker::Worker;
 
 /// Which roles run in this process.
@@ -42,13 +43,12 @@ pub struct Running {
     pub broker: Broker,
     pub stats: Arc<ReceiverStats>,
     pub worker: Option<Arc<Worker>>,
+    pub reconciler: Option<Arc<Reconciler>>,
     stop: CancellationToken,
+    shutdown_deadline: Duration,
     broker_stop: CancellationToken,
     tracker: TaskTracker,
 }
-
-/// How long shutdown waits for in-flight work before giving up.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Starts the roles. `listener` is used by the receiver; when `None` and the receiver
 /// runs, `config.listen` is bound.
@@ -92,9 +92,22 @@ pub async fn start(
     }
 
     let mut worker = None;
+    let mut reconciler = None;
     if roles.work {
         config.require_token()?;
         let client = PuhuriClient::new(&config.puhuri)?;
+        let r = Arc::new(Reconciler::new(
+            client.clone(),
+            broker.clone(),
+            config.puhuri.offerings.clone(),
+            config.reconcile.clone(),
+        ));
+        reconciler = Some(r.clone());
+        if let Some(interval) = config.reconcile.interval {
+            let reconcile_stop = stop.clone();
+            tracker.spawn(async move { r.run(reconcile_stop).await });
+            tracing::info!(interval_secs = interval.as_secs(), "reconciler started");
+        }
         let w = Arc::new(Worker::new(
             client,
             policy,
@@ -113,7 +126,9 @@ pub async fn start(
         broker,
         stats,
         worker,
+        reconciler,
         stop,
+        shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,
         tracker,
     })
@@ -131,7 +146,7 @@ impl Running {
     /// broker connection open (for tooling that still needs it).
     pub async fn stop_roles(&self) {
         self.stop.cancel();
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, self.tracker.wait())
+        if tokio::time::timeout(self.shutdown_deadline, self.tracker.wait())
             .await
             .is_err()
         {

@@ -59,6 +59,48 @@ pub enum Command {
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Inspect, replay or purge the dead-letter queue.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// The configuration file (for the RabbitMQ URL and prefix).
+    #[arg(long, short, env = "PUHURI_APPROVER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: id, attempts, allocation and the last reason.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter with every attempt's reason.
+    Show {
+        /// The notification id (`message_id`).
+        id: String,
+    },
+    /// Send dead letters back to the workers with a fresh attempt count.
+    Replay {
+        /// The notification id; omit with `--all`.
+        id: Option<String>,
+        /// Replay every dead letter present now.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Delete dead letters.
+    Purge {
+        /// The notification id; omit with `--all`.
+        id: Option<String>,
+        /// Delete every dead letter present now.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => run_sim(args).await,
         Command::Sign(args) => sign(args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
+        Command::Dlq(args) => dlq(args).await,
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = load_policy(&file)?;
             println!("{}: ok ({} rules)", file.display(), policy.rule_count());
@@ -408,4 +451,150 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         println!("{}: {value}", signature::HEADER_SIGNATURE);
     }
     Ok(())
+}
+
+async fn connect_broker(
+    config: &Config,
+    stop: &CancellationToken,
+) -> anyhow::Result<crate::queue::Broker> {
+    let broker = crate::queue::Broker::start(
+        &config.amqp,
+        config.worker.retry_delays.clone(),
+        stop.clone(),
+    );
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        broker.wait_connected(stop),
+    )
+    .await;
+    if connected != Ok(true) {
+        bail!(
+            "cannot reach RabbitMQ at {} within 15 s",
+            crate::config::redacted_url(config.amqp.url.expose())
+        );
+    }
+    Ok(broker)
+}
+
+async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
+    use crate::queue::Select;
+    let config = load_config(args.config.as_deref())?;
+    let stop = CancellationToken::new();
+    let broker = connect_broker(&config, &stop).await?;
+    let result = match args.command {
+        DlqCommand::List { limit } => {
+            let letters = broker.dead_letters(limit).await?;
+            if letters.is_empty() {
+                println!(
+                    "the dead-letter queue `{}` is empty",
+                    broker.topology().dead_queue()
+                );
+            } else {
+                println!(
+                    "{:<40} {:>8}  {:<34} LAST REASON",
+                    "ID", "ATTEMPTS", "ALLOCATION"
+                );
+                for letter in &letters {
+                    let allocation = letter
+                        .item
+                        .as_ref()
+                        .map(|i| i.hint.key())
+                        .unwrap_or_else(|| "(undecodable)".into());
+                    let reason: String = letter
+                        .reasons
+                        .last()
+                        .map(|r| r.chars().take(80).collect())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<40} {:>8}  {:<34} {}",
+                        letter.message_id, letter.attempts, allocation, reason
+                    );
+                }
+                println!("{} dead letter(s) shown", letters.len());
+            }
+            Ok(())
+        }
+        DlqCommand::Show { id } => {
+            let letters = broker.dead_letters(usize::MAX).await?;
+            match letters.iter().find(|l| l.message_id == id) {
+                None => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
+                Some(letter) => {
+                    println!("id:        {}", letter.message_id);
+                    println!("attempts:  {}", letter.attempts);
+                    if let Some(item) = &letter.item {
+                        println!("source:    {}", item.source);
+                        println!("event:     {}", item.event_type);
+                        if let Some(order) = &item.hint.order_uuid {
+                            println!("order:     {order}");
+                        }
+                        if let Some(resource) = &item.hint.resource_uuid {
+                            println!("resource:  {resource}");
+                        }
+                    } else {
+                        println!("body:      {}", String::from_utf8_lossy(&letter.body));
+                    }
+                    println!("reasons:");
+                    for (i, reason) in letter.reasons.iter().enumerate() {
+                        println!("  {}. {reason}", i + 1);
+                    }
+                    Ok(())
+                }
+            }
+        }
+        DlqCommand::Replay { id, all } | DlqCommand::Purge { id, all } if id.is_none() && !all => {
+            Err(anyhow::anyhow!("name a dead letter id, or pass `--all`"))
+        }
+        DlqCommand::Replay { id, .. } => {
+            let select = id.as_deref().map(Select::One).unwrap_or(Select::All);
+            let done = broker
+                .settle_dead_letters(select, true, progress_line("replayed"))
+                .await?;
+            finish_progress();
+            match (done, id) {
+                (0, Some(id)) => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
+                (n, _) => {
+                    println!(
+                        "replayed {n} dead letter(s) to `{}`",
+                        broker.topology().work_queue()
+                    );
+                    Ok(())
+                }
+            }
+        }
+        DlqCommand::Purge { id, .. } => {
+            let select = id.as_deref().map(Select::One).unwrap_or(Select::All);
+            let done = broker
+                .settle_dead_letters(select, false, progress_line("purged"))
+                .await?;
+            finish_progress();
+            match (done, id) {
+                (0, Some(id)) => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
+                (n, _) => {
+                    println!("purged {n} dead letter(s)");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop.cancel();
+    result
+}
+
+/// A progress line on standard error: rewritten in place on a terminal, every 100
+/// messages otherwise.
+fn progress_line(verb: &'static str) -> impl FnMut(usize, usize) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    move |done, total| {
+        if terminal {
+            eprint!("\r{verb} {done}/{total}");
+        } else if done % 100 == 0 || done == total {
+            eprintln!("{verb} {done}/{total}");
+        }
+    }
+}
+
+fn finish_progress() {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
 }

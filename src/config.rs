@@ -61,6 +61,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
+    pub reconcile: ReconcileConfig,
     pub puhuri: PuhuriConfig,
     pub policy_file: Option<PathBuf>,
     pub receiver: ReceiverConfig,
@@ -103,6 +104,21 @@ pub struct WorkerConfig {
     pub prefetch: u16,
     pub max_attempts: u32,
     pub retry_delays: Vec<Duration>,
+    /// Fraction (0..1) by which a retry delay is shortened at random, so that failures
+    /// that happened together are not retried together.
+    pub retry_jitter: f64,
+    /// How long shutdown waits for in-flight requests and deliveries.
+    pub shutdown_deadline: Duration,
+}
+
+/// The reconciler: polls Puhuri Core for allocations waiting for the provider.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Time between cycles; `None` turns the reconciler off.
+    pub interval: Option<Duration>,
+    /// An allocation enqueued by this reconciler is not enqueued again for this long
+    /// (held allocations are re-evaluated at this pace).
+    pub recheck: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -207,6 +223,8 @@ struct FileConfig {
     #[serde(default)]
     worker: FileWorker,
     #[serde(default)]
+    reconcile: FileReconcile,
+    #[serde(default)]
     puhuri: FilePuhuri,
     #[serde(default)]
     policy: FilePolicy,
@@ -239,6 +257,15 @@ struct FileWorker {
     prefetch: Option<Spanned<u16>>,
     max_attempts: Option<Spanned<u32>>,
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
+    retry_jitter: Option<Spanned<f64>>,
+    shutdown_deadline_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReconcile {
+    interval_secs: Option<Spanned<u64>>,
+    recheck_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,6 +445,49 @@ impl Config {
             ],
         };
 
+        let retry_jitter = match &file.worker.retry_jitter {
+            Some(j) if !(0.0..1.0).contains(j.get_ref()) => {
+                return Err(at.invalid(
+                    j.span(),
+                    "worker.retry_jitter",
+                    "expected a fraction from 0 up to (not including) 1",
+                ));
+            }
+            Some(j) => *j.get_ref(),
+            None => 0.2,
+        };
+        let shutdown_deadline = millis(
+            &at,
+            &file.worker.shutdown_deadline_ms,
+            "worker.shutdown_deadline_ms",
+            30_000,
+        )?;
+        let reconcile = ReconcileConfig {
+            interval: match &file.reconcile.interval_secs {
+                Some(s) if *s.get_ref() > 86_400 => {
+                    return Err(at.invalid(
+                        s.span(),
+                        "reconcile.interval_secs",
+                        "expected 0 (off) to 86400",
+                    ));
+                }
+                Some(s) if *s.get_ref() == 0 => None,
+                Some(s) => Some(Duration::from_secs(*s.get_ref())),
+                None => Some(Duration::from_secs(60)),
+            },
+            recheck: match &file.reconcile.recheck_secs {
+                Some(s) if *s.get_ref() == 0 || *s.get_ref() > 86_400 => {
+                    return Err(at.invalid(
+                        s.span(),
+                        "reconcile.recheck_secs",
+                        "expected 1 to 86400",
+                    ));
+                }
+                Some(s) => Duration::from_secs(*s.get_ref()),
+                None => Duration::from_secs(900),
+            },
+        };
+
         let puhuri_url = match env.get("PUHURI_APPROVER_PUHURI_URL") {
             Some(url) => normalize_api_url(&url).map_err(|message| ConfigError::Env {
                 var: "PUHURI_APPROVER_PUHURI_URL".into(),
@@ -493,7 +563,10 @@ impl Config {
                 prefetch,
                 max_attempts,
                 retry_delays,
+                retry_jitter,
+                shutdown_deadline,
             },
+            reconcile,
             puhuri: PuhuriConfig {
                 url: puhuri_url,
                 token,
@@ -897,6 +970,17 @@ fn normalize_api_url(url: &str) -> Result<String, String> {
     Ok(url)
 }
 
+/// A URL without its credentials, for messages: `amqp://user:pass@host/v` → `amqp://host/v`.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+            format!("{scheme}://{rest}")
+        }
+        None => "(unparsable URL)".into(),
+    }
+}
+
 fn is_valid_prefix(prefix: &str) -> bool {
     (1..=100).contains(&prefix.len())
         && prefix
@@ -920,6 +1004,13 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", &HashMap::new())
+    }
+
+    #[test]
+    fn redacts_credentials_from_urls() {
+        assert_eq!(redacted_url("amqp://u:p@h:5672/%2f"), "amqp://h:5672/%2f");
+        assert_eq!(redacted_url("amqps://h/v"), "amqps://h/v");
+        assert_eq!(redacted_url("garbage"), "(unparsable URL)");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod puhuri;
 pub mod queue;
 pub mod receiver;
+pub mod reconciler;
 pub mod secret;
 pub mod signature;
 pub mod sim;

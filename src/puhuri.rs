@@ -472,28 +472,59 @@ impl PuhuriClient {
         Ok(Page { items, next, total })
     }
 
-    /// Every order waiting for the provider on an offering, following `Link: rel="next"`.
-    /// Returns the orders and the number of calls made.
-    pub async fn list_pending_orders(
+    /// Every allocation waiting for the provider, on one offering or (`None`) on all the
+    /// token can see, following `Link: rel="next"` with field selection to keep the calls
+    /// cheap. Returns the hints and the number of calls made.
+    pub async fn list_pending(
         &self,
-        offering_uuid: &str,
-    ) -> Result<(Vec<Order>, usize), PuhuriError> {
-        let mut url = format!(
-            "marketplace-orders/?offering_uuid={offering_uuid}&state=pending-provider&type=Create&page_size=100\
-             &field=uuid&field=state&field=type&field=marketplace_resource_uuid"
-        );
-        let mut orders = Vec::new();
+        offering_uuid: Option<&str>,
+    ) -> Result<(Vec<AllocationHint>, usize), PuhuriError> {
+        let offering = offering_uuid
+            .map(|o| format!("&offering_uuid={o}"))
+            .unwrap_or_default();
+        let mut url = match self.api {
+            ApiGeneration::Orders => format!(
+                "marketplace-orders/?state=pending-provider&type=Create&page_size=100{offering}\
+                 &field=uuid&field=marketplace_resource_uuid"
+            ),
+            ApiGeneration::Resources => {
+                format!("marketplace-resources/?state=Creating&page_size=100{offering}&field=uuid")
+            }
+        };
+        let mut hints = Vec::new();
         let mut calls = 0;
         loop {
-            let page: Page<Order> = self.list_page(&url).await?;
+            let page: Page<Value> = self.list_page(&url).await?;
             calls += 1;
-            orders.extend(page.items);
+            for item in page.items {
+                let uuid = item
+                    .get("uuid")
+                    .and_then(Value::as_str)
+                    .and_then(WaldurUuid::parse);
+                let hint = match self.api {
+                    ApiGeneration::Orders => AllocationHint {
+                        order_uuid: uuid,
+                        resource_uuid: item
+                            .get("marketplace_resource_uuid")
+                            .and_then(Value::as_str)
+                            .and_then(WaldurUuid::parse),
+                    },
+                    ApiGeneration::Resources => AllocationHint {
+                        order_uuid: None,
+                        resource_uuid: uuid,
+                    },
+                };
+                if hint.order_uuid.is_some() || hint.resource_uuid.is_some() {
+                    hints.push(hint);
+                }
+            }
             match page.next {
-                Some(next) if calls < 10_000 => url = next,
+                // A bound against a server whose `next` never ends.
+                Some(next) if calls < 100_000 => url = next,
                 _ => break,
             }
         }
-        Ok((orders, calls))
+        Ok((hints, calls))
     }
 }
 

@@ -30,7 +30,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -50,6 +50,8 @@ pub const HEADER_REASONS: &str = "x-puhuri-reasons";
 /// Delivery limit declared on the work queue: deliveries that crash or stall workers
 /// this many times are dead-lettered by the broker itself.
 pub const WORK_DELIVERY_LIMIT: i64 = 50;
+/// Delivery limit declared on the dead-letter queue (see `declare_topology`).
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Queue and exchange names derived from the prefix.
 #[derive(Debug, Clone)]
@@ -97,6 +99,33 @@ impl Topology {
             .copied()
             .unwrap_or(Duration::from_secs(1))
     }
+
+    /// The attempt's tier, or the first tier at least as long as `retry_after`, bounded
+    /// by the last tier.
+    pub fn delay_covering(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        let base = self.delay_for(attempts);
+        let Some(wanted) = retry_after.filter(|w| *w > base) else {
+            return base;
+        };
+        self.retry_delays
+            .iter()
+            .copied()
+            .find(|d| *d >= wanted)
+            .or_else(|| self.retry_delays.iter().copied().max())
+            .unwrap_or(base)
+    }
+}
+
+/// Shortens a delay by a random fraction of up to `jitter`.
+pub fn jittered(delay: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return delay;
+    }
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let random =
+        u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as f64 / u32::MAX as f64;
+    let factor = 1.0 - jitter.min(0.99) * random;
+    Duration::from_millis(((delay.as_millis() as f64) * factor).max(1.0) as u64)
 }
 
 /// Why a publish did not get a positive confirm.
@@ -123,6 +152,10 @@ pub enum QueueError {
     Broker(#[from] lapin::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("the delivery came from a connection that has since been replaced")]
+    Stale,
+    #[error("the broker is not reachable")]
+    Unreachable,
 }
 
 struct Session {
@@ -336,6 +369,10 @@ impl Broker {
         .await
     }
 
+    /// Publishes and awaits the confirm. When the connection fails after the message
+    /// was sent but before its confirm, the message is published again on the next
+    /// connection, within the confirm timeout: every unconfirmed message is republished,
+    /// and consumers tolerate the duplicate.
     async fn publish(
         &self,
         exchange: &str,
@@ -344,33 +381,60 @@ impl Broker {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), PublishError> {
-        let session = self.session().ok_or(PublishError::Unavailable)?;
-        let channel = session.channel();
         let timeout = self.inner.confirm_timeout;
-        let publish = async {
-            channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(timeout, publish).await {
-            Err(_) => Err(PublishError::Timeout(timeout)),
-            Ok(Err(error)) => Err(PublishError::Broker(error)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                Err(PublishError::Unroutable(returned.reply_text.to_string()))
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Not connected at all: answer at once, the sender retries.
+        let mut session = self.session().ok_or(PublishError::Unavailable)?;
+        loop {
+            let channel = session.channel();
+            let publish = async {
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        BasicPublishOptions {
+                            mandatory,
+                            ..BasicPublishOptions::default()
+                        },
+                        body,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await
+            };
+            let error = match tokio::time::timeout_at(deadline, publish).await {
+                Err(_) => return Err(PublishError::Timeout(timeout)),
+                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                    return Err(PublishError::Unroutable(returned.reply_text.to_string()));
+                }
+                Ok(Ok(Confirmation::Nack(_))) | Ok(Ok(Confirmation::NotRequested)) => {
+                    return Err(PublishError::Nacked);
+                }
+                Ok(Err(error)) => error,
+            };
+            // The channel or connection failed: wait for the supervisor's next session.
+            let generation = session.generation;
+            let next = async {
+                let mut rx = self.inner.connected.subscribe();
+                loop {
+                    if let Some(current) = self.session()
+                        && current.generation != generation
+                    {
+                        return Some(current);
+                    }
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Some(current)) => {
+                    tracing::info!(error = %error, "publish interrupted by a reconnect; publishing again");
+                    session = current;
+                }
+                _ => return Err(PublishError::Broker(error)),
             }
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
         }
     }
 
@@ -389,6 +453,7 @@ impl Broker {
                     return Some(Deliveries {
                         consumer,
                         broker: self.clone(),
+                        generation: session.generation,
                     });
                 }
                 Err(error) => {
@@ -497,6 +562,154 @@ impl Broker {
     }
 }
 
+/// A message in the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: String,
+    /// Attempts made before it was dead-lettered.
+    pub attempts: u32,
+    /// One reason per failed attempt, oldest first.
+    pub reasons: Vec<String>,
+    /// The decoded work item, when the body is one.
+    pub item: Option<WorkItem>,
+    pub body: Vec<u8>,
+}
+
+impl DeadLetter {
+    fn from_delivery(delivery: &lapin::message::Delivery) -> DeadLetter {
+        let (attempts, reasons) = attempt_history(&delivery.properties);
+        DeadLetter {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            attempts,
+            reasons,
+            item: match serde_json::from_slice::<Envelope>(&delivery.data) {
+                Ok(Envelope::V1(item)) => Some(item),
+                Err(_) => None,
+            },
+            body: delivery.data.clone(),
+        }
+    }
+}
+
+/// What to act on in the dead-letter queue.
+#[derive(Debug, Clone, Copy)]
+pub enum Select<'a> {
+    One(&'a str),
+    All,
+}
+
+impl Select<'_> {
+    fn matches(&self, message_id: &str) -> bool {
+        match self {
+            Select::One(id) => *id == message_id,
+            Select::All => true,
+        }
+    }
+}
+
+impl Broker {
+    /// Reads up to `limit` dead letters without removing them.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let session = self.session().ok_or(QueueError::Unreachable)?;
+        let channel = session.connection.create_channel().await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(message) = channel
+                .basic_get(
+                    self.inner.topology.dead_queue().into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await?
+            else {
+                break;
+            };
+            letters.push(DeadLetter::from_delivery(&message.delivery));
+        }
+        // Closing the channel returns every message read to the queue.
+        let _ = channel.close(200, "inspected".into()).await;
+        Ok(letters)
+    }
+
+    /// Moves dead letters back to the work queue with a fresh attempt count, or removes
+    /// them (`replay = false`). Each message is published and confirmed before its dead
+    /// copy is acked. Calls `progress(done, total)` after each one. Returns how many.
+    pub async fn settle_dead_letters(
+        &self,
+        select: Select<'_>,
+        replay: bool,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<usize, QueueError> {
+        let session = self.session().ok_or(QueueError::Unreachable)?;
+        let topology = &self.inner.topology;
+        let channel = session.connection.create_channel().await?;
+        // Only the messages present now: a replayed message that fails again and comes
+        // back must not be replayed twice in one run.
+        let present = channel
+            .queue_declare(
+                topology.dead_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .message_count() as usize;
+        let total = match select {
+            Select::One(_) => 1,
+            Select::All => present,
+        };
+        let mut done = 0;
+        for _ in 0..present {
+            let Some(message) = channel
+                .basic_get(
+                    topology.dead_queue().into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await?
+            else {
+                break;
+            };
+            let letter = DeadLetter::from_delivery(&message.delivery);
+            if !select.matches(&letter.message_id) {
+                continue; // left unacked: returned to the queue when the channel closes
+            }
+            if replay {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "x-puhuri-replayed-reasons".into(),
+                    reasons_array(&letter.reasons),
+                );
+                self.publish(
+                    &topology.work_exchange(),
+                    WORK_ROUTING_KEY,
+                    &letter.body,
+                    work_properties(&letter.message_id, headers),
+                    true,
+                )
+                .await?;
+            }
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await?;
+            done += 1;
+            progress(done, total);
+            if matches!(select, Select::One(_)) {
+                break;
+            }
+        }
+        let _ = channel.close(200, "settled".into()).await;
+        Ok(done)
+    }
+}
+
 /// A message read by [`Broker::take_one`].
 #[derive(Debug, Clone)]
 pub struct RawMessage {
@@ -594,11 +807,16 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
     }
 
     channel
-        .queue_declare(
-            topology.dead_queue().into(),
-            durable_queue,
-            quorum_arguments(),
-        )
+        .queue_declare(topology.dead_queue().into(), durable_queue, {
+            // Inspecting dead letters (`dlq list`) returns them to the queue, which
+            // counts as a delivery; the limit is set high so inspection never drops them.
+            let mut args = quorum_arguments();
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+            );
+            args
+        })
         .await?;
     channel
         .queue_bind(
@@ -655,6 +873,7 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
 pub struct Deliveries {
     consumer: lapin::Consumer,
     broker: Broker,
+    generation: u64,
 }
 
 impl Deliveries {
@@ -662,7 +881,11 @@ impl Deliveries {
     /// caller opens a new consumer, and unacked deliveries come back redelivered).
     pub async fn next(&mut self) -> Option<Delivery> {
         match self.consumer.next().await {
-            Some(Ok(delivery)) => Some(Delivery::new(delivery, self.broker.clone())),
+            Some(Ok(delivery)) => Some(Delivery::new(
+                delivery,
+                self.broker.clone(),
+                self.generation,
+            )),
             Some(Err(error)) => {
                 tracing::warn!(error = %error, "consumer failed");
                 None
@@ -684,38 +907,16 @@ pub struct Delivery {
     pub message_id: String,
     raw: lapin::message::Delivery,
     broker: Broker,
+    generation: u64,
 }
 
 impl Delivery {
-    fn new(raw: lapin::message::Delivery, broker: Broker) -> Delivery {
+    fn new(raw: lapin::message::Delivery, broker: Broker, generation: u64) -> Delivery {
         let item = match serde_json::from_slice::<Envelope>(&raw.data) {
             Ok(Envelope::V1(item)) => Ok(item),
             Err(error) => Err(format!("undecodable message: {error}")),
         };
-        let mut attempts = 0;
-        let mut reasons = Vec::new();
-        if let Some(headers) = raw.properties.headers() {
-            for (key, value) in headers.inner() {
-                match (key.as_str(), value) {
-                    (HEADER_ATTEMPTS, AMQPValue::LongLongInt(n)) => {
-                        attempts = u32::try_from(*n).unwrap_or(0)
-                    }
-                    (HEADER_REASONS, AMQPValue::FieldArray(items)) => {
-                        reasons = items
-                            .as_slice()
-                            .iter()
-                            .filter_map(|v| match v {
-                                AMQPValue::LongString(s) => {
-                                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let (attempts, reasons) = attempt_history(&raw.properties);
         let message_id = raw
             .properties
             .message_id()
@@ -730,11 +931,22 @@ impl Delivery {
             message_id,
             raw,
             broker,
+            generation,
         }
     }
 
     /// Done: remove it from the queue.
     pub async fn ack(self) -> Result<(), QueueError> {
+        self.settle_ack().await
+    }
+
+    /// Acks on the channel it came from, unless that connection has been replaced: after
+    /// a reconnect the broker has requeued it already, and an ack would be meaningless.
+    async fn settle_ack(&self) -> Result<(), QueueError> {
+        let current = self.broker.session().map(|s| s.generation);
+        if current != Some(self.generation) {
+            return Err(QueueError::Stale);
+        }
         self.raw.acker.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
@@ -751,19 +963,33 @@ impl Delivery {
         Ok(())
     }
 
-    /// Schedules another attempt after the tier's delay, or dead-letters it when
-    /// `max_attempts` are used up. The copy is confirmed before the original is acked.
-    pub async fn retry_later(self, reason: &str, max_attempts: u32) -> Result<Retried, QueueError> {
+    /// Schedules another attempt, or dead-letters it when `max_attempts` are used up.
+    ///
+    /// The delay is the attempt's tier, or the first longer tier that covers the
+    /// server's `retry_after` (bounded by the last tier). The message's own expiration
+    /// shortens it by up to `jitter` (a fraction) at random, so that failures that
+    /// happened together are not retried together; within one tier queue a message can
+    /// wait behind an older one by at most that jitter. The copy is confirmed before the
+    /// original is acked.
+    pub async fn retry_later(
+        self,
+        reason: &str,
+        max_attempts: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Result<Retried, QueueError> {
         let attempts = self.attempts + 1;
         if attempts >= max_attempts {
             self.dead_letter(reason).await?;
             return Ok(Retried::DeadLettered { attempts });
         }
         let topology = self.broker.topology().clone();
-        let delay = topology.delay_for(attempts);
+        let delay = topology.delay_covering(attempts, retry_after);
+        let jittered = jittered(delay, jitter);
         let mut reasons = self.reasons.clone();
         reasons.push(reason.to_owned());
-        let properties = work_properties(&self.message_id, attempt_headers(attempts, &reasons));
+        let properties = work_properties(&self.message_id, attempt_headers(attempts, &reasons))
+            .with_expiration(jittered.as_millis().to_string().into());
         self.broker
             .publish(
                 &topology.retry_exchange(),
@@ -773,8 +999,11 @@ impl Delivery {
                 true,
             )
             .await?;
-        self.raw.acker.ack(BasicAckOptions::default()).await?;
-        Ok(Retried::Scheduled { attempts, delay })
+        self.settle_ack().await?;
+        Ok(Retried::Scheduled {
+            attempts,
+            delay: jittered,
+        })
     }
 
     /// Moves it to the dead-letter queue with every attempt's reason.
@@ -795,7 +1024,7 @@ impl Delivery {
                 true,
             )
             .await?;
-        self.raw.acker.ack(BasicAckOptions::default()).await?;
+        self.settle_ack().await?;
         Ok(())
     }
 }
@@ -807,30 +1036,54 @@ pub enum Retried {
     DeadLettered { attempts: u32 },
 }
 
+fn attempt_history(properties: &BasicProperties) -> (u32, Vec<String>) {
+    let mut attempts = 0;
+    let mut reasons = Vec::new();
+    if let Some(headers) = properties.headers() {
+        for (key, value) in headers.inner() {
+            match (key.as_str(), value) {
+                (HEADER_ATTEMPTS, AMQPValue::LongLongInt(n)) => {
+                    attempts = u32::try_from(*n).unwrap_or(0)
+                }
+                (HEADER_REASONS, AMQPValue::FieldArray(items)) => {
+                    reasons = items
+                        .as_slice()
+                        .iter()
+                        .filter_map(|v| match v {
+                            AMQPValue::LongString(s) => {
+                                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+    }
+    (attempts, reasons)
+}
+
+fn reasons_array(reasons: &[String]) -> AMQPValue {
+    let values: Vec<AMQPValue> = reasons
+        .iter()
+        .map(|r| AMQPValue::LongString(LongString::from(truncate_reason(r))))
+        .collect();
+    AMQPValue::FieldArray(FieldArray::from(values))
+}
+
 fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
     let mut headers = FieldTable::default();
     headers.insert(
         HEADER_ATTEMPTS.into(),
         AMQPValue::LongLongInt(i64::from(attempts)),
     );
-    let values: Vec<AMQPValue> = reasons
-        .iter()
-        .map(|r| AMQPValue::LongString(LongString::from(truncate_reason(r))))
-        .collect();
-    headers.insert(
-        HEADER_REASONS.into(),
-        AMQPValue::FieldArray(FieldArray::from(values)),
-    );
+    headers.insert(HEADER_REASONS.into(), reasons_array(reasons));
     headers
 }
 
 fn truncate_reason(reason: &str) -> String {
     reason.chars().take(500).collect()
-}
-
-#[allow(dead_code)]
-fn short(s: &str) -> ShortString {
-    s.into()
 }
 
 #[cfg(test)]
@@ -849,6 +1102,36 @@ mod tests {
         assert_eq!(
             topology.retry_queue(Duration::from_millis(10)),
             "p.retry.10ms"
+        );
+    }
+
+    #[test]
+    fn retry_after_picks_the_first_tier_that_covers_it() {
+        let topology = Topology {
+            prefix: "p".into(),
+            retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+        };
+        let covering =
+            |attempts, secs| topology.delay_covering(attempts, Some(Duration::from_secs(secs)));
+        assert_eq!(covering(1, 0), Duration::from_secs(1));
+        assert_eq!(covering(1, 3), Duration::from_secs(5));
+        assert_eq!(covering(1, 3600), Duration::from_secs(30));
+        assert_eq!(covering(3, 2), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_only_shortens_and_stays_within_the_fraction() {
+        for _ in 0..1000 {
+            let delay = jittered(Duration::from_millis(1000), 0.2);
+            assert!((800..=1000).contains(&delay.as_millis()), "{delay:?}");
+        }
+        assert_eq!(
+            jittered(Duration::from_millis(1000), 0.0),
+            Duration::from_millis(1000)
         );
     }
 }

@@ -302,9 +302,17 @@ impl Worker {
                 };
                 (Ok(outcome), disposition)
             }
-            Err(ProcessError::Transient { reason, .. }) => {
+            Err(ProcessError::Transient {
+                reason,
+                retry_after,
+            }) => {
                 let disposition = match delivery
-                    .retry_later(&reason, self.config.max_attempts)
+                    .retry_later(
+                        &reason,
+                        self.config.max_attempts,
+                        retry_after,
+                        self.config.retry_jitter,
+                    )
                     .await
                 {
                     Ok(Retried::Scheduled { attempts, delay }) => {

@@ -212,7 +212,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
     );
     let body = to_bytes(request.into_body(), MAX_BODY).await;
 
-    let (latency, fault) = sim.take_fault();
+    let (latency, fault, slow) = sim.take_fault();
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
@@ -247,6 +247,11 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
             body: recorded_body,
             status,
         });
+        sim.note_recorded();
+    }
+    if slow > 0 {
+        // The change is applied and recorded; the answer comes too late for the caller.
+        tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
     }
     response
 }
@@ -264,7 +269,7 @@ fn fault_response(status: u16) -> Response {
             code.as_u16()
         )
     };
-    (
+    let mut response = (
         code,
         [(
             header::CONTENT_TYPE,
@@ -272,23 +277,41 @@ fn fault_response(status: u16) -> Response {
         )],
         Body::from(body),
     )
-        .into_response()
+        .into_response();
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 impl Sim {
-    /// Takes the injected latency and, when one is due, the failure status.
-    fn take_fault(&self) -> (u64, Option<u16>) {
+    /// Takes the injected latency, the failure status when one is due, and the delay
+    /// added after a call that succeeds slowly.
+    fn take_fault(&self) -> (u64, Option<u16>, u64) {
         let mut shared = self.lock();
         let latency = shared.faults.latency_ms;
         if shared.faults.fail_next > 0 {
             shared.faults.fail_next -= 1;
-            return (latency, Some(shared.faults.fail_status.unwrap_or(500)));
+            return (latency, Some(shared.faults.fail_status.unwrap_or(500)), 0);
         }
         let rate = shared.faults.error_rate;
         if rate > 0.0 && shared.random() < rate {
-            return (latency, Some(500));
+            let count = shared.faults.error_statuses.len();
+            let status = if count == 0 {
+                500
+            } else {
+                let pick = ((shared.random() * count as f64) as usize).min(count - 1);
+                shared.faults.error_statuses[pick]
+            };
+            return (latency, Some(status), 0);
         }
-        (latency, None)
+        let slow_rate = shared.faults.slow_rate;
+        if slow_rate > 0.0 && shared.random() < slow_rate {
+            return (latency, None, shared.faults.slow_ms);
+        }
+        (latency, None, 0)
     }
 
     fn base_url(&self, headers: &HeaderMap) -> String {

@@ -178,8 +178,15 @@ pub struct Faults {
     pub fail_next: u32,
     /// Default 500.
     pub fail_status: Option<u16>,
-    /// 0..1: fraction of API calls answering 500 at random.
+    /// 0..1: fraction of API calls answering an error at random.
     pub error_rate: f64,
+    /// The statuses `error_rate` picks from at random (default 500). A 429 carries
+    /// `Retry-After: 1`.
+    pub error_statuses: Vec<u16>,
+    /// 0..1: fraction of API calls that take effect but answer only after `slow_ms`
+    /// (a caller with a shorter timeout sees a timeout for a change that happened).
+    pub slow_rate: f64,
+    pub slow_ms: u64,
     /// Added to every API call.
     pub latency_ms: u64,
 }
@@ -287,6 +294,8 @@ struct Inner {
     public_url: Option<String>,
     http: reqwest::Client,
     shared: Mutex<Shared>,
+    /// Counts recorded write calls, so observers can await the next one.
+    recorded: tokio::sync::watch::Sender<u64>,
 }
 
 struct Shared {
@@ -329,6 +338,7 @@ impl Sim {
         let seed = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
         Sim {
             inner: Arc::new(Inner {
+                recorded: tokio::sync::watch::channel(0).0,
                 tokens: config.tokens,
                 hook: config.hook,
                 public_url: config
@@ -453,6 +463,15 @@ impl Sim {
         self.lock().calls.clone()
     }
 
+    /// A receiver that changes after every recorded write call.
+    pub fn watch_calls(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.recorded.subscribe()
+    }
+
+    pub(crate) fn note_recorded(&self) {
+        self.inner.recorded.send_modify(|n| *n += 1);
+    }
+
     /// Forgets the recorded calls.
     pub fn clear_calls(&self) {
         self.lock().calls.clear();
@@ -460,6 +479,11 @@ impl Sim {
 
     /// Replaces the injected faults (`error_rate` is clamped to 0..=1).
     pub fn set_faults(&self, mut faults: Faults) {
+        faults.slow_rate = if faults.slow_rate.is_finite() {
+            faults.slow_rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         faults.error_rate = if faults.error_rate.is_finite() {
             faults.error_rate.clamp(0.0, 1.0)
         } else {

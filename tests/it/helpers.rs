@@ -50,6 +50,14 @@ pub struct Options {
     pub sim_hook: bool,
     /// TOML appended to the test config (more `[[sources]]`, a `[receiver]` table).
     pub extra_config: String,
+    /// 0: no reconciler loop (tests call `run_cycle` themselves).
+    pub reconcile_interval_secs: u64,
+    pub puhuri_timeout_ms: u64,
+    pub retry_delays_ms: &'static str,
+    pub prefetch: u16,
+    pub reconcile_recheck_secs: u64,
+    /// Wait for the broker at start (false when it is meant to be unreachable).
+    pub expect_broker: bool,
 }
 
 impl Default for Options {
@@ -62,6 +70,12 @@ impl Default for Options {
             max_attempts: 4,
             sim_hook: false,
             extra_config: String::new(),
+            reconcile_interval_secs: 0,
+            puhuri_timeout_ms: 5000,
+            retry_delays_ms: "[50, 100]",
+            prefetch: 16,
+            expect_broker: true,
+            reconcile_recheck_secs: 600,
         }
     }
 }
@@ -73,6 +87,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub running: Option<Running>,
     pub settled: Option<broadcast::Receiver<Settled>>,
+    /// The service's configuration, for child processes and CLI commands.
+    pub config_text: String,
+    pub policy_text: &'static str,
     sim_stop: CancellationToken,
 }
 
@@ -111,15 +128,20 @@ prefix = "{prefix}"
 publish_channels = 2
 
 [worker]
-prefetch = 16
+prefetch = {prefetch}
 max_attempts = {max_attempts}
-retry_delays_ms = [50, 100]
+retry_delays_ms = {retry_delays}
+shutdown_deadline_ms = 10000
+
+[reconcile]
+interval_secs = {reconcile}
+recheck_secs = {recheck}
 
 [puhuri]
 url = "http://{sim_addr}/api/"
 token = "{TOKEN}"
 api = "{api}"
-timeout_ms = 5000
+timeout_ms = {puhuri_timeout}
 
 [[sources]]
 name = "relay"
@@ -138,6 +160,11 @@ secrets = ["{SECRET}"]
         max_attempts = options.max_attempts,
         api = options.api,
         extra_config = options.extra_config,
+        prefetch = options.prefetch,
+        retry_delays = options.retry_delays_ms,
+        reconcile = options.reconcile_interval_secs,
+        recheck = options.reconcile_recheck_secs,
+        puhuri_timeout = options.puhuri_timeout_ms,
     );
     let env: std::collections::HashMap<String, String> = [(
         "PUHURI_APPROVER_AMQP_URL".to_owned(),
@@ -157,7 +184,7 @@ secrets = ["{SECRET}"]
     .await
     .expect("service starts");
     let settled = running.worker.as_ref().map(|w| w.subscribe());
-    if options.amqp_url.is_none() {
+    if options.expect_broker {
         let connected = tokio::time::timeout(
             WAIT,
             running.broker.wait_connected(&CancellationToken::new()),
@@ -177,6 +204,8 @@ secrets = ["{SECRET}"]
         http: reqwest::Client::new(),
         running: Some(running),
         settled,
+        config_text,
+        policy_text: options.policy,
         sim_stop,
     }
 }
@@ -301,5 +330,236 @@ impl TestApp {
             running.shutdown().await;
         }
         self.sim_stop.cancel();
+    }
+}
+
+/// What a policy should have done with an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Approve,
+    Reject,
+    Hold,
+}
+
+/// The verdict of a fault scenario: all three must be zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Allocations that should have been decided and were not.
+    pub lost: usize,
+    /// Allocations with more than one successful decision write, or several backend ids.
+    pub duplicated: usize,
+    /// Allocations decided differently from the policy (or written when held).
+    pub wrong: usize,
+}
+
+impl TestApp {
+    /// Creates allocations of three kinds for `APPROVE_SMALL`, round-robin.
+    pub async fn create_mixed(&self, count: usize) -> Vec<(CreatedAllocation, Expect)> {
+        let mut cases = Vec::new();
+        for i in 0..count {
+            let (request, expect) = match i % 3 {
+                0 => (
+                    json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 100 + i}}),
+                    Expect::Approve,
+                ),
+                1 => (
+                    json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 5000 + i}}),
+                    Expect::Reject,
+                ),
+                _ => (
+                    json!({"offering": "LUMI-G", "limits": {"gpu_k_hours": 10}}),
+                    Expect::Hold,
+                ),
+            };
+            let request: NewAllocation = serde_json::from_value(request).expect("request");
+            let created = self.sim.create_allocation(request).await.expect("created");
+            cases.push((created, expect));
+        }
+        cases
+    }
+
+    /// Whether every allocation that should be decided is.
+    pub fn all_decided(&self, cases: &[(CreatedAllocation, Expect)]) -> bool {
+        cases
+            .iter()
+            .filter(|(_, expect)| *expect != Expect::Hold)
+            .all(|(created, _)| self.order_state(created) != "pending-provider")
+    }
+
+    /// Waits (on the simulator's write calls, not on a clock) until every allocation that
+    /// should be decided is, or `within` passes. Returns how long it took.
+    pub async fn wait_decided(
+        &self,
+        cases: &[(CreatedAllocation, Expect)],
+        within: Duration,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        let mut changes = self.sim.watch_calls();
+        let _ = tokio::time::timeout(within, async {
+            while !self.all_decided(cases) {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        started.elapsed()
+    }
+
+    /// Counts lost, duplicated and wrong decisions from the simulator's state and calls.
+    pub fn check(&self, cases: &[(CreatedAllocation, Expect)]) -> Counts {
+        let calls = self.sim.calls();
+        let mut counts = Counts::default();
+        for (created, expect) in cases {
+            let mine: Vec<&RecordedCall> = calls
+                .iter()
+                .filter(|c| {
+                    c.path.contains(&created.order_uuid) || c.path.contains(&created.resource_uuid)
+                })
+                .collect();
+            let decisions = mine
+                .iter()
+                .filter(|c| {
+                    c.status == 200
+                        && (c.path.ends_with("/approve_by_provider/")
+                            || c.path.ends_with("/reject_by_provider/")
+                            || c.path.ends_with("/set_as_erred/"))
+                })
+                .count();
+            let mut backend_ids: Vec<&Value> = mine
+                .iter()
+                .filter(|c| c.path.ends_with("/set_backend_id/"))
+                .map(|c| &c.body["backend_id"])
+                .collect();
+            backend_ids.dedup();
+            if decisions > 1 || backend_ids.len() > 1 {
+                counts.duplicated += 1;
+            }
+            let state = self.order_state(created);
+            match expect {
+                Expect::Hold => {
+                    if !mine.is_empty() || state != "pending-provider" {
+                        counts.wrong += 1;
+                    }
+                }
+                Expect::Approve | Expect::Reject => {
+                    let wanted = if *expect == Expect::Approve {
+                        "done"
+                    } else {
+                        "rejected"
+                    };
+                    if state == "pending-provider" {
+                        counts.lost += 1;
+                    } else if state != wanted {
+                        counts.wrong += 1;
+                    }
+                }
+            }
+        }
+        counts
+    }
+
+    /// Writes the service's configuration to a file for a child process.
+    pub fn write_config(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("puhuri-approver.toml");
+        std::fs::write(dir.join("policy.toml"), self.policy_text).expect("write policy");
+        let text = format!("{}\n[policy]\nfile = \"policy.toml\"\n", self.config_text);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+/// Prints a scenario's figures past the test harness's capture, so CI logs show them.
+pub fn report(scenario: &str, counts: Counts, allocations: usize, recovery: Duration) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "fault scenario `{scenario}`: {allocations} allocations, lost={} duplicated={} wrong={}, all decided after {} ms",
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        recovery.as_millis()
+    );
+}
+
+/// A fresh temporary directory under the system's temp folder.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "puhuri-approver-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Sends a notification until it is accepted, as a sender honouring 503 would (with a
+/// short pause instead of the advertised `Retry-After`, to keep tests quick).
+pub async fn notify_until_accepted(app: &TestApp, id: &str, created: &CreatedAllocation) -> usize {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let status =
+            match tokio::time::timeout(Duration::from_secs(10), app.notify(id, created)).await {
+                Ok(response) => response.status().as_u16(),
+                Err(_) => 0,
+            };
+        if status == 202 {
+            return tries;
+        }
+        assert!(status == 503 || status == 0, "unexpected answer {status}");
+        assert!(tries < 400, "notification {id} never accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy in front of RabbitMQ that can cut every connection at once.
+pub struct Proxy {
+    pub port: u16,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let tracked = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked
+                    .lock()
+                    .expect("proxy lock")
+                    .push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every proxied connection: both peers see the TCP connection reset.
+    pub fn cut(&self) -> usize {
+        let mut connections = self.connections.lock().expect("proxy lock");
+        let count = connections.len();
+        for connection in connections.drain(..) {
+            connection.abort();
+        }
+        count
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
     }
 }

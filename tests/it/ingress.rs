@@ -634,6 +634,7 @@ async fn row_broker_unavailable() {
             work: false,
         },
         amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        expect_broker: false,
         ..Options::default()
     })
     .await;
@@ -824,6 +825,7 @@ async fn no_secret_or_token_appears_in_the_logs() {
             work: false,
         },
         amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        expect_broker: false,
         ..Options::default()
     })
     .await;

@@ -301,6 +301,7 @@ async fn an_unreachable_broker_answers_503_with_retry_after() {
     // Port 1 on loopback refuses connections.
     let app = spawn_app(Options {
         amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        expect_broker: false,
         roles: Roles {
             receive: true,
             work: false,

@@ -1,0 +1,153 @@
+//! The reconciler: every interval, list the allocations waiting for this provider and
+//! enqueue them, so that a lost notification delays a decision but never loses it.
+//!
+//! INVARIANT: the reconciler only enqueues hints; deciding stays with the workers, which
+//! re-fetch each allocation. Several replicas may run: a duplicate costs one re-fetch.
+//! INVARIANT: an allocation this reconciler enqueued is not enqueued again within
+//! `recheck` (held allocations are re-evaluated at that pace, not every cycle).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReconcileConfig;
+use crate::notification::WorkItem;
+use crate::puhuri::{PuhuriClient, PuhuriError};
+use crate::queue::{Broker, PublishError};
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Puhuri Core list calls made (pages included).
+    pub calls: usize,
+    /// Allocations found waiting.
+    pub pending: usize,
+    /// Allocations enqueued for the workers.
+    pub enqueued: usize,
+    /// Allocations skipped because this reconciler enqueued them within `recheck`.
+    pub recently_enqueued: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("listing pending allocations failed: {0}")]
+    List(#[from] PuhuriError),
+    #[error("enqueueing failed: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// The reconciler role.
+pub struct Reconciler {
+    client: PuhuriClient,
+    broker: Broker,
+    offerings: Vec<String>,
+    config: ReconcileConfig,
+    recent: Mutex<HashMap<String, Instant>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        client: PuhuriClient,
+        broker: Broker,
+        offerings: Vec<String>,
+        config: ReconcileConfig,
+    ) -> Reconciler {
+        Reconciler {
+            client,
+            broker,
+            offerings,
+            config,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One pass over every configured offering (or everything the token sees).
+    pub async fn run_cycle(&self) -> Result<CycleReport, ReconcileError> {
+        let mut report = CycleReport::default();
+        let mut hints = Vec::new();
+        if self.offerings.is_empty() {
+            let (found, calls) = self.client.list_pending(None).await?;
+            hints.extend(found);
+            report.calls += calls;
+        } else {
+            for offering in &self.offerings {
+                let (found, calls) = self.client.list_pending(Some(offering)).await?;
+                hints.extend(found);
+                report.calls += calls;
+            }
+        }
+        report.pending = hints.len();
+        let now = Instant::now();
+        self.with_recent(|recent| {
+            recent.retain(|_, at| now.duration_since(*at) < self.config.recheck)
+        });
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for hint in hints {
+            let key = hint.key();
+            if self.with_recent(|recent| recent.contains_key(&key)) {
+                report.recently_enqueued += 1;
+                continue;
+            }
+            let id = format!(
+                "reconcile-{}",
+                key.trim_start_matches("r:").trim_start_matches("o:")
+            );
+            let item = WorkItem {
+                id,
+                source: "reconciler".into(),
+                event_type: "allocation.pending".into(),
+                hint,
+                received_at_ms,
+            };
+            self.broker.publish_notification(&item).await?;
+            self.with_recent(|recent| recent.insert(key, now));
+            report.enqueued += 1;
+        }
+        Ok(report)
+    }
+
+    fn with_recent<T>(&self, f: impl FnOnce(&mut HashMap<String, Instant>) -> T) -> T {
+        match self.recent.lock() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Runs a cycle at start and then every interval until `stop` fires. A cycle that
+    /// started always finishes.
+    pub async fn run(&self, stop: CancellationToken) {
+        let Some(interval) = self.config.interval else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if !self.broker.is_connected() {
+                tracing::debug!("reconcile cycle skipped: broker not connected");
+                continue;
+            }
+            let started = Instant::now();
+            match self.run_cycle().await {
+                Ok(report) => tracing::info!(
+                    calls = report.calls,
+                    pending = report.pending,
+                    enqueued = report.enqueued,
+                    recently_enqueued = report.recently_enqueued,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconcile cycle"
+                ),
+                Err(error) => tracing::warn!(error = %error, "reconcile cycle failed"),
+            }
+        }
+    }
+}

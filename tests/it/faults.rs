@@ -1,0 +1,499 @@
+//! Fault scenarios. Each one streams allocations of three kinds (approve, reject, hold)
+//! through a failure and then counts, from the simulator's state and write calls, the
+//! allocations lost, decided twice and decided wrongly: all three must be zero. The
+//! figures are printed for the CI log.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use puhuri_approver::app::Roles;
+use puhuri_approver::sim::Faults;
+use puhuri_approver::worker::{Disposition, Outcome};
+use serde_json::json;
+
+use crate::helpers::{
+    Counts, Options, Proxy, amqp_url, notify_until_accepted, report, spawn_app, temp_dir,
+};
+
+const RECOVERY: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn lost_notifications_are_all_decided_by_the_reconciler_alone() {
+    let app = spawn_app(Options {
+        reconcile_interval_secs: 1,
+        reconcile_recheck_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    // No notification is sent at all.
+    let cases = app.create_mixed(30).await;
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let counts = app.check(&cases);
+    report("notifications lost", counts, cases.len(), took);
+    assert_eq!(counts, Counts::default());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconcile_cycle_lists_with_few_calls_and_skips_what_it_enqueued_recently() {
+    let app = spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: true,
+        },
+        ..Options::default()
+    })
+    .await;
+    let cases = app.create_mixed(250).await;
+    let reconciler = app
+        .running
+        .as_ref()
+        .and_then(|r| r.reconciler.clone())
+        .expect("reconciler");
+    let first = reconciler.run_cycle().await.expect("cycle");
+    // 250 waiting orders, 100 per page: 3 list calls.
+    assert_eq!((first.pending, first.enqueued, first.calls), (250, 250, 3));
+    let second = reconciler.run_cycle().await.expect("cycle");
+    assert_eq!(second.enqueued, 0, "{second:?}");
+    assert_eq!(second.recently_enqueued, second.pending);
+    app.wait_decided(&cases, RECOVERY).await;
+    assert_eq!(app.check(&cases), Counts::default());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn puhuri_core_failing_30_percent_of_calls_loses_and_duplicates_nothing() {
+    let app = spawn_app(Options {
+        max_attempts: 6,
+        retry_delays_ms: "[20, 50, 100]",
+        puhuri_timeout_ms: 300,
+        reconcile_interval_secs: 1,
+        reconcile_recheck_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    let cases = app.create_mixed(30).await;
+    app.sim.set_faults(Faults {
+        error_rate: 0.3,
+        error_statuses: vec![500, 429, 503, 502],
+        slow_rate: 0.05,
+        slow_ms: 600,
+        ..Faults::default()
+    });
+    for (i, (created, _)) in cases.iter().enumerate() {
+        notify_until_accepted(&app, &format!("msg_flaky_{i}"), created).await;
+    }
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    app.sim.set_faults(Faults::default());
+    let counts = app.check(&cases);
+    report(
+        "Puhuri Core failing 30 % of calls",
+        counts,
+        cases.len(),
+        took,
+    );
+    assert_eq!(counts, Counts::default());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_replayed_once_the_cause_is_fixed() {
+    let mut app = spawn_app(Options::default()).await;
+    let created = app.create(json!({"cpu_k_hours": 10})).await;
+    // The integration user lacks a permission: 403 is permanent.
+    app.sim.set_faults(Faults {
+        fail_next: 1,
+        fail_status: Some(403),
+        ..Faults::default()
+    });
+    assert_eq!(app.notify("msg_forbidden", &created).await.status(), 202);
+    let settled = app.settled("msg_forbidden").await;
+    assert_eq!(settled.disposition, Disposition::DeadLettered);
+    assert_eq!(app.order_state(&created), "pending-provider");
+
+    let dir = temp_dir("dlq");
+    let config = app.write_config(&dir);
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"))
+            .arg("dlq")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("PUHURI_APPROVER_AMQP_URL", amqp_url())
+            .output()
+            .expect("run the CLI");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stdout, stderr)
+    };
+
+    let (ok, listed, stderr) = cli(&["list"]);
+    assert!(ok, "{stderr}");
+    assert!(listed.contains("msg_forbidden"), "{listed}");
+    assert!(listed.contains("403"), "{listed}");
+    let (ok, shown, _) = cli(&["show", "msg_forbidden"]);
+    assert!(ok);
+    assert!(shown.contains(&created.resource_uuid), "{shown}");
+    let (ok, _, stderr) = cli(&["replay", "msg_missing"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no dead letter has id `msg_missing`"),
+        "{stderr}"
+    );
+
+    // The cause is gone (the fault was one call); replay it.
+    let (ok, replayed, stderr) = cli(&["replay", "msg_forbidden"]);
+    assert!(ok, "{stderr}");
+    assert!(replayed.contains("replayed 1 dead letter"), "{replayed}");
+    let settled = app.settled("msg_forbidden").await;
+    assert!(
+        matches!(settled.result, Ok(Outcome::Approved { .. })),
+        "{settled:?}"
+    );
+    assert_eq!(app.order_state(&created), "done");
+    let (ok, listed, _) = cli(&["list"]);
+    assert!(ok);
+    assert!(listed.contains("is empty"), "{listed}");
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cutting_the_amqp_connection_mid_publish_loses_nothing() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:5672".parse().expect("addr");
+    let proxy = Proxy::start(upstream).await;
+    let app = spawn_app(Options {
+        amqp_url: Some(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)),
+        ..Options::default()
+    })
+    .await;
+    let cases = app.create_mixed(60).await;
+    let started = std::time::Instant::now();
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    let progress = tokio::sync::Notify::new();
+    let mut cuts = 0;
+    {
+        // Four senders at a time, so the stream lasts while the connection is cut.
+        let sends = futures_util::stream::iter(cases.iter().enumerate())
+            .map(|(i, (created, _))| {
+                let (app, accepted, progress) = (&app, &accepted, &progress);
+                async move {
+                    notify_until_accepted(app, &format!("msg_cut_{i}"), created).await;
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    progress.notify_one();
+                }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<()>>();
+        tokio::pin!(sends);
+        // Cut after 10 and after 30 accepted notifications, with publishes in flight.
+        loop {
+            tokio::select! {
+                _ = &mut sends => break,
+                () = progress.notified() => {
+                    let done = accepted.load(std::sync::atomic::Ordering::SeqCst);
+                    if (cuts == 0 && done >= 10) || (cuts == 1 && done >= 30) {
+                        assert!(proxy.cut() > 0, "there were connections to cut");
+                        cuts += 1;
+                    }
+                }
+            }
+        }
+    }
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let counts = app.check(&cases);
+    report(
+        &format!("AMQP connection cut {cuts} times"),
+        counts,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert_eq!(cuts, 2, "the connection was cut twice");
+    assert_eq!(counts, Counts::default());
+    app.stop().await;
+}
+
+/// Sends SIGTERM to one process, by its (positive) pid; a process that has exited
+/// already is not an error.
+fn terminate(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "TERM", "--"])
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A worker process started from the built binary.
+struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    fn start(config: &std::path::Path) -> WorkerProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"))
+            .arg("work")
+            .arg("--config")
+            .arg(config)
+            .env("PUHURI_APPROVER_AMQP_URL", amqp_url())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start a worker process");
+        WorkerProcess(child)
+    }
+
+    /// Sends SIGTERM to this process only.
+    fn terminate(&self) {
+        terminate(self.0.id());
+    }
+
+    /// Sends SIGKILL to this process only.
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+    }
+
+    /// Waits for the process to exit (bounded), off the async runtime's threads.
+    async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + within;
+            loop {
+                if let Some(status) = self.0.try_wait().expect("wait") {
+                    return status;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the worker did not exit in time"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .expect("join")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn workers_stopped_and_killed_mid_delivery_lose_nothing() {
+    // This process only receives; the workers are separate processes.
+    let app = spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        ..Options::default()
+    })
+    .await;
+    let dir = temp_dir("worker-kill");
+    let config = app.write_config(&dir);
+    // Each Puhuri Core call takes 30 ms, so deliveries are in flight when signals arrive.
+    app.sim.set_faults(Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    });
+    let cases = app.create_mixed(60).await;
+    for (i, (created, _)) in cases.iter().enumerate() {
+        notify_until_accepted(&app, &format!("msg_kill_{i}"), created).await;
+    }
+    let started = std::time::Instant::now();
+    let mut calls = app.sim.watch_calls();
+    let wait_for_writes = |n: usize| {
+        let sim = app.sim.clone();
+        let mut calls = calls.clone();
+        async move {
+            while sim.calls().len() < n {
+                if calls.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+
+    // SIGTERM: the worker finishes what it started, acks it, and exits cleanly.
+    let worker = WorkerProcess::start(&config);
+    tokio::time::timeout(RECOVERY, wait_for_writes(5))
+        .await
+        .expect("first writes");
+    worker.terminate();
+    let status = worker.wait(Duration::from_secs(15)).await;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    // SIGKILL: in-flight deliveries are abandoned; the broker redelivers them.
+    let mut worker = WorkerProcess::start(&config);
+    let written = app.sim.calls().len();
+    tokio::time::timeout(RECOVERY, wait_for_writes(written + 5))
+        .await
+        .expect("more writes");
+    worker.kill();
+    let _ = worker.wait(Duration::from_secs(15)).await;
+
+    let worker = WorkerProcess::start(&config);
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let _ = calls.borrow_and_update();
+    let counts = app.check(&cases);
+    report(
+        "worker stopped (SIGTERM) and killed (SIGKILL)",
+        counts,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert_eq!(counts, Counts::default());
+    drop(worker);
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}
+
+/// A RabbitMQ node of the test's own, on its own ports and data folder.
+struct PrivateRabbit {
+    dir: std::path::PathBuf,
+    port: u16,
+    dist_port: u16,
+    name: String,
+    process: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl PrivateRabbit {
+    fn new() -> PrivateRabbit {
+        let dir = temp_dir("rabbit");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
+        PrivateRabbit {
+            port: free_port(),
+            dist_port: free_port(),
+            name: format!(
+                "pa-{}@localhost",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            dir,
+            process: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    async fn start(&mut self) {
+        let server = [
+            "/usr/lib/rabbitmq/bin/rabbitmq-server",
+            "/usr/sbin/rabbitmq-server",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("RabbitMQ is installed (deploy/local/ensure-rabbitmq installs it)");
+        let d = |name: &str| self.dir.join(name);
+        let child = std::process::Command::new(server)
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d("rabbitmq"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", d("advanced.config"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", d("plugins-expand"))
+            .stdout(std::fs::File::create(d("out.log")).expect("log file"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a private RabbitMQ node");
+        self.process = Some(child);
+        // The node answers on its port once it accepts AMQP connections.
+        let port = self.port;
+        let up = tokio::time::timeout(Duration::from_secs(90), async move {
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            up.is_ok(),
+            "the private RabbitMQ node did not start; see {}",
+            d("out.log").display()
+        );
+    }
+
+    /// Stops the node and waits for it to exit. The start script stops the Erlang VM
+    /// gracefully when it receives SIGTERM.
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            terminate(child.id());
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+        // The Erlang VM may outlive the wrapper script briefly: wait for the port to close.
+        let port = self.port;
+        let _ = tokio::time::timeout(Duration::from_secs(30), async move {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        if let Some(child) = &self.process {
+            terminate(child.id());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_rabbitmq_restart_while_notifications_stream_in_loses_nothing() {
+    let mut rabbit = PrivateRabbit::new();
+    rabbit.start().await;
+    let app = spawn_app(Options {
+        amqp_url: Some(rabbit.url()),
+        ..Options::default()
+    })
+    .await;
+    let cases = app.create_mixed(45).await;
+    let (first, rest) = cases.split_at(15);
+    for (i, (created, _)) in first.iter().enumerate() {
+        notify_until_accepted(&app, &format!("msg_restart_a{i}"), created).await;
+    }
+    let started = std::time::Instant::now();
+    // Restart the broker while the rest streams in: senders see 503 and send again.
+    let sends = async {
+        for (i, (created, _)) in rest.iter().enumerate() {
+            notify_until_accepted(&app, &format!("msg_restart_b{i}"), created).await;
+        }
+    };
+    let restart = async {
+        rabbit.stop().await;
+        rabbit.start().await;
+    };
+    tokio::join!(sends, restart);
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let counts = app.check(&cases);
+    report(
+        "RabbitMQ restarted mid-stream",
+        counts,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert_eq!(counts, Counts::default());
+    app.stop().await;
+    rabbit.stop().await;
+}
