@@ -74,7 +74,8 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {}", config.listen))?,
         };
         addr = Some(listener.local_addr()?);
-        let app = receiver::router(&config.sources, broker.clone(), stats.clone());
+        let app = receiver::router(config, broker.clone(), stats.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let server_stop = stop.clone();
         tracker.spawn(async move {
             let server = axum::serve(listener, app)

@@ -1,4 +1,7 @@
 //! The command line: parsing with clap, and one function per command.
+//!
+//! INVARIANT: no secret is taken from argv (where `ps` and shell histories show it):
+//! secrets come from files (`--*-file PATH`) or environment variables.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -13,7 +16,7 @@ use crate::app::{self, Roles};
 use crate::config::{Config, ProcessEnv};
 use crate::policy::Policy;
 use crate::secret::Secret;
-use crate::signature::{self, WebhookSecret};
+use crate::signature::{self, GithubSecret, WebhookSecret};
 use crate::sim::{HookFormat, HookTarget, Sim, SimConfig};
 
 /// Event-driven, policy-driven approval of Puhuri Core allocation requests.
@@ -112,23 +115,20 @@ pub struct SimArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
-    /// API token the simulator accepts (`Authorization: Token <token>`).
-    #[arg(
-        long,
-        env = "PUHURI_SIM_TOKEN",
-        default_value = "sim-token",
-        hide_env_values = true
-    )]
-    pub token: String,
+    /// File holding the API token the simulator accepts (`Authorization: Token <token>`);
+    /// otherwise env `PUHURI_SIM_TOKEN`, otherwise `sim-token`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// Announce each created allocation to this URL.
     #[arg(long)]
     pub hook_url: Option<String>,
     /// Format of the announcement: Waldur's unsigned hook or a signed `allocation` notification.
     #[arg(long, default_value = "allocation")]
     pub hook_format: SimHookFormat,
-    /// Secret that signs `allocation` announcements (`whsec_...`).
-    #[arg(long, env = "PUHURI_SIM_HOOK_SECRET", hide_env_values = true)]
-    pub hook_secret: Option<String>,
+    /// File holding the secret that signs `allocation` announcements (`whsec_...`);
+    /// otherwise env `PUHURI_SIM_HOOK_SECRET`.
+    #[arg(long, value_name = "PATH")]
+    pub hook_secret_file: Option<PathBuf>,
     /// Start with an empty catalogue instead of the default offerings and organisations.
     #[arg(long)]
     pub no_seed: bool,
@@ -142,13 +142,16 @@ pub enum SimHookFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct SignArgs {
-    /// The signing secret (`whsec_...`).
-    #[arg(long, env = "PUHURI_APPROVER_SIGN_SECRET", hide_env_values = true)]
-    pub secret: String,
-    /// The notification id (`webhook-id`); a fresh one when omitted.
+    /// File holding the signing secret; otherwise env `PUHURI_APPROVER_SIGN_SECRET`.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Signature scheme: `standard-webhooks` (`whsec_...` secret) or `github`.
+    #[arg(long, default_value = "standard-webhooks")]
+    pub scheme: SignScheme,
+    /// The notification id (`webhook-id` or `X-GitHub-Delivery`); a fresh one when omitted.
     #[arg(long)]
     pub id: Option<String>,
-    /// Unix seconds (`webhook-timestamp`); now when omitted.
+    /// Unix seconds (`webhook-timestamp`, Standard Webhooks only); now when omitted.
     #[arg(long)]
     pub timestamp: Option<i64>,
     /// Print `-H name:value` arguments for curl instead of header lines.
@@ -156,6 +159,30 @@ pub struct SignArgs {
     pub curl: bool,
     /// The body file, exactly as it will be sent; `-` reads standard input.
     pub body: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SignScheme {
+    StandardWebhooks,
+    Github,
+}
+
+/// Reads a secret from `file` (one line; surrounding whitespace ignored) or else from the
+/// environment variable `var`. `None` when neither is set.
+pub fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let value = text.trim();
+        if value.is_empty() {
+            bail!("{}: the file is empty", path.display());
+        }
+        return Ok(Some(value.to_owned()));
+    }
+    Ok(std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,21 +356,18 @@ async fn shutdown_signal() {
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
-    if args.token.trim().is_empty() {
-        bail!("--token: the token is empty");
-    }
+    let token = read_secret(args.token_file.as_deref(), "PUHURI_SIM_TOKEN")?
+        .unwrap_or_else(|| "sim-token".to_owned());
     let hook = match args.hook_url {
         None => None,
         Some(url) => {
             let format = match args.hook_format {
                 SimHookFormat::WaldurHook => HookFormat::WaldurHook,
                 SimHookFormat::Allocation => {
-                    let secret = args
-                        .hook_secret
-                        .as_deref()
-                        .context("--hook-secret (or PUHURI_SIM_HOOK_SECRET) is required for `allocation` hooks")?;
-                    let secret = WebhookSecret::parse(secret)
-                        .map_err(|e| anyhow::anyhow!("--hook-secret: {e}"))?;
+                    let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?
+                        .context("`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks")?;
+                    let secret = WebhookSecret::parse(&secret)
+                        .map_err(|e| anyhow::anyhow!("the hook secret: {e}"))?;
                     HookFormat::Allocation { secret }
                 }
             };
@@ -355,7 +379,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(SimConfig {
-        tokens: vec![Secret::new(args.token)],
+        tokens: vec![Secret::new(token)],
         hook,
         seed: !args.no_seed,
         public_url: Some(format!("http://{addr}")),
@@ -370,8 +394,8 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
 }
 
 fn sign(args: SignArgs) -> anyhow::Result<()> {
-    let secret =
-        WebhookSecret::parse(&args.secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+    let secret = read_secret(args.secret_file.as_deref(), "PUHURI_APPROVER_SIGN_SECRET")?
+        .context("`--secret-file` or `PUHURI_APPROVER_SIGN_SECRET` is required")?;
     let body = if args.body == Path::new("-") {
         let mut body = Vec::new();
         std::io::stdin()
@@ -388,6 +412,23 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     if !signature::is_valid_id(&id) {
         bail!("--id: expected 1 to 256 printable ASCII characters without spaces");
     }
+    if let SignScheme::Github = args.scheme {
+        let secret =
+            GithubSecret::parse(&secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
+        let value = secret.sign(&body);
+        let (delivery, signature) = (
+            signature::HEADER_GITHUB_DELIVERY,
+            signature::HEADER_GITHUB_SIGNATURE,
+        );
+        if args.curl {
+            println!("-H {delivery}:{id} -H {signature}:{value}");
+        } else {
+            println!("{delivery}: {id}");
+            println!("{signature}: {value}");
+        }
+        return Ok(());
+    }
+    let secret = WebhookSecret::parse(&secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
     let timestamp = match args.timestamp {
         Some(ts) => ts,
         None => SystemTime::now()

@@ -75,6 +75,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// Have the simulator announce new allocations to the receiver.
     pub sim_hook: bool,
+    /// TOML appended to the test config (more `[[sources]]`, a `[receiver]` table).
+    pub extra_config: String,
     /// 0: no reconciler loop (tests call `run_cycle` themselves).
     pub reconcile_interval_secs: u64,
     pub puhuri_timeout_ms: u64,
@@ -95,6 +97,7 @@ impl Default for Options {
             amqp_url: None,
             max_attempts: 4,
             sim_hook: false,
+            extra_config: String::new(),
             reconcile_interval_secs: 0,
             puhuri_timeout_ms: 5000,
             retry_delays_ms: "[50, 100]",
@@ -191,9 +194,12 @@ name = "waldur-relay"
 format = "waldur-hook"
 auth = "standard-webhooks"
 secrets = ["{SECRET}"]
+
+{extra_config}
 "#,
         max_attempts = options.max_attempts,
         api = options.api,
+        extra_config = options.extra_config,
         prefetch = options.prefetch,
         retry_delays = options.retry_delays_ms,
         reconcile = options.reconcile_interval_secs,

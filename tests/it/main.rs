@@ -5,4 +5,5 @@
 mod contract;
 mod faults;
 mod helpers;
+mod ingress;
 mod spine;
