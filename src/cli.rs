@@ -61,6 +61,28 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Inspect, replay or purge the dead-letter queue.
     Dlq(DlqArgs),
+    /// Show the whole product on this machine: the simulator, the service on the embedded
+    /// queue with an example policy, and a stream of allocation requests.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many allocation requests to send.
+    #[arg(long, default_value_t = 24)]
+    pub count: usize,
+    /// Requests per second.
+    #[arg(long, default_value_t = 6.0)]
+    pub rate: f64,
+    /// Keep sending until Ctrl-C.
+    #[arg(long)]
+    pub forever: bool,
+    /// A policy file to run instead of the example.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Keep the embedded queue in this folder (default: a temporary one, removed at the end).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -204,10 +226,15 @@ pub enum PolicyCommand {
 }
 
 /// Sets up logging once.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn")
-    });
+pub fn init_logging(cli: &Cli) {
+    // The demo prints a table; its logs stay quiet unless asked for.
+    let default = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,lapin=warn,amq_protocol=warn",
+    };
+    let format = cli.log_format;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -246,6 +273,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign(args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Dlq(args) => dlq(args).await,
+        Command::Demo(args) => {
+            crate::demo::run(
+                crate::demo::DemoOptions {
+                    count: args.count,
+                    rate: args.rate,
+                    forever: args.forever,
+                    policy: args.policy,
+                    data_dir: args.data_dir,
+                },
+                shutdown_signal(),
+            )
+            .await
+        }
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = load_policy(&file)?;
             println!("{}: ok ({} rules)", file.display(), policy.rule_count());

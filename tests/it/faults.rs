@@ -512,7 +512,8 @@ async fn notify_process_until_accepted(
         "resource_uuid": created.resource_uuid,
     })
     .to_string();
-    let secret = puhuri_approver::signature::WebhookSecret::parse(crate::helpers::SECRET).expect("secret");
+    let secret =
+        puhuri_approver::signature::WebhookSecret::parse(crate::helpers::SECRET).expect("secret");
     for _ in 0..600 {
         let timestamp = crate::helpers::now();
         let sent = http
@@ -520,7 +521,10 @@ async fn notify_process_until_accepted(
             .header("content-type", "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", secret.sign(id, timestamp, body.as_bytes()))
+            .header(
+                "webhook-signature",
+                secret.sign(id, timestamp, body.as_bytes()),
+            )
             .body(body.clone())
             .timeout(Duration::from_secs(5))
             .send()
@@ -555,8 +559,12 @@ async fn serve_killed_mid_stream_on_the_embedded_queue_loses_nothing() {
         ),
         1,
     );
-    assert_ne!(config_text, app.config_text, "the queue section was replaced");
-    let config_text = format!("listen = \"127.0.0.1:{port}\"\n{config_text}\n[policy]\nfile = \"policy.toml\"\n");
+    assert_ne!(
+        config_text, app.config_text,
+        "the queue section was replaced"
+    );
+    let config_text =
+        format!("listen = \"127.0.0.1:{port}\"\n{config_text}\n[policy]\nfile = \"policy.toml\"\n");
     std::fs::write(dir.join("policy.toml"), app.policy_text).expect("policy");
     let config = dir.join("serve.toml");
     std::fs::write(&config, config_text).expect("config");
@@ -589,7 +597,10 @@ async fn serve_killed_mid_stream_on_the_embedded_queue_loses_nothing() {
     // Every accepted notification is on disk: kill the process with work in flight.
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let decided_at_kill = cases.iter().filter(|(c, _)| app.order_state(c) != "pending-provider").count();
+    let decided_at_kill = cases
+        .iter()
+        .filter(|(c, _)| app.order_state(c) != "pending-provider")
+        .count();
 
     let mut child = serve();
     for (i, (created, _)) in rest.iter().enumerate() {
@@ -598,7 +609,9 @@ async fn serve_killed_mid_stream_on_the_embedded_queue_loses_nothing() {
     let took = app.wait_decided(&cases, RECOVERY).await;
     let counts = app.check(&cases);
     report(
-        &format!("serve on the embedded queue killed (SIGKILL) with {decided_at_kill} of 45 decided"),
+        &format!(
+            "serve on the embedded queue killed (SIGKILL) with {decided_at_kill} of 45 decided"
+        ),
         counts,
         cases.len(),
         started.elapsed().max(took),
