@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, QueueChoice};
 use crate::policy::Policy;
 use crate::puhuri::PuhuriClient;
 use crate::queue::Broker;
@@ -60,11 +60,8 @@ pub async fn start(
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
     let broker_stop = CancellationToken::new();
-    let broker = Broker::start(
-        &config.amqp,
-        config.worker.retry_delays.clone(),
-        broker_stop.clone(),
-    );
+    let broker = open_queue(config, broker_stop.clone())?;
+    tracing::info!(queue = %broker.describe(), "queue backend");
     let tracker = TaskTracker::new();
     let stats = Arc::new(ReceiverStats::default());
 
@@ -77,7 +74,8 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {}", config.listen))?,
         };
         addr = Some(listener.local_addr()?);
-        let app = receiver::router(&config.sources, broker.clone(), stats.clone());
+        let app = receiver::router(config, broker.clone(), stats.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let server_stop = stop.clone();
         tracker.spawn(async move {
             let server = axum::serve(listener, app)
@@ -128,6 +126,18 @@ pub async fn start(
         shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,
         tracker,
+    })
+}
+
+/// Opens the configured queue backend (RabbitMQ starts its supervisor, tied to `stop`).
+pub fn open_queue(config: &Config, stop: CancellationToken) -> anyhow::Result<Broker> {
+    Ok(match &config.queue {
+        QueueChoice::RabbitMq => {
+            Broker::start_rabbit(&config.amqp, config.worker.retry_delays.clone(), stop)
+        }
+        QueueChoice::Embedded { data_dir, lease } => {
+            Broker::open_embedded(data_dir, config.worker.retry_delays.clone(), *lease)?
+        }
     })
 }
 

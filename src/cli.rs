@@ -1,4 +1,7 @@
 //! The command line: parsing with clap, and one function per command.
+//!
+//! INVARIANT: no secret is taken from argv (where `ps` and shell histories show it):
+//! secrets come from files (`--*-file PATH`) or environment variables.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -16,7 +19,7 @@ use crate::policy::reload::{self, PolicyFile};
 use crate::policy::{Action, Allocation, Policy};
 use crate::puhuri::{Fetched, Resource};
 use crate::secret::Secret;
-use crate::signature::{self, WebhookSecret};
+use crate::signature::{self, GithubSecret, WebhookSecret};
 use crate::sim::{HookFormat, HookTarget, Sim, SimConfig};
 
 /// Event-driven, policy-driven approval of Puhuri Core allocation requests.
@@ -61,6 +64,28 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Inspect, replay or purge the dead-letter queue.
     Dlq(DlqArgs),
+    /// Show the whole product on this machine: the simulator, the service on the embedded
+    /// queue with an example policy, and a stream of allocation requests.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many allocation requests to send.
+    #[arg(long, default_value_t = 24)]
+    pub count: usize,
+    /// Requests per second.
+    #[arg(long, default_value_t = 6.0)]
+    pub rate: f64,
+    /// Keep sending until Ctrl-C.
+    #[arg(long)]
+    pub forever: bool,
+    /// A policy file to run instead of the example.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Keep the embedded queue in this folder (default: a temporary one, removed at the end).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,23 +140,20 @@ pub struct SimArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
-    /// API token the simulator accepts (`Authorization: Token <token>`).
-    #[arg(
-        long,
-        env = "PUHURI_SIM_TOKEN",
-        default_value = "sim-token",
-        hide_env_values = true
-    )]
-    pub token: String,
+    /// File holding the API token the simulator accepts (`Authorization: Token <token>`);
+    /// otherwise env `PUHURI_SIM_TOKEN`, otherwise `sim-token`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// Announce each created allocation to this URL.
     #[arg(long)]
     pub hook_url: Option<String>,
     /// Format of the announcement: Waldur's unsigned hook or a signed `allocation` notification.
     #[arg(long, default_value = "allocation")]
     pub hook_format: SimHookFormat,
-    /// Secret that signs `allocation` announcements (`whsec_...`).
-    #[arg(long, env = "PUHURI_SIM_HOOK_SECRET", hide_env_values = true)]
-    pub hook_secret: Option<String>,
+    /// File holding the secret that signs `allocation` announcements (`whsec_...`);
+    /// otherwise env `PUHURI_SIM_HOOK_SECRET`.
+    #[arg(long, value_name = "PATH")]
+    pub hook_secret_file: Option<PathBuf>,
     /// Start with an empty catalogue instead of the default offerings and organisations.
     #[arg(long)]
     pub no_seed: bool,
@@ -145,13 +167,16 @@ pub enum SimHookFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct SignArgs {
-    /// The signing secret (`whsec_...`).
-    #[arg(long, env = "PUHURI_APPROVER_SIGN_SECRET", hide_env_values = true)]
-    pub secret: String,
-    /// The notification id (`webhook-id`); a fresh one when omitted.
+    /// File holding the signing secret; otherwise env `PUHURI_APPROVER_SIGN_SECRET`.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Signature scheme: `standard-webhooks` (`whsec_...` secret) or `github`.
+    #[arg(long, default_value = "standard-webhooks")]
+    pub scheme: SignScheme,
+    /// The notification id (`webhook-id` or `X-GitHub-Delivery`); a fresh one when omitted.
     #[arg(long)]
     pub id: Option<String>,
-    /// Unix seconds (`webhook-timestamp`); now when omitted.
+    /// Unix seconds (`webhook-timestamp`, Standard Webhooks only); now when omitted.
     #[arg(long)]
     pub timestamp: Option<i64>,
     /// Print `-H name:value` arguments for curl instead of header lines.
@@ -159,6 +184,30 @@ pub struct SignArgs {
     pub curl: bool,
     /// The body file, exactly as it will be sent; `-` reads standard input.
     pub body: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SignScheme {
+    StandardWebhooks,
+    Github,
+}
+
+/// Reads a secret from `file` (one line; surrounding whitespace ignored) or else from the
+/// environment variable `var`. `None` when neither is set.
+pub fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let value = text.trim();
+        if value.is_empty() {
+            bail!("{}: the file is empty", path.display());
+        }
+        return Ok(Some(value.to_owned()));
+    }
+    Ok(std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,10 +251,15 @@ pub enum PolicyCommand {
 }
 
 /// Sets up logging once.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn")
-    });
+pub fn init_logging(cli: &Cli) {
+    // The demo prints a table; its logs stay quiet unless asked for.
+    let default = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,lapin=warn,amq_protocol=warn",
+    };
+    let format = cli.log_format;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -244,6 +298,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign(args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Dlq(args) => dlq(args).await,
+        Command::Demo(args) => {
+            crate::demo::run(
+                crate::demo::DemoOptions {
+                    count: args.count,
+                    rate: args.rate,
+                    forever: args.forever,
+                    policy: args.policy,
+                    data_dir: args.data_dir,
+                },
+                shutdown_signal(),
+            )
+            .await
+        }
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = load_policy(&file)?;
             println!(
@@ -485,7 +552,6 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
             Policy::hold_everything()
         }
     };
-    tracing::info!(prefix = %config.amqp.prefix, "queue backend: RabbitMQ");
     let stop = CancellationToken::new();
     let watched = policy_path.map(|path| PolicyFile::new(path, &policy));
     let running = app::start(&config, roles, policy, None, stop.clone()).await?;
@@ -520,21 +586,18 @@ async fn shutdown_signal() {
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
-    if args.token.trim().is_empty() {
-        bail!("--token: the token is empty");
-    }
+    let token = read_secret(args.token_file.as_deref(), "PUHURI_SIM_TOKEN")?
+        .unwrap_or_else(|| "sim-token".to_owned());
     let hook = match args.hook_url {
         None => None,
         Some(url) => {
             let format = match args.hook_format {
                 SimHookFormat::WaldurHook => HookFormat::WaldurHook,
                 SimHookFormat::Allocation => {
-                    let secret = args
-                        .hook_secret
-                        .as_deref()
-                        .context("--hook-secret (or PUHURI_SIM_HOOK_SECRET) is required for `allocation` hooks")?;
-                    let secret = WebhookSecret::parse(secret)
-                        .map_err(|e| anyhow::anyhow!("--hook-secret: {e}"))?;
+                    let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?
+                        .context("`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks")?;
+                    let secret = WebhookSecret::parse(&secret)
+                        .map_err(|e| anyhow::anyhow!("the hook secret: {e}"))?;
                     HookFormat::Allocation { secret }
                 }
             };
@@ -546,7 +609,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(SimConfig {
-        tokens: vec![Secret::new(args.token)],
+        tokens: vec![Secret::new(token)],
         hook,
         seed: !args.no_seed,
         public_url: Some(format!("http://{addr}")),
@@ -561,8 +624,8 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
 }
 
 fn sign(args: SignArgs) -> anyhow::Result<()> {
-    let secret =
-        WebhookSecret::parse(&args.secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+    let secret = read_secret(args.secret_file.as_deref(), "PUHURI_APPROVER_SIGN_SECRET")?
+        .context("`--secret-file` or `PUHURI_APPROVER_SIGN_SECRET` is required")?;
     let body = if args.body == Path::new("-") {
         let mut body = Vec::new();
         std::io::stdin()
@@ -579,6 +642,23 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     if !signature::is_valid_id(&id) {
         bail!("--id: expected 1 to 256 printable ASCII characters without spaces");
     }
+    if let SignScheme::Github = args.scheme {
+        let secret =
+            GithubSecret::parse(&secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
+        let value = secret.sign(&body);
+        let (delivery, signature) = (
+            signature::HEADER_GITHUB_DELIVERY,
+            signature::HEADER_GITHUB_SIGNATURE,
+        );
+        if args.curl {
+            println!("-H {delivery}:{id} -H {signature}:{value}");
+        } else {
+            println!("{delivery}: {id}");
+            println!("{signature}: {value}");
+        }
+        return Ok(());
+    }
+    let secret = WebhookSecret::parse(&secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
     let timestamp = match args.timestamp {
         Some(ts) => ts,
         None => SystemTime::now()
@@ -606,11 +686,7 @@ async fn connect_broker(
     config: &Config,
     stop: &CancellationToken,
 ) -> anyhow::Result<crate::queue::Broker> {
-    let broker = crate::queue::Broker::start(
-        &config.amqp,
-        config.worker.retry_delays.clone(),
-        stop.clone(),
-    );
+    let broker = app::open_queue(config, stop.clone())?;
     let connected = tokio::time::timeout(
         std::time::Duration::from_secs(15),
         broker.wait_connected(stop),

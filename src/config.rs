@@ -8,7 +8,12 @@
 //! `PUHURI_APPROVER_LISTEN`, `PUHURI_APPROVER_AMQP_URL`, `PUHURI_APPROVER_PUHURI_URL`,
 //! `PUHURI_APPROVER_PUHURI_TOKEN`, `PUHURI_APPROVER_POLICY`, and
 //! `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS` (comma-separated; `<NAME>` is the source name in
-//! upper case with `-` replaced by `_`).
+//! upper case with `-` replaced by `_`) or `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS_FILE`.
+//!
+//! INVARIANT: a notification source fails closed at load: it names an authentication
+//! scheme with at least one strong secret, or declares `auth = "none"` together with
+//! `insecure_no_auth = true`; secrets come from the file, a secrets file or the
+//! environment, never from the command line.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,8 +25,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use ipnet::IpNet;
+
 use crate::secret::Secret;
-use crate::signature::WebhookSecret;
+use crate::signature::{GithubSecret, PathSecret, WebhookSecret};
 
 /// The RabbitMQ used when nothing else is configured.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -52,6 +59,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Which queue backend runs.
+    pub queue: QueueChoice,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
     pub reconcile: ReconcileConfig,
@@ -59,7 +68,67 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// Decide and publish decisions, but write nothing to Puhuri Core.
     pub policy_shadow: bool,
+    pub receiver: ReceiverConfig,
     pub sources: Vec<SourceConfig>,
+}
+
+/// The queue backend: RabbitMQ when an AMQP URL is configured, else the embedded queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueChoice {
+    RabbitMq,
+    Embedded {
+        /// The data folder holding `queue.sqlite3`.
+        data_dir: PathBuf,
+        /// How long a claimed message stays invisible before it is delivered again.
+        lease: Duration,
+    },
+}
+
+/// The default data folder of the embedded queue, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "puhuri-approver-data";
+
+fn embedded_choice(
+    at: &Locator<'_>,
+    file: &FileQueue,
+    env: &dyn Environment,
+) -> Result<QueueChoice, ConfigError> {
+    let data_dir = env
+        .get("PUHURI_APPROVER_DATA_DIR")
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned());
+    let lease = match &file.lease_secs {
+        Some(s) if *s.get_ref() == 0 || *s.get_ref() > 3600 => {
+            return Err(at.invalid(s.span(), "queue.lease_secs", "expected 1 to 3600"));
+        }
+        Some(s) => Duration::from_secs(*s.get_ref()),
+        None => Duration::from_secs(60),
+    };
+    Ok(QueueChoice::Embedded {
+        data_dir: PathBuf::from(data_dir),
+        lease,
+    })
+}
+
+/// Settings of the HTTP receiver shared by every source.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// How many reverse proxies in front of the receiver append to `X-Forwarded-For`;
+    /// 0 (the default) ignores the header and uses the TCP peer address.
+    pub trust_forwarded_for: usize,
+    /// The longest time a request may take to arrive (headers to the end of the body).
+    pub request_timeout: Duration,
+    /// The most (source, id) pairs the replay cache keeps.
+    pub replay_cache_entries: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            trust_forwarded_for: 0,
+            request_timeout: Duration::from_secs(10),
+            replay_cache_entries: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -120,27 +189,56 @@ pub enum PayloadFormat {
     Allocation,
 }
 
+/// How a source's notifications are authenticated.
 #[derive(Clone)]
 pub enum SourceAuth {
+    /// Standard Webhooks v1 headers; any secret may match (rotation).
     StandardWebhooks {
         secrets: Vec<WebhookSecret>,
         tolerance_secs: i64,
     },
+    /// `X-Hub-Signature-256` over the body, id from `X-GitHub-Delivery`.
+    Github { secrets: Vec<GithubSecret> },
+    /// A secret path segment: `POST /v1/notifications/{source}/{secret}`.
+    PathSecret { secrets: Vec<PathSecret> },
+    /// No authentication; only with `insecure_no_auth = true`.
+    None,
+}
+
+impl SourceAuth {
+    /// The configuration name of the scheme.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            SourceAuth::StandardWebhooks { .. } => "standard-webhooks",
+            SourceAuth::Github { .. } => "github",
+            SourceAuth::PathSecret { .. } => "path-secret",
+            SourceAuth::None => "none",
+        }
+    }
 }
 
 impl fmt::Debug for SourceAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SourceAuth::StandardWebhooks {
-                secrets,
-                tolerance_secs,
-            } => f
-                .debug_struct("StandardWebhooks")
-                .field("secrets", &secrets.len())
-                .field("tolerance_secs", tolerance_secs)
-                .finish(),
+        let secrets = match self {
+            SourceAuth::StandardWebhooks { secrets, .. } => secrets.len(),
+            SourceAuth::Github { secrets } => secrets.len(),
+            SourceAuth::PathSecret { secrets } => secrets.len(),
+            SourceAuth::None => 0,
+        };
+        let mut out = f.debug_struct(self.scheme());
+        out.field("secrets", &secrets);
+        if let SourceAuth::StandardWebhooks { tolerance_secs, .. } = self {
+            out.field("tolerance_secs", tolerance_secs);
         }
+        out.finish()
     }
+}
+
+/// A token bucket: `per_sec` requests per second on average, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +246,11 @@ pub struct SourceConfig {
     pub name: String,
     pub format: PayloadFormat,
     pub auth: SourceAuth,
+    /// Networks requests must come from; empty = any.
+    pub allowed_networks: Vec<IpNet>,
+    pub rate_limit: RateLimit,
+    /// How long a (source, id) pair is remembered to refuse replays.
+    pub replay_window: Duration,
 }
 
 // ---- the file's serde form -------------------------------------------------
@@ -159,6 +262,8 @@ struct FileConfig {
     #[serde(default)]
     amqp: FileAmqp,
     #[serde(default)]
+    queue: FileQueue,
+    #[serde(default)]
     worker: FileWorker,
     #[serde(default)]
     reconcile: FileReconcile,
@@ -167,7 +272,17 @@ struct FileConfig {
     #[serde(default)]
     policy: FilePolicy,
     #[serde(default)]
+    receiver: FileReceiver,
+    #[serde(default)]
     sources: Vec<Spanned<FileSource>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReceiver {
+    trust_forwarded_for: Option<Spanned<usize>>,
+    request_timeout_ms: Option<Spanned<u64>>,
+    replay_cache_entries: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +302,14 @@ struct FileWorker {
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     retry_jitter: Option<Spanned<f64>>,
     shutdown_deadline_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueue {
+    backend: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    lease_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,7 +344,13 @@ struct FileSource {
     format: PayloadFormat,
     auth: Spanned<String>,
     secrets: Option<Spanned<Vec<String>>>,
+    secrets_file: Option<Spanned<String>>,
     tolerance_secs: Option<Spanned<i64>>,
+    insecure_no_auth: Option<Spanned<bool>>,
+    allowed_networks: Option<Spanned<Vec<String>>>,
+    rate_limit_per_sec: Option<Spanned<u32>>,
+    rate_limit_burst: Option<Spanned<u32>>,
+    replay_window_secs: Option<Spanned<u64>>,
 }
 
 /// Where values come from besides the file: the environment, or a map in tests.
@@ -285,6 +414,8 @@ impl Config {
             },
         };
 
+        let amqp_configured =
+            env.get("PUHURI_APPROVER_AMQP_URL").is_some() || file.amqp.url.is_some();
         let amqp_url = match env.get("PUHURI_APPROVER_AMQP_URL") {
             Some(url) => url,
             None => match &file.amqp.url {
@@ -302,6 +433,24 @@ impl Config {
                 }
                 None => DEFAULT_AMQP_URL.to_owned(),
             },
+        };
+        let queue = match file
+            .queue
+            .backend
+            .as_ref()
+            .map(|b| (b.get_ref().as_str(), b.span()))
+        {
+            Some(("rabbitmq", _)) => QueueChoice::RabbitMq,
+            Some(("embedded", _)) => embedded_choice(&at, &file.queue, env)?,
+            Some((other, span)) => {
+                return Err(at.invalid(
+                    span,
+                    "queue.backend",
+                    &format!("unknown backend `{other}`; expected `embedded` or `rabbitmq`"),
+                ));
+            }
+            None if amqp_configured => QueueChoice::RabbitMq,
+            None => embedded_choice(&at, &file.queue, env)?,
         };
         let prefix = match &file.amqp.prefix {
             Some(prefix) => {
@@ -452,94 +601,44 @@ impl Config {
             None => file.policy.shadow.unwrap_or(false),
         };
 
-        let mut sources = Vec::new();
+        let receiver = receiver_config(&at, &file.receiver)?;
+        let mut sources: Vec<SourceConfig> = Vec::new();
         for source in &file.sources {
-            let span = source.span();
-            let source = source.get_ref();
-            let name = source.name.get_ref();
-            if !is_valid_source_name(name) {
+            let source = source_config(&at, env, source)?;
+            if sources.iter().any(|s| s.name == source.name) {
                 return Err(at.invalid(
-                    source.name.span(),
+                    span_of_name(&file.sources, &source.name),
                     "sources.name",
-                    "expected 1 to 64 lowercase letters, digits or `-`",
+                    &format!(
+                        "`{}` is defined twice (two sources would share one path)",
+                        source.name
+                    ),
                 ));
             }
-            if sources.iter().any(|s: &SourceConfig| &s.name == name) {
-                return Err(at.invalid(
-                    source.name.span(),
-                    "sources.name",
-                    &format!("`{name}` is defined twice"),
-                ));
-            }
-            let auth = match source.auth.get_ref().as_str() {
-                "standard-webhooks" => {
-                    let env_var = format!(
-                        "PUHURI_APPROVER_SOURCE_{}_SECRETS",
-                        name.to_uppercase().replace('-', "_")
-                    );
-                    let raw: Vec<String> = match env.get(&env_var) {
-                        Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
-                        None => source
-                            .secrets
-                            .as_ref()
-                            .map(|s| s.get_ref().clone())
-                            .unwrap_or_default(),
-                    };
-                    if raw.is_empty() {
-                        return Err(at.invalid(
-                            span,
-                            "sources.secrets",
-                            &format!("source `{name}` needs at least one secret (or `{env_var}`)"),
-                        ));
-                    }
-                    let mut secrets = Vec::new();
-                    for (index, value) in raw.iter().enumerate() {
-                        let secret = WebhookSecret::parse(value).map_err(|error| {
-                            at.invalid(
-                                source
-                                    .secrets
-                                    .as_ref()
-                                    .map(|s| s.span())
-                                    .unwrap_or(span.clone()),
-                                "sources.secrets",
-                                &format!("source `{name}`, secret #{}: {error}", index + 1),
-                            )
-                        })?;
-                        secrets.push(secret);
-                    }
-                    let tolerance_secs = match &source.tolerance_secs {
-                        Some(t) if !(1..=3600).contains(t.get_ref()) => {
-                            return Err(at.invalid(
-                                t.span(),
-                                "sources.tolerance_secs",
-                                "expected 1 to 3600",
-                            ));
-                        }
-                        Some(t) => *t.get_ref(),
-                        None => 300,
-                    };
-                    SourceAuth::StandardWebhooks {
-                        secrets,
-                        tolerance_secs,
-                    }
-                }
-                other => {
+            if let SourceAuth::PathSecret { secrets } = &source.auth {
+                let reused = sources.iter().any(|other| match &other.auth {
+                    SourceAuth::PathSecret { secrets: theirs } => secrets
+                        .iter()
+                        .any(|mine| theirs.iter().any(|t| t.same_as(mine))),
+                    _ => false,
+                });
+                if reused {
                     return Err(at.invalid(
-                        source.auth.span(),
-                        "sources.auth",
-                        &format!("unknown scheme `{other}`; expected `standard-webhooks`"),
+                        span_of_name(&file.sources, &source.name),
+                        "sources.secrets",
+                        &format!(
+                            "source `{}` reuses another source's path secret",
+                            source.name
+                        ),
                     ));
                 }
-            };
-            sources.push(SourceConfig {
-                name: name.clone(),
-                format: source.format,
-                auth,
-            });
+            }
+            sources.push(source);
         }
 
         Ok(Config {
             listen,
+            queue,
             amqp: AmqpConfig {
                 url: Secret::new(amqp_url),
                 prefix,
@@ -563,6 +662,7 @@ impl Config {
             },
             policy_file,
             policy_shadow,
+            receiver,
             sources,
         })
     }
@@ -580,12 +680,337 @@ impl Config {
     }
 }
 
+/// The span of the last source named `name` (for duplicate-name errors).
+fn span_of_name(sources: &[Spanned<FileSource>], name: &str) -> Range<usize> {
+    sources
+        .iter()
+        .rev()
+        .find(|s| s.get_ref().name.get_ref() == name)
+        .map(|s| s.get_ref().name.span())
+        .unwrap_or(0..0)
+}
+
+fn receiver_config(at: &Locator<'_>, file: &FileReceiver) -> Result<ReceiverConfig, ConfigError> {
+    let defaults = ReceiverConfig::default();
+    let trust_forwarded_for = match &file.trust_forwarded_for {
+        Some(n) if *n.get_ref() > 10 => {
+            return Err(at.invalid(
+                n.span(),
+                "receiver.trust_forwarded_for",
+                "expected the number of trusted proxies, 0 to 10",
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => defaults.trust_forwarded_for,
+    };
+    let request_timeout = millis(
+        at,
+        &file.request_timeout_ms,
+        "receiver.request_timeout_ms",
+        defaults.request_timeout.as_millis() as u64,
+    )?;
+    let replay_cache_entries = match &file.replay_cache_entries {
+        Some(n) if !(1_000..=10_000_000).contains(n.get_ref()) => {
+            return Err(at.invalid(
+                n.span(),
+                "receiver.replay_cache_entries",
+                "expected 1000 to 10000000",
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => defaults.replay_cache_entries,
+    };
+    Ok(ReceiverConfig {
+        trust_forwarded_for,
+        request_timeout,
+        replay_cache_entries,
+    })
+}
+
+/// The raw secret strings of a source, by precedence: `..._SECRETS`, `..._SECRETS_FILE`,
+/// `secrets_file`, `secrets`.
+fn raw_secrets(
+    at: &Locator<'_>,
+    env: &dyn Environment,
+    source: &Spanned<FileSource>,
+) -> Result<Vec<String>, ConfigError> {
+    let span = source.span();
+    let source = source.get_ref();
+    let name = source.name.get_ref();
+    let env_name = name.to_uppercase().replace('-', "_");
+    let env_var = format!("PUHURI_APPROVER_SOURCE_{env_name}_SECRETS");
+    let file_var = format!("{env_var}_FILE");
+    if let Some(list) = env.get(&env_var) {
+        return Ok(split_secrets(&list, ','));
+    }
+    if let Some(path) = env.get(&file_var) {
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Env {
+            var: file_var.clone(),
+            message: format!("cannot read `{path}`: {error}"),
+        })?;
+        return Ok(split_secrets(&text, '\n'));
+    }
+    if let (Some(file), Some(_)) = (&source.secrets_file, &source.secrets) {
+        return Err(at.invalid(
+            file.span(),
+            "sources.secrets_file",
+            &format!("source `{name}` sets both `secrets` and `secrets_file`; keep one"),
+        ));
+    }
+    if let Some(file) = &source.secrets_file {
+        let path = at.relative(file.get_ref());
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            at.invalid(
+                file.span(),
+                "sources.secrets_file",
+                &format!("cannot read `{}`: {error}", path.display()),
+            )
+        })?;
+        return Ok(split_secrets(&text, '\n'));
+    }
+    let listed = source
+        .secrets
+        .as_ref()
+        .map(|s| s.get_ref().clone())
+        .unwrap_or_default();
+    if listed.is_empty() {
+        return Err(at.invalid(
+            span,
+            "sources.secrets",
+            &format!(
+                "source `{name}` needs at least one secret (`secrets`, `secrets_file`, `{env_var}` or `{file_var}`)"
+            ),
+        ));
+    }
+    Ok(listed)
+}
+
+/// Secrets separated by `separator`; blank entries and `#` comment lines are skipped.
+fn split_secrets(text: &str, separator: char) -> Vec<String> {
+    text.split(separator)
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parsed_secrets<T, E: fmt::Display>(
+    at: &Locator<'_>,
+    env: &dyn Environment,
+    source: &Spanned<FileSource>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ConfigError> {
+    let raw = raw_secrets(at, env, source)?;
+    let file = source.get_ref();
+    let name = file.name.get_ref();
+    let span = file
+        .secrets
+        .as_ref()
+        .map(|s| s.span())
+        .or(file.secrets_file.as_ref().map(|s| s.span()))
+        .unwrap_or(source.span());
+    let mut secrets = Vec::new();
+    for (index, value) in raw.iter().enumerate() {
+        let secret = parse(value).map_err(|error| {
+            at.invalid(
+                span.clone(),
+                "sources.secrets",
+                &format!("source `{name}`, secret #{}: {error}", index + 1),
+            )
+        })?;
+        secrets.push(secret);
+    }
+    Ok(secrets)
+}
+
+fn source_config(
+    at: &Locator<'_>,
+    env: &dyn Environment,
+    spanned: &Spanned<FileSource>,
+) -> Result<SourceConfig, ConfigError> {
+    let source = spanned.get_ref();
+    let name = source.name.get_ref();
+    if !is_valid_source_name(name) {
+        return Err(at.invalid(
+            source.name.span(),
+            "sources.name",
+            "expected 1 to 64 lowercase letters, digits or `-`",
+        ));
+    }
+    let scheme = source.auth.get_ref().as_str();
+    let insecure = source.insecure_no_auth.as_ref().map(|v| *v.get_ref());
+    if let (Some(true), false) = (insecure, scheme == "none") {
+        return Err(at.invalid(
+            source
+                .insecure_no_auth
+                .as_ref()
+                .map(|v| v.span())
+                .unwrap_or(0..0),
+            "sources.insecure_no_auth",
+            &format!("source `{name}`: only meaningful with `auth = \"none\"`"),
+        ));
+    }
+    if let (Some(t), false) = (&source.tolerance_secs, scheme == "standard-webhooks") {
+        return Err(at.invalid(
+            t.span(),
+            "sources.tolerance_secs",
+            &format!("source `{name}`: only `standard-webhooks` carries a timestamp"),
+        ));
+    }
+    let auth = match scheme {
+        "standard-webhooks" => {
+            let secrets = parsed_secrets(at, env, spanned, WebhookSecret::parse)?;
+            let tolerance_secs = match &source.tolerance_secs {
+                Some(t) if !(1..=3600).contains(t.get_ref()) => {
+                    return Err(at.invalid(
+                        t.span(),
+                        "sources.tolerance_secs",
+                        "expected 1 to 3600",
+                    ));
+                }
+                Some(t) => *t.get_ref(),
+                None => 300,
+            };
+            SourceAuth::StandardWebhooks {
+                secrets,
+                tolerance_secs,
+            }
+        }
+        "github" => SourceAuth::Github {
+            secrets: parsed_secrets(at, env, spanned, GithubSecret::parse)?,
+        },
+        "path-secret" => SourceAuth::PathSecret {
+            secrets: parsed_secrets(at, env, spanned, PathSecret::parse)?,
+        },
+        "none" => {
+            if insecure != Some(true) {
+                return Err(at.invalid(
+                    source.auth.span(),
+                    "sources.auth",
+                    &format!(
+                        "source `{name}` has no authentication; declare `insecure_no_auth = true` if that is intended"
+                    ),
+                ));
+            }
+            if source.secrets.is_some() || source.secrets_file.is_some() {
+                return Err(at.invalid(
+                    source.auth.span(),
+                    "sources.secrets",
+                    &format!("source `{name}` has `auth = \"none\"` but lists secrets"),
+                ));
+            }
+            SourceAuth::None
+        }
+        other => {
+            return Err(at.invalid(
+                source.auth.span(),
+                "sources.auth",
+                &format!(
+                    "unknown scheme `{}`; expected `standard-webhooks`, `github`, `path-secret` or `none`",
+                    other.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    };
+
+    let mut allowed_networks = Vec::new();
+    if let Some(list) = &source.allowed_networks {
+        if list.get_ref().is_empty() {
+            return Err(at.invalid(
+                list.span(),
+                "sources.allowed_networks",
+                "an empty list would refuse everything; omit the key to allow any network",
+            ));
+        }
+        for entry in list.get_ref() {
+            allowed_networks.push(parse_network(entry).ok_or_else(|| {
+                at.invalid(
+                    list.span(),
+                    "sources.allowed_networks",
+                    &format!(
+                        "`{entry}` is not an address or a CIDR network such as `192.0.2.0/24`"
+                    ),
+                )
+            })?);
+        }
+    }
+
+    let per_sec = match &source.rate_limit_per_sec {
+        Some(n) if !(1..=100_000).contains(n.get_ref()) => {
+            return Err(at.invalid(
+                n.span(),
+                "sources.rate_limit_per_sec",
+                "expected 1 to 100000",
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => 50,
+    };
+    let burst = match &source.rate_limit_burst {
+        Some(n) if !(1..=1_000_000).contains(n.get_ref()) => {
+            return Err(at.invalid(
+                n.span(),
+                "sources.rate_limit_burst",
+                "expected 1 to 1000000",
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => per_sec.saturating_mul(2),
+    };
+
+    let minimum_window = match &auth {
+        SourceAuth::StandardWebhooks { tolerance_secs, .. } => 2 * *tolerance_secs as u64,
+        _ => 60,
+    };
+    let replay_window_secs = match &source.replay_window_secs {
+        Some(n) if *n.get_ref() < minimum_window || *n.get_ref() > 7 * 86_400 => {
+            return Err(at.invalid(
+                n.span(),
+                "sources.replay_window_secs",
+                &format!("expected {minimum_window} (twice the timestamp tolerance) to 604800"),
+            ));
+        }
+        Some(n) => *n.get_ref(),
+        None => minimum_window.max(3600),
+    };
+
+    Ok(SourceConfig {
+        name: name.clone(),
+        format: source.format,
+        auth,
+        allowed_networks,
+        rate_limit: RateLimit { per_sec, burst },
+        replay_window: Duration::from_secs(replay_window_secs),
+    })
+}
+
+/// An address (`192.0.2.7`, `2001:db8::1`) or a CIDR network (`192.0.2.0/24`).
+pub fn parse_network(value: &str) -> Option<IpNet> {
+    let value = value.trim();
+    if let Ok(net) = value.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    value.parse::<std::net::IpAddr>().ok().map(IpNet::from)
+}
+
 struct Locator<'a> {
     text: &'a str,
     path: &'a str,
 }
 
 impl Locator<'_> {
+    /// A path from the file, relative to the file's folder.
+    fn relative(&self, value: &str) -> PathBuf {
+        let value = Path::new(value);
+        if value.is_absolute() {
+            return value.to_owned();
+        }
+        match Path::new(self.path).parent() {
+            Some(dir) => dir.join(value),
+            None => value.to_owned(),
+        }
+    }
+
     fn invalid(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
         let line = self.text[..span.start.min(self.text.len())]
             .matches('\n')
@@ -678,7 +1103,15 @@ mod tests {
     #[test]
     fn defaults_need_no_file() {
         let config = parse("").expect("defaults");
-        assert_eq!(config.amqp.url.expose(), DEFAULT_AMQP_URL);
+        assert_eq!(
+            config.queue,
+            QueueChoice::Embedded {
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                lease: Duration::from_secs(60)
+            }
+        );
+        let config = parse("[amqp]\nurl = \"amqp://h/v\"\n").expect("rabbit");
+        assert_eq!(config.queue, QueueChoice::RabbitMq);
         assert_eq!(config.amqp.prefix, "puhuri-approver");
         assert_eq!(config.worker.prefetch, 32);
         assert_eq!(config.puhuri.api, ApiGeneration::Orders);
@@ -737,6 +1170,134 @@ mod tests {
         assert!(!format!("{config:?}").contains("u:p@"));
         match &config.sources[0].auth {
             SourceAuth::StandardWebhooks { secrets, .. } => assert_eq!(secrets.len(), 1),
+            other => panic!("unexpected scheme {other:?}"),
         }
+    }
+
+    fn source(extra: &str) -> String {
+        format!("[[sources]]\nname = \"hook\"\nformat = \"waldur-hook\"\n{extra}\n")
+    }
+
+    #[test]
+    fn fails_closed_on_sources_without_authentication() {
+        let error = parse(&source("auth = \"none\"")).expect_err("no auth");
+        assert!(
+            error.to_string().contains("insecure_no_auth = true"),
+            "{error}"
+        );
+        let config = parse(&source("auth = \"none\"\ninsecure_no_auth = true")).expect("declared");
+        assert!(matches!(config.sources[0].auth, SourceAuth::None));
+        let error = parse(&source(
+            "auth = \"path-secret\"\ninsecure_no_auth = true\nsecrets = [\"p4th-s3cret_0123456789abcdefghijklmnop\"]",
+        ))
+        .expect_err("contradiction");
+        assert!(error.to_string().contains("insecure_no_auth"), "{error}");
+        let error = parse(&source("auth = \"github\"")).expect_err("no secret");
+        assert!(
+            error.to_string().contains("needs at least one secret"),
+            "{error}"
+        );
+        let error = parse(&source("auth = \"github\"\nsecrets = [\"\"]")).expect_err("empty");
+        assert!(error.to_string().contains("empty"), "{error}");
+        let error = parse(&source("auth = \"github\"\nsecrets = [\"short\"]")).expect_err("short");
+        assert!(
+            error
+                .to_string()
+                .starts_with("test.toml:5: `sources.secrets`"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("short\""), "{error}");
+        let error = parse(&source("auth = \"hmac\"\nsecrets = [\"x\"]")).expect_err("unknown");
+        assert!(
+            error.to_string().contains("unknown scheme `hmac`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn refuses_overlapping_sources() {
+        let path = "auth = \"path-secret\"\nsecrets = [\"p4th-s3cret_0123456789abcdefghijklmnop\"]";
+        let twice = format!("{}{}", source(path), source(path));
+        let error = parse(&twice).expect_err("same name");
+        assert!(error.to_string().contains("defined twice"), "{error}");
+        let other = source(path).replace("\"hook\"", "\"other\"");
+        let error = parse(&format!("{}{other}", source(path))).expect_err("same secret");
+        assert!(
+            error
+                .to_string()
+                .contains("reuses another source's path secret"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reads_networks_limits_and_windows() {
+        let config = parse(&format!(
+            "[receiver]\ntrust_forwarded_for = 1\n\n{}",
+            source(
+                "auth = \"none\"\ninsecure_no_auth = true\nallowed_networks = [\"192.0.2.0/24\", \"2001:db8::1\"]\nrate_limit_per_sec = 5"
+            )
+        ))
+        .expect("valid");
+        assert_eq!(config.receiver.trust_forwarded_for, 1);
+        let source0 = &config.sources[0];
+        assert_eq!(source0.allowed_networks.len(), 2);
+        assert!(
+            source0.allowed_networks[0]
+                .contains(&"192.0.2.77".parse::<std::net::IpAddr>().expect("ip"))
+        );
+        assert_eq!(
+            source0.rate_limit,
+            RateLimit {
+                per_sec: 5,
+                burst: 10
+            }
+        );
+        assert_eq!(source0.replay_window, Duration::from_secs(3600));
+        let error = parse(&source(
+            "auth = \"none\"\ninsecure_no_auth = true\nallowed_networks = [\"192.0.2.0/33\"]",
+        ))
+        .expect_err("bad cidr");
+        assert!(error.to_string().contains("`192.0.2.0/33`"), "{error}");
+        let error = parse(&format!(
+            "{}\nreplay_window_secs = 100\n",
+            "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\nauth = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]"
+        ))
+        .expect_err("window shorter than the tolerance");
+        assert!(
+            error.to_string().contains("twice the timestamp tolerance"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reads_secrets_from_files() {
+        let dir = std::env::temp_dir().join(format!("pa-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("secrets");
+        std::fs::write(&file, format!("# rotated 2026-01\n{SECRET}\n\n")).expect("write");
+        let text = "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\n".to_owned()
+            + "auth = \"standard-webhooks\"\nsecrets_file = \"secrets\"\n";
+        let config_path = dir.join("config.toml");
+        let config = Config::parse(&text, &config_path.display().to_string(), &HashMap::new())
+            .expect("relative to the config file");
+        match &config.sources[0].auth {
+            SourceAuth::StandardWebhooks { secrets, .. } => assert_eq!(secrets.len(), 1),
+            other => panic!("unexpected scheme {other:?}"),
+        }
+        let env: HashMap<String, String> = [(
+            "PUHURI_APPROVER_SOURCE_RELAY_SECRETS_FILE".to_owned(),
+            dir.join("missing").display().to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let error = Config::parse(&text, "t.toml", &env).expect_err("missing file");
+        assert!(
+            error
+                .to_string()
+                .contains("PUHURI_APPROVER_SOURCE_RELAY_SECRETS_FILE"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

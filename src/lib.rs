@@ -7,6 +7,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod demo;
+pub mod limits;
 pub mod notification;
 pub mod policy;
 pub mod puhuri;

@@ -4,6 +4,10 @@
 //! INVARIANT: a notification is only a hint that names an allocation (an order and/or a
 //! resource). Nothing in it is trusted beyond the uuids: workers re-fetch the allocation
 //! from Puhuri Core before deciding.
+//! INVARIANT: parsing never panics and is bounded: the body is checked to be UTF-8, nested
+//! at most [`MAX_JSON_DEPTH`] deep and free of number literals longer than
+//! [`MAX_NUMBER_LEN`] in one linear scan before serde sees it; each refusal is a
+//! [`PayloadError`] with a stable [`PayloadError::cause`].
 
 use std::fmt;
 
@@ -105,9 +109,24 @@ pub enum Parsed {
     Ignored { event_type: String },
 }
 
+/// The deepest nesting of arrays and objects accepted (the formats need 3).
+pub const MAX_JSON_DEPTH: usize = 16;
+/// The longest number literal accepted, in characters.
+pub const MAX_NUMBER_LEN: usize = 40;
+
 /// Why a payload was refused. Messages name the field, never echo secrets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
+    #[error("the body is empty")]
+    Empty,
+    #[error("the body is not valid UTF-8 (byte {0})")]
+    NotUtf8(usize),
+    #[error("the body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+    #[error(
+        "the body has a number literal longer than {MAX_NUMBER_LEN} characters or out of range"
+    )]
+    NumberTooLarge,
     #[error("the body is not valid JSON: {0}")]
     NotJson(String),
     #[error("the body does not match the `{format}` format: {detail}")]
@@ -123,6 +142,101 @@ pub enum PayloadError {
     UnknownType(String),
 }
 
+impl PayloadError {
+    /// The stable cause name (the last segment of the problem `type`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PayloadError::Empty => "empty-body",
+            PayloadError::NotUtf8(_) => "invalid-utf8",
+            PayloadError::TooDeep => "too-deeply-nested",
+            PayloadError::NumberTooLarge => "number-too-large",
+            PayloadError::NotJson(_) => "malformed-json",
+            PayloadError::Shape { .. } => "invalid-payload",
+            PayloadError::BadUuid(_) => "invalid-uuid",
+            PayloadError::NoAllocation => "no-allocation",
+            PayloadError::UnknownType(_) => "unknown-event-type",
+        }
+    }
+
+    /// Whether the body is not JSON at all (as opposed to JSON of the wrong shape).
+    pub fn is_syntax(&self) -> bool {
+        matches!(
+            self,
+            PayloadError::Empty
+                | PayloadError::NotUtf8(_)
+                | PayloadError::TooDeep
+                | PayloadError::NumberTooLarge
+                | PayloadError::NotJson(_)
+        )
+    }
+}
+
+/// Checks, in one pass and without recursion, what serde would handle poorly or
+/// ambiguously: encoding, emptiness, nesting depth and the length of number literals.
+pub fn check_json_limits(body: &[u8]) -> Result<(), PayloadError> {
+    if let Err(error) = std::str::from_utf8(body) {
+        return Err(PayloadError::NotUtf8(error.valid_up_to()));
+    }
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(PayloadError::Empty);
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut number_len = 0usize;
+    for &byte in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        let in_number = number_len > 0;
+        if byte.is_ascii_digit()
+            || byte == b'-'
+            || (in_number && matches!(byte, b'+' | b'.' | b'e' | b'E'))
+        {
+            number_len += 1;
+            if number_len > MAX_NUMBER_LEN {
+                return Err(PayloadError::NumberTooLarge);
+            }
+            continue;
+        }
+        number_len = 0;
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(PayloadError::TooDeep);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Maps a serde error to the payload error of a format.
+fn serde_error(format: &'static str, error: serde_json::Error) -> PayloadError {
+    let text = error.to_string();
+    if text.starts_with("number out of range") {
+        PayloadError::NumberTooLarge
+    } else if error.is_data() {
+        PayloadError::Shape {
+            format,
+            detail: text,
+        }
+    } else {
+        PayloadError::NotJson(text)
+    }
+}
+
 /// Event types of Waldur's hooks that may announce an allocation waiting for its provider.
 pub const WALDUR_ALLOCATION_EVENTS: &[&str] = &[
     "marketplace_resource_create_requested",
@@ -135,6 +249,7 @@ pub const ALLOCATION_EVENTS: &[&str] = &["allocation.created", "allocation.pendi
 
 /// Parses a body in the given format.
 pub fn parse_payload(format: PayloadFormat, body: &[u8]) -> Result<Parsed, PayloadError> {
+    check_json_limits(body)?;
     match format {
         PayloadFormat::WaldurHook => parse_waldur_hook(body),
         PayloadFormat::Allocation => parse_allocation(body),
@@ -158,16 +273,8 @@ struct CanonicalNotification {
 }
 
 fn parse_allocation(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let value: CanonicalNotification = serde_json::from_slice(body).map_err(|error| {
-        if error.is_data() {
-            PayloadError::Shape {
-                format: "allocation",
-                detail: error.to_string(),
-            }
-        } else {
-            PayloadError::NotJson(error.to_string())
-        }
-    })?;
+    let value: CanonicalNotification =
+        serde_json::from_slice(body).map_err(|error| serde_error("allocation", error))?;
     if !ALLOCATION_EVENTS.contains(&value.event_type.as_str()) {
         return Err(PayloadError::UnknownType(truncate(&value.event_type)));
     }
@@ -200,16 +307,8 @@ struct WaldurHook {
 }
 
 fn parse_waldur_hook(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let hook: WaldurHook = serde_json::from_slice(body).map_err(|error| {
-        if error.is_data() {
-            PayloadError::Shape {
-                format: "waldur-hook",
-                detail: error.to_string(),
-            }
-        } else {
-            PayloadError::NotJson(error.to_string())
-        }
-    })?;
+    let hook: WaldurHook =
+        serde_json::from_slice(body).map_err(|error| serde_error("waldur-hook", error))?;
     if !WALDUR_ALLOCATION_EVENTS.contains(&hook.event_type.as_str()) {
         return Ok(Parsed::Ignored {
             event_type: truncate(&hook.event_type),
@@ -229,7 +328,8 @@ fn parse_waldur_hook(body: &[u8]) -> Result<Parsed, PayloadError> {
     })
 }
 
-/// Waldur renders null as the string `"None"` in hook context.
+/// Waldur renders null as the string `"None"` in hook context (and booleans as `"True"`
+/// and `"False"`, which are never uuids).
 fn context_uuid(
     context: &serde_json::Map<String, Value>,
     key: &'static str,
@@ -381,7 +481,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_payload(PayloadFormat::Allocation, &[0xff, 0xfe]),
-            Err(PayloadError::NotJson(_))
+            Err(PayloadError::NotUtf8(0))
         ));
     }
 
@@ -408,5 +508,75 @@ mod tests {
         assert_eq!(derived_id("a", b"x"), derived_id("a", b"x"));
         assert_ne!(derived_id("a", b"x"), derived_id("b", b"x"));
         assert_ne!(derived_id("a", b"x"), derived_id("a", b"y"));
+    }
+
+    #[test]
+    fn bounds_depth_numbers_and_encoding_before_parsing() {
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        assert_eq!(
+            parse_payload(PayloadFormat::Allocation, deep.as_bytes()),
+            Err(PayloadError::TooDeep)
+        );
+        let very_deep = "[".repeat(100_000);
+        assert_eq!(
+            parse_payload(PayloadFormat::WaldurHook, very_deep.as_bytes()),
+            Err(PayloadError::TooDeep)
+        );
+        let in_string = format!(r#"{{"type":"{}","order_uuid":"{ORDER}"}}"#, "[".repeat(100));
+        assert!(matches!(
+            parse_payload(PayloadFormat::Allocation, in_string.as_bytes()),
+            Err(PayloadError::UnknownType(_))
+        ));
+        let long = format!(
+            r#"{{"type":"allocation.created","order_uuid":{}}}"#,
+            "9".repeat(41)
+        );
+        assert_eq!(
+            parse_payload(PayloadFormat::Allocation, long.as_bytes()),
+            Err(PayloadError::NumberTooLarge)
+        );
+        assert_eq!(
+            parse_payload(
+                PayloadFormat::Allocation,
+                br#"{"type":"allocation.created","order_uuid":1e999}"#
+            ),
+            Err(PayloadError::NumberTooLarge)
+        );
+        assert_eq!(
+            parse_payload(PayloadFormat::Allocation, b"{\"type\":\"\xff\"}"),
+            Err(PayloadError::NotUtf8(9))
+        );
+        assert_eq!(
+            parse_payload(PayloadFormat::Allocation, b"  \n"),
+            Err(PayloadError::Empty)
+        );
+        let escaped = format!(r#"{{"type":"a\"[[[[","order_uuid":"{ORDER}"}}"#);
+        assert!(matches!(
+            parse_payload(PayloadFormat::Allocation, escaped.as_bytes()),
+            Err(PayloadError::UnknownType(_))
+        ));
+    }
+
+    #[test]
+    fn treats_stringly_booleans_in_hook_context_as_values_not_uuids() {
+        let body = r#"{"event_type":"marketplace_order_created","context":{"order_uuid":"False","resource_uuid":"None"}}"#;
+        assert_eq!(
+            parse_payload(PayloadFormat::WaldurHook, body.as_bytes()),
+            Err(PayloadError::BadUuid("order_uuid"))
+        );
+        let body = r#"{"event_type":"marketplace_order_created","context":{"order_uuid":"None","resource_uuid":"None","offering_shared":"True"}}"#;
+        assert_eq!(
+            parse_payload(PayloadFormat::WaldurHook, body.as_bytes()),
+            Err(PayloadError::NoAllocation)
+        );
+        let body = r#"{"event_type":"marketplace_order_created","context":"None"}"#;
+        assert!(matches!(
+            parse_payload(PayloadFormat::WaldurHook, body.as_bytes()),
+            Err(PayloadError::Shape { .. })
+        ));
     }
 }

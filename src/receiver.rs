@@ -1,36 +1,53 @@
-//! The HTTP receiver: `POST /v1/notifications/{source}`, plus `/healthz` and `/readyz`.
+//! The HTTP receiver: `POST /v1/notifications/{source}` (and
+//! `POST /v1/notifications/{source}/{path_secret}` for `path-secret` sources), plus
+//! `/healthz` and `/readyz`.
 //!
-//! Order of checks for a notification: known source → content type → body size →
-//! authentication over the raw bytes → payload format → publish with confirm.
+//! Order of checks for a notification (each refusal has its own problem `type`, see
+//! `docs/ingress.md`): known source → header count and size → allowed networks → the
+//! source's rate limit → content type → body size and arrival time → authentication over
+//! the raw bytes → payload limits and format → replay cache → publish with confirm.
 //!
 //! INVARIANT: `202 queued` is answered only after the broker's publisher confirm; when
 //! the broker is away, nacks, or cannot route, the answer is `503` with `Retry-After`.
+//! The publish runs in its own task, so a client that hangs up cannot cut it in half.
 //! INVARIANT: every refusal is `application/problem+json` with a stable `type` per cause,
-//! nothing is enqueued for it, and no secret or body is logged.
+//! counted by cause ([`ReceiverStats::refusals`]), nothing is enqueued for it, and it is
+//! logged with its cause only: no secret, no path secret, no body.
+//! INVARIANT: a verified `(source, id)` is published at most once per replay window and
+//! receiver process; a replay is answered `200 duplicate`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::config::{SourceAuth, SourceConfig};
+use crate::config::{Config, ReceiverConfig, SourceAuth, SourceConfig};
+use crate::limits::{ReplayCache, Reserve, TokenBucket};
 use crate::notification::{Parsed, WorkItem, derived_id, parse_payload};
 use crate::queue::{Broker, PublishError};
-use crate::signature::{self, SignedHeaders, VerifyError};
+use crate::signature::{self, GithubHeaders, SignedHeaders, VerifyError};
 
 /// The largest body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Seconds a client should wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
+/// The most request headers accepted.
+pub const MAX_HEADERS: usize = 64;
+/// The most bytes of header names and values accepted, in total.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// An RFC 9457 problem answer.
 #[derive(Debug, Clone)]
@@ -57,6 +74,11 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Problem {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 }
 
@@ -87,54 +109,171 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Counts of what the receiver answered, by outcome.
+/// Counts of what the receiver answered, by outcome, and refusals by cause.
 #[derive(Debug, Default)]
 pub struct ReceiverStats {
     pub queued: AtomicU64,
     pub ignored: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Every 4xx refusal.
     pub refused: AtomicU64,
+    /// Every 503.
     pub unavailable: AtomicU64,
+    by_cause: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl ReceiverStats {
+    fn count_refusal(&self, problem: &Problem) {
+        if problem.status == StatusCode::SERVICE_UNAVAILABLE {
+            self.unavailable.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut by_cause = self.by_cause.lock().unwrap_or_else(PoisonError::into_inner);
+        *by_cause.entry(problem.cause).or_default() += 1;
+    }
+
+    /// `(cause, count)` for every cause answered at least once (4xx and 503), by cause.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        let by_cause = self.by_cause.lock().unwrap_or_else(PoisonError::into_inner);
+        by_cause.iter().map(|(cause, n)| (*cause, *n)).collect()
+    }
+}
+
+/// A boxed publish future.
+pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+
+/// Where accepted notifications go: the broker, or a stand-in in tests and fuzzing.
+pub trait Publisher: Send + Sync + 'static {
+    /// `Ok` only once the notification is durably queued.
+    fn publish<'a>(&'a self, item: &'a WorkItem) -> PublishFuture<'a>;
+    /// Whether publishing can currently succeed (for `/readyz`).
+    fn is_connected(&self) -> bool;
+}
+
+impl Publisher for Broker {
+    fn publish<'a>(&'a self, item: &'a WorkItem) -> PublishFuture<'a> {
+        Box::pin(self.publish_notification(item))
+    }
+
+    fn is_connected(&self) -> bool {
+        Broker::is_connected(self)
+    }
+}
+
+/// A publisher that keeps notifications in memory, for fuzzing the whole handler
+/// without a broker. `fail` makes every publish answer `Unavailable`.
+#[cfg(any(test, fuzzing))]
+#[derive(Debug, Default)]
+pub struct MemoryPublisher {
+    pub items: Mutex<Vec<WorkItem>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(any(test, fuzzing))]
+impl Publisher for MemoryPublisher {
+    fn publish<'a>(&'a self, item: &'a WorkItem) -> PublishFuture<'a> {
+        Box::pin(async move {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(PublishError::Unavailable);
+            }
+            self.items
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(item.clone());
+            Ok(())
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.fail.load(Ordering::Relaxed)
+    }
+}
+
+struct Source {
+    config: SourceConfig,
+    bucket: Mutex<TokenBucket>,
 }
 
 struct ReceiverState {
-    sources: HashMap<String, SourceConfig>,
-    broker: Broker,
+    sources: HashMap<String, Source>,
+    publisher: Arc<dyn Publisher>,
     stats: Arc<ReceiverStats>,
+    replay: Arc<ReplayCache>,
+    settings: ReceiverConfig,
 }
 
-/// Builds the receiver's router.
-pub fn router(sources: &[SourceConfig], broker: Broker, stats: Arc<ReceiverStats>) -> Router {
+/// Builds the receiver's router on the broker.
+pub fn router(config: &Config, broker: Broker, stats: Arc<ReceiverStats>) -> Router {
+    router_with(&config.receiver, &config.sources, Arc::new(broker), stats)
+}
+
+/// Builds the receiver's router on any publisher. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that the peer address is known
+/// (without it, sources with `allowed_networks` refuse everything).
+pub fn router_with(
+    settings: &ReceiverConfig,
+    sources: &[SourceConfig],
+    publisher: Arc<dyn Publisher>,
+    stats: Arc<ReceiverStats>,
+) -> Router {
+    let now = Instant::now();
     let state = Arc::new(ReceiverState {
         sources: sources
             .iter()
-            .map(|s| (s.name.clone(), s.clone()))
+            .map(|s| {
+                let source = Source {
+                    config: s.clone(),
+                    bucket: Mutex::new(TokenBucket::new(s.rate_limit, now)),
+                };
+                (s.name.clone(), source)
+            })
             .collect(),
-        broker,
+        publisher,
         stats,
+        replay: ReplayCache::new(settings.replay_cache_entries),
+        settings: settings.clone(),
     });
     Router::new()
         .route("/v1/notifications/{source}", post(receive_notification))
+        .route(
+            "/v1/notifications/{source}/{path_secret}",
+            post(receive_notification),
+        )
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readiness))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
 
-async fn not_found() -> Problem {
-    Problem::new(
+async fn method_not_allowed(State(state): State<Arc<ReceiverState>>) -> Problem {
+    let problem = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "notifications are sent with `POST`",
+    );
+    state.stats.count_refusal(&problem);
+    problem
+}
+
+async fn not_found(State(state): State<Arc<ReceiverState>>) -> Problem {
+    let problem = Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
         "Not found",
         "no such endpoint",
-    )
+    );
+    state.stats.count_refusal(&problem);
+    problem
 }
 
 async fn readiness(State(state): State<Arc<ReceiverState>>) -> Response {
-    let broker = state.broker.is_connected();
+    let broker = state.publisher.is_connected();
     let body = json!({
         "status": if broker { "ready" } else { "not-ready" },
         "checks": { "broker": if broker { "ok" } else { "disconnected" } },
@@ -158,22 +297,65 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The client's address: the TCP peer, or with `trust_forwarded_for = n` the n-th
+/// address from the right of the last `X-Forwarded-For` header (each trusted proxy
+/// appends the address it saw). `None` when it cannot be known.
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted_proxies: usize,
+) -> Option<IpAddr> {
+    if trusted_proxies == 0 {
+        return peer;
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().next_back()?;
+    let forwarded = forwarded.to_str().ok()?;
+    let hops: Vec<&str> = forwarded.split(',').map(str::trim).collect();
+    if hops.len() < trusted_proxies {
+        return None;
+    }
+    hops[hops.len() - trusted_proxies].parse().ok()
+}
+
 async fn receive_notification(
     State(state): State<Arc<ReceiverState>>,
-    Path(source_name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    path: Result<Path<HashMap<String, String>>, PathRejection>,
+    request: Request,
 ) -> Response {
-    let result = accept(&state, &source_name, &headers, body).await;
-    match result {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let (source_name, path_secret) = match path {
+        Ok(Path(mut params)) => (
+            params.remove("source").unwrap_or_default(),
+            params.remove("path_secret"),
+        ),
+        Err(_) => (String::new(), None),
+    };
+    let started = Instant::now();
+    match accept(
+        &state,
+        &source_name,
+        path_secret.as_deref(),
+        peer,
+        request,
+        started,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(problem) => {
-            if problem.status == StatusCode::SERVICE_UNAVAILABLE {
-                state.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-            } else {
-                state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::info!(source = %truncated(&source_name), status = problem.status.as_u16(), cause = problem.cause, "notification refused");
+            state.stats.count_refusal(&problem);
+            // The source name is user input (truncated); the path secret, the headers
+            // and the body are never logged.
+            tracing::info!(
+                source = %truncated(&source_name),
+                peer = ?peer,
+                status = problem.status.as_u16(),
+                cause = problem.cause,
+                "notification refused"
+            );
             problem.into_response()
         }
     }
@@ -183,21 +365,25 @@ fn truncated(value: &str) -> String {
     value.chars().take(64).collect()
 }
 
-async fn accept(
-    state: &ReceiverState,
-    source_name: &str,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Problem> {
-    let source = state.sources.get(source_name).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown-source",
-            "Unknown source",
-            "no notification source has this name",
-        )
-    })?;
+fn check_headers(headers: &HeaderMap) -> Result<(), Problem> {
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Err(Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!(
+                "at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of headers are accepted"
+            ),
+        ));
+    }
+    Ok(())
+}
 
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let content_type = header_str(headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
     let essence = content_type
         .split(';')
@@ -213,25 +399,65 @@ async fn accept(
             "notifications must be sent as `application/json`",
         ));
     }
+    Ok(())
+}
 
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Body too large",
-                format!("the body exceeds {MAX_BODY_BYTES} bytes"),
-            )
-        } else {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "unreadable-body",
-                "Unreadable body",
-                "the request body could not be read",
-            )
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Body too large",
+        format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Reads the body, at most [`MAX_BODY_BYTES`], before `deadline`.
+async fn read_body(headers: &HeaderMap, body: Body, deadline: Instant) -> Result<Bytes, Problem> {
+    if let Some(length) = header_str(headers, header::CONTENT_LENGTH.as_str())
+        && length
+            .parse::<u64>()
+            .is_ok_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable-body",
+                    "Unreadable body",
+                    "the request body could not be read",
+                )
+            })?;
+            if buffer.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            buffer.extend_from_slice(&chunk);
         }
-    })?;
+        Ok(Bytes::from(buffer))
+    };
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(result) => result,
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            "the request did not arrive in time",
+        )),
+    }
+}
 
+/// Authenticates the raw request; returns the verified notification id, if the scheme
+/// carries one.
+fn authenticate(
+    source: &SourceConfig,
+    headers: &HeaderMap,
+    path_secret: Option<&str>,
+    body: &[u8],
+) -> Result<Option<String>, Problem> {
     let id = match &source.auth {
         SourceAuth::StandardWebhooks {
             secrets,
@@ -242,20 +468,112 @@ async fn accept(
                 timestamp: header_str(headers, signature::HEADER_TIMESTAMP),
                 signature: header_str(headers, signature::HEADER_SIGNATURE),
             };
-            signature::verify(secrets, signed, &body, now_secs(), *tolerance_secs)
-                .map_err(signature_problem)?
-                .to_owned()
+            Some(
+                signature::verify(secrets, signed, body, now_secs(), *tolerance_secs)
+                    .map_err(signature_problem)?
+                    .to_owned(),
+            )
         }
+        SourceAuth::Github { secrets } => {
+            let signed = GithubHeaders {
+                delivery: header_str(headers, signature::HEADER_GITHUB_DELIVERY),
+                signature: header_str(headers, signature::HEADER_GITHUB_SIGNATURE),
+            };
+            Some(
+                signature::verify_github(secrets, signed, body)
+                    .map_err(signature_problem)?
+                    .to_owned(),
+            )
+        }
+        SourceAuth::PathSecret { secrets } => {
+            signature::verify_path_secret(secrets, path_secret).map_err(signature_problem)?;
+            None
+        }
+        SourceAuth::None => None,
     };
+    Ok(id)
+}
+
+fn unknown_source() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "unknown-source",
+        "Unknown source",
+        "no notification source has this name",
+    )
+}
+
+async fn accept(
+    state: &ReceiverState,
+    source_name: &str,
+    path_secret: Option<&str>,
+    peer: Option<IpAddr>,
+    request: Request,
+    started: Instant,
+) -> Result<Response, Problem> {
+    let source = state.sources.get(source_name).ok_or_else(unknown_source)?;
+    // Only `path-secret` sources have the two-segment path.
+    if path_secret.is_some() && !matches!(source.config.auth, SourceAuth::PathSecret { .. }) {
+        return Err(unknown_source());
+    }
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    check_headers(headers)?;
+
+    if !source.config.allowed_networks.is_empty() {
+        let client = client_ip(peer, headers, state.settings.trust_forwarded_for);
+        let allowed = client.is_some_and(|ip| {
+            source
+                .config
+                .allowed_networks
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
+        if !allowed {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden-network",
+                "Forbidden",
+                "requests to this source are not accepted from this address",
+            ));
+        }
+    }
+
+    let taken = source
+        .bucket
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take(Instant::now());
+    if let Err(wait) = taken {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!(
+                "this source accepts {} notifications per second (bursts of {})",
+                source.config.rate_limit.per_sec, source.config.rate_limit.burst
+            ),
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64));
+    }
+
+    check_content_type(headers)?;
+    let body = read_body(headers, body, started + state.settings.request_timeout).await?;
+    let source = &source.config;
+    let verified_id = authenticate(source, headers, path_secret, &body)?;
 
     let parsed = parse_payload(source.format, &body).map_err(|error| {
-        let (status, cause) = match error {
-            crate::notification::PayloadError::NotJson(_) => {
-                (StatusCode::BAD_REQUEST, "malformed-json")
-            }
-            _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-payload"),
+        let status = if error.is_syntax() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
         };
-        Problem::new(status, cause, "Invalid notification", error.to_string())
+        Problem::new(
+            status,
+            error.cause(),
+            "Invalid notification",
+            error.to_string(),
+        )
     })?;
 
     let (event_type, hint) = match parsed {
@@ -271,11 +589,29 @@ async fn accept(
         Parsed::Allocation { event_type, hint } => (event_type, hint),
     };
 
-    let id = if id.is_empty() {
-        derived_id(&source.name, &body)
-    } else {
-        id
+    let id = verified_id.unwrap_or_else(|| derived_id(&source.name, &body));
+    let reservation = match state.replay.reserve(&source.name, &id, Instant::now()) {
+        Reserve::Fresh(reservation) => reservation,
+        Reserve::Duplicate => {
+            state.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(id = %id, source = %source.name, "duplicate notification not queued again");
+            return Ok((
+                StatusCode::OK,
+                axum::Json(json!({"status": "duplicate", "id": id})),
+            )
+                .into_response());
+        }
+        Reserve::InFlight => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "duplicate-in-flight",
+                "Duplicate in flight",
+                "a notification with this id is being queued right now; send it again later",
+            )
+            .retry_after(1));
+        }
     };
+
     let item = WorkItem {
         id: id.clone(),
         source: source.name.clone(),
@@ -286,24 +622,35 @@ async fn accept(
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0),
     };
-    state
-        .broker
-        .publish_notification(&item)
-        .await
-        .map_err(|error| {
-            tracing::warn!(id = %id, error = %error, "notification not queued");
-            let mut problem = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                match error {
-                    PublishError::Unavailable => "broker-unavailable",
-                    _ => "queue-refused",
-                },
-                "Temporarily unavailable",
-                "the notification could not be queued; send it again later",
-            );
-            problem.retry_after = Some(RETRY_AFTER_SECS);
-            problem
-        })?;
+    // The publish and its bookkeeping run in their own task: if the client goes away the
+    // handler is dropped, but the publish finishes and the replay cache learns its result.
+    let publisher = state.publisher.clone();
+    let window = source.replay_window;
+    let published = tokio::spawn(async move {
+        let result = publisher.publish(&item).await;
+        if result.is_ok() {
+            reservation.commit(Instant::now() + window);
+        }
+        result
+    })
+    .await;
+    let result = match published {
+        Ok(result) => result,
+        Err(_) => Err(PublishError::Unavailable),
+    };
+    if let Err(error) = result {
+        tracing::warn!(id = %id, error = %error, "notification not queued");
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            match error {
+                PublishError::Unavailable => "broker-unavailable",
+                _ => "queue-refused",
+            },
+            "Temporarily unavailable",
+            "the notification could not be queued; send it again later",
+        )
+        .retry_after(RETRY_AFTER_SECS));
+    }
     state.stats.queued.fetch_add(1, Ordering::Relaxed);
     tracing::info!(id = %id, source = %source.name, "notification queued");
     Ok((
@@ -320,7 +667,9 @@ fn signature_problem(error: VerifyError) -> Problem {
         VerifyError::MalformedTimestamp => "malformed-timestamp",
         VerifyError::TimestampTooOld(_) | VerifyError::TimestampTooNew(_) => "stale-timestamp",
         VerifyError::SignatureHeaderTooLarge => "signature-header-too-large",
+        VerifyError::MalformedSignature => "malformed-signature",
         VerifyError::NoMatchingSignature => "bad-signature",
+        VerifyError::MissingPathSecret | VerifyError::BadPathSecret => "bad-path-secret",
     };
     Problem::new(
         StatusCode::UNAUTHORIZED,
@@ -328,4 +677,50 @@ fn signature_problem(error: VerifyError) -> Problem {
         "Authentication failed",
         error.to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(value).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn takes_the_client_address_from_trusted_proxies_only() {
+        let peer: Option<IpAddr> = "10.0.0.1".parse().ok();
+        let headers = forwarded("203.0.113.9, 198.51.100.7, 192.0.2.1");
+        assert_eq!(client_ip(peer, &headers, 0), peer);
+        assert_eq!(client_ip(peer, &headers, 1), "192.0.2.1".parse().ok());
+        assert_eq!(client_ip(peer, &headers, 2), "198.51.100.7".parse().ok());
+        assert_eq!(client_ip(peer, &headers, 4), None);
+        assert_eq!(client_ip(peer, &HeaderMap::new(), 1), None);
+        assert_eq!(client_ip(peer, &forwarded("not-an-ip"), 1), None);
+    }
+
+    #[test]
+    fn counts_refusals_by_cause() {
+        let stats = ReceiverStats::default();
+        let refusal = Problem::new(StatusCode::UNAUTHORIZED, "bad-signature", "t", "d");
+        stats.count_refusal(&refusal);
+        stats.count_refusal(&refusal);
+        stats.count_refusal(&Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "t",
+            "d",
+        ));
+        assert_eq!(
+            stats.refusals(),
+            vec![("bad-signature", 2), ("broker-unavailable", 1)]
+        );
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.unavailable.load(Ordering::Relaxed), 1);
+    }
 }

@@ -1,16 +1,27 @@
-//! Standard Webhooks v1 signatures: HMAC-SHA256 over `{id}.{timestamp}.{raw body}`.
+//! Authentication schemes of notification sources, over the raw request bytes:
+//!
+//! - Standard Webhooks v1: HMAC-SHA256 over `{id}.{timestamp}.{raw body}`, several
+//!   `v1,<base64>` signatures, a two-sided timestamp tolerance;
+//! - GitHub style: `X-Hub-Signature-256: sha256=<hex>` over the raw body, the id from
+//!   `X-GitHub-Delivery` (no timestamp: replays are caught by the receiver's replay cache);
+//! - path secrets ([`PathSecret`]): a high-entropy token in the URL path, for senders that
+//!   cannot sign (Waldur's own hooks).
 //!
 //! INVARIANT: the signed content is the raw request body as received, never a
 //! re-serialization, and the body does not need to be UTF-8.
-//! INVARIANT: signatures are compared in constant time (`Mac::verify_slice`), and the
-//! header is bounded in length and in the number of signatures before any HMAC runs.
+//! INVARIANT: signatures and path secrets are compared in constant time
+//! (`Mac::verify_slice`, `subtle`), and every header is bounded in length (and the
+//! signature list in count) before any HMAC runs.
+//! INVARIANT: no secret type prints its value (`Debug` shows `***`), and no error
+//! message contains a secret.
 
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -54,6 +65,10 @@ pub enum SecretError {
     NotBase64,
     #[error("the secret decodes to {0} bytes; between 24 and 64 are required")]
     BadLength(usize),
+    #[error("the secret is {len} bytes long; between {min} and {max} are required")]
+    TooShortOrLong { len: usize, min: usize, max: usize },
+    #[error("the secret may only contain letters, digits, `-` and `_`")]
+    NotUrlSafe,
 }
 
 impl WebhookSecret {
@@ -119,6 +134,12 @@ pub enum VerifyError {
     SignatureHeaderTooLarge,
     #[error("no signature matches any configured secret")]
     NoMatchingSignature,
+    #[error("the signature header is not `sha256=` followed by 64 hex digits")]
+    MalformedSignature,
+    #[error("the path carries no secret")]
+    MissingPathSecret,
+    #[error("the path secret does not match")]
+    BadPathSecret,
 }
 
 /// Checks a request against every secret (rotation: any match is enough).
@@ -187,6 +208,195 @@ fn parse_timestamp(value: &str) -> Result<i64, VerifyError> {
     value
         .parse::<i64>()
         .map_err(|_| VerifyError::MalformedTimestamp)
+}
+
+/// Header carrying `sha256=<hex>` (GitHub style).
+pub const HEADER_GITHUB_SIGNATURE: &str = "x-hub-signature-256";
+/// Header carrying the delivery id (GitHub style; same id on redelivery).
+pub const HEADER_GITHUB_DELIVERY: &str = "x-github-delivery";
+
+/// The shortest GitHub-style secret accepted, in bytes.
+pub const MIN_GITHUB_SECRET_BYTES: usize = 20;
+/// The longest GitHub-style secret accepted, in bytes.
+pub const MAX_GITHUB_SECRET_BYTES: usize = 256;
+/// `sha256=` and 64 hex digits.
+const GITHUB_SIGNATURE_LEN: usize = 7 + 64;
+
+/// A GitHub-style signing secret: the secret string's bytes are the HMAC key.
+#[derive(Clone)]
+pub struct GithubSecret {
+    keyed: HmacSha256,
+}
+
+impl fmt::Debug for GithubSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GithubSecret(\"***\")")
+    }
+}
+
+impl GithubSecret {
+    /// Accepts 20 to 256 bytes; the value is used as it is (no decoding).
+    pub fn parse(value: &str) -> Result<Self, SecretError> {
+        if value.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        if !(MIN_GITHUB_SECRET_BYTES..=MAX_GITHUB_SECRET_BYTES).contains(&value.len()) {
+            return Err(SecretError::TooShortOrLong {
+                len: value.len(),
+                min: MIN_GITHUB_SECRET_BYTES,
+                max: MAX_GITHUB_SECRET_BYTES,
+            });
+        }
+        let keyed = HmacSha256::new_from_slice(value.as_bytes())
+            .map_err(|_| SecretError::BadLength(value.len()))?;
+        Ok(Self { keyed })
+    }
+
+    /// The `sha256=<hex>` signature of a body.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = self.keyed.clone();
+        mac.update(body);
+        let tag = mac.finalize().into_bytes();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256={hex}")
+    }
+}
+
+/// The two GitHub-style headers of one request, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct GithubHeaders<'a> {
+    pub delivery: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// Decodes the `sha256=<64 hex digits>` header value (lowercase or uppercase hex).
+pub fn parse_github_signature(value: &str) -> Result<[u8; 32], VerifyError> {
+    if value.len() != GITHUB_SIGNATURE_LEN {
+        return Err(VerifyError::MalformedSignature);
+    }
+    let hex = value
+        .strip_prefix("sha256=")
+        .ok_or(VerifyError::MalformedSignature)?;
+    let mut tag = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks_exact(2).enumerate() {
+        let high = hex_digit(pair[0]).ok_or(VerifyError::MalformedSignature)?;
+        let low = hex_digit(pair[1]).ok_or(VerifyError::MalformedSignature)?;
+        tag[i] = (high << 4) | low;
+    }
+    Ok(tag)
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Checks a GitHub-style request against every secret. Returns the verified delivery id.
+pub fn verify_github<'a>(
+    secrets: &[GithubSecret],
+    headers: GithubHeaders<'a>,
+    body: &[u8],
+) -> Result<&'a str, VerifyError> {
+    let delivery = headers
+        .delivery
+        .ok_or(VerifyError::MissingHeader(HEADER_GITHUB_DELIVERY))?;
+    let signature = headers
+        .signature
+        .ok_or(VerifyError::MissingHeader(HEADER_GITHUB_SIGNATURE))?;
+    if !is_valid_id(delivery) {
+        return Err(VerifyError::MalformedId);
+    }
+    let tag = parse_github_signature(signature)?;
+    for secret in secrets {
+        let mut mac = secret.keyed.clone();
+        mac.update(body);
+        if mac.verify_slice(&tag).is_ok() {
+            return Ok(delivery);
+        }
+    }
+    Err(VerifyError::NoMatchingSignature)
+}
+
+/// The shortest path secret accepted, in characters (of `A-Z a-z 0-9 - _`: ≥ 190 bits).
+pub const MIN_PATH_SECRET_LEN: usize = 32;
+/// The longest path secret accepted, in characters.
+pub const MAX_PATH_SECRET_LEN: usize = 128;
+
+/// A secret carried in the URL path, for senders that cannot sign (Waldur's hooks).
+///
+/// Only its SHA-256 digest is kept; candidates are hashed and compared in constant time,
+/// so neither the content nor the length of the secret leaks through timing.
+#[derive(Clone)]
+pub struct PathSecret {
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for PathSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PathSecret(\"***\")")
+    }
+}
+
+impl PathSecret {
+    /// Accepts 32 to 128 characters of `A-Z a-z 0-9 - _` (URL-safe without encoding).
+    pub fn parse(value: &str) -> Result<Self, SecretError> {
+        if value.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        if !(MIN_PATH_SECRET_LEN..=MAX_PATH_SECRET_LEN).contains(&value.len()) {
+            return Err(SecretError::TooShortOrLong {
+                len: value.len(),
+                min: MIN_PATH_SECRET_LEN,
+                max: MAX_PATH_SECRET_LEN,
+            });
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(SecretError::NotUrlSafe);
+        }
+        Ok(Self {
+            digest: Sha256::digest(value.as_bytes()).into(),
+        })
+    }
+
+    /// Whether a candidate from the path is this secret (constant time).
+    pub fn matches(&self, candidate: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        bool::from(self.digest.ct_eq(&digest))
+    }
+
+    /// Whether two configured secrets are the same value.
+    pub fn same_as(&self, other: &PathSecret) -> bool {
+        bool::from(self.digest.ct_eq(&other.digest))
+    }
+}
+
+/// Checks a path segment against every configured path secret (rotation: any match).
+/// Every secret is compared, so the time does not depend on which one matched.
+pub fn verify_path_secret(
+    secrets: &[PathSecret],
+    candidate: Option<&str>,
+) -> Result<(), VerifyError> {
+    let candidate = candidate.ok_or(VerifyError::MissingPathSecret)?;
+    if candidate.len() > MAX_PATH_SECRET_LEN {
+        return Err(VerifyError::BadPathSecret);
+    }
+    let mut matched = subtle::Choice::from(0);
+    let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+    for secret in secrets {
+        matched |= secret.digest.ct_eq(&digest);
+    }
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        Err(VerifyError::BadPathSecret)
+    }
 }
 
 #[cfg(test)]
@@ -313,5 +523,116 @@ mod tests {
             signature: Some(&sig),
         };
         assert_eq!(verify(&secret_a(), headers, &body, TS_A, 300), Ok(ID_A));
+    }
+
+    const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+    const GITHUB_BODY: &[u8] = b"Hello, World!";
+    const GITHUB_SIG: &str =
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+    fn github(signature: Option<&str>, delivery: Option<&str>) -> Result<String, VerifyError> {
+        let secrets = vec![GithubSecret::parse(GITHUB_SECRET).expect("vector secret")];
+        verify_github(
+            &secrets,
+            GithubHeaders {
+                delivery,
+                signature,
+            },
+            GITHUB_BODY,
+        )
+        .map(str::to_owned)
+    }
+
+    #[test]
+    fn signs_and_accepts_the_github_vector() {
+        let secret = GithubSecret::parse(GITHUB_SECRET).expect("vector secret");
+        assert_eq!(secret.sign(GITHUB_BODY), GITHUB_SIG);
+        assert_eq!(github(Some(GITHUB_SIG), Some("d-1")), Ok("d-1".to_owned()));
+        let upper = format!("sha256={}", GITHUB_SIG[7..].to_ascii_uppercase());
+        assert_eq!(github(Some(&upper), Some("d-1")), Ok("d-1".to_owned()));
+    }
+
+    #[test]
+    fn refuses_github_signatures_that_must_fail() {
+        let flipped = format!("{}f", &GITHUB_SIG[..GITHUB_SIG.len() - 1]);
+        assert_eq!(
+            github(Some(&flipped), Some("d-1")),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        for malformed in [
+            "",
+            "sha256=",
+            "sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1g",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17 ",
+        ] {
+            assert_eq!(
+                github(Some(malformed), Some("d-1")),
+                Err(VerifyError::MalformedSignature),
+                "{malformed}"
+            );
+        }
+        assert_eq!(
+            github(None, Some("d-1")),
+            Err(VerifyError::MissingHeader(HEADER_GITHUB_SIGNATURE))
+        );
+        assert_eq!(
+            github(Some(GITHUB_SIG), None),
+            Err(VerifyError::MissingHeader(HEADER_GITHUB_DELIVERY))
+        );
+        assert_eq!(
+            github(Some(GITHUB_SIG), Some("has space")),
+            Err(VerifyError::MalformedId)
+        );
+        let other = GithubSecret::parse("another secret of enough length").expect("secret");
+        assert_eq!(
+            verify_github(
+                &[other],
+                GithubHeaders {
+                    delivery: Some("d-1"),
+                    signature: Some(GITHUB_SIG)
+                },
+                GITHUB_BODY
+            ),
+            Err(VerifyError::NoMatchingSignature)
+        );
+    }
+
+    #[test]
+    fn refuses_short_github_secrets() {
+        assert_eq!(GithubSecret::parse("").err(), Some(SecretError::Empty));
+        assert!(matches!(
+            GithubSecret::parse("short"),
+            Err(SecretError::TooShortOrLong { len: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn path_secrets_match_exactly_and_refuse_weak_values() {
+        let value = "p4th-s3cret_0123456789abcdefghijklmnop";
+        let secret = PathSecret::parse(value).expect("valid");
+        let rotated = PathSecret::parse("another-path-secret-0123456789abcdef").expect("valid");
+        let both = [rotated, secret.clone()];
+        assert_eq!(verify_path_secret(&both, Some(value)), Ok(()));
+        assert!(secret.matches(value));
+        assert_eq!(
+            verify_path_secret(&both, Some(&value[1..])),
+            Err(VerifyError::BadPathSecret)
+        );
+        assert_eq!(
+            verify_path_secret(&both, None),
+            Err(VerifyError::MissingPathSecret)
+        );
+        assert_eq!(PathSecret::parse("").err(), Some(SecretError::Empty));
+        assert!(matches!(
+            PathSecret::parse("too-short"),
+            Err(SecretError::TooShortOrLong { .. })
+        ));
+        assert_eq!(
+            PathSecret::parse("has/a/slash/0123456789abcdefghijklmnop").err(),
+            Some(SecretError::NotUrlSafe)
+        );
+        assert!(!format!("{secret:?}").contains("p4th"));
     }
 }

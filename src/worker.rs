@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::config::{ApiGeneration, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
-use crate::notification::WorkItem;
+use crate::notification::{AllocationHint, WorkItem};
 use crate::policy::reload::ReloadCounters;
 use crate::policy::{Action, Policy, Verdict};
 use crate::puhuri::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
@@ -73,8 +73,12 @@ pub struct Settled {
     pub id: String,
     /// Which attempt this was (1 for the first).
     pub attempt: u32,
+    /// The allocation the notification named.
+    pub hint: AllocationHint,
     /// The outcome, or the failure's reason.
     pub result: Result<Outcome, String>,
+    /// The policy rule that decided, when one did.
+    pub rule: Option<String>,
     pub disposition: Disposition,
 }
 
@@ -295,6 +299,10 @@ impl Worker {
         result: Result<(Outcome, Option<Verdict>), ProcessError>,
     ) {
         let attempt = delivery.attempts + 1;
+        let rule = match &result {
+            Ok((_, Some(verdict))) => verdict.rule.clone(),
+            _ => None,
+        };
         let (result, disposition) = match result {
             Ok((outcome, verdict)) => {
                 let since_received_ms = std::time::SystemTime::now()
@@ -372,7 +380,9 @@ impl Worker {
         let _ = self.settled.send(Settled {
             id: item.id.clone(),
             attempt,
+            hint: item.hint.clone(),
             result,
+            rule,
             disposition,
         });
     }

@@ -497,3 +497,128 @@ async fn a_rabbitmq_restart_while_notifications_stream_in_loses_nothing() {
     app.stop().await;
     rabbit.stop().await;
 }
+
+/// Posts a signed notification to a receiver at `base` until it answers 202; a receiver
+/// that is down (connection refused) is tried again, as a sender would.
+async fn notify_process_until_accepted(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    created: &puhuri_approver::sim::CreatedAllocation,
+) {
+    let body = json!({
+        "type": "allocation.created",
+        "order_uuid": created.order_uuid,
+        "resource_uuid": created.resource_uuid,
+    })
+    .to_string();
+    let secret =
+        puhuri_approver::signature::WebhookSecret::parse(crate::helpers::SECRET).expect("secret");
+    for _ in 0..600 {
+        let timestamp = crate::helpers::now();
+        let sent = http
+            .post(format!("{base}/v1/notifications/relay"))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                secret.sign(id, timestamp, body.as_bytes()),
+            )
+            .body(body.clone())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match sent.map(|r| r.status().as_u16()) {
+            Ok(202) => return,
+            Ok(503) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(other) => panic!("unexpected answer {other}"),
+        }
+    }
+    panic!("notification {id} never accepted");
+}
+
+#[tokio::test]
+async fn serve_killed_mid_stream_on_the_embedded_queue_loses_nothing() {
+    // This process runs only the simulator; `serve` runs as a child on the embedded queue.
+    let app = spawn_app(Options {
+        roles: Roles {
+            receive: false,
+            work: false,
+        },
+        ..Options::default()
+    })
+    .await;
+    let dir = temp_dir("embedded-kill");
+    let port = free_port();
+    let config_text = app.config_text.replacen(
+        "[queue]\nbackend = \"rabbitmq\"\n",
+        &format!(
+            "[queue]\nbackend = \"embedded\"\ndata_dir = \"{}\"\nlease_secs = 1\n",
+            dir.join("data").display()
+        ),
+        1,
+    );
+    assert_ne!(
+        config_text, app.config_text,
+        "the queue section was replaced"
+    );
+    let config_text =
+        format!("listen = \"127.0.0.1:{port}\"\n{config_text}\n[policy]\nfile = \"policy.toml\"\n");
+    std::fs::write(dir.join("policy.toml"), app.policy_text).expect("policy");
+    let config = dir.join("serve.toml");
+    std::fs::write(&config, config_text).expect("config");
+    let serve = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PUHURI_APPROVER_AMQP_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start serve")
+    };
+    // Slow upstream calls keep deliveries in flight when the process dies.
+    app.sim.set_faults(Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    });
+    let cases = app.create_mixed(45).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+
+    let mut child = serve();
+    let (first, rest) = cases.split_at(30);
+    for (i, (created, _)) in first.iter().enumerate() {
+        notify_process_until_accepted(&http, &base, &format!("msg_embedded_a{i}"), created).await;
+    }
+    // Every accepted notification is on disk: kill the process with work in flight.
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let decided_at_kill = cases
+        .iter()
+        .filter(|(c, _)| app.order_state(c) != "pending-provider")
+        .count();
+
+    let mut child = serve();
+    for (i, (created, _)) in rest.iter().enumerate() {
+        notify_process_until_accepted(&http, &base, &format!("msg_embedded_b{i}"), created).await;
+    }
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let counts = app.check(&cases);
+    report(
+        &format!(
+            "serve on the embedded queue killed (SIGKILL) with {decided_at_kill} of 45 decided"
+        ),
+        counts,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(counts, Counts::default());
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}

@@ -39,6 +39,33 @@ action = "hold"
 note = "not an automatic case"
 "#;
 
+/// Which queue backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    RabbitMq,
+    Embedded,
+}
+
+/// Runs an `async fn(Backend)` test once per backend, as `<name>::rabbitmq` and
+/// `<name>::embedded`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn rabbitmq() {
+                    super::$name($crate::helpers::Backend::RabbitMq).await
+                }
+                #[tokio::test]
+                async fn embedded() {
+                    super::$name($crate::helpers::Backend::Embedded).await
+                }
+            }
+        )+
+    };
+}
+
 pub struct Options {
     pub policy: &'static str,
     pub api: &'static str,
@@ -49,12 +76,15 @@ pub struct Options {
     pub sim_hook: bool,
     /// Policy shadow mode: decide and publish, write nothing.
     pub shadow: bool,
+    /// TOML appended to the test config (more `[[sources]]`, a `[receiver]` table).
+    pub extra_config: String,
     /// 0: no reconciler loop (tests call `run_cycle` themselves).
     pub reconcile_interval_secs: u64,
     pub puhuri_timeout_ms: u64,
     pub retry_delays_ms: &'static str,
     pub prefetch: u16,
     pub reconcile_recheck_secs: u64,
+    pub backend: Backend,
     /// Wait for the broker at start (false when it is meant to be unreachable).
     pub expect_broker: bool,
 }
@@ -69,12 +99,14 @@ impl Default for Options {
             max_attempts: 4,
             sim_hook: false,
             shadow: false,
+            extra_config: String::new(),
             reconcile_interval_secs: 0,
             puhuri_timeout_ms: 5000,
             retry_delays_ms: "[50, 100]",
             prefetch: 16,
             expect_broker: true,
             reconcile_recheck_secs: 600,
+            backend: Backend::RabbitMq,
         }
     }
 }
@@ -89,6 +121,8 @@ pub struct TestApp {
     /// The service's configuration, for child processes and CLI commands.
     pub config_text: String,
     pub policy_text: &'static str,
+    /// The embedded queue's folder, when that backend runs.
+    pub data_dir: Option<std::path::PathBuf>,
     sim_stop: CancellationToken,
 }
 
@@ -120,8 +154,17 @@ pub async fn spawn_app(options: Options) -> TestApp {
     tokio::spawn(sim.clone().serve(sim_listener, sim_stop.clone()));
 
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let data_dir = (options.backend == Backend::Embedded).then(|| temp_dir("queue"));
+    let queue_section = match &data_dir {
+        Some(dir) => format!(
+            "[queue]\nbackend = \"embedded\"\ndata_dir = \"{}\"\nlease_secs = 5\n",
+            dir.display()
+        ),
+        None => "[queue]\nbackend = \"rabbitmq\"\n".to_owned(),
+    };
     let config_text = format!(
         r#"
+{queue_section}
 [amqp]
 prefix = "{prefix}"
 publish_channels = 2
@@ -153,9 +196,12 @@ name = "waldur-relay"
 format = "waldur-hook"
 auth = "standard-webhooks"
 secrets = ["{SECRET}"]
+
+{extra_config}
 "#,
         max_attempts = options.max_attempts,
         api = options.api,
+        extra_config = options.extra_config,
         prefetch = options.prefetch,
         retry_delays = options.retry_delays_ms,
         reconcile = options.reconcile_interval_secs,
@@ -208,6 +254,7 @@ secrets = ["{SECRET}"]
         settled,
         config_text,
         policy_text: options.policy,
+        data_dir,
         sim_stop,
     }
 }
@@ -308,14 +355,9 @@ impl TestApp {
             .expect("resource exists")
     }
 
-    pub async fn work_queue_depth(&self) -> u32 {
+    pub async fn work_queue_depth(&self) -> u64 {
         let running = self.running.as_ref().expect("running");
-        let queue = running.broker.topology().work_queue();
-        running
-            .broker
-            .queue_depth(&queue)
-            .await
-            .expect("queue depth")
+        running.broker.work_depth().await.expect("queue depth")
     }
 
     /// Stops the service, deletes this test's queues and exchanges, stops the simulator.
@@ -332,6 +374,9 @@ impl TestApp {
             running.shutdown().await;
         }
         self.sim_stop.cancel();
+        if let Some(dir) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

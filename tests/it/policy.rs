@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use puhuri_approver::policy::Policy;
 use puhuri_approver::policy::cases::Cases;
 use puhuri_approver::policy::reload::{self, Applied, PolicyFile};
+use puhuri_approver::queue::Broker;
 use puhuri_approver::sim::NewAllocation;
 use puhuri_approver::worker::{Disposition, Outcome};
 use serde_json::{Value, json};
@@ -224,8 +225,11 @@ async fn shadow_mode_publishes_the_decision_and_writes_nothing() {
     })
     .await;
     let broker = app.running.as_ref().expect("running").broker.clone();
+    let Broker::Rabbit(rabbit) = &broker else {
+        panic!("the integration tests run on RabbitMQ")
+    };
     let events = format!("{}.shadow-test", broker.topology().events_exchange());
-    broker
+    rabbit
         .bind_events_queue(&events, "shadow.allocation.#")
         .await
         .expect("bind");
@@ -242,7 +246,7 @@ async fn shadow_mode_publishes_the_decision_and_writes_nothing() {
     assert_eq!(app.writes_for(&created), vec![]);
     assert_eq!(app.order_state(&created), "pending-provider");
 
-    let message = broker
+    let message = rabbit
         .take_one(&events)
         .await
         .expect("read events")

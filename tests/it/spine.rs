@@ -5,7 +5,8 @@ use puhuri_approver::sim::Faults;
 use puhuri_approver::worker::{Disposition, Outcome};
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, SECRET, TOKEN, spawn_app};
+use crate::helpers::{Backend, Options, SECRET, TOKEN, spawn_app};
+use crate::on_both_backends;
 
 fn paths(calls: &[puhuri_approver::sim::RecordedCall]) -> Vec<String> {
     calls
@@ -14,9 +15,12 @@ fn paths(calls: &[puhuri_approver::sim::RecordedCall]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn approves_a_small_allocation_setting_backend_id_first() {
-    let mut app = spawn_app(Options::default()).await;
+async fn approves_a_small_allocation_setting_backend_id_first(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     let created = app
         .create(json!({"cpu_k_hours": 500, "gb_k_hours": 100}))
         .await;
@@ -58,9 +62,12 @@ async fn approves_a_small_allocation_setting_backend_id_first() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn rejects_a_large_allocation_with_the_rules_reason() {
-    let mut app = spawn_app(Options::default()).await;
+async fn rejects_a_large_allocation_with_the_rules_reason(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     let created = app.create(json!({"cpu_k_hours": 5000})).await;
     assert_eq!(app.notify("msg_reject_1", &created).await.status(), 202);
 
@@ -89,9 +96,12 @@ async fn rejects_a_large_allocation_with_the_rules_reason() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn hold_writes_nothing() {
-    let mut app = spawn_app(Options::default()).await;
+async fn hold_writes_nothing(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     let request =
         serde_json::from_value(json!({"offering": "LUMI-G", "limits": {"gpu_k_hours": 10}}))
             .expect("request");
@@ -111,15 +121,30 @@ async fn hold_writes_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_same_notification_twice_approves_once() {
-    let mut app = spawn_app(Options::default()).await;
+async fn the_same_notification_twice_approves_once(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     let created = app.create(json!({"cpu_k_hours": 10})).await;
+    // Two notifications for one allocation (a replay under another id, or one that
+    // reached another receiver replica): the workers decide it once.
     assert_eq!(app.notify("msg_twice", &created).await.status(), 202);
-    assert_eq!(app.notify("msg_twice", &created).await.status(), 202);
+    assert_eq!(app.notify("msg_twice_b", &created).await.status(), 202);
 
-    let first = app.settled("msg_twice").await;
-    let second = app.settled("msg_twice").await;
+    let events = app.settled.as_mut().expect("workers run");
+    let mut settled = Vec::new();
+    while settled.len() < 2 {
+        let event = tokio::time::timeout(crate::helpers::WAIT, events.recv())
+            .await
+            .expect("settled in time")
+            .expect("worker events");
+        if event.id.starts_with("msg_twice") {
+            settled.push(event);
+        }
+    }
+    let (first, second) = (&settled[0], &settled[1]);
     let mut outcomes = vec![first.result.clone(), second.result.clone()];
     outcomes.sort_by_key(|o| format!("{o:?}"));
     assert!(
@@ -139,9 +164,9 @@ async fn the_same_notification_twice_approves_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_2021_resources_api_is_served_end_to_end() {
+async fn the_2021_resources_api_is_served_end_to_end(backend: Backend) {
     let mut app = spawn_app(Options {
+        backend,
         api: "resources",
         ..Options::default()
     })
@@ -173,9 +198,9 @@ async fn the_2021_resources_api_is_served_end_to_end() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_bad_signature_is_refused_and_nothing_is_queued() {
+async fn a_bad_signature_is_refused_and_nothing_is_queued(backend: Backend) {
     let app = spawn_app(Options {
+        backend,
         roles: Roles {
             receive: true,
             work: false,
@@ -228,13 +253,13 @@ async fn bad_input_is_answered_with_a_problem_and_not_queued() {
             "relay",
             br#"{"type":"allocation.created"}"#,
             422,
-            "invalid-payload",
+            "no-allocation",
         ),
         (
             "relay",
             br#"{"type":"allocation.created","order_uuid":"nope"}"#,
             422,
-            "invalid-payload",
+            "invalid-uuid",
         ),
         ("nowhere", br#"{}"#, 404, "unknown-source"),
     ];
@@ -322,9 +347,12 @@ async fn an_unreachable_broker_answers_503_with_retry_after() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_allocation_approved_already_is_acked_without_a_write() {
-    let mut app = spawn_app(Options::default()).await;
+async fn an_allocation_approved_already_is_acked_without_a_write(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     let created = app.create(json!({"cpu_k_hours": 10})).await;
     let approve = app
         .http
@@ -352,9 +380,12 @@ async fn an_allocation_approved_already_is_acked_without_a_write() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_puhuri_core_500_is_retried_and_then_succeeds() {
-    let mut app = spawn_app(Options::default()).await;
+async fn a_puhuri_core_500_is_retried_and_then_succeeds(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     let created = app.create(json!({"cpu_k_hours": 10})).await;
     app.sim.set_faults(Faults {
         fail_next: 1,
@@ -380,9 +411,12 @@ async fn a_puhuri_core_500_is_retried_and_then_succeeds() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_permanent_failure_goes_to_the_dead_letter_queue_with_its_reason() {
-    let mut app = spawn_app(Options::default()).await;
+async fn a_permanent_failure_goes_to_the_dead_letter_queue_with_its_reason(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
     // A well-formed uuid the simulator does not know: Puhuri Core answers 404.
     let body =
         json!({"type": "allocation.created", "resource_uuid": "0123456789abcdef0123456789abcdef"});
@@ -396,24 +430,19 @@ async fn a_permanent_failure_goes_to_the_dead_letter_queue_with_its_reason() {
     let running = app.running.as_ref().expect("running");
     let dead = running
         .broker
-        .take_one(&running.broker.topology().dead_queue())
+        .dead_letters(10)
         .await
-        .expect("read dead letters")
-        .expect("one dead letter");
-    assert_eq!(dead.message_id, "msg_unknown");
-    let reasons = dead
-        .headers
-        .iter()
-        .find(|(k, _)| k == "x-puhuri-reasons")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    assert!(reasons.contains("404"), "{reasons}");
+        .expect("read dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, "msg_unknown");
+    assert_eq!(dead[0].reasons.len(), 1);
+    assert!(dead[0].reasons[0].contains("404"), "{:?}", dead[0].reasons);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn transient_failures_stop_after_the_last_attempt() {
+async fn transient_failures_stop_after_the_last_attempt(backend: Backend) {
     let mut app = spawn_app(Options {
+        backend,
         max_attempts: 2,
         ..Options::default()
     })
@@ -437,9 +466,9 @@ async fn transient_failures_stop_after_the_last_attempt() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_allocation_created_in_the_simulator_is_decided_through_its_hook() {
+async fn an_allocation_created_in_the_simulator_is_decided_through_its_hook(backend: Backend) {
     let mut app = spawn_app(Options {
+        backend,
         sim_hook: true,
         ..Options::default()
     })
@@ -457,3 +486,17 @@ async fn an_allocation_created_in_the_simulator_is_decided_through_its_hook() {
     assert_eq!(app.order_state(&created), "done");
     app.stop().await;
 }
+
+on_both_backends!(
+    approves_a_small_allocation_setting_backend_id_first,
+    rejects_a_large_allocation_with_the_rules_reason,
+    hold_writes_nothing,
+    the_same_notification_twice_approves_once,
+    the_2021_resources_api_is_served_end_to_end,
+    a_bad_signature_is_refused_and_nothing_is_queued,
+    an_allocation_approved_already_is_acked_without_a_write,
+    a_puhuri_core_500_is_retried_and_then_succeeds,
+    a_permanent_failure_goes_to_the_dead_letter_queue_with_its_reason,
+    transient_failures_stop_after_the_last_attempt,
+    an_allocation_created_in_the_simulator_is_decided_through_its_hook,
+);

@@ -1,0 +1,318 @@
+//! The receiver's in-memory guards: a per-source token bucket ([`TokenBucket`]) and the
+//! replay cache ([`ReplayCache`]) that de-duplicates verified notifications on
+//! `(source, id)`. No IO, no HTTP: time is passed in, so both are tested exactly.
+//!
+//! INVARIANT: the replay cache is bounded: at most `capacity` remembered pairs (the
+//! oldest go first when it is full, counted in [`ReplayCache::evicted`]) plus the
+//! reservations of requests in flight.
+//! INVARIANT: a pair is remembered only after its publish was confirmed
+//! ([`Reservation::commit`]); a reservation that is dropped uncommitted (a failed
+//! publish, a cancelled request) is released, so the sender's retry is accepted.
+//! INVARIANT: while a pair is reserved, a second request for it is told so
+//! ([`Reserve::InFlight`]) and not published: two identical requests never both publish.
+//!
+//! Each receiver process has its own cache. With several replicas a replay can reach
+//! another replica and be queued again; workers are idempotent, which is the real
+//! guarantee (see `docs/ingress.md`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::config::RateLimit;
+
+/// A token bucket refilled continuously at `per_sec`, holding at most `burst` tokens.
+#[derive(Debug)]
+pub struct TokenBucket {
+    limit: RateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(limit: RateLimit, now: Instant) -> TokenBucket {
+        TokenBucket {
+            limit,
+            tokens: f64::from(limit.burst),
+            last: now,
+        }
+    }
+
+    /// Takes one token, or tells how long until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let per_sec = f64::from(self.limit.per_sec.max(1));
+        self.tokens = (self.tokens + elapsed * per_sec).min(f64::from(self.limit.burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_sec))
+        }
+    }
+}
+
+type Key = (String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    InFlight,
+    Seen { until: Instant },
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    slots: HashMap<Key, Slot>,
+    /// Remembered pairs in the order they were committed, with their expiry.
+    order: VecDeque<(Instant, Key)>,
+    /// Remembered (not in-flight) pairs.
+    seen: usize,
+}
+
+/// Remembers `(source, id)` pairs of published notifications for their replay window.
+#[derive(Debug)]
+pub struct ReplayCache {
+    capacity: usize,
+    entries: Mutex<Entries>,
+    evicted: AtomicU64,
+}
+
+/// The answer of [`ReplayCache::reserve`].
+#[derive(Debug)]
+pub enum Reserve {
+    /// Not seen: publish, then commit (dropping the reservation releases it).
+    Fresh(Reservation),
+    /// Published before, within the window.
+    Duplicate,
+    /// Another request with this pair is being published right now.
+    InFlight,
+}
+
+/// The right to publish one `(source, id)` pair.
+#[derive(Debug)]
+pub struct Reservation {
+    cache: Arc<ReplayCache>,
+    key: Option<Key>,
+}
+
+impl Reservation {
+    /// Remembers the pair until `until`.
+    pub fn commit(mut self, until: Instant) {
+        if let Some(key) = self.key.take() {
+            self.cache.commit(key, until);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.cache.release(&key);
+        }
+    }
+}
+
+impl ReplayCache {
+    /// A cache remembering at most `capacity` pairs.
+    pub fn new(capacity: usize) -> Arc<ReplayCache> {
+        Arc::new(ReplayCache {
+            capacity: capacity.max(1),
+            entries: Mutex::new(Entries::default()),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // The entries stay consistent at every await-free step, so a poisoned lock
+        // (a panic elsewhere while holding it) is still safe to use.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reserves a pair, unless it is remembered or in flight.
+    pub fn reserve(self: &Arc<Self>, source: &str, id: &str, now: Instant) -> Reserve {
+        let key = (source.to_owned(), id.to_owned());
+        let mut entries = self.lock();
+        Self::expire(&mut entries, now);
+        match entries.slots.get(&key) {
+            Some(Slot::InFlight) => Reserve::InFlight,
+            Some(Slot::Seen { until }) if *until > now => Reserve::Duplicate,
+            _ => {
+                if let Some(Slot::Seen { .. }) = entries.slots.insert(key.clone(), Slot::InFlight) {
+                    entries.seen -= 1;
+                }
+                Reserve::Fresh(Reservation {
+                    cache: self.clone(),
+                    key: Some(key),
+                })
+            }
+        }
+    }
+
+    fn commit(&self, key: Key, until: Instant) {
+        let mut entries = self.lock();
+        entries.slots.insert(key.clone(), Slot::Seen { until });
+        entries.order.push_back((until, key));
+        entries.seen += 1;
+        while entries.seen > self.capacity {
+            if Self::pop_oldest(&mut entries) {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn release(&self, key: &Key) {
+        let mut entries = self.lock();
+        if entries.slots.get(key) == Some(&Slot::InFlight) {
+            entries.slots.remove(key);
+        }
+    }
+
+    /// Drops expired pairs from the front of the commit order.
+    fn expire(entries: &mut Entries, now: Instant) {
+        while let Some((until, _)) = entries.order.front() {
+            if *until > now {
+                break;
+            }
+            Self::pop_oldest(entries);
+        }
+    }
+
+    /// Forgets the oldest committed pair; true when a remembered pair was dropped (not a
+    /// stale order entry of a pair committed again since).
+    fn pop_oldest(entries: &mut Entries) -> bool {
+        let Some((until, key)) = entries.order.pop_front() else {
+            entries.seen = 0;
+            return false;
+        };
+        if entries.slots.get(&key) == Some(&Slot::Seen { until }) {
+            entries.slots.remove(&key);
+            entries.seen -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Remembered pairs (not counting reservations in flight).
+    pub fn len(&self) -> usize {
+        self.lock().seen
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pairs forgotten before their window ended because the cache was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: RateLimit = RateLimit {
+        per_sec: 2,
+        burst: 3,
+    };
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(LIMIT, start);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(start), Ok(()));
+        }
+        let wait = bucket.take(start).expect_err("empty");
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+        assert_eq!(bucket.take(start + Duration::from_millis(500)), Ok(()));
+        assert!(bucket.take(start + Duration::from_millis(500)).is_err());
+        // A long pause refills to the burst, not beyond.
+        let later = start + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(later), Ok(()));
+        }
+        assert!(bucket.take(later).is_err());
+    }
+
+    #[test]
+    fn remembers_committed_pairs_for_their_window() {
+        let cache = ReplayCache::new(10);
+        let now = Instant::now();
+        let Reserve::Fresh(reservation) = cache.reserve("relay", "msg_1", now) else {
+            panic!("first sight is fresh");
+        };
+        assert!(matches!(
+            cache.reserve("relay", "msg_1", now),
+            Reserve::InFlight
+        ));
+        reservation.commit(now + Duration::from_secs(10));
+        assert!(matches!(
+            cache.reserve("relay", "msg_1", now + Duration::from_secs(9)),
+            Reserve::Duplicate
+        ));
+        assert!(matches!(
+            cache.reserve("other", "msg_1", now),
+            Reserve::Fresh(_)
+        ));
+        assert!(matches!(
+            cache.reserve("relay", "msg_1", now + Duration::from_secs(10)),
+            Reserve::Fresh(_)
+        ));
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn a_dropped_reservation_is_released() {
+        let cache = ReplayCache::new(10);
+        let now = Instant::now();
+        let first = cache.reserve("relay", "msg_1", now);
+        assert!(matches!(first, Reserve::Fresh(_)));
+        drop(first);
+        assert!(matches!(
+            cache.reserve("relay", "msg_1", now),
+            Reserve::Fresh(_)
+        ));
+    }
+
+    #[test]
+    fn stays_bounded_and_counts_evictions() {
+        let cache = ReplayCache::new(3);
+        let now = Instant::now();
+        for i in 0..5 {
+            let Reserve::Fresh(r) = cache.reserve("s", &i.to_string(), now) else {
+                panic!("fresh");
+            };
+            r.commit(now + Duration::from_secs(60));
+        }
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.evicted(), 2);
+        assert!(matches!(cache.reserve("s", "0", now), Reserve::Fresh(_)));
+        assert!(matches!(cache.reserve("s", "4", now), Reserve::Duplicate));
+    }
+
+    #[test]
+    fn recommitting_a_pair_keeps_the_newer_window() {
+        let cache = ReplayCache::new(10);
+        let now = Instant::now();
+        let Reserve::Fresh(r) = cache.reserve("s", "a", now) else {
+            panic!("fresh");
+        };
+        r.commit(now + Duration::from_secs(1));
+        let later = now + Duration::from_secs(2);
+        let Reserve::Fresh(r) = cache.reserve("s", "a", later) else {
+            panic!("expired, so fresh");
+        };
+        r.commit(later + Duration::from_secs(5));
+        assert!(matches!(
+            cache.reserve("s", "a", later + Duration::from_secs(4)),
+            Reserve::Duplicate
+        ));
+        assert_eq!(cache.len(), 1);
+    }
+}

@@ -1,0 +1,1024 @@
+//! The RabbitMQ backend of the queue, through lapin: for many receivers and workers on a
+//! cluster.
+//!
+//! Topology (all names start with the configured prefix `P`; see `ARCHITECTURE.md`):
+//! - `P.work` (direct exchange) → `P.work` (quorum queue), routing key `allocation`.
+//!   The queue declares `x-delivery-limit` and dead-letters to `P.dead` with
+//!   `x-dead-letter-strategy = at-least-once` and `x-overflow = reject-publish`
+//!   explicitly, so RabbitMQ 3.10 through 4.x behave alike (4.x would otherwise apply a
+//!   default limit of 20 and drop at the limit).
+//! - `P.retry` (direct) → one quorum queue per delay tier, `P.retry.<ms>ms`, each with
+//!   `x-message-ttl` and dead-lettering back to `P.work` (per-queue TTL, so a long delay
+//!   never blocks a short one; no delayed-message plugin).
+//! - `P.dead` (fanout) → `P.dead` (quorum): messages that can never succeed, with every
+//!   attempt's reason in the `x-puhuri-reasons` header.
+//! - `P.events` (topic): decisions go out here for the provider's other systems.
+//!
+//! INVARIANT: [`RabbitBroker::publish_notification`] returns `Ok` only after the broker's
+//! publisher confirm (`ack`, not returned): the message is on disk on a quorum majority.
+//! INVARIANT: publishing is not serialized behind a lock: a small set of confirm-mode
+//! channels is shared round-robin and each publish awaits only its own confirm.
+//! INVARIANT: a delivery is settled exactly once ([`RabbitDelivery`] methods take `self`); a
+//! retry or dead-letter copy is confirmed before the original is acked.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{DeadLetter, PublishError, QueueError, Retried, Select, Topology, jittered};
+use crate::config::AmqpConfig;
+use crate::notification::{Envelope, WorkItem};
+use crate::secret::Secret;
+
+/// Routing key of work messages.
+pub const WORK_ROUTING_KEY: &str = "allocation";
+/// Header: the number of attempts already made.
+pub const HEADER_ATTEMPTS: &str = "x-puhuri-attempts";
+/// Header: one reason per failed attempt.
+pub const HEADER_REASONS: &str = "x-puhuri-reasons";
+/// Delivery limit declared on the work queue: deliveries that crash or stall workers
+/// this many times are dead-lettered by the broker itself.
+pub const WORK_DELIVERY_LIMIT: i64 = 50;
+/// Delivery limit declared on the dead-letter queue (see `declare_topology`).
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000;
+
+struct Session {
+    connection: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    generation: u64,
+}
+
+impl Session {
+    fn channel(&self) -> &Channel {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        &self.channels[index]
+    }
+}
+
+struct Inner {
+    url: Secret,
+    topology: Topology,
+    publish_channels: usize,
+    confirm_timeout: Duration,
+    // Held only to clone the Arc, never across an await.
+    session: RwLock<Option<Arc<Session>>>,
+    generation: AtomicU64,
+    connected: watch::Sender<bool>,
+}
+
+/// A supervised broker connection: reconnects with backoff, redeclares the topology,
+/// and hands out publishers and consumers. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitBroker {
+    inner: Arc<Inner>,
+}
+
+impl RabbitBroker {
+    /// Starts the supervisor; it runs until `stop` is cancelled. The broker may be
+    /// unreachable: publishing then fails fast with [`PublishError::Unavailable`].
+    pub fn start(
+        config: &AmqpConfig,
+        retry_delays: Vec<Duration>,
+        stop: CancellationToken,
+    ) -> RabbitBroker {
+        let (connected, _) = watch::channel(false);
+        let broker = RabbitBroker {
+            inner: Arc::new(Inner {
+                url: config.url.clone(),
+                topology: Topology {
+                    prefix: config.prefix.clone(),
+                    retry_delays,
+                },
+                publish_channels: config.publish_channels,
+                confirm_timeout: config.confirm_timeout,
+                session: RwLock::new(None),
+                generation: AtomicU64::new(0),
+                connected,
+            }),
+        };
+        let supervisor = broker.clone();
+        tokio::spawn(async move { supervisor.supervise(stop).await });
+        broker
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Whether a connection with declared topology is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.session().is_some()
+    }
+
+    /// Waits until connected, or returns `false` when `stop` fires first.
+    pub async fn wait_connected(&self, stop: &CancellationToken) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::select! {
+            result = rx.wait_for(|c| *c) => result.is_ok(),
+            () = stop.cancelled() => false,
+        }
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        match self.inner.session.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_session(&self, session: Option<Arc<Session>>) {
+        let connected = session.is_some();
+        match self.inner.session.write() {
+            Ok(mut guard) => *guard = session,
+            Err(poisoned) => *poisoned.into_inner() = session,
+        }
+        self.inner.connected.send_replace(connected);
+    }
+
+    async fn supervise(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            match self.connect().await {
+                Ok(session) => {
+                    backoff = Duration::from_millis(100);
+                    let session = Arc::new(session);
+                    tracing::info!(
+                        generation = session.generation,
+                        "broker connected, topology declared"
+                    );
+                    self.set_session(Some(session.clone()));
+                    let mut events = session.connection.events_listener();
+                    let mut tick = tokio::time::interval(Duration::from_millis(500));
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            event = events.next() => match event {
+                                Some(lapin::Event::Error(error)) => {
+                                    tracing::warn!(error = %error, "broker connection failed");
+                                    break;
+                                }
+                                Some(_) => {}
+                                None => break,
+                            },
+                            _ = tick.tick() => {
+                                let channels_ok = session.channels.iter().all(|c| c.status().connected());
+                                if !session.connection.status().connected() || !channels_ok {
+                                    tracing::warn!("broker connection or channel closed");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    self.set_session(None);
+                    if stop.is_cancelled() {
+                        let _ = session.connection.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                    let _ = session.connection.close(320, "reconnecting".into()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.set_session(None);
+    }
+
+    async fn connect(&self) -> Result<Session, lapin::Error> {
+        let connect = Connection::connect(self.inner.url.expose(), ConnectionProperties::default());
+        let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(lapin::ErrorKind::IOError(Arc::new(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+                .into());
+            }
+        };
+        let setup = connection.create_channel().await?;
+        declare_topology(&setup, &self.inner.topology).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut channels = Vec::with_capacity(self.inner.publish_channels);
+        for _ in 0..self.inner.publish_channels {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Session {
+            connection,
+            channels,
+            next: AtomicUsize::new(0),
+            generation,
+        })
+    }
+
+    /// Publishes a notification for the workers; `Ok` only after the publisher confirm.
+    pub async fn publish_notification(&self, item: &WorkItem) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(&Envelope::V1(item.clone())).map_err(PublishError::Encode)?;
+        let topology = &self.inner.topology;
+        self.publish(
+            &topology.work_exchange(),
+            WORK_ROUTING_KEY,
+            &body,
+            work_properties(&item.id, FieldTable::default()),
+            true,
+        )
+        .await
+    }
+
+    /// Publishes a decision event on the events exchange. Nobody may be listening, so it
+    /// is not mandatory, but it is confirmed.
+    pub async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        self.publish(
+            &self.inner.topology.events_exchange(),
+            routing_key,
+            body,
+            work_properties(message_id, FieldTable::default()),
+            false,
+        )
+        .await
+    }
+
+    /// Publishes and awaits the confirm. When the connection fails after the message
+    /// was sent but before its confirm, the message is published again on the next
+    /// connection, within the confirm timeout: every unconfirmed message is republished,
+    /// and consumers tolerate the duplicate.
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let timeout = self.inner.confirm_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Not connected at all: answer at once, the sender retries.
+        let mut session = self.session().ok_or(PublishError::Unavailable)?;
+        loop {
+            let channel = session.channel();
+            let publish = async {
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        BasicPublishOptions {
+                            mandatory,
+                            ..BasicPublishOptions::default()
+                        },
+                        body,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await
+            };
+            let error = match tokio::time::timeout_at(deadline, publish).await {
+                Err(_) => return Err(PublishError::Timeout(timeout)),
+                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                    return Err(PublishError::Unroutable(returned.reply_text.to_string()));
+                }
+                Ok(Ok(Confirmation::Nack(_))) | Ok(Ok(Confirmation::NotRequested)) => {
+                    return Err(PublishError::Nacked);
+                }
+                Ok(Err(error)) => error,
+            };
+            // The channel or connection failed: wait for the supervisor's next session.
+            let generation = session.generation;
+            let next = async {
+                let mut rx = self.inner.connected.subscribe();
+                loop {
+                    if let Some(current) = self.session()
+                        && current.generation != generation
+                    {
+                        return Some(current);
+                    }
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Some(current)) => {
+                    tracing::info!(error = %error, "publish interrupted by a reconnect; publishing again");
+                    session = current;
+                }
+                _ => return Err(PublishError::Broker(error)),
+            }
+        }
+    }
+
+    /// Opens a consumer on the work queue with the given prefetch, waiting for a
+    /// connection first. Returns `None` when `stop` fires before that.
+    pub async fn consume(
+        &self,
+        prefetch: u16,
+        stop: &CancellationToken,
+    ) -> Option<RabbitDeliveries> {
+        loop {
+            if !self.wait_connected(stop).await {
+                return None;
+            }
+            let Some(session) = self.session() else {
+                continue;
+            };
+            match self.open_consumer(&session, prefetch).await {
+                Ok(consumer) => {
+                    return Some(RabbitDeliveries {
+                        consumer,
+                        broker: self.clone(),
+                        generation: session.generation,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot open a consumer; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_consumer(
+        &self,
+        session: &Session,
+        prefetch: u16,
+    ) -> Result<lapin::Consumer, lapin::Error> {
+        let channel = session.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        channel
+            .basic_consume(
+                self.inner.topology.work_queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Deletes every queue of this topology (tests and `purge` tooling).
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        for queue in self.inner.topology.queues() {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        let topology = &self.inner.topology;
+        for exchange in [
+            topology.work_exchange(),
+            topology.retry_exchange(),
+            topology.dead_exchange(),
+            topology.events_exchange(),
+        ] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Takes one message from a queue of this topology, acking it (tests and tooling).
+    pub async fn take_one(&self, queue: &str) -> Result<Option<RawMessage>, QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let message = channel
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await?;
+        let result = match message {
+            Some(message) => {
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await?;
+                let headers = header_strings(&message.delivery.properties);
+                Some(RawMessage {
+                    message_id: message
+                        .delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    body: message.delivery.data.clone(),
+                    headers,
+                })
+            }
+            None => None,
+        };
+        let _ = channel.close(200, "done".into()).await;
+        Ok(result)
+    }
+
+    /// Messages ready in a queue of this topology.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(declared.message_count())
+    }
+
+    /// Declares a queue bound to the events exchange with `binding` (e.g. `allocation.#`),
+    /// for tests and tooling that read decision events with [`Broker::take_one`]. The
+    /// queue expires a minute after its last use.
+    pub async fn bind_events_queue(&self, queue: &str, binding: &str) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.inner.topology.events_exchange().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+fn dead_letter_from(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let (attempts, reasons) = attempt_history(&delivery.properties);
+    DeadLetter {
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        attempts,
+        reasons,
+        item: match serde_json::from_slice::<Envelope>(&delivery.data) {
+            Ok(Envelope::V1(item)) => Some(item),
+            Err(_) => None,
+        },
+        body: delivery.data.clone(),
+    }
+}
+
+impl RabbitBroker {
+    /// Reads up to `limit` dead letters without removing them.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let session = self.session().ok_or(QueueError::Unreachable)?;
+        let channel = session.connection.create_channel().await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(message) = channel
+                .basic_get(
+                    self.inner.topology.dead_queue().into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await?
+            else {
+                break;
+            };
+            letters.push(dead_letter_from(&message.delivery));
+        }
+        // Closing the channel returns every message read to the queue.
+        let _ = channel.close(200, "inspected".into()).await;
+        Ok(letters)
+    }
+
+    /// Moves dead letters back to the work queue with a fresh attempt count, or removes
+    /// them (`replay = false`). Each message is published and confirmed before its dead
+    /// copy is acked. Calls `progress(done, total)` after each one. Returns how many.
+    pub async fn settle_dead_letters(
+        &self,
+        select: Select<'_>,
+        replay: bool,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<usize, QueueError> {
+        let session = self.session().ok_or(QueueError::Unreachable)?;
+        let topology = &self.inner.topology;
+        let channel = session.connection.create_channel().await?;
+        // Only the messages present now: a replayed message that fails again and comes
+        // back must not be replayed twice in one run.
+        let present = channel
+            .queue_declare(
+                topology.dead_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .message_count() as usize;
+        let total = match select {
+            Select::One(_) => 1,
+            Select::All => present,
+        };
+        let mut done = 0;
+        for _ in 0..present {
+            let Some(message) = channel
+                .basic_get(
+                    topology.dead_queue().into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await?
+            else {
+                break;
+            };
+            let letter = dead_letter_from(&message.delivery);
+            if !select.matches(&letter.message_id) {
+                continue; // left unacked: returned to the queue when the channel closes
+            }
+            if replay {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "x-puhuri-replayed-reasons".into(),
+                    reasons_array(&letter.reasons),
+                );
+                self.publish(
+                    &topology.work_exchange(),
+                    WORK_ROUTING_KEY,
+                    &letter.body,
+                    work_properties(&letter.message_id, headers),
+                    true,
+                )
+                .await?;
+            }
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await?;
+            done += 1;
+            progress(done, total);
+            if matches!(select, Select::One(_)) {
+                break;
+            }
+        }
+        let _ = channel.close(200, "settled".into()).await;
+        Ok(done)
+    }
+}
+
+/// A message read by [`RabbitBroker::take_one`].
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub message_id: String,
+    pub body: Vec<u8>,
+    /// String-valued headers, and string arrays joined with `\n`.
+    pub headers: Vec<(String, String)>,
+}
+
+fn header_strings(properties: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = properties.headers() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(key, value)| {
+            let text = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::FieldArray(items) => items
+                    .as_slice()
+                    .iter()
+                    .filter_map(|v| match v {
+                        AMQPValue::LongString(s) => {
+                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return None,
+            };
+            Some((key.to_string(), text))
+        })
+        .collect()
+}
+
+fn work_properties(message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message_id.into())
+        .with_headers(headers)
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn safe_dead_lettering(args: &mut FieldTable, exchange: &str, routing_key: Option<&str>) {
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(exchange.into()),
+    );
+    if let Some(key) = routing_key {
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(key.into()),
+        );
+    }
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+}
+
+async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (topology.work_exchange(), ExchangeKind::Direct),
+        (topology.retry_exchange(), ExchangeKind::Direct),
+        (topology.dead_exchange(), ExchangeKind::Fanout),
+        (topology.events_exchange(), ExchangeKind::Topic),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await?;
+    }
+
+    channel
+        .queue_declare(topology.dead_queue().into(), durable_queue, {
+            // Inspecting dead letters (`dlq list`) returns them to the queue, which
+            // counts as a delivery; the limit is set high so inspection never drops them.
+            let mut args = quorum_arguments();
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+            );
+            args
+        })
+        .await?;
+    channel
+        .queue_bind(
+            topology.dead_queue().into(),
+            topology.dead_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut work_args = quorum_arguments();
+    work_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(WORK_DELIVERY_LIMIT),
+    );
+    safe_dead_lettering(&mut work_args, &topology.dead_exchange(), None);
+    channel
+        .queue_declare(topology.work_queue().into(), durable_queue, work_args)
+        .await?;
+    channel
+        .queue_bind(
+            topology.work_queue().into(),
+            topology.work_exchange().into(),
+            WORK_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    for delay in &topology.retry_delays {
+        let mut args = quorum_arguments();
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        safe_dead_lettering(&mut args, &topology.work_exchange(), Some(WORK_ROUTING_KEY));
+        let queue = topology.retry_queue(*delay);
+        channel
+            .queue_declare(queue.clone().into(), durable_queue, args)
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                topology.retry_exchange().into(),
+                Topology::retry_routing_key(*delay).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The stream of deliveries of one consumer.
+pub struct RabbitDeliveries {
+    consumer: lapin::Consumer,
+    broker: RabbitBroker,
+    generation: u64,
+}
+
+impl RabbitDeliveries {
+    /// The next delivery; `None` when the consumer's channel or connection is gone (the
+    /// caller opens a new consumer, and unacked deliveries come back redelivered).
+    pub async fn next(&mut self) -> Option<RabbitDelivery> {
+        match self.consumer.next().await {
+            Some(Ok(delivery)) => Some(RabbitDelivery::new(
+                delivery,
+                self.broker.clone(),
+                self.generation,
+            )),
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "consumer failed");
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// One delivery from the work queue.
+pub struct RabbitDelivery {
+    /// The decoded message, or why it could not be decoded.
+    pub item: Result<WorkItem, String>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// Reasons of the earlier failed attempts.
+    pub reasons: Vec<String>,
+    pub redelivered: bool,
+    pub message_id: String,
+    raw: lapin::message::Delivery,
+    broker: RabbitBroker,
+    generation: u64,
+}
+
+impl RabbitDelivery {
+    fn new(raw: lapin::message::Delivery, broker: RabbitBroker, generation: u64) -> RabbitDelivery {
+        let item = match serde_json::from_slice::<Envelope>(&raw.data) {
+            Ok(Envelope::V1(item)) => Ok(item),
+            Err(error) => Err(format!("undecodable message: {error}")),
+        };
+        let (attempts, reasons) = attempt_history(&raw.properties);
+        let message_id = raw
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        RabbitDelivery {
+            item,
+            attempts,
+            reasons,
+            redelivered: raw.redelivered,
+            message_id,
+            raw,
+            broker,
+            generation,
+        }
+    }
+
+    /// Done: remove it from the queue.
+    pub async fn ack(self) -> Result<(), QueueError> {
+        self.settle_ack().await
+    }
+
+    /// Acks on the channel it came from, unless that connection has been replaced: after
+    /// a reconnect the broker has requeued it already, and an ack would be meaningless.
+    async fn settle_ack(&self) -> Result<(), QueueError> {
+        let current = self.broker.session().map(|s| s.generation);
+        if current != Some(self.generation) {
+            return Err(QueueError::Stale);
+        }
+        self.raw.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Give it back to the queue now (the broker counts it against the delivery limit).
+    pub async fn requeue(self) -> Result<(), QueueError> {
+        self.raw
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Schedules another attempt, or dead-letters it when `max_attempts` are used up.
+    ///
+    /// The delay is the attempt's tier, or the first longer tier that covers the
+    /// server's `retry_after` (bounded by the last tier). The message's own expiration
+    /// shortens it by up to `jitter` (a fraction) at random, so that failures that
+    /// happened together are not retried together; within one tier queue a message can
+    /// wait behind an older one by at most that jitter. The copy is confirmed before the
+    /// original is acked.
+    pub async fn retry_later(
+        self,
+        reason: &str,
+        max_attempts: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Result<Retried, QueueError> {
+        let attempts = self.attempts + 1;
+        if attempts >= max_attempts {
+            self.dead_letter(reason).await?;
+            return Ok(Retried::DeadLettered { attempts });
+        }
+        let topology = self.broker.topology().clone();
+        let delay = topology.delay_covering(attempts, retry_after);
+        let jittered = jittered(delay, jitter);
+        let mut reasons = self.reasons.clone();
+        reasons.push(reason.to_owned());
+        let properties = work_properties(&self.message_id, attempt_headers(attempts, &reasons))
+            .with_expiration(jittered.as_millis().to_string().into());
+        self.broker
+            .publish(
+                &topology.retry_exchange(),
+                &Topology::retry_routing_key(delay),
+                &self.raw.data,
+                properties,
+                true,
+            )
+            .await?;
+        self.settle_ack().await?;
+        Ok(Retried::Scheduled {
+            attempts,
+            delay: jittered,
+        })
+    }
+
+    /// Moves it to the dead-letter queue with every attempt's reason.
+    pub async fn dead_letter(self, reason: &str) -> Result<(), QueueError> {
+        let topology = self.broker.topology().clone();
+        let mut reasons = self.reasons.clone();
+        reasons.push(reason.to_owned());
+        let properties = work_properties(
+            &self.message_id,
+            attempt_headers(self.attempts + 1, &reasons),
+        );
+        self.broker
+            .publish(
+                &topology.dead_exchange(),
+                "dead",
+                &self.raw.data,
+                properties,
+                true,
+            )
+            .await?;
+        self.settle_ack().await?;
+        Ok(())
+    }
+}
+
+fn attempt_history(properties: &BasicProperties) -> (u32, Vec<String>) {
+    let mut attempts = 0;
+    let mut reasons = Vec::new();
+    if let Some(headers) = properties.headers() {
+        for (key, value) in headers.inner() {
+            match (key.as_str(), value) {
+                (HEADER_ATTEMPTS, AMQPValue::LongLongInt(n)) => {
+                    attempts = u32::try_from(*n).unwrap_or(0)
+                }
+                (HEADER_REASONS, AMQPValue::FieldArray(items)) => {
+                    reasons = items
+                        .as_slice()
+                        .iter()
+                        .filter_map(|v| match v {
+                            AMQPValue::LongString(s) => {
+                                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+    }
+    (attempts, reasons)
+}
+
+fn reasons_array(reasons: &[String]) -> AMQPValue {
+    let values: Vec<AMQPValue> = reasons
+        .iter()
+        .map(|r| AMQPValue::LongString(LongString::from(truncate_reason(r))))
+        .collect();
+    AMQPValue::FieldArray(FieldArray::from(values))
+}
+
+fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_ATTEMPTS.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    headers.insert(HEADER_REASONS.into(), reasons_array(reasons));
+    headers
+}
+
+fn truncate_reason(reason: &str) -> String {
+    reason.chars().take(500).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_follow_the_tiers_and_stay_on_the_last() {
+        let topology = Topology {
+            prefix: "p".into(),
+            retry_delays: vec![Duration::from_millis(10), Duration::from_millis(20)],
+        };
+        assert_eq!(topology.delay_for(1), Duration::from_millis(10));
+        assert_eq!(topology.delay_for(2), Duration::from_millis(20));
+        assert_eq!(topology.delay_for(9), Duration::from_millis(20));
+        assert_eq!(
+            topology.retry_queue(Duration::from_millis(10)),
+            "p.retry.10ms"
+        );
+    }
+
+    #[test]
+    fn retry_after_picks_the_first_tier_that_covers_it() {
+        let topology = Topology {
+            prefix: "p".into(),
+            retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+        };
+        let covering =
+            |attempts, secs| topology.delay_covering(attempts, Some(Duration::from_secs(secs)));
+        assert_eq!(covering(1, 0), Duration::from_secs(1));
+        assert_eq!(covering(1, 3), Duration::from_secs(5));
+        assert_eq!(covering(1, 3600), Duration::from_secs(30));
+        assert_eq!(covering(3, 2), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_only_shortens_and_stays_within_the_fraction() {
+        for _ in 0..1000 {
+            let delay = jittered(Duration::from_millis(1000), 0.2);
+            assert!((800..=1000).contains(&delay.as_millis()), "{delay:?}");
+        }
+        assert_eq!(
+            jittered(Duration::from_millis(1000), 0.0),
+            Duration::from_millis(1000)
+        );
+    }
+}

@@ -1,0 +1,870 @@
+//! The receiver's answers to every class of bad input (`docs/ingress.md`, one test per
+//! row): status, problem `type`, and a work queue that stayed empty. Plus the accepted
+//! schemes end to end, replays, and a log capture proving no secret is ever logged.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use puhuri_approver::app::Roles;
+use puhuri_approver::signature::{GithubSecret, WebhookSecret};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Options, SECRET, TOKEN, TestApp, now, spawn_app};
+
+const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+const PATH_SECRET: &str = "waldur-path-secret-0123456789abcdefghijkl";
+const ORDER: &str = "0bd3a4ee3c0a4b4d8f0c6b2f6f1e2a11";
+
+fn extra_config() -> String {
+    format!(
+        r#"
+[receiver]
+request_timeout_ms = 1500
+
+[[sources]]
+name = "gh"
+format = "allocation"
+auth = "github"
+secrets = ["{GITHUB_SECRET}"]
+
+[[sources]]
+name = "waldur"
+format = "waldur-hook"
+auth = "path-secret"
+secrets = ["{PATH_SECRET}"]
+
+[[sources]]
+name = "office"
+format = "allocation"
+auth = "none"
+insecure_no_auth = true
+allowed_networks = ["192.0.2.0/24", "2001:db8::/32"]
+
+[[sources]]
+name = "slow"
+format = "allocation"
+auth = "standard-webhooks"
+secrets = ["{SECRET}"]
+rate_limit_per_sec = 1
+rate_limit_burst = 1
+"#
+    )
+}
+
+async fn receiver() -> TestApp {
+    spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        extra_config: extra_config(),
+        ..Options::default()
+    })
+    .await
+}
+
+fn allocation(order: &str) -> Vec<u8> {
+    json!({"type": "allocation.created", "order_uuid": order})
+        .to_string()
+        .into_bytes()
+}
+
+/// Standard Webhooks headers for `body` under `id`, signed now with the test secret.
+fn signed(id: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let secret = WebhookSecret::parse(SECRET).expect("secret");
+    let ts = now();
+    vec![
+        ("content-type", "application/json".to_owned()),
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", secret.sign(id, ts, body)),
+    ]
+}
+
+async fn post(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut request = app.http.post(app.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.body(body).send().await.expect("receiver answers")
+}
+
+/// Asserts a problem answer with its `type`, then that nothing was queued.
+async fn assert_refused(app: &TestApp, response: reqwest::Response, status: u16, cause: &str) {
+    assert_eq!(response.status().as_u16(), status, "cause `{cause}`");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.expect("problem json");
+    assert_eq!(
+        body["type"],
+        json!(format!("urn:puhuri-approver:problem:{cause}")),
+        "{body}"
+    );
+    assert_eq!(body["status"], json!(status));
+    assert_eq!(app.work_queue_depth().await, 0, "nothing is queued");
+    let counted = app
+        .running
+        .as_ref()
+        .expect("running")
+        .stats
+        .refusals()
+        .into_iter()
+        .any(|(c, n)| c == cause && n >= 1);
+    assert!(counted, "`{cause}` is counted");
+}
+
+/// Posts a body signed correctly to `relay` and expects a refusal.
+async fn signed_refusal(body: &[u8], status: u16, cause: &str) {
+    let app = receiver().await;
+    let response = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed("msg_bad", body),
+        body.to_vec(),
+    )
+    .await;
+    assert_refused(&app, response, status, cause).await;
+    app.stop().await;
+}
+
+// ---- one test per row of the table in docs/ingress.md ------------------------------
+
+#[tokio::test]
+async fn row_unknown_source() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let response = post(
+        &app,
+        "/v1/notifications/nobody",
+        &signed("msg_1", &body),
+        body,
+    )
+    .await;
+    assert_refused(&app, response, 404, "unknown-source").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_secret_path_on_a_signed_source() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let response = post(
+        &app,
+        "/v1/notifications/relay/extra",
+        &signed("msg_1", &body),
+        body,
+    )
+    .await;
+    assert_refused(&app, response, 404, "unknown-source").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_wrong_method() {
+    let app = receiver().await;
+    let response = app
+        .http
+        .get(app.url("/v1/notifications/relay"))
+        .send()
+        .await
+        .expect("answer");
+    assert_refused(&app, response, 405, "method-not-allowed").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_too_many_headers() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut headers = signed("msg_1", &body);
+    for i in 0..70 {
+        headers.push((
+            Box::leak(format!("x-extra-{i}").into_boxed_str()),
+            "1".into(),
+        ));
+    }
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 431, "headers-too-large").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_headers_too_large() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut headers = signed("msg_1", &body);
+    headers.push(("x-padding", "a".repeat(17 * 1024)));
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 431, "headers-too-large").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_address_outside_allowed_networks() {
+    let app = receiver().await;
+    let response = post(
+        &app,
+        "/v1/notifications/office",
+        &[("content-type", "application/json".into())],
+        allocation(ORDER),
+    )
+    .await;
+    assert_refused(&app, response, 403, "forbidden-network").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_forwarded_for_is_ignored_unless_trusted() {
+    let app = receiver().await;
+    let response = post(
+        &app,
+        "/v1/notifications/office",
+        &[
+            ("content-type", "application/json".into()),
+            ("x-forwarded-for", "192.0.2.10".into()),
+        ],
+        allocation(ORDER),
+    )
+    .await;
+    assert_refused(&app, response, 403, "forbidden-network").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_rate_limit_exceeded() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut limited = None;
+    // Burst 1 at 1/s: the first unsigned request takes the token (401), a next one
+    // within the same second is limited.
+    for _ in 0..5 {
+        let response = post(
+            &app,
+            "/v1/notifications/slow",
+            &[("content-type", "application/json".into())],
+            body.clone(),
+        )
+        .await;
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 401);
+    }
+    let response = limited.expect("a request was rate limited");
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_refused(&app, response, 429, "rate-limited").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_wrong_content_type() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut headers = signed("msg_1", &body);
+    headers[0].1 = "text/plain".into();
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 415, "unsupported-media-type").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_body_too_large() {
+    let app = receiver().await;
+    let body = vec![b' '; 256 * 1024 + 1];
+    let response = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed("msg_1", &body),
+        body,
+    )
+    .await;
+    assert_refused(&app, response, 413, "body-too-large").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_body_too_slow() {
+    let app = receiver().await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // Announces 100 bytes, sends 10, then waits: the receiver answers when its request
+    // timeout passes.
+    stream
+        .write_all(
+            b"POST /v1/notifications/relay HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":\"a",
+        )
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::helpers::WAIT, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buffer).await.expect("read");
+            answer.extend_from_slice(&buffer[..n]);
+            if n == 0 || answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the receiver answered");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("urn:puhuri-approver:problem:request-timeout"),
+        "{text}"
+    );
+    assert_eq!(app.work_queue_depth().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_missing_signature_header() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut headers = signed("msg_1", &body);
+    headers.retain(|(name, _)| *name != "webhook-signature");
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 401, "missing-signature-header").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_malformed_id() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let response = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed(&"x".repeat(300), &body),
+        body,
+    )
+    .await;
+    assert_refused(&app, response, 401, "malformed-id").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_malformed_timestamp() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut headers = signed("msg_1", &body);
+    headers[2].1 = format!("+{}", now());
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 401, "malformed-timestamp").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_stale_timestamp() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let secret = WebhookSecret::parse(SECRET).expect("secret");
+    for ts in [now() - 310, now() + 310] {
+        let headers = vec![
+            ("content-type", "application/json".to_owned()),
+            ("webhook-id", "msg_1".to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", secret.sign("msg_1", ts, &body)),
+        ];
+        let response = post(&app, "/v1/notifications/relay", &headers, body.clone()).await;
+        assert_refused(&app, response, 401, "stale-timestamp").await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_bad_signature() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let other = WebhookSecret::parse("whsec_bG9jYWwtZGVtby1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u")
+        .expect("secret");
+    let ts = now();
+    let headers = vec![
+        ("content-type", "application/json".to_owned()),
+        ("webhook-id", "msg_1".to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", other.sign("msg_1", ts, &body)),
+    ];
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 401, "bad-signature").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_too_many_signatures() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let mut headers = signed("msg_1", &body);
+    headers[3].1 = vec![headers[3].1.clone(); 9].join(" ");
+    let response = post(&app, "/v1/notifications/relay", &headers, body).await;
+    assert_refused(&app, response, 401, "signature-header-too-large").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_github_signature_not_matching() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let headers = vec![
+        ("content-type", "application/json".to_owned()),
+        ("x-github-delivery", "d-1".to_owned()),
+        (
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_owned(),
+        ),
+    ];
+    let response = post(&app, "/v1/notifications/gh", &headers, body).await;
+    assert_refused(&app, response, 401, "bad-signature").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_github_signature_malformed() {
+    let app = receiver().await;
+    let headers = vec![
+        ("content-type", "application/json".to_owned()),
+        ("x-github-delivery", "d-1".to_owned()),
+        ("x-hub-signature-256", "sha1=abc".to_owned()),
+    ];
+    let response = post(&app, "/v1/notifications/gh", &headers, allocation(ORDER)).await;
+    assert_refused(&app, response, 401, "malformed-signature").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_path_secret_wrong_or_missing() {
+    let app = receiver().await;
+    let hook = br#"{"event_type":"marketplace_order_created","context":{"order_uuid":"0bd3a4ee3c0a4b4d8f0c6b2f6f1e2a11"}}"#;
+    let json = [("content-type", "application/json".to_owned())];
+    let wrong = format!("/v1/notifications/waldur/{}x", &PATH_SECRET[1..]);
+    let response = post(&app, &wrong, &json, hook.to_vec()).await;
+    assert_refused(&app, response, 401, "bad-path-secret").await;
+    let response = post(&app, "/v1/notifications/waldur", &json, hook.to_vec()).await;
+    assert_refused(&app, response, 401, "bad-path-secret").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_empty_body() {
+    signed_refusal(b"", 400, "empty-body").await;
+}
+
+#[tokio::test]
+async fn row_invalid_utf8() {
+    signed_refusal(
+        b"{\"type\":\"allocation.created\xff\"}",
+        400,
+        "invalid-utf8",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn row_not_json() {
+    signed_refusal(b"{\"type\": allocation.created}", 400, "malformed-json").await;
+}
+
+#[tokio::test]
+async fn row_trailing_garbage() {
+    let mut body = allocation(ORDER);
+    body.extend_from_slice(b" {}");
+    signed_refusal(&body, 400, "malformed-json").await;
+}
+
+#[tokio::test]
+async fn row_too_deeply_nested() {
+    let body = format!(
+        r#"{{"type":"allocation.created","order_uuid":"{ORDER}","x":{}{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    signed_refusal(body.as_bytes(), 400, "too-deeply-nested").await;
+}
+
+#[tokio::test]
+async fn row_huge_number() {
+    let body = format!(
+        r#"{{"type":"allocation.created","order_uuid":{}}}"#,
+        "9".repeat(400)
+    );
+    signed_refusal(body.as_bytes(), 400, "number-too-large").await;
+}
+
+#[tokio::test]
+async fn row_wrong_json_type() {
+    signed_refusal(
+        br#"{"type":"allocation.created","order_uuid":["0bd3a4ee3c0a4b4d8f0c6b2f6f1e2a11"]}"#,
+        422,
+        "invalid-payload",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn row_unknown_field() {
+    let body = format!(r#"{{"type":"allocation.created","order_uuid":"{ORDER}","extra":1}}"#);
+    signed_refusal(body.as_bytes(), 422, "invalid-payload").await;
+}
+
+#[tokio::test]
+async fn row_unknown_event_type() {
+    let body = format!(r#"{{"type":"allocation.deleted","order_uuid":"{ORDER}"}}"#);
+    signed_refusal(body.as_bytes(), 422, "unknown-event-type").await;
+}
+
+#[tokio::test]
+async fn row_malformed_uuid() {
+    signed_refusal(&allocation("0bd3a4ee-nope"), 422, "invalid-uuid").await;
+}
+
+#[tokio::test]
+async fn row_missing_uuid() {
+    signed_refusal(br#"{"type":"allocation.created"}"#, 422, "no-allocation").await;
+}
+
+#[tokio::test]
+async fn row_waldur_stringly_values() {
+    let app = receiver().await;
+    let path = format!("/v1/notifications/waldur/{PATH_SECRET}");
+    let json = [("content-type", "application/json".to_owned())];
+    let false_uuid = br#"{"event_type":"marketplace_order_created","context":{"order_uuid":"False","offering_shared":"True"}}"#;
+    let response = post(&app, &path, &json, false_uuid.to_vec()).await;
+    assert_refused(&app, response, 422, "invalid-uuid").await;
+    let none_uuids = br#"{"event_type":"marketplace_order_created","context":{"order_uuid":"None","resource_uuid":"None"}}"#;
+    let response = post(&app, &path, &json, none_uuids.to_vec()).await;
+    assert_refused(&app, response, 422, "no-allocation").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_waldur_event_of_no_interest() {
+    let app = receiver().await;
+    let path = format!("/v1/notifications/waldur/{PATH_SECRET}");
+    let body = br#"{"event_type":"user_password_updated","context":{"user_uuid":"None"}}"#;
+    let response = post(
+        &app,
+        &path,
+        &[("content-type", "application/json".to_owned())],
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(
+        answer,
+        json!({"status": "ignored", "event_type": "user_password_updated"})
+    );
+    assert_eq!(app.work_queue_depth().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_replay_is_answered_duplicate_and_not_queued_again() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let headers = signed("msg_replay", &body);
+    let first = post(&app, "/v1/notifications/relay", &headers, body.clone()).await;
+    assert_eq!(first.status(), 202);
+    let replay = post(&app, "/v1/notifications/relay", &headers, body.clone()).await;
+    assert_eq!(replay.status(), 200);
+    let answer: Value = replay.json().await.expect("json");
+    assert_eq!(answer, json!({"status": "duplicate", "id": "msg_replay"}));
+    // The same id re-signed later (a sender's retry) is a duplicate too.
+    let retry = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed("msg_replay", &body),
+        body,
+    )
+    .await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(app.work_queue_depth().await, 1);
+    let stats = &app.running.as_ref().expect("running").stats;
+    assert_eq!(
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_identical_requests_at_once_queue_once() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let headers = signed("msg_twice", &body);
+    let (a, b) = tokio::join!(
+        post(&app, "/v1/notifications/relay", &headers, body.clone()),
+        post(&app, "/v1/notifications/relay", &headers, body.clone()),
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert!(
+        statuses == [200, 202] || statuses == [202, 409],
+        "{statuses:?}"
+    );
+    assert_eq!(app.work_queue_depth().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_broker_unavailable() {
+    let app = spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        expect_broker: false,
+        ..Options::default()
+    })
+    .await;
+    let body = allocation(ORDER);
+    let response = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed("msg_1", &body),
+        body,
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let problem: Value = response.json().await.expect("json");
+    assert_eq!(
+        problem["type"],
+        json!("urn:puhuri-approver:problem:broker-unavailable")
+    );
+    // Nothing was remembered: the sender's retry is not a duplicate.
+    let body = allocation(ORDER);
+    let retry = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed("msg_1", &body),
+        body,
+    )
+    .await;
+    assert_eq!(retry.status(), 503);
+    app.stop().await;
+}
+
+// ---- the accepted schemes end to end ------------------------------------------------
+
+#[tokio::test]
+async fn github_vector_authenticates_and_a_flipped_one_does_not() {
+    let app = receiver().await;
+    let headers = |signature: &str| {
+        vec![
+            ("content-type", "application/json".to_owned()),
+            (
+                "x-github-delivery",
+                "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_owned(),
+            ),
+            ("x-hub-signature-256", signature.to_owned()),
+        ]
+    };
+    let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let flipped = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e18";
+    // The vector's body is not a notification: authenticated, then refused as not JSON.
+    let response = post(
+        &app,
+        "/v1/notifications/gh",
+        &headers(good),
+        b"Hello, World!".to_vec(),
+    )
+    .await;
+    assert_refused(&app, response, 400, "malformed-json").await;
+    let response = post(
+        &app,
+        "/v1/notifications/gh",
+        &headers(flipped),
+        b"Hello, World!".to_vec(),
+    )
+    .await;
+    assert_refused(&app, response, 401, "bad-signature").await;
+
+    let body = allocation(ORDER);
+    let signature = GithubSecret::parse(GITHUB_SECRET)
+        .expect("secret")
+        .sign(&body);
+    let response = post(&app, "/v1/notifications/gh", &headers(&signature), body).await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(
+        answer,
+        json!({"status": "queued", "id": "72d3162e-cc78-11e3-81ab-4c9367dc0958"})
+    );
+    assert_eq!(app.work_queue_depth().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn waldur_hook_with_the_path_secret_is_queued_once() {
+    let app = receiver().await;
+    let path = format!("/v1/notifications/waldur/{PATH_SECRET}");
+    let hook = format!(
+        r#"{{"created":"2026-01-01T00:00:00Z","event_type":"marketplace_order_created","context":{{"order_uuid":"{ORDER}","resource_uuid":"None","is_industry":"False"}}}}"#
+    );
+    let json = [("content-type", "application/json".to_owned())];
+    let response = post(&app, &path, &json, hook.clone().into_bytes()).await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.expect("json");
+    assert!(
+        answer["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("wh_")),
+        "{answer}"
+    );
+    // Waldur sends the same hook body again: the derived id makes it a duplicate.
+    let again = post(&app, &path, &json, hook.into_bytes()).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(app.work_queue_depth().await, 1);
+    app.stop().await;
+}
+
+// ---- secret hygiene -------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of the process (receiver, workers, broker client, simulator;
+/// successes and failures) at `debug` and checks that no secret appears in it.
+#[tokio::test]
+async fn no_secret_or_token_appears_in_the_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+
+    let mut app = spawn_app(Options {
+        extra_config: extra_config(),
+        sim_hook: true,
+        max_attempts: 1,
+        ..Options::default()
+    })
+    .await;
+    // Accepted and decided.
+    let created = app.create(json!({"cpu_k_hours": 10})).await;
+    assert_eq!(app.notify("msg_logs_ok", &created).await.status(), 202);
+    app.settled("msg_logs_ok").await;
+    // An allocation Puhuri Core does not know: dead-lettered.
+    let unknown = allocation("ffffffffffffffffffffffffffffffff");
+    let response = post(
+        &app,
+        "/v1/notifications/relay",
+        &signed("msg_logs_dead", &unknown),
+        unknown,
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    app.settled("msg_logs_dead").await;
+    // Refusals of every scheme.
+    let body = allocation(ORDER);
+    let mut forged = signed("msg_forged", &body);
+    forged[3].1 = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=".into();
+    let response = post(&app, "/v1/notifications/relay", &forged, body.clone()).await;
+    assert_eq!(response.status(), 401);
+    let wrong_path = format!("/v1/notifications/waldur/{}", &PATH_SECRET[..35]);
+    let json_only = [("content-type", "application/json".to_owned())];
+    let response = post(&app, &wrong_path, &json_only, body.clone()).await;
+    assert_eq!(response.status(), 401);
+    let good_path = format!("/v1/notifications/waldur/{PATH_SECRET}");
+    let response = post(&app, &good_path, &json_only, b"{".to_vec()).await;
+    assert_eq!(response.status(), 400);
+    let gh = vec![
+        ("content-type", "application/json".to_owned()),
+        ("x-github-delivery", "d-logs".to_owned()),
+        ("x-hub-signature-256", format!("sha256={}", "0".repeat(64))),
+    ];
+    let response = post(&app, "/v1/notifications/gh", &gh, body.clone()).await;
+    assert_eq!(response.status(), 401);
+    app.stop().await;
+
+    // The broker away: 503.
+    let down = spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        expect_broker: false,
+        ..Options::default()
+    })
+    .await;
+    let response = post(
+        &down,
+        "/v1/notifications/relay",
+        &signed("msg_logs_503", &body),
+        body,
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    down.stop().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    for expected in [
+        "notification queued",
+        "notification refused",
+        "msg_logs_dead",
+    ] {
+        assert!(logs.contains(expected), "the capture misses `{expected}`");
+    }
+    let secrets = [
+        SECRET,
+        &SECRET["whsec_".len()..],
+        GITHUB_SECRET,
+        PATH_SECRET,
+        &PATH_SECRET[..35],
+        TOKEN,
+        "guest:guest",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    ];
+    for secret in secrets {
+        assert!(
+            !logs.contains(secret),
+            "a secret appears in the logs: {}",
+            logs.lines()
+                .find(|line| line.contains(secret))
+                .unwrap_or_default()
+                .replace(secret, "<the secret>")
+        );
+    }
+}
