@@ -75,39 +75,39 @@ fn requests() -> Vec<Request> {
         ),
         r(
             "LUMI-C",
-            "Estonian language models",
-            json!({"cpu_k_hours": 900, "gb_k_hours": 2000}),
-            json!({}),
-        ),
-        r(
-            "LUMI-C",
-            "Wind farm wakes",
-            json!({"cpu_k_hours": 2500, "gb_k_hours": 4000}),
-            json!({"is_industry": true}),
-        ),
-        r(
-            "LUMI-G",
-            "Estonian language models",
-            json!({"gpu_k_hours": 80, "gb_k_hours": 100}),
-            json!({"used_ai_tech": ["Machine Learning"]}),
-        ),
-        r(
-            "LUMI-G",
-            "Wind farm wakes",
-            json!({"gpu_k_hours": 400, "gb_k_hours": 500}),
-            json!({"is_commercial": true}),
-        ),
-        r(
-            "LUMI-C",
-            "Protein dynamics",
-            json!({"cpu_k_hours": 150, "gb_k_hours": 300}),
-            json!({}),
-        ),
-        r(
-            "LUMI-C",
             "Ocean circulation",
             json!({"cpu_k_hours": 200, "gb_k_hours": 300}),
             json!({}),
+        ),
+        r(
+            "LUMI-C",
+            "Climate extremes",
+            json!({"cpu_k_hours": 900, "gb_k_hours": 4000}),
+            json!({}),
+        ),
+        r(
+            "LUMI-C",
+            "Wind farm wakes",
+            json!({"cpu_k_hours": 300, "gb_k_hours": 400}),
+            json!({"is_industry": true}),
+        ),
+        r(
+            "LUMI-C",
+            "Climate extremes",
+            json!({"cpu_k_hours": 2500, "gb_k_hours": 4000}),
+            json!({}),
+        ),
+        r(
+            "LUMI-C",
+            "Estonian language models",
+            json!({"cpu_k_hours": 500, "gb_k_hours": 800}),
+            json!({}),
+        ),
+        r(
+            "LUMI-C",
+            "Climate extremes",
+            json!({"cpu_k_hours": 150, "gb_k_hours": 300}),
+            json!({"used_ai_tech": ["Machine Learning"]}),
         ),
     ]
 }
@@ -403,6 +403,14 @@ fn summary(decided: &[(String, Duration)], policy_name: &str, example: bool) {
         println!("  - the policy that decided: {policy_name}");
     }
     println!("  - check a policy: puhuri-approver policy check {policy_name}");
+    println!(
+        "  - why a rule matched or not: puhuri-approver policy explain {policy_name} ALLOCATION.json"
+    );
+    if example {
+        println!(
+            "  - its regression cases: puhuri-approver policy test {policy_name} deploy/local/policy.cases.toml"
+        );
+    }
     println!(
         "  - a real Puhuri Core: set `puhuri.url`, PUHURI_APPROVER_PUHURI_TOKEN and a `[[sources]]` entry"
     );

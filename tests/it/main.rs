@@ -3,6 +3,7 @@
 //! started in-process on port 0. Every test uses its own queue prefix.
 
 mod contract;
+mod demo;
 mod faults;
 mod helpers;
 mod ingress;
