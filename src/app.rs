@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, QueueChoice};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::puhuri::PuhuriClient;
 use crate::queue::Broker;
@@ -42,6 +43,9 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     pub broker: Broker,
     pub stats: Arc<ReceiverStats>,
+    pub metrics: Arc<Metrics>,
+    /// Where the metrics listener of a process without a receiver listens.
+    pub metrics_addr: Option<SocketAddr>,
     pub worker: Option<Arc<Worker>>,
     pub reconciler: Option<Arc<Reconciler>>,
     stop: CancellationToken,
@@ -64,6 +68,11 @@ pub async fn start(
     tracing::info!(queue = %broker.describe(), "queue backend");
     let tracker = TaskTracker::new();
     let stats = Arc::new(ReceiverStats::default());
+    let metrics = Arc::new(Metrics::new());
+    metrics.attach_broker(broker.clone());
+    if roles.work {
+        metrics.expect_workers();
+    }
 
     let mut addr = None;
     if roles.receive {
@@ -74,7 +83,7 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {}", config.listen))?,
         };
         addr = Some(listener.local_addr()?);
-        let app = receiver::router(config, broker.clone(), stats.clone())
+        let app = receiver::router(config, broker.clone(), stats.clone(), metrics.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let server_stop = stop.clone();
         tracker.spawn(async move {
@@ -87,18 +96,38 @@ pub async fn start(
         });
         tracing::info!(listen = ?addr, sources = config.sources.len(), "receiver listening");
     }
+    let mut metrics_addr = None;
+    if let (false, Some(listen)) = (roles.receive, config.metrics_listen) {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (metrics_listen)"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        let app = receiver::ops_router(metrics.clone());
+        let server_stop = stop.clone();
+        tracker.spawn(async move {
+            let server =
+                axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned());
+            if let Err(error) = server.await {
+                tracing::error!(error = %error, "metrics listener failed");
+            }
+        });
+        tracing::info!(listen = ?metrics_addr, "metrics listening");
+    }
 
     let mut worker = None;
     let mut reconciler = None;
     if roles.work {
         config.require_token()?;
-        let client = PuhuriClient::new(&config.puhuri)?;
-        let r = Arc::new(Reconciler::new(
-            client.clone(),
-            broker.clone(),
-            config.puhuri.offerings.clone(),
-            config.reconcile.clone(),
-        ));
+        let client = PuhuriClient::new(&config.puhuri)?.with_metrics(metrics.clone());
+        let r = Arc::new(
+            Reconciler::new(
+                client.clone(),
+                broker.clone(),
+                config.puhuri.offerings.clone(),
+                config.reconcile.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         reconciler = Some(r.clone());
         if let Some(interval) = config.reconcile.interval {
             let reconcile_stop = stop.clone();
@@ -107,7 +136,8 @@ pub async fn start(
         }
         let w = Arc::new(
             Worker::new(client, policy, broker.clone(), config.worker.clone())
-                .with_shadow(config.policy_shadow),
+                .with_shadow(config.policy_shadow)
+                .with_metrics(metrics.clone()),
         );
         worker = Some(w.clone());
         let worker_stop = stop.clone();
@@ -120,6 +150,8 @@ pub async fn start(
         addr,
         broker,
         stats,
+        metrics,
+        metrics_addr,
         worker,
         reconciler,
         stop,

@@ -59,6 +59,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `work`-only processes serve `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Which queue backend runs.
     pub queue: QueueChoice,
     pub amqp: AmqpConfig,
@@ -259,6 +261,7 @@ pub struct SourceConfig {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
     amqp: FileAmqp,
     #[serde(default)]
@@ -411,6 +414,23 @@ impl Config {
                     )
                 })?,
                 None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+        };
+
+        let metrics_listen = match env.get("PUHURI_APPROVER_METRICS_LISTEN") {
+            Some(value) => Some(value.parse().map_err(|_| ConfigError::Env {
+                var: "PUHURI_APPROVER_METRICS_LISTEN".into(),
+                message: "expected an address such as `0.0.0.0:9090`".into(),
+            })?),
+            None => match &file.metrics_listen {
+                Some(value) => Some(value.get_ref().parse().map_err(|_| {
+                    at.invalid(
+                        value.span(),
+                        "metrics_listen",
+                        "expected an address such as `0.0.0.0:9090`",
+                    )
+                })?),
+                None => None,
             },
         };
 
@@ -638,6 +658,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            metrics_listen,
             queue,
             amqp: AmqpConfig {
                 url: Secret::new(amqp_url),

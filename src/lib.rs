@@ -9,6 +9,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod limits;
+pub mod metrics;
 pub mod notification;
 pub mod policy;
 pub mod puhuri;

@@ -265,6 +265,7 @@ pub struct PuhuriClient {
     http: reqwest::Client,
     base: String,
     api: ApiGeneration,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for PuhuriClient {
@@ -303,7 +304,28 @@ impl PuhuriClient {
             http,
             base: config.url.clone(),
             api: config.api,
+            metrics: None,
         })
+    }
+
+    /// Counts every call (by operation and status) and its latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn record(&self, operation: &str, status: Option<StatusCode>, started: std::time::Instant) {
+        let elapsed = started.elapsed();
+        // Runs inside the caller's span (a notification's id, or the reconcile cycle).
+        tracing::debug!(
+            operation,
+            status = status.map(|s| s.as_u16()),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "Puhuri Core call"
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.puhuri_call(operation, status.map(|s| s.as_u16()), elapsed);
+        }
     }
 
     pub fn api(&self) -> ApiGeneration {
@@ -325,15 +347,17 @@ impl PuhuriClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| PuhuriError::Transient {
+        let started = std::time::Instant::now();
+        let response = request.send().await.map_err(|error| {
+            self.record(operation, None, started);
+            PuhuriError::Transient {
                 operation: operation.to_owned(),
                 detail: describe_reqwest_error(&error),
                 retry_after: None,
-            })?;
+            }
+        })?;
         let status = response.status();
+        self.record(operation, Some(status), started);
         if status.is_success() {
             return Ok(response);
         }

@@ -33,9 +33,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::config::{Config, ReceiverConfig, SourceAuth, SourceConfig};
 use crate::limits::{ReplayCache, Reserve, TokenBucket};
+use crate::metrics::Metrics;
 use crate::notification::{Parsed, WorkItem, derived_id, parse_payload};
 use crate::queue::{Broker, PublishError};
 use crate::signature::{self, GithubHeaders, SignedHeaders, VerifyError};
@@ -199,13 +201,56 @@ struct ReceiverState {
     sources: HashMap<String, Source>,
     publisher: Arc<dyn Publisher>,
     stats: Arc<ReceiverStats>,
+    metrics: Arc<Metrics>,
     replay: Arc<ReplayCache>,
     settings: ReceiverConfig,
 }
 
-/// Builds the receiver's router on the broker.
-pub fn router(config: &Config, broker: Broker, stats: Arc<ReceiverStats>) -> Router {
-    router_with(&config.receiver, &config.sources, Arc::new(broker), stats)
+/// Builds the receiver's router on the broker, with `/metrics`.
+pub fn router(
+    config: &Config,
+    broker: Broker,
+    stats: Arc<ReceiverStats>,
+    metrics: Arc<Metrics>,
+) -> Router {
+    router_with_metrics(
+        &config.receiver,
+        &config.sources,
+        Arc::new(broker),
+        stats,
+        metrics,
+    )
+}
+
+/// The operations endpoints alone (`/metrics`, `/healthz`, `/readyz`), for processes
+/// without a receiver (`work` with `metrics_listen`). Readiness reads the broker
+/// attached to `metrics`.
+pub fn ops_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(ops_metrics))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(ops_readiness))
+        .with_state(metrics)
+}
+
+async fn ops_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    metrics_response(&metrics).await
+}
+
+async fn ops_readiness(State(metrics): State<Arc<Metrics>>) -> Response {
+    readiness_response(metrics.broker_connected(), &metrics)
+}
+
+async fn metrics_response(metrics: &Metrics) -> Response {
+    let mut response = metrics.scrape().await.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// Builds the receiver's router on any publisher. Serve it with
@@ -216,6 +261,23 @@ pub fn router_with(
     sources: &[SourceConfig],
     publisher: Arc<dyn Publisher>,
     stats: Arc<ReceiverStats>,
+) -> Router {
+    router_with_metrics(
+        settings,
+        sources,
+        publisher,
+        stats,
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// [`router_with`], counting into `metrics` and serving them on `/metrics`.
+pub fn router_with_metrics(
+    settings: &ReceiverConfig,
+    sources: &[SourceConfig],
+    publisher: Arc<dyn Publisher>,
+    stats: Arc<ReceiverStats>,
+    metrics: Arc<Metrics>,
 ) -> Router {
     let now = Instant::now();
     let state = Arc::new(ReceiverState {
@@ -231,6 +293,7 @@ pub fn router_with(
             .collect(),
         publisher,
         stats,
+        metrics,
         replay: ReplayCache::new(settings.replay_cache_entries),
         settings: settings.clone(),
     });
@@ -245,6 +308,12 @@ pub fn router_with(
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readiness))
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<ReceiverState>>| async move {
+                metrics_response(&state.metrics).await
+            }),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
@@ -258,6 +327,9 @@ async fn method_not_allowed(State(state): State<Arc<ReceiverState>>) -> Problem 
         "notifications are sent with `POST`",
     );
     state.stats.count_refusal(&problem);
+    state
+        .metrics
+        .notification("unknown", "rejected", problem.cause);
     problem
 }
 
@@ -269,16 +341,42 @@ async fn not_found(State(state): State<Arc<ReceiverState>>) -> Problem {
         "no such endpoint",
     );
     state.stats.count_refusal(&problem);
+    state
+        .metrics
+        .notification("unknown", "rejected", problem.cause);
     problem
 }
 
 async fn readiness(State(state): State<Arc<ReceiverState>>) -> Response {
-    let broker = state.publisher.is_connected();
+    readiness_response(state.publisher.is_connected(), &state.metrics)
+}
+
+/// `200` when every check passes, else `503`; the body names each check's state:
+/// `broker` (connected), `policy` (loaded by this process's workers) and `puhuri` (no
+/// failure without a good answer within [`crate::metrics::PUHURI_RECENT`]). Checks of a
+/// role this process does not run are `not-applicable`.
+fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
+    let workers = metrics.runs_workers();
+    let policy = match (workers, metrics.is_policy_loaded()) {
+        (false, _) => "not-applicable",
+        (true, true) => "ok",
+        (true, false) => "not-loaded",
+    };
+    let puhuri = match (workers, metrics.puhuri_reachable()) {
+        (false, _) => "not-applicable",
+        (true, true) => "ok",
+        (true, false) => "unreachable",
+    };
+    let ready = broker && policy != "not-loaded" && puhuri != "unreachable";
     let body = json!({
-        "status": if broker { "ready" } else { "not-ready" },
-        "checks": { "broker": if broker { "ok" } else { "disconnected" } },
+        "status": if ready { "ready" } else { "not-ready" },
+        "checks": {
+            "broker": if broker { "ok" } else { "disconnected" },
+            "policy": policy,
+            "puhuri": puhuri,
+        },
     });
-    let status = if broker {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -334,7 +432,14 @@ async fn receive_notification(
         Err(_) => (String::new(), None),
     };
     let started = Instant::now();
-    match accept(
+    // One span per notification; `id` is recorded once authenticated, and the worker's
+    // span for the same notification carries the same id.
+    let span = tracing::info_span!(
+        "notification",
+        source = %truncated(&source_name),
+        id = tracing::field::Empty,
+    );
+    let accepted = accept(
         &state,
         &source_name,
         path_secret.as_deref(),
@@ -342,11 +447,24 @@ async fn receive_notification(
         request,
         started,
     )
-    .await
-    {
+    .instrument(span.clone())
+    .await;
+    let _entered = span.enter();
+    match accepted {
         Ok(response) => response,
         Err(problem) => {
             state.stats.count_refusal(&problem);
+            let label = if state.sources.contains_key(&source_name) {
+                source_name.as_str()
+            } else {
+                "unknown"
+            };
+            let outcome = if problem.status == StatusCode::SERVICE_UNAVAILABLE {
+                "unavailable"
+            } else {
+                "rejected"
+            };
+            state.metrics.notification(label, outcome, problem.cause);
             // The source name is user input (truncated); the path secret, the headers
             // and the body are never logged.
             tracing::info!(
@@ -579,6 +697,7 @@ async fn accept(
     let (event_type, hint) = match parsed {
         Parsed::Ignored { event_type } => {
             state.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            state.metrics.notification(&source.name, "ignored", "");
             tracing::debug!(source = %source.name, event_type = %event_type, "notification ignored");
             return Ok((
                 StatusCode::ACCEPTED,
@@ -590,10 +709,12 @@ async fn accept(
     };
 
     let id = verified_id.unwrap_or_else(|| derived_id(&source.name, &body));
+    tracing::Span::current().record("id", id.as_str());
     let reservation = match state.replay.reserve(&source.name, &id, Instant::now()) {
         Reserve::Fresh(reservation) => reservation,
         Reserve::Duplicate => {
             state.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            state.metrics.notification(&source.name, "duplicate", "");
             tracing::info!(id = %id, source = %source.name, "duplicate notification not queued again");
             return Ok((
                 StatusCode::OK,
@@ -625,14 +746,20 @@ async fn accept(
     // The publish and its bookkeeping run in their own task: if the client goes away the
     // handler is dropped, but the publish finishes and the replay cache learns its result.
     let publisher = state.publisher.clone();
+    let metrics = state.metrics.clone();
     let window = source.replay_window;
-    let published = tokio::spawn(async move {
-        let result = publisher.publish(&item).await;
-        if result.is_ok() {
-            reservation.commit(Instant::now() + window);
+    let published = tokio::spawn(
+        async move {
+            let publish_started = Instant::now();
+            let result = publisher.publish(&item).await;
+            if result.is_ok() {
+                metrics.confirm(publish_started.elapsed());
+                reservation.commit(Instant::now() + window);
+            }
+            result
         }
-        result
-    })
+        .in_current_span(),
+    )
     .await;
     let result = match published {
         Ok(result) => result,
@@ -652,6 +779,7 @@ async fn accept(
         .retry_after(RETRY_AFTER_SECS));
     }
     state.stats.queued.fetch_add(1, Ordering::Relaxed);
+    state.metrics.notification(&source.name, "accepted", "");
     tracing::info!(id = %id, source = %source.name, "notification queued");
     Ok((
         StatusCode::ACCEPTED,

@@ -7,12 +7,14 @@
 //! `recheck` (held allocations are re-evaluated at that pace, not every cycle).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::ReconcileConfig;
+use crate::metrics::Metrics;
 use crate::notification::WorkItem;
 use crate::puhuri::{PuhuriClient, PuhuriError};
 use crate::queue::{Broker, PublishError};
@@ -45,6 +47,7 @@ pub struct Reconciler {
     offerings: Vec<String>,
     config: ReconcileConfig,
     recent: Mutex<HashMap<String, Instant>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reconciler {
@@ -60,11 +63,33 @@ impl Reconciler {
             offerings,
             config,
             recent: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
-    /// One pass over every configured offering (or everything the token sees).
+    /// Counts cycles, their list calls and what they enqueued in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Reconciler {
+        self.metrics = metrics;
+        self
+    }
+
+    /// One pass over every configured offering (or everything the token sees), in a
+    /// `reconcile` span, counted in the metrics.
     pub async fn run_cycle(&self) -> Result<CycleReport, ReconcileError> {
+        let result = self
+            .cycle()
+            .instrument(tracing::info_span!("reconcile"))
+            .await;
+        match &result {
+            Ok(report) => self
+                .metrics
+                .reconcile_cycle(true, report.calls, report.enqueued),
+            Err(_) => self.metrics.reconcile_cycle(false, 0, 0),
+        }
+        result
+    }
+
+    async fn cycle(&self) -> Result<CycleReport, ReconcileError> {
         let mut report = CycleReport::default();
         let mut hints = Vec::new();
         if self.offerings.is_empty() {

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::config::{ApiGeneration, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
+use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
 use crate::policy::reload::ReloadCounters;
 use crate::policy::{Action, Policy, Verdict};
@@ -164,6 +165,7 @@ pub struct Worker {
     config: WorkerConfig,
     locks: KeyedLocks,
     settled: tokio::sync::broadcast::Sender<Settled>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -182,7 +184,19 @@ impl Worker {
             config,
             locks: KeyedLocks::default(),
             settled: tokio::sync::broadcast::channel(1024).0,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts decisions, settlements, retries and policy reloads in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+        metrics.policy_loaded();
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Every settled delivery from now on (for tests, tooling and metrics).
@@ -270,6 +284,7 @@ impl Worker {
                 return;
             }
         };
+        self.metrics.delivered(item.received_at_ms);
         let span = tracing::info_span!(
             "notification",
             id = %item.id,
@@ -352,6 +367,8 @@ impl Worker {
                 {
                     Ok(Retried::Scheduled { attempts, delay }) => {
                         tracing::warn!(error = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "temporary failure; retry scheduled");
+                        let tiers = self.config.retry_delays.len().max(1) as u32;
+                        self.metrics.retry(attempts.clamp(1, tiers));
                         Disposition::RetryScheduled
                     }
                     Ok(Retried::DeadLettered { attempts }) => {
@@ -377,6 +394,16 @@ impl Worker {
                 (Err(reason), disposition)
             }
         };
+        let disposition_name = match disposition {
+            Disposition::Acked => "acked",
+            Disposition::RetryScheduled => "retry-scheduled",
+            Disposition::DeadLettered => "dead-lettered",
+            Disposition::LeftToBroker => "left-to-broker",
+        };
+        let action = result.as_ref().ok().map(Outcome::name);
+        let rule_name = rule.as_deref().unwrap_or("-");
+        self.metrics
+            .settled(disposition_name, action.map(|a| (a, rule_name)));
         let _ = self.settled.send(Settled {
             id: item.id.clone(),
             attempt,

@@ -139,6 +139,7 @@ pub fn apply(file: &mut PolicyFile, worker: &Worker, force: bool) -> Applied {
         Reload::Unchanged => Applied::Unchanged,
         Reload::Compiled(policy) => {
             counters.reloads.fetch_add(1, Ordering::Relaxed);
+            worker.metrics().policy_reload(true);
             let version = policy.version().to_owned();
             tracing::info!(
                 policy = %file.path().display(),
@@ -151,6 +152,7 @@ pub fn apply(file: &mut PolicyFile, worker: &Worker, force: bool) -> Applied {
         }
         Reload::Refused(reasons) => {
             counters.failures.fetch_add(1, Ordering::Relaxed);
+            worker.metrics().policy_reload(false);
             tracing::error!(
                 policy = %file.path().display(),
                 error = %reasons,

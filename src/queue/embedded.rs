@@ -117,6 +117,9 @@ enum Op {
         lane: Lane,
         reply: Reply<u64>,
     },
+    OldestEnqueued {
+        reply: Reply<Option<i64>>,
+    },
     Dead {
         limit: usize,
         reply: Reply<Vec<StoredDeadLetter>>,
@@ -297,6 +300,11 @@ impl EmbeddedQueue {
         self.call(|reply| Op::Depth { lane, reply }).await
     }
 
+    /// `enqueued_at` (Unix ms) of the oldest message of the work lane, retries included.
+    pub async fn oldest_enqueued_ms(&self) -> Result<Option<i64>, StorageError> {
+        self.call(|reply| Op::OldestEnqueued { reply }).await
+    }
+
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StorageError> {
         self.call(|reply| Op::Dead { limit, reply }).await
     }
@@ -405,6 +413,7 @@ fn fail(op: Op, error: StorageError) {
         Op::Claim { reply, .. } => drop(reply.send(Err(error))),
         Op::NextDue { reply } => drop(reply.send(Err(error))),
         Op::Depth { reply, .. } => drop(reply.send(Err(error))),
+        Op::OldestEnqueued { reply } => drop(reply.send(Err(error))),
         Op::Dead { reply, .. } => drop(reply.send(Err(error))),
         Op::SettleDead { reply, .. } => drop(reply.send(Err(error))),
     }
@@ -516,6 +525,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
                     |row| row.get::<_, i64>(0),
                 )
                 .map(|n| n.max(0) as u64)
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::OldestEnqueued { reply } => {
+            let result = tx
+                .query_row(
+                    "SELECT MIN(enqueued_at) FROM messages WHERE lane = 'work'",
+                    [],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
                 .map_err(StorageError::from);
             answer(reply, result)
         }

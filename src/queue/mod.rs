@@ -306,6 +306,19 @@ impl Broker {
         }
     }
 
+    /// Enqueue time (Unix ms) of the oldest message in the work queue: the embedded
+    /// queue knows it; RabbitMQ does not tell (`None`).
+    pub async fn oldest_pending_ms(&self) -> Result<Option<i64>, QueueError> {
+        match self {
+            Broker::Rabbit(_) => Ok(None),
+            Broker::Embedded(embedded) => Ok(embedded.queue.oldest_enqueued_ms().await?),
+        }
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, Broker::Embedded(_))
+    }
+
     /// Messages in the dead letters.
     pub async fn dead_depth(&self) -> Result<u64, QueueError> {
         match self {
