@@ -7,5 +7,6 @@ mod demo;
 mod faults;
 mod helpers;
 mod ingress;
+mod metrics;
 mod policy;
 mod spine;

@@ -1,0 +1,409 @@
+//! Every exported metric moves when its event happens: scrape `/metrics`, act, scrape
+//! again and compare. Also `/readyz`'s checks and the metrics listener of `work`.
+
+use std::time::Duration;
+
+use puhuri_approver::app::{self, Roles};
+use puhuri_approver::config::Config;
+use puhuri_approver::metrics::{self, METRIC_NAMES};
+use puhuri_approver::policy::Policy;
+use puhuri_approver::policy::reload::{self, PolicyFile};
+use puhuri_approver::sim::Faults;
+use puhuri_approver::worker::Disposition;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Backend, Options, SECRET, TestApp, spawn_app, temp_dir};
+use crate::on_both_backends;
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics answer");
+    assert_eq!(response.status(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.expect("metrics text")
+}
+
+/// The value of one series (`name` or `name{labels}` exactly as rendered), 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+fn notifications(source: &str, outcome: &str, cause: &str) -> String {
+    format!(
+        "{}{{source=\"{source}\",outcome=\"{outcome}\",cause=\"{cause}\"}}",
+        metrics::NOTIFICATIONS
+    )
+}
+
+async fn ready(app: &TestApp) -> (u16, Value) {
+    let response = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("readyz json"))
+}
+
+async fn every_metric_moves_with_its_event(backend: Backend) {
+    let mut app = spawn_app(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
+    let before = scrape(&app).await;
+    for name in METRIC_NAMES {
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} missing"
+        );
+    }
+    assert_eq!(value(&before, metrics::BROKER_CONNECTED), 1.0);
+    assert_eq!(value(&before, metrics::POLICY_LOADED), 1.0);
+
+    // Accepted, confirmed, decided by a rule, with Puhuri Core calls.
+    let created = app.create(json!({"cpu_k_hours": 10})).await;
+    assert_eq!(app.notify("msg_metrics_ok", &created).await.status(), 202);
+    app.settled("msg_metrics_ok").await;
+    // A duplicate, a bad signature, an unknown source, an ignored Waldur event.
+    assert_eq!(app.notify("msg_metrics_ok", &created).await.status(), 200);
+    let body = json!({"type": "allocation.created", "order_uuid": created.order_uuid});
+    let refused = app
+        .post_signed(
+            "relay",
+            "msg_metrics_bad",
+            body.to_string().as_bytes(),
+            "whsec_bG9jYWwtZGVtby1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u",
+        )
+        .await;
+    assert_eq!(refused.status(), 401);
+    let unknown = app
+        .post_signed("nobody", "msg_metrics_x", b"{}", SECRET)
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let ignored = app
+        .post_signed(
+            "waldur-relay",
+            "msg_metrics_ignored",
+            br#"{"event_type":"user_password_updated","context":{}}"#,
+            SECRET,
+        )
+        .await;
+    assert_eq!(ignored.status(), 202);
+
+    // A Puhuri Core 500: a retry in the first tier, then success.
+    let retried = app.create(json!({"cpu_k_hours": 20})).await;
+    app.sim.set_faults(Faults {
+        fail_next: 1,
+        fail_status: Some(500),
+        ..Faults::default()
+    });
+    app.notify("msg_metrics_retry", &retried).await;
+    assert_eq!(
+        app.settled("msg_metrics_retry").await.disposition,
+        Disposition::RetryScheduled
+    );
+    app.settled("msg_metrics_retry").await;
+
+    // A permanent failure: a dead letter.
+    let dead = app.create(json!({"cpu_k_hours": 30})).await;
+    app.sim.set_faults(Faults {
+        fail_next: 1,
+        fail_status: Some(403),
+        ..Faults::default()
+    });
+    app.notify("msg_metrics_dead", &dead).await;
+    assert_eq!(
+        app.settled("msg_metrics_dead").await.disposition,
+        Disposition::DeadLettered
+    );
+
+    let after = scrape(&app).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(moved(&notifications("relay", "accepted", "")), 3.0);
+    assert_eq!(moved(&notifications("relay", "duplicate", "")), 1.0);
+    assert_eq!(
+        moved(&notifications("relay", "rejected", "bad-signature")),
+        1.0
+    );
+    assert_eq!(
+        moved(&notifications("unknown", "rejected", "unknown-source")),
+        1.0
+    );
+    assert_eq!(moved(&notifications("waldur-relay", "ignored", "")), 1.0);
+    assert_eq!(moved(&format!("{}_count", metrics::CONFIRM_SECONDS)), 3.0);
+    assert_eq!(
+        moved(&format!(
+            "{}_bucket{{le=\"+Inf\"}}",
+            metrics::CONFIRM_SECONDS
+        )),
+        3.0
+    );
+    assert_eq!(
+        moved(&format!(
+            "{}{{action=\"approved\",rule=\"small-lumi-c\"}}",
+            metrics::DECISIONS
+        )),
+        2.0
+    );
+    assert_eq!(
+        moved(&format!("{}{{disposition=\"acked\"}}", metrics::DELIVERIES)),
+        2.0
+    );
+    assert_eq!(
+        moved(&format!(
+            "{}{{disposition=\"dead-lettered\"}}",
+            metrics::DELIVERIES
+        )),
+        1.0
+    );
+    assert_eq!(moved(&format!("{}{{tier=\"1\"}}", metrics::RETRIES)), 1.0);
+    assert!(
+        moved(&format!(
+            "{}{{endpoint=\"get order\",status=\"200\"}}",
+            metrics::PUHURI_REQUESTS
+        )) >= 2.0
+    );
+    assert_eq!(
+        moved(&format!(
+            "{}{{endpoint=\"get order\",status=\"500\"}}",
+            metrics::PUHURI_REQUESTS
+        )),
+        1.0
+    );
+    assert!(
+        moved(&format!(
+            "{}_count{{endpoint=\"get order\"}}",
+            metrics::PUHURI_SECONDS
+        )) >= 3.0
+    );
+    assert!(value(&after, metrics::PUHURI_LAST_SUCCESS) > 1.0e9);
+    assert_eq!(moved(metrics::DEAD_LETTER_DEPTH), 1.0);
+
+    // A reconcile cycle (what it enqueues is decided later; only its own counters are
+    // compared below).
+    let reconciler = app
+        .running
+        .as_ref()
+        .and_then(|r| r.reconciler.clone())
+        .expect("reconciler");
+    let report = reconciler.run_cycle().await.expect("cycle");
+
+    // A policy reload refused, then one applied.
+    let worker = app
+        .running
+        .as_ref()
+        .and_then(|r| r.worker.clone())
+        .expect("worker");
+    let dir = temp_dir("metrics-policy");
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, crate::helpers::APPROVE_SMALL).expect("write");
+    let running = Policy::parse(crate::helpers::APPROVE_SMALL).expect("valid");
+    let mut file = PolicyFile::new(path.clone(), &running);
+    std::fs::write(&path, "[[rule]]\nname = 1\n").expect("write");
+    reload::apply(&mut file, &worker, true);
+    std::fs::write(&path, format!("{}\n# v2\n", crate::helpers::APPROVE_SMALL)).expect("write");
+    reload::apply(&mut file, &worker, true);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let before = after;
+    let after = scrape(&app).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(
+        moved(&format!("{}{{result=\"ok\"}}", metrics::RECONCILE_CYCLES)),
+        1.0
+    );
+    assert_eq!(moved(metrics::RECONCILE_CALLS), report.calls as f64);
+    assert!(report.calls >= 1);
+    assert_eq!(moved(metrics::RECONCILE_ENQUEUED), report.enqueued as f64);
+    assert_eq!(moved(metrics::POLICY_RELOADS), 1.0);
+    assert_eq!(moved(metrics::POLICY_RELOAD_FAILURES), 1.0);
+    app.stop().await;
+}
+
+/// Queue depth and the oldest pending message's age, with nobody consuming.
+async fn queue_depth_and_age_move_while_nobody_consumes(backend: Backend) {
+    let app = spawn_app(Options {
+        backend,
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        ..Options::default()
+    })
+    .await;
+    let before = scrape(&app).await;
+    assert_eq!(value(&before, metrics::QUEUE_DEPTH), 0.0);
+    assert_eq!(value(&before, metrics::QUEUE_OLDEST_AGE), 0.0);
+    let created = app.create(json!({"cpu_k_hours": 10})).await;
+    assert_eq!(
+        app.notify("msg_metrics_waiting", &created).await.status(),
+        202
+    );
+    let running = app.running.as_ref().expect("running");
+    if backend == Backend::RabbitMq {
+        // RabbitMQ does not tell a message's age: the last delivered message's stands in.
+        let five_seconds_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+            - 5000;
+        running.metrics.delivered(five_seconds_ago);
+    } else {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // RabbitMQ counts a published message as ready after a short while.
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    let after = loop {
+        let after = scrape(&app).await;
+        if value(&after, metrics::QUEUE_DEPTH) >= 1.0 || tokio::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(value(&after, metrics::QUEUE_DEPTH), 1.0);
+    assert!(value(&after, metrics::QUEUE_OLDEST_AGE) >= 1.0, "{after}");
+    // A receiver-only process checks only the broker.
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["policy"], "not-applicable");
+    app.stop().await;
+}
+
+on_both_backends!(
+    every_metric_moves_with_its_event,
+    queue_depth_and_age_move_while_nobody_consumes
+);
+
+#[tokio::test]
+async fn broker_down_shows_in_metrics_and_readiness() {
+    let app = spawn_app(Options {
+        amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        expect_broker: false,
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        ..Options::default()
+    })
+    .await;
+    let created = app.create(json!({"cpu_k_hours": 10})).await;
+    assert_eq!(app.notify("msg_metrics_down", &created).await.status(), 503);
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, metrics::BROKER_CONNECTED), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            &notifications("relay", "unavailable", "broker-unavailable")
+        ),
+        1.0
+    );
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["broker"], "disconnected");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_reports_puhuri_core_unreachable_until_it_answers() {
+    let mut app = spawn_app(Options {
+        retry_delays_ms: "[2000]",
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["checks"],
+        json!({"broker": "ok", "policy": "ok", "puhuri": "ok"})
+    );
+    let created = app.create(json!({"cpu_k_hours": 10})).await;
+    app.sim.set_faults(Faults {
+        fail_next: 1,
+        fail_status: Some(502),
+        ..Faults::default()
+    });
+    app.notify("msg_metrics_unreachable", &created).await;
+    assert_eq!(
+        app.settled("msg_metrics_unreachable").await.disposition,
+        Disposition::RetryScheduled
+    );
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["puhuri"], "unreachable");
+    // The retry reaches it.
+    app.settled("msg_metrics_unreachable").await;
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+/// A `work`-only process serves `/metrics`, `/healthz` and `/readyz` on `metrics_listen`.
+#[tokio::test]
+async fn a_work_only_process_serves_metrics_on_metrics_listen() {
+    let dir = temp_dir("metrics-listen");
+    let text = format!(
+        "metrics_listen = \"127.0.0.1:0\"\n[queue]\nbackend = \"embedded\"\ndata_dir = \"{}\"\n\
+         [reconcile]\ninterval_secs = 0\n[puhuri]\nurl = \"http://127.0.0.1:1/api/\"\ntoken = \"t\"\n",
+        dir.display()
+    );
+    let config = Config::parse(&text, "test.toml", &Default::default()).expect("config");
+    let policy = Policy::parse(crate::helpers::APPROVE_SMALL).expect("policy");
+    let roles = Roles {
+        receive: false,
+        work: true,
+    };
+    let running = app::start(&config, roles, policy, None, CancellationToken::new())
+        .await
+        .expect("starts");
+    assert_eq!(running.addr, None);
+    let addr = running.metrics_addr.expect("metrics listener");
+    let http = reqwest::Client::new();
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(value(&text, metrics::POLICY_LOADED), 1.0);
+    assert_eq!(value(&text, metrics::BROKER_CONNECTED), 1.0);
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(health.status(), 200);
+    let ready: Value = http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["checks"]["policy"], "ok", "{ready}");
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
