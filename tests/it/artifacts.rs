@@ -1,0 +1,188 @@
+//! The deployment artifacts agree with the code: every metric name the Grafana dashboard,
+//! the alert rules, the Kubernetes manifests and the operations guide mention is one the
+//! service exports (a renamed metric breaks this test), the dashboard shows every metric,
+//! and the RabbitMQ definitions declare the topology the service uses.
+//! (`promtool check rules` and `systemd-analyze verify` run in `.ci/run`.)
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use puhuri_approver::config::Config;
+use puhuri_approver::metrics::{METRIC_NAMES, is_exported};
+use puhuri_approver::queue::Topology;
+use serde_json::Value;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Every `puhuri_approver_*` identifier in a text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("puhuri_approver_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+const ARTIFACTS: &[&str] = &[
+    "deploy/grafana/puhuri-approver.json",
+    "deploy/prometheus/alerts.yml",
+    "deploy/k8s/configmap.yaml",
+    "deploy/k8s/receiver.yaml",
+    "deploy/k8s/worker.yaml",
+    "deploy/k8s/secret.yaml",
+    "deploy/compose/compose.yaml",
+    "docs/operations.md",
+];
+
+#[test]
+fn every_metric_an_artifact_names_is_exported() {
+    for path in ARTIFACTS {
+        for name in metric_names(&read(path)) {
+            assert!(
+                is_exported(&name),
+                "{path} names `{name}`, which is not exported"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_alert_rules_cover_the_pages_an_operator_needs() {
+    let alerts = read("deploy/prometheus/alerts.yml");
+    let used = metric_names(&alerts);
+    for needed in [
+        puhuri_approver::metrics::DEAD_LETTER_DEPTH,
+        puhuri_approver::metrics::QUEUE_OLDEST_AGE,
+        puhuri_approver::metrics::BROKER_CONNECTED,
+        puhuri_approver::metrics::PUHURI_REQUESTS,
+    ] {
+        assert!(used.contains(needed), "no alert on {needed}");
+    }
+    // Every rule has an expression.
+    let alerts_count = alerts.matches("- alert:").count();
+    assert!(alerts_count >= 4);
+    assert_eq!(alerts_count, alerts.matches("expr:").count());
+}
+
+#[test]
+fn the_dashboard_parses_and_shows_every_metric() {
+    let dashboard: Value =
+        serde_json::from_str(&read("deploy/grafana/puhuri-approver.json")).expect("dashboard json");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    let mut shown = BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(
+            !targets.is_empty(),
+            "panel without a query: {}",
+            panel["title"]
+        );
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            shown.extend(metric_names(expr));
+        }
+    }
+    for name in METRIC_NAMES {
+        let on_dashboard = shown
+            .iter()
+            .any(|s| s == name || s.strip_suffix("_bucket") == Some(name));
+        assert!(on_dashboard, "the dashboard does not show {name}");
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_probe_and_scrape_the_served_endpoints() {
+    for (path, port) in [
+        ("deploy/k8s/receiver.yaml", "8080"),
+        ("deploy/k8s/worker.yaml", "9090"),
+    ] {
+        let text = read(path);
+        for needle in [
+            "kind: Deployment",
+            "kind: PodDisruptionBudget",
+            "path: /healthz",
+            "path: /readyz",
+            "prometheus.io/path: /metrics",
+            "runAsNonRoot: true",
+        ] {
+            assert!(text.contains(needle), "{path} lacks `{needle}`");
+        }
+        assert!(
+            text.contains(&format!("prometheus.io/port: \"{port}\"")),
+            "{path}"
+        );
+    }
+    let config = read("deploy/k8s/configmap.yaml");
+    assert!(config.contains("metrics_listen = \"0.0.0.0:9090\""));
+    assert!(config.contains("listen = \"0.0.0.0:8080\""));
+}
+
+#[test]
+fn the_rabbitmq_definitions_declare_the_services_topology() {
+    let definitions: Value =
+        serde_json::from_str(&read("deploy/rabbitmq/definitions.json")).expect("json");
+    let config = Config::parse("", "default.toml", &Default::default()).expect("defaults");
+    let topology = Topology {
+        prefix: config.amqp.prefix.clone(),
+        retry_delays: config.worker.retry_delays.clone(),
+    };
+    let names = |key: &str| -> BTreeSet<String> {
+        definitions[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .filter_map(|item| item["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let queues: BTreeSet<String> = topology.queues().into_iter().collect();
+    assert_eq!(names("queues"), queues);
+    let exchanges: BTreeSet<String> = [
+        topology.work_exchange(),
+        topology.retry_exchange(),
+        topology.dead_exchange(),
+        topology.events_exchange(),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names("exchanges"), exchanges);
+    for queue in definitions["queues"].as_array().expect("queues") {
+        assert_eq!(queue["arguments"]["x-queue-type"], "quorum", "{queue}");
+    }
+}
+
+#[test]
+fn the_systemd_units_run_the_three_roles_hardened() {
+    for (unit, role) in [
+        ("deploy/systemd/puhuri-approver.service", "serve"),
+        ("deploy/systemd/puhuri-approver-receive.service", "receive"),
+        ("deploy/systemd/puhuri-approver-work.service", "work"),
+    ] {
+        let text = read(unit);
+        assert!(
+            text.contains(&format!(
+                "ExecStart=/usr/local/bin/puhuri-approver {role} --config"
+            )),
+            "{unit}"
+        );
+        for option in [
+            "DynamicUser=yes",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "TimeoutStopSec=40",
+        ] {
+            assert!(text.contains(option), "{unit} lacks {option}");
+        }
+        // Secrets never on the command line.
+        assert!(!text.contains("--token"), "{unit}");
+    }
+}
