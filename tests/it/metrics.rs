@@ -180,20 +180,20 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     assert_eq!(moved(&format!("{}{{tier=\"1\"}}", metrics::RETRIES)), 1.0);
     assert!(
         moved(&format!(
-            "{}{{endpoint=\"get order\",status=\"200\"}}",
+            "{}{{endpoint=\"get resource\",status=\"200\"}}",
             metrics::PUHURI_REQUESTS
         )) >= 2.0
     );
     assert_eq!(
         moved(&format!(
-            "{}{{endpoint=\"get order\",status=\"500\"}}",
+            "{}{{endpoint=\"get resource\",status=\"500\"}}",
             metrics::PUHURI_REQUESTS
         )),
         1.0
     );
     assert!(
         moved(&format!(
-            "{}_count{{endpoint=\"get order\"}}",
+            "{}_count{{endpoint=\"get resource\"}}",
             metrics::PUHURI_SECONDS
         )) >= 3.0
     );
@@ -367,7 +367,12 @@ async fn a_work_only_process_serves_metrics_on_metrics_listen() {
          [reconcile]\ninterval_secs = 0\n[puhuri]\nurl = \"http://127.0.0.1:1/api/\"\ntoken = \"t\"\n",
         dir.display()
     );
-    let config = Config::parse(&text, "test.toml", &Default::default()).expect("config");
+    let config = Config::parse(
+        &text,
+        "test.toml",
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .expect("config");
     let policy = Policy::parse(crate::helpers::APPROVE_SMALL).expect("policy");
     let roles = Roles {
         receive: false,
