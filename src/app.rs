@@ -83,13 +83,13 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {}", config.listen))?,
         };
         addr = Some(listener.local_addr()?);
-        let app = receiver::router(config, broker.clone(), stats.clone(), metrics.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let router = receiver::router(config, broker.clone(), stats.clone(), metrics.clone());
+        let header_timeout = config.receiver.request_timeout;
         let server_stop = stop.clone();
         tracker.spawn(async move {
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(server_stop.clone().cancelled_owned());
-            if let Err(error) = server.await {
+            if let Err(error) =
+                receiver::serve(listener, router, header_timeout, server_stop.clone()).await
+            {
                 tracing::error!(error = %error, "receiver failed; stopping");
                 server_stop.cancel();
             }
@@ -102,12 +102,12 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot listen on {listen} (metrics_listen)"))?;
         metrics_addr = Some(listener.local_addr()?);
-        let app = receiver::ops_router(metrics.clone());
+        let router = receiver::ops_router(metrics.clone());
+        let header_timeout = config.receiver.request_timeout;
         let server_stop = stop.clone();
         tracker.spawn(async move {
-            let server =
-                axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned());
-            if let Err(error) = server.await {
+            if let Err(error) = receiver::serve(listener, router, header_timeout, server_stop).await
+            {
                 tracing::error!(error = %error, "metrics listener failed");
             }
         });
