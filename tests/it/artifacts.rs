@@ -194,3 +194,54 @@ fn the_systemd_units_run_the_three_roles_hardened() {
         assert!(!text.contains("--token"), "{unit}");
     }
 }
+
+/// The `key: |` block of a YAML file, unindented (the ConfigMap's embedded files).
+fn yaml_block(text: &str, key: &str) -> String {
+    let header = format!("  {key}: |");
+    let mut lines = text.lines().skip_while(|line| *line != header).skip(1);
+    let mut block = String::new();
+    for line in lines.by_ref() {
+        if !(line.is_empty() || line.starts_with("    ")) {
+            break;
+        }
+        block.push_str(line.get(4..).unwrap_or(""));
+        block.push('\n');
+    }
+    assert!(!block.trim().is_empty(), "no `{key}` block");
+    block
+}
+
+#[test]
+fn the_shipped_configurations_and_policy_are_valid() {
+    let env: std::collections::HashMap<String, String> = [
+        ("PUHURI_APPROVER_PUHURI_TOKEN", "token"),
+        (
+            "PUHURI_APPROVER_SOURCE_SIM_SECRETS",
+            "whsec_bG9jYWwtZGVtby1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u",
+        ),
+        (
+            "PUHURI_APPROVER_SOURCE_PUHURI_SECRETS",
+            "CHANGE-ME-TO-A-RANDOM-STRING-OF-AT-LEAST-32-CHARACTERS",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let compose = read("deploy/compose/puhuri-approver.toml");
+    let config = Config::parse(&compose, "compose.toml", &env).expect("compose config");
+    assert!(config.metrics_listen.is_some());
+    let configmap = read("deploy/k8s/configmap.yaml");
+    let config = Config::parse(
+        &yaml_block(&configmap, "puhuri-approver.toml"),
+        "configmap.toml",
+        &env,
+    )
+    .expect("ConfigMap config");
+    assert_eq!(
+        config.metrics_listen.map(|a| a.port()),
+        Some(9090),
+        "the worker's probes and scrape port"
+    );
+    puhuri_approver::policy::Policy::parse(&yaml_block(&configmap, "policy.toml"))
+        .expect("ConfigMap policy");
+}
