@@ -140,6 +140,9 @@ pub struct AmqpConfig {
     pub prefix: String,
     pub publish_channels: usize,
     pub confirm_timeout: Duration,
+    /// Declare the topology at connect (`true`), or only check that an operator
+    /// pre-declared it (passive declarations, no `configure` permission needed).
+    pub declare: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +298,7 @@ struct FileAmqp {
     prefix: Option<Spanned<String>>,
     publish_channels: Option<Spanned<usize>>,
     confirm_timeout_ms: Option<Spanned<u64>>,
+    declare: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -665,6 +669,7 @@ impl Config {
                 prefix,
                 publish_channels,
                 confirm_timeout,
+                declare: file.amqp.declare.unwrap_or(true),
             },
             worker: WorkerConfig {
                 prefetch,

@@ -74,6 +74,7 @@ struct Inner {
     topology: Topology,
     publish_channels: usize,
     confirm_timeout: Duration,
+    declare: bool,
     // Held only to clone the Arc, never across an await.
     session: RwLock<Option<Arc<Session>>>,
     generation: AtomicU64,
@@ -105,6 +106,7 @@ impl RabbitBroker {
                 },
                 publish_channels: config.publish_channels,
                 confirm_timeout: config.confirm_timeout,
+                declare: config.declare,
                 session: RwLock::new(None),
                 generation: AtomicU64::new(0),
                 connected,
@@ -215,7 +217,11 @@ impl RabbitBroker {
             }
         };
         let setup = connection.create_channel().await?;
-        declare_topology(&setup, &self.inner.topology).await?;
+        if self.inner.declare {
+            declare_topology(&setup, &self.inner.topology).await?;
+        } else {
+            check_topology(&setup, &self.inner.topology).await?;
+        }
         let _ = setup.close(200, "topology declared".into()).await;
         let mut channels = Vec::with_capacity(self.inner.publish_channels);
         for _ in 0..self.inner.publish_channels {
@@ -678,6 +684,36 @@ fn safe_dead_lettering(args: &mut FieldTable, exchange: &str, routing_key: Optio
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
+}
+
+/// Passive declarations of every exchange and queue (`amqp.declare = false`): the
+/// topology was pre-declared by an operator (`deploy/rabbitmq/definitions.json`); a
+/// missing one fails the connection attempt, which is logged and retried with backoff.
+async fn check_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (topology.work_exchange(), ExchangeKind::Direct),
+        (topology.retry_exchange(), ExchangeKind::Direct),
+        (topology.dead_exchange(), ExchangeKind::Fanout),
+        (topology.events_exchange(), ExchangeKind::Topic),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, passive, FieldTable::default())
+            .await?;
+    }
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    for queue in topology.queues() {
+        channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?;
+    }
+    Ok(())
 }
 
 async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {

@@ -245,3 +245,40 @@ fn the_shipped_configurations_and_policy_are_valid() {
     puhuri_approver::policy::Policy::parse(&yaml_block(&configmap, "policy.toml"))
         .expect("ConfigMap policy");
 }
+
+/// With `amqp.declare = false` the service declares nothing: it waits until an operator
+/// pre-declared the topology, then connects.
+#[tokio::test]
+async fn a_pre_declared_topology_is_used_without_declaring() {
+    use std::time::Duration;
+
+    use puhuri_approver::config::AmqpConfig;
+    use puhuri_approver::queue::Broker;
+    use puhuri_approver::secret::Secret;
+    use tokio_util::sync::CancellationToken;
+
+    let amqp = |declare: bool, prefix: &str| AmqpConfig {
+        url: Secret::new(crate::helpers::amqp_url()),
+        prefix: prefix.to_owned(),
+        publish_channels: 1,
+        confirm_timeout: Duration::from_secs(5),
+        declare,
+    };
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let delays = vec![Duration::from_millis(50)];
+    let stop = CancellationToken::new();
+    let passive = Broker::start_rabbit(&amqp(false, &prefix), delays.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!passive.is_connected(), "connected without a topology");
+
+    // The operator's declaration (here: a declaring broker with the same prefix).
+    let operator = Broker::start_rabbit(&amqp(true, &prefix), delays, stop.clone());
+    let connected =
+        tokio::time::timeout(crate::helpers::WAIT, operator.wait_connected(&stop)).await;
+    assert_eq!(connected, Ok(true));
+    let connected = tokio::time::timeout(crate::helpers::WAIT, passive.wait_connected(&stop)).await;
+    assert_eq!(connected, Ok(true), "the passive broker did not connect");
+    assert_eq!(passive.work_depth().await.expect("depth"), 0);
+    operator.delete_topology().await.expect("clean up");
+    stop.cancel();
+}

@@ -39,6 +39,7 @@ impl Harness {
                     prefix: self.prefix.clone(),
                     publish_channels: 2,
                     confirm_timeout: Duration::from_secs(5),
+                    declare: true,
                 };
                 Broker::start_rabbit(&config, self.delays.clone(), stop.clone())
             }
