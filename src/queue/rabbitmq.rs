@@ -532,6 +532,16 @@ impl RabbitBroker {
         }
         // Closing the channel returns every message read to the queue.
         let _ = channel.close(200, "inspected".into()).await;
+        // The return is asynchronous (a quorum queue goes through its log): wait, briefly,
+        // until they are ready again, so that a replay right after finds them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            match self.queue_depth(&self.inner.topology.dead_queue()).await {
+                Ok(ready) if ready as usize >= letters.len() => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
+        }
         Ok(letters)
     }
 
