@@ -374,6 +374,8 @@ fn summary(decided: &[(String, Duration)], policy_name: &str, example: bool) {
             None => counts.push((action.clone(), 1)),
         }
     }
+    // By action name: decisions finish concurrently, so first-seen order would vary.
+    counts.sort();
     let mut times: Vec<Duration> = decided.iter().map(|(_, t)| *t).collect();
     times.sort();
     let median = times.get(times.len() / 2).copied().unwrap_or_default();
