@@ -277,7 +277,7 @@ fn queue_message_size_body() -> Vec<u8> {
         },
         received_at_ms: 1_764_201_600_000,
     };
-    serde_json::to_vec(&Envelope::V1(item)).unwrap_or_default()
+    Envelope::encode(&item).unwrap_or_default()
 }
 
 // ----- the service under test -----
