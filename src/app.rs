@@ -74,13 +74,13 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {}", config.listen))?,
         };
         addr = Some(listener.local_addr()?);
-        let app = receiver::router(config, broker.clone(), stats.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let router = receiver::router(config, broker.clone(), stats.clone());
+        let header_timeout = config.receiver.request_timeout;
         let server_stop = stop.clone();
         tracker.spawn(async move {
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(server_stop.clone().cancelled_owned());
-            if let Err(error) = server.await {
+            if let Err(error) =
+                receiver::serve(listener, router, header_timeout, server_stop.clone()).await
+            {
                 tracing::error!(error = %error, "receiver failed; stopping");
                 server_stop.cancel();
             }

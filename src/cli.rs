@@ -756,7 +756,6 @@ async fn connect_broker(
 }
 
 async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
-    use crate::queue::Select;
     let config = load_config(args.config.as_deref())?;
     let stop = CancellationToken::new();
     let broker = connect_broker(&config, &stop).await?;
@@ -764,10 +763,7 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
         DlqCommand::List { limit } => {
             let letters = broker.dead_letters(limit).await?;
             if letters.is_empty() {
-                println!(
-                    "the dead-letter queue `{}` is empty",
-                    broker.topology().dead_queue()
-                );
+                println!("the dead-letter queue is empty ({})", broker.describe());
             } else {
                 println!(
                     "{:<40} {:>8}  {:<34} LAST REASON",
@@ -823,40 +819,37 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
         DlqCommand::Replay { id, all } | DlqCommand::Purge { id, all } if id.is_none() && !all => {
             Err(anyhow::anyhow!("name a dead letter id, or pass `--all`"))
         }
-        DlqCommand::Replay { id, .. } => {
-            let select = id.as_deref().map(Select::One).unwrap_or(Select::All);
-            let done = broker
-                .settle_dead_letters(select, true, progress_line("replayed"))
-                .await?;
-            finish_progress();
-            match (done, id) {
-                (0, Some(id)) => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
-                (n, _) => {
-                    println!(
-                        "replayed {n} dead letter(s) to `{}`",
-                        broker.topology().work_queue()
-                    );
-                    Ok(())
-                }
-            }
-        }
-        DlqCommand::Purge { id, .. } => {
-            let select = id.as_deref().map(Select::One).unwrap_or(Select::All);
-            let done = broker
-                .settle_dead_letters(select, false, progress_line("purged"))
-                .await?;
-            finish_progress();
-            match (done, id) {
-                (0, Some(id)) => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
-                (n, _) => {
-                    println!("purged {n} dead letter(s)");
-                    Ok(())
-                }
-            }
-        }
+        DlqCommand::Replay { id, .. } => settle_dead(&broker, id, true).await,
+        DlqCommand::Purge { id, .. } => settle_dead(&broker, id, false).await,
     };
     stop.cancel();
     result
+}
+
+/// Replays (`replay`) or purges one dead letter (`id`) or all of them.
+async fn settle_dead(
+    broker: &crate::queue::Broker,
+    id: Option<String>,
+    replay: bool,
+) -> anyhow::Result<()> {
+    use crate::queue::Select;
+    let verb = if replay { "replayed" } else { "purged" };
+    let select = id.as_deref().map(Select::One).unwrap_or(Select::All);
+    let done = broker
+        .settle_dead_letters(select, replay, progress_line(verb))
+        .await?;
+    finish_progress();
+    match (done, id) {
+        (0, Some(id)) => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
+        (n, _) if replay => {
+            println!("replayed {n} dead letter(s) to the work queue");
+            Ok(())
+        }
+        (n, _) => {
+            println!("purged {n} dead letter(s)");
+            Ok(())
+        }
+    }
 }
 
 /// A progress line on standard error: rewritten in place on a terminal, every 100

@@ -691,6 +691,67 @@ fn signature_problem(error: VerifyError) -> Problem {
     )
 }
 
+/// The largest read buffer of one connection, which bounds the request line and headers.
+pub const MAX_HEADER_BUFFER: usize = 64 * 1024;
+
+/// Serves the receiver's router on `listener` until `stop` fires, then lets every
+/// connection finish its request in flight.
+///
+/// INVARIANT: a client gets at most `header_timeout` to send the request line and headers
+/// (slow-header clients cannot hold connections open), and at most `MAX_HEADER_BUFFER`
+/// bytes of them; the handler's own timeout then covers the body.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    header_timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %error, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEADER_BUFFER)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => {
+                    // Finish the request in flight, accept no further ones on this connection.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

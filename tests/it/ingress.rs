@@ -868,3 +868,39 @@ async fn no_secret_or_token_appears_in_the_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
+    let app = spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        extra_config: "[receiver]\nrequest_timeout_ms = 300\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // The request line and one header, then nothing: the headers never end.
+    stream
+        .write_all(b"POST /v1/notifications/relay HTTP/1.1\r\nHost: receiver\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the receiver closed the connection");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.work_queue_depth().await, 0);
+    app.stop().await;
+}
