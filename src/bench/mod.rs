@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::notification::{AllocationHint, Envelope, WaldurUuid, WorkItem};
@@ -233,7 +233,10 @@ async fn run_all(options: &BenchOptions, cx: &Context_) -> anyhow::Result<BenchR
         reconcile: None,
     };
     if backends.contains(&"rabbitmq") {
-        eprintln!("bench: broker baseline ({} s)", options.duration.as_secs_f64());
+        eprintln!(
+            "bench: broker baseline ({} s)",
+            options.duration.as_secs_f64()
+        );
         let body = queue_message_size_body();
         report.baseline = Some(
             baseline::run(
@@ -436,7 +439,12 @@ impl Service {
         // Fields after the parenthesised command name: state is the first, utime the 12th.
         let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         (ticks(11) + ticks(12)) as f64 / CLOCK_TICKS
     }
 
@@ -795,7 +803,9 @@ async fn run_phase(
         }
     }
     let decided = end_to_end.len();
-    let decision_secs = last_decision.saturating_duration_since(started).as_secs_f64();
+    let decision_secs = last_decision
+        .saturating_duration_since(started)
+        .as_secs_f64();
     PhaseReport {
         name: name.to_owned(),
         target_rate: rate,
@@ -846,12 +856,8 @@ async fn reconcile(options: &BenchOptions, cx: &Context_) -> anyhow::Result<Reco
     let list_secs = list_started.elapsed().as_secs_f64();
     let stop = CancellationToken::new();
     let broker = crate::app::open_queue(&config, stop.clone())?;
-    let reconciler = crate::reconciler::Reconciler::new(
-        client,
-        broker,
-        Vec::new(),
-        config.reconcile.clone(),
-    );
+    let reconciler =
+        crate::reconciler::Reconciler::new(client, broker, Vec::new(), config.reconcile.clone());
     let cycle_started = Instant::now();
     let cycle = reconciler.run_cycle().await?;
     let cycle_secs = cycle_started.elapsed().as_secs_f64();
