@@ -536,13 +536,19 @@ async fn run_backend(
     .await;
     service.stop().await;
     if backend == "rabbitmq" {
-        delete_rabbit_topology(options, &prefix).await;
+        delete_rabbit_topology(options, cx, &prefix).await;
     }
     result
 }
 
 /// Deletes the queues and exchanges of the service under test.
-async fn delete_rabbit_topology(options: &BenchOptions, prefix: &str) {
+/// The retry tiers are those of the service's config (the defaults), so that every tier
+/// queue it declared is found by name.
+async fn delete_rabbit_topology(options: &BenchOptions, cx: &Context_, prefix: &str) {
+    let retry_delays = match crate::config::Config::parse("", "<bench>", &cx.env) {
+        Ok(config) => config.worker.retry_delays,
+        Err(_) => return,
+    };
     let stop = CancellationToken::new();
     let broker = crate::queue::Broker::start_rabbit(
         &crate::config::AmqpConfig {
@@ -551,7 +557,7 @@ async fn delete_rabbit_topology(options: &BenchOptions, prefix: &str) {
             publish_channels: 1,
             confirm_timeout: Duration::from_secs(5),
         },
-        vec![Duration::from_secs(1), Duration::from_secs(5)],
+        retry_delays,
         stop.clone(),
     );
     let connected = tokio::time::timeout(Duration::from_secs(10), broker.wait_connected(&stop))
