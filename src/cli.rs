@@ -67,6 +67,42 @@ pub enum Command {
     /// Show the whole product on this machine: the simulator, the service on the embedded
     /// queue with an example policy, and a stream of allocation requests.
     Demo(DemoArgs),
+    /// Measure the service against the simulator: ingest rate, latencies, decisions per
+    /// second, RSS and CPU, with a RabbitMQ baseline in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Queue backends to measure (RabbitMQ from env PUHURI_APPROVER_AMQP_URL, default
+    /// guest@127.0.0.1).
+    #[arg(long, value_enum, default_value = "both")]
+    pub backend: crate::bench::BackendChoice,
+    /// Notifications per second of the rate phase.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of each load phase (and of the baseline).
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Latency added to every simulator call in the upstream phase; 0 skips that phase.
+    #[arg(long, default_value_t = 50)]
+    pub upstream_latency_ms: u64,
+    /// Notifications per second of the upstream phase.
+    #[arg(long, default_value_t = 1200.0)]
+    pub upstream_rate: f64,
+    /// Requests in flight in the as-fast-as-accepted ingest phase, and publishes in flight
+    /// of the baseline.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// `worker.prefetch` of the service under test.
+    #[arg(long, default_value_t = 512)]
+    pub prefetch: u16,
+    /// Pending allocations the reconcile measurement lists; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub reconcile: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,7 +290,7 @@ pub enum PolicyCommand {
 pub fn init_logging(cli: &Cli) {
     // The demo prints a table; its logs stay quiet unless asked for.
     let default = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => "info,lapin=warn,amq_protocol=warn",
     };
     let format = cli.log_format;
@@ -309,6 +345,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 shutdown_signal(),
             )
+            .await
+        }
+        Command::Bench(args) => {
+            crate::bench::run(crate::bench::BenchOptions {
+                backend: args.backend,
+                rate: args.rate,
+                duration: std::time::Duration::from_secs_f64(args.duration.clamp(0.5, 600.0)),
+                upstream_latency_ms: args.upstream_latency_ms,
+                upstream_rate: args.upstream_rate,
+                concurrency: args.concurrency.max(1),
+                prefetch: args.prefetch.max(1),
+                reconcile: args.reconcile,
+                json: args.json,
+                amqp_url: crate::secret::Secret::new(
+                    std::env::var("PUHURI_APPROVER_AMQP_URL")
+                        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+                ),
+            })
             .await
         }
         Command::Policy(PolicyCommand::Check { file }) => {

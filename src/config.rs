@@ -508,7 +508,9 @@ impl Config {
                 return Err(at.invalid(n.span(), "worker.prefetch", "expected at least 1"));
             }
             Some(n) => *n.get_ref(),
-            None => 32,
+            // Deliveries wait on Puhuri Core most of the time (about four calls each): with
+            // 50 ms a call, 1,000 decisions per second need some 200 in flight.
+            None => 512,
         };
         let max_attempts = match &file.worker.max_attempts {
             Some(n) if !(1..=100).contains(n.get_ref()) => {
@@ -1139,7 +1141,7 @@ mod tests {
         let config = parse("[amqp]\nurl = \"amqp://h/v\"\n").expect("rabbit");
         assert_eq!(config.queue, QueueChoice::RabbitMq);
         assert_eq!(config.amqp.prefix, "puhuri-approver");
-        assert_eq!(config.worker.prefetch, 32);
+        assert_eq!(config.worker.prefetch, 512);
         assert_eq!(config.puhuri.api, ApiGeneration::Orders);
     }
 

@@ -4,6 +4,7 @@
 //! See `ARCHITECTURE.md` for the codemap and the invariants each module keeps.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod decision;

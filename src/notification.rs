@@ -380,6 +380,20 @@ pub enum Envelope {
     V1(WorkItem),
 }
 
+impl Envelope {
+    /// The queue message of `item`, serialized without copying it first.
+    pub fn encode(item: &WorkItem) -> serde_json::Result<Vec<u8>> {
+        /// Serializes exactly as `Envelope` does, over a borrowed item.
+        #[derive(Serialize)]
+        #[serde(tag = "v")]
+        enum Borrowed<'a> {
+            #[serde(rename = "1")]
+            V1(&'a WorkItem),
+        }
+        serde_json::to_vec(&Borrowed::V1(item))
+    }
+}
+
 /// One allocation to look at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkItem {
@@ -501,6 +515,9 @@ mod tests {
         assert!(json.starts_with(r#"{"v":"1","#), "{json}");
         let back: Envelope = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, envelope);
+        let Envelope::V1(item) = &envelope;
+        let encoded = Envelope::encode(item).expect("encodes");
+        assert_eq!(String::from_utf8(encoded).expect("utf-8"), json);
     }
 
     #[test]

@@ -540,6 +540,9 @@ async fn read_body(headers: &HeaderMap, body: Body, deadline: Instant) -> Result
     }
     let read = async {
         let mut stream = body.into_data_stream();
+        // A body that arrives in one chunk (the usual case) is kept as it is; only a body
+        // in several chunks is copied into one buffer.
+        let mut first: Option<Bytes> = None;
         let mut buffer = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| {
@@ -550,12 +553,21 @@ async fn read_body(headers: &HeaderMap, body: Body, deadline: Instant) -> Result
                     "the request body could not be read",
                 )
             })?;
-            if buffer.len() + chunk.len() > MAX_BODY_BYTES {
+            let held = first.as_ref().map_or(0, Bytes::len) + buffer.len();
+            if held + chunk.len() > MAX_BODY_BYTES {
                 return Err(too_large());
             }
-            buffer.extend_from_slice(&chunk);
+            match first.take() {
+                None if buffer.is_empty() => first = Some(chunk),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        buffer.extend_from_slice(&earlier);
+                    }
+                    buffer.extend_from_slice(&chunk);
+                }
+            }
         }
-        Ok(Bytes::from(buffer))
+        Ok(first.unwrap_or_else(|| Bytes::from(buffer)))
     };
     match tokio::time::timeout_at(deadline.into(), read).await {
         Ok(result) => result,

@@ -252,8 +252,7 @@ impl Broker {
         match self {
             Broker::Rabbit(rabbit) => rabbit.publish_notification(item).await,
             Broker::Embedded(embedded) => {
-                let body = serde_json::to_vec(&Envelope::V1(item.clone()))
-                    .map_err(PublishError::Encode)?;
+                let body = Envelope::encode(item).map_err(PublishError::Encode)?;
                 embedded
                     .queue
                     .publish(Lane::Work, &item.id, &body, 0, &[], Duration::ZERO)

@@ -242,7 +242,7 @@ impl RabbitBroker {
 
     /// Publishes a notification for the workers; `Ok` only after the publisher confirm.
     pub async fn publish_notification(&self, item: &WorkItem) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(&Envelope::V1(item.clone())).map_err(PublishError::Encode)?;
+        let body = Envelope::encode(item).map_err(PublishError::Encode)?;
         let topology = &self.inner.topology;
         self.publish(
             &topology.work_exchange(),

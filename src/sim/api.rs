@@ -248,13 +248,16 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
             }
             _ => Value::Null,
         };
-        sim.lock().calls.push(RecordedCall {
+        let mut shared = sim.lock();
+        shared.calls.push(RecordedCall {
             method: method.as_str().to_string(),
             path,
             query: uri.query().map(str::to_string),
             body: recorded_body,
             status,
         });
+        shared.call_times.push(std::time::Instant::now());
+        drop(shared);
         sim.note_recorded();
     }
     if slow > 0 {

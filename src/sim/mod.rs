@@ -301,6 +301,8 @@ struct Inner {
 struct Shared {
     model: Model,
     calls: Vec<RecordedCall>,
+    /// When each of `calls` was recorded (same index).
+    call_times: Vec<std::time::Instant>,
     faults: Faults,
     rng: u64,
 }
@@ -348,6 +350,7 @@ impl Sim {
                 shared: Mutex::new(Shared {
                     model,
                     calls: Vec::new(),
+                    call_times: Vec::new(),
                     faults: Faults::default(),
                     rng: seed,
                 }),
@@ -463,6 +466,18 @@ impl Sim {
         self.lock().calls.clone()
     }
 
+    /// The write calls from index `from` on, each with the instant it was recorded
+    /// (for latency measurements that must not copy the whole log on every change).
+    pub fn calls_since(&self, from: usize) -> Vec<(RecordedCall, std::time::Instant)> {
+        let shared = self.lock();
+        let from = from.min(shared.calls.len());
+        shared.calls[from..]
+            .iter()
+            .cloned()
+            .zip(shared.call_times[from..].iter().copied())
+            .collect()
+    }
+
     /// A receiver that changes after every recorded write call.
     pub fn watch_calls(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.recorded.subscribe()
@@ -474,7 +489,9 @@ impl Sim {
 
     /// Forgets the recorded calls.
     pub fn clear_calls(&self) {
-        self.lock().calls.clear();
+        let mut shared = self.lock();
+        shared.calls.clear();
+        shared.call_times.clear();
     }
 
     /// Replaces the injected faults (`error_rate` is clamped to 0..=1).
