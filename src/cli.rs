@@ -46,15 +46,15 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run every role in one process: receiver and workers.
+    /// Run every role in one process: receiver, workers and reconciler.
     Serve(ServiceArgs),
-    /// Run the receiver only (HTTP in, RabbitMQ out).
+    /// Run the receiver only (HTTP in, the queue out).
     Receive(ServiceArgs),
-    /// Run the workers only (RabbitMQ in, Puhuri Core out).
+    /// Run the workers and the reconciler only (the queue in, Puhuri Core out).
     Work(ServiceArgs),
     /// Run the Puhuri Core simulator (for tests, demos and benchmarks).
     Sim(SimArgs),
-    /// Print Standard Webhooks headers for a body, to send a test notification with curl.
+    /// Print signature headers for a body, to send a test notification with curl.
     Sign(SignArgs),
     /// Configuration tools.
     #[command(subcommand)]
