@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -18,6 +19,9 @@ use crate::metrics::Metrics;
 use crate::notification::WorkItem;
 use crate::puhuri::{PuhuriClient, PuhuriError};
 use crate::queue::{Broker, PublishError};
+
+/// Publishes in flight at once while enqueueing one cycle's allocations.
+const ENQUEUE_CONCURRENCY: usize = 64;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +116,7 @@ impl Reconciler {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        let mut items = Vec::new();
         for hint in hints {
             let key = hint.key();
             if self.with_recent(|recent| recent.contains_key(&key)) {
@@ -129,9 +134,30 @@ impl Reconciler {
                 hint,
                 received_at_ms,
             };
-            self.broker.publish_notification(&item).await?;
-            self.with_recent(|recent| recent.insert(key, now));
-            report.enqueued += 1;
+            items.push((key, item));
+        }
+        // Publishes run concurrently (each still awaits its own confirm); an allocation
+        // counts as enqueued, and is remembered, only once its publish is confirmed.
+        let mut publishes = futures_util::stream::iter(items)
+            .map(|(key, item)| async move {
+                let result = self.broker.publish_notification(&item).await;
+                (key, result)
+            })
+            .buffer_unordered(ENQUEUE_CONCURRENCY);
+        let mut first_error = None;
+        while let Some((key, result)) = publishes.next().await {
+            match result {
+                Ok(()) => {
+                    self.with_recent(|recent| recent.insert(key, now));
+                    report.enqueued += 1;
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error.into());
         }
         Ok(report)
     }
