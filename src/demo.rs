@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use base64::Engine;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -145,10 +144,7 @@ pub async fn run(
 
     // Fresh credentials for this run: the simulator's token and the hook's signing secret.
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let secret_text = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))
-    );
+    let secret_text = WebhookSecret::generate_text();
     let secret =
         WebhookSecret::parse(&secret_text).map_err(|e| anyhow::anyhow!("demo secret: {e}"))?;
 

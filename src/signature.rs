@@ -99,6 +99,14 @@ impl WebhookSecret {
         mac
     }
 
+    /// A fresh random secret (32 bytes) in its `whsec_` text form, for demos and benches
+    /// that sign their own notifications.
+    pub fn generate_text() -> String {
+        let mut key = uuid::Uuid::new_v4().into_bytes().to_vec();
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
+    }
+
     /// The `v1,<base64>` signature of a body.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let tag = self
@@ -510,6 +518,16 @@ mod tests {
             Some(SecretError::BadLength(5))
         );
         assert!(format!("{:?}", secret_a()[0]).contains("***"));
+    }
+
+    #[test]
+    fn generated_secrets_parse_and_differ() {
+        let (a, b) = (
+            WebhookSecret::generate_text(),
+            WebhookSecret::generate_text(),
+        );
+        assert_ne!(a, b);
+        assert!(WebhookSecret::parse(&a).is_ok(), "{a}");
     }
 
     #[test]

@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use base64::Engine;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -144,10 +143,7 @@ pub struct ReconcileReport {
 /// Runs the bench and prints its table.
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let secret_text = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))
-    );
+    let secret_text = WebhookSecret::generate_text();
     let secret =
         WebhookSecret::parse(&secret_text).map_err(|e| anyhow::anyhow!("bench secret: {e}"))?;
     let sim_listener = TcpListener::bind("127.0.0.1:0")

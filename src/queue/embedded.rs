@@ -645,25 +645,23 @@ fn settle_dead(
     replay: bool,
     now: i64,
 ) -> Result<usize, StorageError> {
-    let n = match (message_id, replay) {
-        (Some(id), true) => tx.execute(
-            "UPDATE messages SET lane = 'work', attempts = 0, available_at = ?1, deliveries = 0,
-                 lease_until = NULL, lease_token = NULL
-             WHERE id = (SELECT id FROM messages WHERE lane = 'dead' AND message_id = ?2 ORDER BY id LIMIT 1)",
-            params![now, id],
-        )?,
-        (None, true) => tx.execute(
-            "UPDATE messages SET lane = 'work', attempts = 0, available_at = ?1, deliveries = 0,
-                 lease_until = NULL, lease_token = NULL
-             WHERE lane = 'dead'",
-            params![now],
-        )?,
-        (Some(id), false) => tx.execute(
-            "DELETE FROM messages
-             WHERE id = (SELECT id FROM messages WHERE lane = 'dead' AND message_id = ?1 ORDER BY id LIMIT 1)",
-            params![id],
-        )?,
-        (None, false) => tx.execute("DELETE FROM messages WHERE lane = 'dead'", [])?,
+    // One message id: its oldest dead letter; none: every dead letter (LIMIT -1).
+    let selected = "SELECT id FROM messages WHERE lane = 'dead' AND (?1 IS NULL OR message_id = ?1)
+                    ORDER BY id LIMIT CASE WHEN ?1 IS NULL THEN -1 ELSE 1 END";
+    let n = if replay {
+        tx.execute(
+            &format!(
+                "UPDATE messages SET lane = 'work', attempts = 0, available_at = ?2, deliveries = 0,
+                     lease_until = NULL, lease_token = NULL
+                 WHERE id IN ({selected})"
+            ),
+            params![message_id, now],
+        )?
+    } else {
+        tx.execute(
+            &format!("DELETE FROM messages WHERE id IN ({selected})"),
+            params![message_id],
+        )?
     };
     Ok(n)
 }
