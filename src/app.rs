@@ -21,6 +21,7 @@ use crate::puhuri::PuhuriClient;
 use crate::queue::Broker;
 use crate::receiver::{self, ReceiverStats};
 use crate::reconciler::Reconciler;
+use crate::team::TeamWatcher;
 use crate::worker::Worker;
 
 /// Which roles run in this process.
@@ -135,10 +136,29 @@ pub async fn start(
             tracing::info!(interval_secs = interval.as_secs(), "reconciler started");
         }
         let w = Arc::new(
-            Worker::new(client, policy, broker.clone(), config.worker.clone())
-                .with_shadow(config.policy_shadow)
-                .with_metrics(metrics.clone()),
+            Worker::new(
+                client.clone(),
+                policy,
+                broker.clone(),
+                config.worker.clone(),
+            )
+            .with_shadow(config.policy_shadow)
+            .with_metrics(metrics.clone())
+            .with_usage(config.usage.clone())
+            .with_team(config.team.clone()),
         );
+        if let Some(period) = config.team.watch {
+            let watcher = Arc::new(TeamWatcher::new(
+                client,
+                broker.clone(),
+                config.puhuri.offerings.clone(),
+                config.team.clone(),
+                metrics.clone(),
+            ));
+            let watch_stop = stop.clone();
+            tracker.spawn(async move { watcher.run(watch_stop).await });
+            tracing::info!(period_secs = period.as_secs(), "team watcher started");
+        }
         worker = Some(w.clone());
         let worker_stop = stop.clone();
         tracker.spawn(async move { w.run(worker_stop).await });

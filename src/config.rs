@@ -66,6 +66,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
     pub reconcile: ReconcileConfig,
+    pub team: TeamConfig,
+    pub usage: UsageConfig,
     pub puhuri: PuhuriConfig,
     pub policy_file: Option<PathBuf>,
     /// Decide and publish decisions, but write nothing to Puhuri Core.
@@ -165,6 +167,24 @@ pub struct ReconcileConfig {
     /// An allocation enqueued by this reconciler is not enqueued again for this long
     /// (held allocations are re-evaluated at this pace).
     pub recheck: Duration,
+}
+
+/// Project teams: snapshots after approval and the change watcher.
+#[derive(Debug, Clone)]
+pub struct TeamConfig {
+    /// Publish a `team.snapshot` event after each approval.
+    pub snapshot_on_approval: bool,
+    /// Time between watch cycles (with the reconciler); `None` turns the watcher off.
+    pub watch: Option<Duration>,
+}
+
+/// Usage records: how long the worker gathers records of one allocation and month
+/// before reporting them together.
+#[derive(Debug, Clone)]
+pub struct UsageConfig {
+    pub linger: Duration,
+    /// Records of one allocation and month that are reported at once without waiting.
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -274,6 +294,10 @@ struct FileConfig {
     #[serde(default)]
     reconcile: FileReconcile,
     #[serde(default)]
+    team: FileTeam,
+    #[serde(default)]
+    usage: FileUsage,
+    #[serde(default)]
     puhuri: FilePuhuri,
     #[serde(default)]
     policy: FilePolicy,
@@ -324,6 +348,20 @@ struct FileQueue {
 struct FileReconcile {
     interval_secs: Option<Spanned<u64>>,
     recheck_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTeam {
+    snapshot_on_approval: Option<bool>,
+    watch_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUsage {
+    linger_ms: Option<Spanned<u64>>,
+    max_batch: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -585,6 +623,37 @@ impl Config {
                 None => Duration::from_secs(900),
             },
         };
+        let team = TeamConfig {
+            snapshot_on_approval: file.team.snapshot_on_approval.unwrap_or(true),
+            watch: match &file.team.watch_secs {
+                Some(s) if *s.get_ref() > 86_400 => {
+                    return Err(at.invalid(
+                        s.span(),
+                        "team.watch_secs",
+                        "expected 0 (off) to 86400",
+                    ));
+                }
+                Some(s) if *s.get_ref() == 0 => None,
+                Some(s) => Some(Duration::from_secs(*s.get_ref())),
+                None => Some(Duration::from_secs(300)),
+            },
+        };
+        let usage = UsageConfig {
+            linger: match &file.usage.linger_ms {
+                Some(s) if *s.get_ref() > 60_000 => {
+                    return Err(at.invalid(s.span(), "usage.linger_ms", "expected 0 to 60000"));
+                }
+                Some(s) => Duration::from_millis(*s.get_ref()),
+                None => Duration::from_millis(200),
+            },
+            max_batch: match &file.usage.max_batch {
+                Some(s) if *s.get_ref() == 0 || *s.get_ref() > 10_000 => {
+                    return Err(at.invalid(s.span(), "usage.max_batch", "expected 1 to 10000"));
+                }
+                Some(s) => *s.get_ref(),
+                None => 256,
+            },
+        };
 
         let puhuri_url = match env.get("PUHURI_APPROVER_PUHURI_URL") {
             Some(url) => normalize_api_url(&url).map_err(|message| ConfigError::Env {
@@ -681,6 +750,8 @@ impl Config {
                 shutdown_deadline,
             },
             reconcile,
+            team,
+            usage,
             puhuri: PuhuriConfig {
                 url: puhuri_url,
                 token,

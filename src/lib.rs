@@ -20,4 +20,6 @@ pub mod reconciler;
 pub mod secret;
 pub mod signature;
 pub mod sim;
+pub mod team;
+pub mod usage;
 pub mod worker;

@@ -60,6 +60,13 @@ pub const POLICY_RELOAD_FAILURES: &str = "puhuri_approver_policy_reload_failures
 pub const POLICY_LOADED: &str = "puhuri_approver_policy_loaded";
 /// `1` while the broker connection is up (the embedded queue is always up).
 pub const BROKER_CONNECTED: &str = "puhuri_approver_broker_connected";
+/// Usage records settled by the workers, by `outcome` (`reported`, `unchanged`,
+/// `dead-lettered`, `retried`).
+pub const USAGE_RECORDS: &str = "puhuri_approver_usage_records_total";
+/// `set_usage` calls that reported at least one changed component.
+pub const USAGE_REPORTS: &str = "puhuri_approver_usage_reports_total";
+/// Team events published, by `type` (`team.snapshot`, `team.changed`).
+pub const TEAM_EVENTS: &str = "puhuri_approver_team_events_total";
 
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`).
 pub const METRIC_NAMES: &[&str] = &[
@@ -81,6 +88,9 @@ pub const METRIC_NAMES: &[&str] = &[
     POLICY_RELOAD_FAILURES,
     POLICY_LOADED,
     BROKER_CONNECTED,
+    USAGE_RECORDS,
+    USAGE_REPORTS,
+    TEAM_EVENTS,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -232,6 +242,21 @@ impl Metrics {
         self.add(RECONCILE_CYCLES, &[if ok { "ok" } else { "error" }], 1);
         self.add(RECONCILE_CALLS, &[], calls as u64);
         self.add(RECONCILE_ENQUEUED, &[], enqueued as u64);
+    }
+
+    /// `n` usage records settled with `outcome`.
+    pub fn usage_records(&self, outcome: &str, n: usize) {
+        self.add(USAGE_RECORDS, &[outcome], n as u64);
+    }
+
+    /// One `set_usage` call that reported changed components.
+    pub fn usage_report(&self) {
+        self.add(USAGE_REPORTS, &[], 1);
+    }
+
+    /// A team event published.
+    pub fn team_event(&self, event_type: &str) {
+        self.add(TEAM_EVENTS, &[event_type], 1);
     }
 
     /// A policy reload attempt after start.
@@ -396,6 +421,13 @@ fn describe(name: &str) -> (&'static str, &'static str, &'static [&'static str])
             &[],
         ),
         DEAD_LETTER_DEPTH => ("gauge", "Messages in the dead-letter queue.", &[]),
+        USAGE_RECORDS => ("counter", "Usage records settled by outcome.", &["outcome"]),
+        USAGE_REPORTS => (
+            "counter",
+            "set_usage calls that reported changed components.",
+            &[],
+        ),
+        TEAM_EVENTS => ("counter", "Team events published by type.", &["type"]),
         DECISIONS => (
             "counter",
             "Decisions by action and policy rule.",

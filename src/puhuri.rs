@@ -120,6 +120,9 @@ pub struct Resource {
     pub customer_slug: Option<String>,
     pub created: Option<String>,
     pub end_date: Option<String>,
+    /// The access report shown to the allocation's users (a list of sections).
+    #[serde(default)]
+    pub report: Option<Value>,
     pub creation_order: Option<Order>,
 }
 
@@ -639,6 +642,211 @@ impl PuhuriClient {
             }
         }
         Ok((hints, calls))
+    }
+}
+
+/// A component of an offering, as far as usage reporting needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct OfferingComponent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub billing_type: String,
+}
+
+impl OfferingComponent {
+    /// Waldur takes usage for components billed by usage or by limit.
+    pub fn takes_usage(&self) -> bool {
+        matches!(self.billing_type.as_str(), "usage" | "limit")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct OfferingDetail {
+    #[serde(default)]
+    components: Vec<OfferingComponent>,
+}
+
+/// A stored usage of one component in one billing month.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ComponentUsage {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Decimal, rendered as a string (`"12.50"`).
+    pub usage: Value,
+}
+
+impl PuhuriClient {
+    fn query_url(&self, path: &str, pairs: &[(&str, &str)]) -> String {
+        match reqwest::Url::parse(&self.url(path)) {
+            Ok(mut url) => {
+                url.query_pairs_mut().extend_pairs(pairs);
+                url.to_string()
+            }
+            Err(_) => self.url(path),
+        }
+    }
+
+    /// Every page of a list, following `Link: rel="next"`; returns the items and calls.
+    async fn list_all<T: DeserializeOwned>(
+        &self,
+        url: String,
+    ) -> Result<(Vec<T>, usize), PuhuriError> {
+        let mut url = url;
+        let mut items = Vec::new();
+        let mut calls = 0;
+        loop {
+            let page: Page<T> = self.list_page(&url).await?;
+            calls += 1;
+            items.extend(page.items);
+            match page.next {
+                Some(next) if calls < 100_000 => url = next,
+                _ => break,
+            }
+        }
+        Ok((items, calls))
+    }
+
+    /// The members of the allocation's project with their roles.
+    pub async fn team(
+        &self,
+        resource_uuid: &str,
+    ) -> Result<Vec<crate::team::TeamMember>, PuhuriError> {
+        self.get_json(
+            "team",
+            &format!("{}team/", self.resource_path(resource_uuid)),
+        )
+        .await
+    }
+
+    /// Approved allocations (state `OK`) on one offering or on every one the token sees.
+    pub async fn list_approved(
+        &self,
+        offering_uuid: Option<&str>,
+    ) -> Result<(Vec<crate::team::TeamAllocation>, usize), PuhuriError> {
+        let path = match self.api {
+            ApiGeneration::Orders => "marketplace-provider-resources/",
+            ApiGeneration::Resources => "marketplace-resources/",
+        };
+        let mut pairs = vec![("state", "OK"), ("page_size", "100")];
+        if let Some(offering) = offering_uuid {
+            pairs.push(("offering_uuid", offering));
+        }
+        for field in [
+            "uuid",
+            "backend_id",
+            "project_uuid",
+            "project_name",
+            "offering_uuid",
+        ] {
+            pairs.push(("field", field));
+        }
+        let (items, calls): (Vec<Value>, usize) =
+            self.list_all(self.query_url(path, &pairs)).await?;
+        let text = |item: &Value, key: &str| {
+            item.get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let allocations = items
+            .iter()
+            .filter_map(|item| {
+                Some(crate::team::TeamAllocation {
+                    resource_uuid: text(item, "uuid")?,
+                    backend_id: text(item, "backend_id"),
+                    project_uuid: text(item, "project_uuid"),
+                    project_name: text(item, "project_name"),
+                    offering_uuid: text(item, "offering_uuid"),
+                })
+            })
+            .collect();
+        Ok((allocations, calls))
+    }
+
+    /// The allocations whose `backend_id` is exactly `backend_id`.
+    pub async fn find_by_backend_id(&self, backend_id: &str) -> Result<Vec<Resource>, PuhuriError> {
+        let path = match self.api {
+            ApiGeneration::Orders => "marketplace-provider-resources/",
+            ApiGeneration::Resources => "marketplace-resources/",
+        };
+        let url = self.query_url(path, &[("backend_id", backend_id), ("page_size", "10")]);
+        let page: Page<Resource> = self.list_page(&url).await?;
+        // The filter is exact in Waldur; checking again costs nothing.
+        Ok(page
+            .items
+            .into_iter()
+            .filter(|r| r.backend_id.as_deref() == Some(backend_id))
+            .collect())
+    }
+
+    /// The offering's components.
+    pub async fn offering_components(
+        &self,
+        offering_uuid: &str,
+    ) -> Result<Vec<OfferingComponent>, PuhuriError> {
+        let path = match self.api {
+            ApiGeneration::Orders => format!("marketplace-provider-offerings/{offering_uuid}/"),
+            ApiGeneration::Resources => format!("marketplace-offerings/{offering_uuid}/"),
+        };
+        let detail: OfferingDetail = self.get_json("get offering", &path).await?;
+        Ok(detail.components)
+    }
+
+    /// The usages stored for the allocation in one billing month (`YYYY-MM-01`).
+    pub async fn component_usages(
+        &self,
+        resource_uuid: &str,
+        billing_period: &str,
+    ) -> Result<Vec<ComponentUsage>, PuhuriError> {
+        let url = self.query_url(
+            "marketplace-component-usages/",
+            &[
+                ("resource_uuid", resource_uuid),
+                ("billing_period", billing_period),
+                ("page_size", "100"),
+            ],
+        );
+        Ok(self.list_all(url).await?.0)
+    }
+
+    /// Reports the month-to-date usage of components (amounts with at most 2 decimals);
+    /// Puhuri Core files it under the current billing month, replacing earlier values.
+    pub async fn set_usage(
+        &self,
+        resource_uuid: &str,
+        usages: &[(String, String, String)],
+    ) -> Result<(), PuhuriError> {
+        let usages: Vec<Value> = usages
+            .iter()
+            .map(|(kind, amount, description)| {
+                json!({ "type": kind, "amount": amount, "description": description })
+            })
+            .collect();
+        self.post(
+            "set usage",
+            "marketplace-component-usages/set_usage/",
+            Some(json!({ "resource": resource_uuid, "usages": usages })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sets one user's share of a stored component usage.
+    pub async fn set_user_usage(
+        &self,
+        component_usage_uuid: &str,
+        username: &str,
+        usage: &str,
+    ) -> Result<(), PuhuriError> {
+        self.post(
+            "set user usage",
+            &format!("marketplace-component-usages/{component_usage_uuid}/set_user_usage/"),
+            Some(json!({ "username": username, "usage": usage })),
+        )
+        .await
+        .map(drop)
     }
 }
 

@@ -20,14 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{ApiGeneration, WorkerConfig};
+use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
 use crate::policy::reload::ReloadCounters;
 use crate::policy::{Action, Policy, Verdict};
 use crate::puhuri::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
-use crate::queue::{Broker, Delivery, Retried};
+use crate::queue::{Broker, Delivery, Message, Retried};
+use crate::team::{TeamAllocation, TeamEvent};
+use crate::usage::report::{UsageReporter, UsageSettled};
 
 /// What happened to one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,17 @@ pub struct Worker {
     locks: KeyedLocks,
     settled: tokio::sync::broadcast::Sender<Settled>,
     metrics: Arc<Metrics>,
+    usage_config: UsageConfig,
+    usage: Arc<UsageReporter>,
+    team: TeamConfig,
+}
+
+/// Usage batching when the configuration says nothing.
+fn default_usage_config() -> UsageConfig {
+    UsageConfig {
+        linger: Duration::from_millis(200),
+        max_batch: 256,
+    }
 }
 
 impl Worker {
@@ -175,7 +188,20 @@ impl Worker {
         broker: Broker,
         config: WorkerConfig,
     ) -> Worker {
+        let metrics = Arc::new(Metrics::new());
+        let usage_config = default_usage_config();
         Worker {
+            usage: Arc::new(UsageReporter::new(
+                client.clone(),
+                usage_config.clone(),
+                config.clone(),
+                metrics.clone(),
+            )),
+            usage_config,
+            team: TeamConfig {
+                snapshot_on_approval: true,
+                watch: None,
+            },
             client,
             policy: RwLock::new(Arc::new(policy)),
             shadow: false,
@@ -184,15 +210,43 @@ impl Worker {
             config,
             locks: KeyedLocks::default(),
             settled: tokio::sync::broadcast::channel(1024).0,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
+    }
+
+    fn rebuild_usage(&mut self) {
+        self.usage = Arc::new(UsageReporter::new(
+            self.client.clone(),
+            self.usage_config.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+        ));
     }
 
     /// Counts decisions, settlements, retries and policy reloads in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
         metrics.policy_loaded();
         self.metrics = metrics;
+        self.rebuild_usage();
         self
+    }
+
+    /// How usage records are gathered before they are reported.
+    pub fn with_usage(mut self, usage: UsageConfig) -> Worker {
+        self.usage_config = usage;
+        self.rebuild_usage();
+        self
+    }
+
+    /// Whether a team snapshot follows each approval.
+    pub fn with_team(mut self, team: TeamConfig) -> Worker {
+        self.team = team;
+        self
+    }
+
+    /// Every settled batch of usage records from now on.
+    pub fn subscribe_usage(&self) -> tokio::sync::broadcast::Receiver<UsageSettled> {
+        self.usage.subscribe()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -270,11 +324,17 @@ impl Worker {
         }
         tracker.close();
         tracker.wait().await;
+        self.usage.drain().await;
     }
 
     async fn handle(&self, delivery: Delivery) {
         let item = match &delivery.item {
-            Ok(item) => item.clone(),
+            Ok(Message::Allocation(item)) => item.clone(),
+            Ok(Message::Usage(record)) => {
+                let record = record.clone();
+                self.usage.add(record, delivery);
+                return;
+            }
             Err(reason) => {
                 let reason = reason.clone();
                 tracing::error!(message_id = %delivery.message_id, error = %reason, "dead-lettering an undecodable message");
@@ -342,6 +402,12 @@ impl Worker {
                 ) {
                     self.publish_decision(item, &outcome, verdict.as_ref())
                         .await;
+                }
+                if let (Outcome::Approved { backend_id }, Some(verdict)) = (&outcome, &verdict)
+                    && self.team.snapshot_on_approval
+                    && !self.shadow
+                {
+                    self.publish_team_snapshot(verdict, backend_id).await;
                 }
                 let disposition = match delivery.ack().await {
                     Ok(()) => Disposition::Acked,
@@ -445,6 +511,66 @@ impl Worker {
         }
     }
 
+    /// Publishes the approved allocation's team; a failure is logged (the team watcher
+    /// publishes a snapshot of every approved allocation it has not seen).
+    async fn publish_team_snapshot(&self, verdict: &Verdict, backend_id: &str) {
+        let ids = &verdict.allocation;
+        match self.client.team(&ids.resource_uuid).await {
+            Ok(members) => {
+                let allocation = TeamAllocation {
+                    resource_uuid: ids.resource_uuid.clone(),
+                    backend_id: Some(backend_id.to_owned()),
+                    project_uuid: Some(ids.project_uuid.clone()).filter(|p| !p.is_empty()),
+                    project_name: None,
+                    offering_uuid: Some(ids.offering_uuid.clone()).filter(|o| !o.is_empty()),
+                };
+                let event = TeamEvent::snapshot(allocation, members);
+                if crate::team::publish(&self.broker, &event).await {
+                    self.metrics.team_event(event.event_type);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "team not readable after approval; no snapshot published");
+            }
+        }
+    }
+
+    /// Completes what an approval left undone: the access report, when the allocation is
+    /// approved with this policy's `backend_id` and carries another report (or none).
+    async fn complete_approval(
+        &self,
+        fetched: &Fetched,
+        state: String,
+    ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
+        let done = Outcome::AlreadyHandled { state };
+        if self.shadow || fetched.resource.state != "OK" {
+            return Ok((done, None));
+        }
+        let policy = self.policy();
+        let customer = if policy.needs_customer_details() {
+            self.fetch_customer(fetched).await?
+        } else {
+            None
+        };
+        let allocation = fetched.to_allocation(customer.as_ref());
+        let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
+        let Action::Approve { backend_id, report } = &verdict.action else {
+            return Ok((done, None));
+        };
+        if report.is_empty() || fetched.resource.backend_id.as_deref() != Some(backend_id) {
+            return Ok((done, None));
+        }
+        let wanted = serde_json::to_value(report).unwrap_or_default();
+        if fetched.resource.report.as_ref() == Some(&wanted) {
+            return Ok((done, None));
+        }
+        self.client
+            .submit_report(&fetched.resource.uuid, report)
+            .await?;
+        tracing::info!("access report submitted for an allocation approved earlier");
+        Ok((done, None))
+    }
+
     /// The organisation's own record, when the policy reads what only it has. A record
     /// the provider may not see leaves those fields empty rather than failing.
     async fn fetch_customer(&self, fetched: &Fetched) -> Result<Option<Customer>, PuhuriError> {
@@ -473,7 +599,7 @@ impl Worker {
     ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
         let fetched = self.client.fetch_allocation(&item.hint).await?;
         match fetched.waiting(self.client.api()) {
-            Waiting::AlreadyHandled(state) => return Ok((Outcome::AlreadyHandled { state }, None)),
+            Waiting::AlreadyHandled(state) => return self.complete_approval(&fetched, state).await,
             Waiting::NotYet(state) => return Ok((Outcome::NotWaiting { state }, None)),
             Waiting::Yes => {}
         }
@@ -512,25 +638,56 @@ impl Worker {
             }
             Err(error) => return Err(error.into()),
         };
+        if let (Outcome::Approved { .. }, Action::Approve { report, .. }) =
+            (&outcome, &verdict.action)
+            && !report.is_empty()
+        {
+            self.submit_report_or_follow_up(item, &fetched, report)
+                .await;
+        }
         Ok((outcome, Some(verdict)))
+    }
+
+    /// Submits the access report of a fresh approval. When that fails, the approval
+    /// stands and a follow-up notification for the allocation is queued: its worker finds
+    /// the allocation approved and submits the report (`complete_approval`), with the
+    /// usual retries and dead-lettering.
+    async fn submit_report_or_follow_up(
+        &self,
+        item: &WorkItem,
+        fetched: &Fetched,
+        report: &[crate::policy::ReportSection],
+    ) {
+        let Err(error) = self
+            .client
+            .submit_report(&fetched.resource.uuid, report)
+            .await
+        else {
+            return;
+        };
+        tracing::warn!(error = %error, "approved, but the access report was not submitted; queueing a follow-up");
+        let follow_up = WorkItem {
+            id: format!("{}.report", item.id),
+            source: item.source.clone(),
+            event_type: "access-report".into(),
+            hint: item.hint.clone(),
+            received_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        };
+        if let Err(error) = self.broker.publish_notification(&follow_up).await {
+            tracing::error!(error = %error, "the access report follow-up could not be queued; the report is missing until this allocation is processed again");
+        }
     }
 
     async fn act(&self, fetched: &Fetched, action: &Action) -> Result<Outcome, PuhuriError> {
         match action {
-            Action::Approve { backend_id, report } => {
+            Action::Approve { backend_id, .. } => {
                 self.client
                     .set_backend_id(&fetched.resource.uuid, backend_id)
                     .await?;
                 self.client.approve(fetched).await?;
-                if !report.is_empty()
-                    && let Err(error) = self
-                        .client
-                        .submit_report(&fetched.resource.uuid, report)
-                        .await
-                {
-                    // The approval stands; a retry would find it decided and never report.
-                    tracing::warn!(error = %error, "approved, but the access report was not submitted");
-                }
                 Ok(Outcome::Approved {
                     backend_id: backend_id.clone(),
                 })

@@ -28,7 +28,9 @@ use crate::notification::{Envelope, WorkItem};
 use embedded::{Claimed, EmbeddedQueue, Lane, StorageError};
 use rabbitmq::{RabbitBroker, RabbitDeliveries, RabbitDelivery};
 
-pub use rabbitmq::{HEADER_ATTEMPTS, HEADER_REASONS, RawMessage, WORK_ROUTING_KEY};
+pub use rabbitmq::{
+    HEADER_ATTEMPTS, HEADER_REASONS, RawMessage, USAGE_ROUTING_KEY, WORK_ROUTING_KEY,
+};
 
 /// Queue and exchange names derived from the prefix.
 #[derive(Debug, Clone)]
@@ -262,6 +264,20 @@ impl Broker {
         }
     }
 
+    /// Queues a usage record (its JSON wire form) for the workers; `Ok` only once durable.
+    pub async fn publish_usage(&self, body: &[u8], message_id: &str) -> Result<(), PublishError> {
+        match self {
+            Broker::Rabbit(rabbit) => rabbit.publish_usage(body, message_id).await,
+            Broker::Embedded(embedded) => {
+                embedded
+                    .queue
+                    .publish(Lane::Work, message_id, body, 0, &[], Duration::ZERO)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Publishes a decision event (RabbitMQ: the events exchange; embedded: the audit table).
     pub async fn publish_event(
         &self,
@@ -379,10 +395,34 @@ impl Broker {
     }
 }
 
+/// What the work queue carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A notification: look at this allocation (the versioned [`Envelope`]).
+    Allocation(WorkItem),
+    /// A usage record (`schemas/usage-record.v1.schema.json`), as other systems publish it.
+    Usage(crate::usage::UsageRecord),
+}
+
+/// Envelopes carry a version tag `v`; usage records never do.
+pub(crate) fn decode_message(body: &[u8]) -> Result<Message, String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        v: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Probe>(body) {
+        Ok(Probe { v: None }) => crate::usage::UsageRecord::decode(body).map(Message::Usage),
+        _ => match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope::V1(item)) => Ok(Message::Allocation(item)),
+            Err(error) => Err(format!("undecodable message: {error}")),
+        },
+    }
+}
+
 fn decode_item(body: &[u8]) -> Result<WorkItem, String> {
-    match serde_json::from_slice::<Envelope>(body) {
-        Ok(Envelope::V1(item)) => Ok(item),
-        Err(error) => Err(format!("undecodable message: {error}")),
+    match decode_message(body)? {
+        Message::Allocation(item) => Ok(item),
+        Message::Usage(_) => Err("a usage record".into()),
     }
 }
 
@@ -453,7 +493,7 @@ impl EmbeddedDeliveries {
 /// One delivery from the work queue.
 pub struct Delivery {
     /// The decoded message, or why it could not be decoded.
-    pub item: Result<WorkItem, String>,
+    pub item: Result<Message, String>,
     /// Attempts made before this one.
     pub attempts: u32,
     /// Reasons of the earlier failed attempts.
@@ -491,7 +531,7 @@ impl Delivery {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Delivery {
         Delivery {
-            item: decode_item(&claimed.body),
+            item: decode_message(&claimed.body),
             attempts: claimed.attempts,
             reasons: claimed.reasons.clone(),
             redelivered: claimed.redelivered,

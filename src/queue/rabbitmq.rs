@@ -45,6 +45,8 @@ use crate::secret::Secret;
 
 /// Routing key of work messages.
 pub const WORK_ROUTING_KEY: &str = "allocation";
+/// Routing key on the work exchange for usage records (the same queue takes them).
+pub const USAGE_ROUTING_KEY: &str = "usage";
 /// Header: the number of attempts already made.
 pub const HEADER_ATTEMPTS: &str = "x-puhuri-attempts";
 /// Header: one reason per failed attempt.
@@ -249,6 +251,18 @@ impl RabbitBroker {
             WORK_ROUTING_KEY,
             &body,
             work_properties(&item.id, FieldTable::default()),
+            true,
+        )
+        .await
+    }
+
+    /// Publishes a usage record for the workers; `Ok` only after the publisher confirm.
+    pub async fn publish_usage(&self, body: &[u8], message_id: &str) -> Result<(), PublishError> {
+        self.publish(
+            &self.inner.topology.work_exchange(),
+            USAGE_ROUTING_KEY,
+            body,
+            work_properties(message_id, FieldTable::default()),
             true,
         )
         .await
@@ -504,9 +518,9 @@ fn dead_letter_from(delivery: &lapin::message::Delivery) -> DeadLetter {
             .unwrap_or_default(),
         attempts,
         reasons,
-        item: match serde_json::from_slice::<Envelope>(&delivery.data) {
-            Ok(Envelope::V1(item)) => Some(item),
-            Err(_) => None,
+        item: match super::decode_message(&delivery.data) {
+            Ok(super::Message::Allocation(item)) => Some(item),
+            _ => None,
         },
         body: delivery.data.clone(),
     }
@@ -786,6 +800,15 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
             FieldTable::default(),
         )
         .await?;
+    channel
+        .queue_bind(
+            topology.work_queue().into(),
+            topology.work_exchange().into(),
+            USAGE_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
 
     for delay in &topology.retry_delays {
         let mut args = quorum_arguments();
@@ -838,7 +861,7 @@ impl RabbitDeliveries {
 /// One delivery from the work queue.
 pub struct RabbitDelivery {
     /// The decoded message, or why it could not be decoded.
-    pub item: Result<WorkItem, String>,
+    pub item: Result<super::Message, String>,
     /// Attempts made before this one.
     pub attempts: u32,
     /// Reasons of the earlier failed attempts.
@@ -852,10 +875,7 @@ pub struct RabbitDelivery {
 
 impl RabbitDelivery {
     fn new(raw: lapin::message::Delivery, broker: RabbitBroker, generation: u64) -> RabbitDelivery {
-        let item = match serde_json::from_slice::<Envelope>(&raw.data) {
-            Ok(Envelope::V1(item)) => Ok(item),
-            Err(error) => Err(format!("undecodable message: {error}")),
-        };
+        let item = super::decode_message(&raw.data);
         let (attempts, reasons) = attempt_history(&raw.properties);
         let message_id = raw
             .properties

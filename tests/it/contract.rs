@@ -94,7 +94,10 @@ async fn publish_is_confirmed_consumed_and_acked_once(backend: Backend) {
     assert_eq!(broker.work_depth().await.expect("depth"), 1);
     let mut broker_deliveries = consumer(&broker, 4).await;
     let delivery = next(&mut broker_deliveries).await;
-    assert_eq!(delivery.item.as_ref().ok(), Some(&sent));
+    assert_eq!(
+        delivery.item.as_ref().ok(),
+        Some(&puhuri_approver::queue::Message::Allocation(sent.clone()))
+    );
     assert_eq!((delivery.attempts, delivery.redelivered), (0, false));
     assert_eq!(delivery.message_id, "contract-1");
     delivery.ack().await.expect("ack");

@@ -1,0 +1,672 @@
+//! Usage records: what a provider's accounting reports about one allocation, and how
+//! records become `set_usage` calls. Pure: no IO (the worker does the calls).
+//!
+//! A record is a **month-to-date reading**: "allocation A has used `amount` of component C
+//! in month M so far", optionally split per user. Readings are cumulative, so a
+//! duplicate, a redelivery or a re-pushed file can never count usage twice. Records of
+//! one allocation and month that arrive together are aggregated: per component the
+//! newest reading wins (by `measured_at`, then by arrival), and every changed component
+//! goes into one `set_usage` call. The JSON form is `schemas/usage-record.v1.schema.json`.
+//!
+//! Rounding: Puhuri Core stores usage with at most 2 decimal places. Amounts are kept
+//! exactly (up to 9 decimal places) until they are sent, then rounded half up to the
+//! cent: 0.004 → 0.00, 0.005 → 0.01.
+//!
+//! Months: Puhuri Core files every `set_usage` under the current billing month (UTC), so
+//! a reading for an earlier month can never be accepted: it is refused as closed.
+
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::notification::WaldurUuid;
+
+/// Decimal places kept before rounding.
+const SCALE: u32 = 9;
+const NANOS: i128 = 1_000_000_000;
+/// Waldur's `DecimalField(max_digits=20, decimal_places=2)`: at most 18 integer digits.
+const MAX_CENTS: i128 = 100_000_000_000_000_000_000 - 1;
+
+/// A non-negative quantity, exact to 9 decimal places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Amount {
+    nanos: i128,
+}
+
+impl Amount {
+    pub const ZERO: Amount = Amount { nanos: 0 };
+
+    /// Parses a plain decimal (`12`, `12.5`, `0.125`): no sign, no exponent, at most 9
+    /// decimal places.
+    pub fn parse(text: &str) -> Result<Amount, String> {
+        let text = text.trim();
+        if text.starts_with('-') {
+            return Err(format!("`{text}` is negative; usage cannot be"));
+        }
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(fraction) || text.ends_with('.') {
+            return Err(format!(
+                "`{text}` is not a plain decimal number (like 12 or 12.25)"
+            ));
+        }
+        if fraction.len() > SCALE as usize {
+            return Err(format!("`{text}` has more than {SCALE} decimal places"));
+        }
+        let whole = whole.trim_start_matches('0');
+        if whole.len() > 18 {
+            return Err(format!(
+                "`{text}` has more than 18 digits before the decimal point"
+            ));
+        }
+        let whole: i128 = if whole.is_empty() {
+            0
+        } else {
+            whole
+                .parse()
+                .map_err(|_| format!("`{text}` is too large"))?
+        };
+        let mut frac: i128 = 0;
+        for (i, b) in fraction.bytes().enumerate() {
+            frac += i128::from(b - b'0') * 10i128.pow(SCALE - 1 - i as u32);
+        }
+        Ok(Amount {
+            nanos: whole * NANOS + frac,
+        })
+    }
+
+    /// From a JSON string or number.
+    pub fn from_json(value: &Value) -> Result<Amount, String> {
+        match value {
+            Value::String(s) => Amount::parse(s),
+            Value::Number(n) => Amount::parse(&n.to_string()).map_err(|_| {
+                format!("`{n}` is not a plain decimal number; send it as a string like \"12.25\"")
+            }),
+            other => Err(format!("expected a number, found {}", json_kind(other))),
+        }
+    }
+
+    /// Rounded half up to the cent.
+    pub fn cents(self) -> i128 {
+        (self.nanos + NANOS / 200) / (NANOS / 100)
+    }
+
+    /// Rounded to the cent and rendered as Puhuri Core takes it (`"12.35"`).
+    pub fn to_cents_string(self) -> String {
+        format_cents(self.cents())
+    }
+
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        self.nanos
+            .checked_add(other.nanos)
+            .map(|nanos| Amount { nanos })
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.nanos / NANOS;
+        let frac = self.nanos % NANOS;
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        let frac = format!("{frac:09}");
+        write!(f, "{whole}.{}", frac.trim_end_matches('0'))
+    }
+}
+
+/// `1250` → `"12.50"`.
+pub fn format_cents(cents: i128) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// Parses Waldur's rendering of a stored usage (`"12.50"`, `12.5`) into cents.
+pub fn parse_cents(value: &Value) -> Option<i128> {
+    Amount::from_json(value).ok().map(Amount::cents)
+}
+
+/// A calendar month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    pub year: i32,
+    pub month: u8,
+}
+
+impl Month {
+    /// `YYYY-MM`.
+    pub fn parse(text: &str) -> Result<Month, String> {
+        let bad = || format!("`{text}` is not a month written as YYYY-MM");
+        let (year, month) = text.trim().split_once('-').ok_or_else(bad)?;
+        if year.len() != 4 || month.len() != 2 {
+            return Err(bad());
+        }
+        let year: i32 = year.parse().map_err(|_| bad())?;
+        let month: u8 = month.parse().map_err(|_| bad())?;
+        if !(1..=12).contains(&month) || year < 2000 {
+            return Err(bad());
+        }
+        Ok(Month { year, month })
+    }
+
+    pub fn of(t: OffsetDateTime) -> Month {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        Month {
+            year: t.year(),
+            month: u8::from(t.month()),
+        }
+    }
+
+    /// The first day, as Waldur's `billing_period` filter takes it.
+    pub fn billing_period(self) -> String {
+        format!("{:04}-{:02}-01", self.year, self.month)
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+/// Which allocation a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllocationRef {
+    Uuid(WaldurUuid),
+    BackendId(String),
+}
+
+impl fmt::Display for AllocationRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocationRef::Uuid(u) => write!(f, "resource {u}"),
+            AllocationRef::BackendId(b) => write!(f, "backend_id {b}"),
+        }
+    }
+}
+
+/// One usage record, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The sender's id for the record, if it gave one (also the queue message id).
+    pub id: Option<String>,
+    pub allocation: AllocationRef,
+    pub component: String,
+    /// Month-to-date usage of the component.
+    pub amount: Amount,
+    pub month: Month,
+    /// Per-user month-to-date usage, by username; sums to at most `amount`.
+    pub users: BTreeMap<String, Amount>,
+    /// When the reading was taken; the newest reading of a component wins.
+    pub measured_at: Option<OffsetDateTime>,
+    pub description: String,
+}
+
+/// The wire form (`schemas/usage-record.v1.schema.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_id: Option<String>,
+    pub component: String,
+    pub amount: Value,
+    pub month: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<BTreeMap<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Why a record can never be accepted, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RecordError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RecordError {
+    RecordError {
+        field,
+        message: message.into(),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Component types as Waldur names them: letters, digits, `_`, `-`, `.`.
+fn valid_component(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 50
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl RawRecord {
+    pub fn validate(self) -> Result<UsageRecord, RecordError> {
+        let allocation = match (self.resource_uuid, self.backend_id) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "resource_uuid",
+                    "give either resource_uuid or backend_id, not both",
+                ));
+            }
+            (Some(uuid), None) => AllocationRef::Uuid(
+                WaldurUuid::parse(&uuid)
+                    .ok_or_else(|| invalid("resource_uuid", format!("`{uuid}` is not a uuid")))?,
+            ),
+            (None, Some(backend_id)) => {
+                let trimmed = backend_id.trim();
+                if trimmed.is_empty() || trimmed.len() > 255 {
+                    return Err(invalid(
+                        "backend_id",
+                        "must be 1 to 255 characters, not blank",
+                    ));
+                }
+                AllocationRef::BackendId(trimmed.to_owned())
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "resource_uuid",
+                    "name the allocation by resource_uuid or backend_id",
+                ));
+            }
+        };
+        if !valid_component(&self.component) {
+            return Err(invalid(
+                "component",
+                format!(
+                    "`{}` is not a component type (letters, digits, `_`, `-`, `.`)",
+                    self.component
+                ),
+            ));
+        }
+        let amount = Amount::from_json(&self.amount).map_err(|m| invalid("amount", m))?;
+        if amount.cents() > MAX_CENTS {
+            return Err(invalid("amount", "is larger than Puhuri Core can store"));
+        }
+        let month = Month::parse(&self.month).map_err(|m| invalid("month", m))?;
+        let mut users = BTreeMap::new();
+        let mut split = Amount::ZERO;
+        for (username, value) in self.users.unwrap_or_default() {
+            if username.trim().is_empty() || username.len() > 150 {
+                return Err(invalid("users", "usernames must be 1 to 150 characters"));
+            }
+            let share = Amount::from_json(&value)
+                .map_err(|m| invalid("users", format!("user `{username}`: {m}")))?;
+            split = split
+                .checked_add(share)
+                .ok_or_else(|| invalid("users", "the split is too large"))?;
+            users.insert(username, share);
+        }
+        if split > amount {
+            return Err(invalid(
+                "users",
+                format!("the users' usage adds up to {split}, more than the amount {amount}"),
+            ));
+        }
+        let measured_at = match self.measured_at {
+            None => None,
+            Some(text) => Some(
+                OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        invalid("measured_at", format!("`{text}` is not an RFC 3339 time"))
+                    })?,
+            ),
+        };
+        let description = self.description.unwrap_or_default();
+        if description.chars().count() > 1000 {
+            return Err(invalid("description", "is longer than 1000 characters"));
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > 200)
+        {
+            return Err(invalid("id", "must be 1 to 200 characters"));
+        }
+        Ok(UsageRecord {
+            id: self.id,
+            allocation,
+            component: self.component,
+            amount,
+            month,
+            users,
+            measured_at,
+            description,
+        })
+    }
+}
+
+impl UsageRecord {
+    /// Decodes and validates a queued record.
+    pub fn decode(body: &[u8]) -> Result<UsageRecord, String> {
+        let raw: RawRecord =
+            serde_json::from_slice(body).map_err(|e| format!("not a usage record: {e}"))?;
+        raw.validate()
+            .map_err(|e| format!("invalid usage record: {e}"))
+    }
+
+    /// The wire form, for queueing.
+    pub fn to_raw(&self) -> RawRecord {
+        let (resource_uuid, backend_id) = match &self.allocation {
+            AllocationRef::Uuid(u) => (Some(u.to_string()), None),
+            AllocationRef::BackendId(b) => (None, Some(b.clone())),
+        };
+        RawRecord {
+            id: self.id.clone(),
+            resource_uuid,
+            backend_id,
+            component: self.component.clone(),
+            amount: Value::String(self.amount.to_string()),
+            month: self.month.to_string(),
+            users: (!self.users.is_empty()).then(|| {
+                self.users
+                    .iter()
+                    .map(|(u, a)| (u.clone(), Value::String(a.to_string())))
+                    .collect()
+            }),
+            measured_at: self.measured_at.and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            }),
+            description: (!self.description.is_empty()).then(|| self.description.clone()),
+        }
+    }
+
+    /// The key records are aggregated under.
+    pub fn key(&self) -> (AllocationRef, Month) {
+        (self.allocation.clone(), self.month)
+    }
+}
+
+/// Whether a record's month can still be reported in `now`'s billing month.
+pub fn check_month(month: Month, now: OffsetDateTime) -> Result<(), String> {
+    let current = Month::of(now);
+    if month < current {
+        Err(format!(
+            "month {month} is closed: Puhuri Core takes usage only for the current billing month ({current}, UTC)"
+        ))
+    } else if month > current {
+        Err(format!(
+            "month {month} has not started (the current billing month is {current}, UTC)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The reading to report for one component, after aggregation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentTotal {
+    pub component: String,
+    pub amount: Amount,
+    pub users: BTreeMap<String, Amount>,
+    pub description: String,
+}
+
+/// Aggregates readings of one allocation and month, given in arrival order: per
+/// component the newest (by `measured_at`, a reading without it counting as older than
+/// any with it; ties by arrival) wins.
+pub fn aggregate<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Vec<ComponentTotal> {
+    let mut newest: BTreeMap<&str, (&UsageRecord, usize)> = BTreeMap::new();
+    for (index, record) in records.into_iter().enumerate() {
+        let replace = match newest.get(record.component.as_str()) {
+            None => true,
+            Some((held, _)) => record.measured_at >= held.measured_at,
+        };
+        if replace {
+            newest.insert(&record.component, (record, index));
+        }
+    }
+    newest
+        .into_values()
+        .map(|(record, _)| ComponentTotal {
+            component: record.component.clone(),
+            amount: record.amount,
+            users: record.users.clone(),
+            description: record.description.clone(),
+        })
+        .collect()
+}
+
+/// The totals whose rounded value differs from what Puhuri Core holds (`reported`:
+/// component → cents already stored for the month).
+pub fn changed<'a>(
+    totals: &'a [ComponentTotal],
+    reported: &BTreeMap<String, i128>,
+) -> Vec<&'a ComponentTotal> {
+    totals
+        .iter()
+        .filter(|t| reported.get(&t.component) != Some(&t.amount.cents()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(value: Value) -> Result<UsageRecord, RecordError> {
+        serde_json::from_value::<RawRecord>(value)
+            .map_err(|e| invalid("json", e.to_string()))?
+            .validate()
+    }
+
+    #[test]
+    fn amounts_parse_exactly_and_round_half_up_to_cents() {
+        let cases = [
+            ("0", "0.00", "0"),
+            ("12", "12.00", "12"),
+            ("12.344999", "12.34", "12.344999"),
+            ("12.345", "12.35", "12.345"),
+            ("0.005", "0.01", "0.005"),
+            ("0.004999999", "0.00", "0.004999999"),
+            (
+                "999999999999999999.994",
+                "999999999999999999.99",
+                "999999999999999999.994",
+            ),
+        ];
+        for (text, cents, shown) in cases {
+            let amount = Amount::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(amount.to_cents_string(), cents, "{text}");
+            assert_eq!(amount.to_string(), shown, "{text}");
+        }
+        for bad in [
+            "",
+            "-1",
+            "1e3",
+            "1.",
+            ".5",
+            "1.2.3",
+            "abc",
+            "1.0000000001",
+            "1234567890123456789",
+        ] {
+            assert!(Amount::parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(Amount::from_json(&json!(10.5)).map(|a| a.cents()), Ok(1050));
+        assert!(Amount::from_json(&json!(1e300)).is_err());
+        assert!(Amount::from_json(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn months_parse_and_close() {
+        assert_eq!(
+            Month::parse("2026-11"),
+            Ok(Month {
+                year: 2026,
+                month: 11
+            })
+        );
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", "2026-11-01", ""] {
+            assert!(Month::parse(bad).is_err(), "{bad}");
+        }
+        let now = OffsetDateTime::parse(
+            "2026-11-01T00:00:01Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        assert!(
+            check_month(
+                Month::parse("2026-11").unwrap_or(Month { year: 0, month: 0 }),
+                now
+            )
+            .is_ok()
+        );
+        let closed = check_month(
+            Month {
+                year: 2026,
+                month: 10,
+            },
+            now,
+        );
+        assert!(
+            closed.as_ref().is_err_and(|e| e.contains("closed")),
+            "{closed:?}"
+        );
+        let future = check_month(
+            Month {
+                year: 2026,
+                month: 12,
+            },
+            now,
+        );
+        assert!(
+            future.as_ref().is_err_and(|e| e.contains("not started")),
+            "{future:?}"
+        );
+        assert_eq!(
+            Month {
+                year: 2026,
+                month: 3
+            }
+            .billing_period(),
+            "2026-03-01"
+        );
+    }
+
+    #[test]
+    fn records_validate_every_field() {
+        let ok = record(json!({"backend_id": "proj_1", "component": "cpu_k_hours",
+            "amount": "10.5", "month": "2026-11", "users": {"alice": "6", "bob": 4.5}}));
+        let ok = ok.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.allocation, AllocationRef::BackendId("proj_1".into()));
+        assert_eq!(ok.users.len(), 2);
+        let cases = [
+            (
+                json!({"component": "c", "amount": 1, "month": "2026-11"}),
+                "resource_uuid",
+            ),
+            (
+                json!({"resource_uuid": "x", "component": "c", "amount": 1, "month": "2026-11"}),
+                "resource_uuid",
+            ),
+            (
+                json!({"backend_id": "b", "resource_uuid": "a1916bd53fd04b1ab1a4e700c926607b", "component": "c", "amount": 1, "month": "2026-11"}),
+                "resource_uuid",
+            ),
+            (
+                json!({"backend_id": " ", "component": "c", "amount": 1, "month": "2026-11"}),
+                "backend_id",
+            ),
+            (
+                json!({"backend_id": "b", "component": "c d", "amount": 1, "month": "2026-11"}),
+                "component",
+            ),
+            (
+                json!({"backend_id": "b", "component": "c", "amount": "-1", "month": "2026-11"}),
+                "amount",
+            ),
+            (
+                json!({"backend_id": "b", "component": "c", "amount": 1, "month": "November"}),
+                "month",
+            ),
+            (
+                json!({"backend_id": "b", "component": "c", "amount": 1, "month": "2026-11", "users": {"a": 2}}),
+                "users",
+            ),
+            (
+                json!({"backend_id": "b", "component": "c", "amount": 1, "month": "2026-11", "measured_at": "yesterday"}),
+                "measured_at",
+            ),
+        ];
+        for (value, field) in cases {
+            let error = record(value.clone()).err();
+            assert_eq!(
+                error.as_ref().map(|e| e.field),
+                Some(field),
+                "{value}: {error:?}"
+            );
+        }
+        let unknown = UsageRecord::decode(
+            br#"{"backend_id":"b","component":"c","amount":1,"month":"2026-11","colour":"red"}"#,
+        );
+        assert!(
+            unknown.as_ref().is_err_and(|e| e.contains("colour")),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn the_wire_form_round_trips() {
+        let original = record(json!({"id": "r1", "resource_uuid": "a1916bd53fd04b1ab1a4e700c926607b",
+            "component": "gpu_k_hours", "amount": "3.125", "month": "2026-11",
+            "users": {"alice": "1"}, "measured_at": "2026-11-20T10:00:00Z", "description": "Slurm"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let body = serde_json::to_vec(&original.to_raw()).unwrap_or_default();
+        assert_eq!(UsageRecord::decode(&body), Ok(original));
+    }
+
+    #[test]
+    fn the_newest_reading_of_each_component_wins() {
+        let r = |component: &str, amount: &str, at: Option<&str>| {
+            let mut value = json!({"backend_id": "b", "component": component, "amount": amount, "month": "2026-11"});
+            if let Some(at) = at {
+                value["measured_at"] = json!(at);
+            }
+            record(value).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let records = [
+            r("cpu", "10", Some("2026-11-20T10:00:00Z")),
+            r("cpu", "8", Some("2026-11-19T10:00:00Z")),
+            r("gpu", "1", None),
+            r("gpu", "2", None),
+            r("cpu", "9", None),
+        ];
+        let totals = aggregate(&records);
+        let got: Vec<(String, String)> = totals
+            .iter()
+            .map(|t| (t.component.clone(), t.amount.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [("cpu".into(), "10".into()), ("gpu".into(), "2".into())]
+        );
+        let reported = BTreeMap::from([("cpu".to_owned(), 1000), ("gpu".to_owned(), 100)]);
+        let changed: Vec<&str> = changed(&totals, &reported)
+            .iter()
+            .map(|t| t.component.as_str())
+            .collect();
+        assert_eq!(changed, ["gpu"]);
+    }
+}

@@ -1,0 +1,445 @@
+//! The worker's usage path: gathers the usage records of one allocation and month for
+//! `usage.linger_ms` (or until `usage.max_batch` arrived), then checks them against
+//! Puhuri Core and reports what changed with one `set_usage` call.
+//!
+//! INVARIANT: a record is acked only after Puhuri Core stored its component's total (or
+//! already held it); transient failures retry the whole batch (set_usage is an upsert,
+//! so a retry never counts twice); a record that can never be accepted (closed month,
+//! unknown allocation, a component the offering does not bill by usage) goes to the
+//! dead-letter queue with the reason.
+//! INVARIANT: within one process, one allocation and month is reported by one task at a
+//! time, so a later batch never overtakes an earlier one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{AllocationRef, ComponentTotal, Month, UsageRecord, aggregate, changed, check_month};
+use crate::config::{UsageConfig, WorkerConfig};
+use crate::metrics::Metrics;
+use crate::puhuri::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
+use crate::queue::{Delivery, Retried};
+use crate::worker::ProcessError;
+
+/// How long an offering's components are remembered.
+const OFFERING_TTL: Duration = Duration::from_secs(300);
+
+type Key = (AllocationRef, Month);
+
+/// What became of one batch of records; sent to [`UsageReporter::subscribe`] receivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSettled {
+    pub allocation: AllocationRef,
+    pub month: Month,
+    /// Records in the batch.
+    pub records: usize,
+    /// Components sent with `set_usage`, with the amount sent.
+    pub reported: Vec<(String, String)>,
+    /// Components whose total Puhuri Core held already.
+    pub unchanged: Vec<String>,
+    /// Records dead-lettered, with the reason.
+    pub dead_lettered: Vec<String>,
+    /// Why the batch will be retried, if it will.
+    pub retry: Option<String>,
+}
+
+/// The result of checking and reporting one batch.
+#[derive(Debug, Default)]
+struct Report {
+    reported: Vec<(String, String)>,
+    unchanged: Vec<String>,
+    /// Indexes of records refused, with the reason.
+    invalid: Vec<(usize, String)>,
+}
+
+struct Batch {
+    generation: u64,
+    records: Vec<(UsageRecord, Delivery)>,
+}
+
+/// Gathers and reports usage records.
+pub struct UsageReporter {
+    client: PuhuriClient,
+    config: UsageConfig,
+    worker: WorkerConfig,
+    pending: Mutex<HashMap<Key, Batch>>,
+    generation: std::sync::atomic::AtomicU64,
+    running: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    offerings: tokio::sync::Mutex<HashMap<String, (Instant, Vec<OfferingComponent>)>>,
+    tasks: TaskTracker,
+    settled: tokio::sync::broadcast::Sender<UsageSettled>,
+    metrics: Arc<Metrics>,
+}
+
+impl UsageReporter {
+    pub fn new(
+        client: PuhuriClient,
+        config: UsageConfig,
+        worker: WorkerConfig,
+        metrics: Arc<Metrics>,
+    ) -> UsageReporter {
+        UsageReporter {
+            client,
+            config,
+            worker,
+            pending: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            running: Mutex::new(HashMap::new()),
+            offerings: tokio::sync::Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            settled: tokio::sync::broadcast::channel(1024).0,
+            metrics,
+        }
+    }
+
+    /// Every settled batch from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<UsageSettled> {
+        self.settled.subscribe()
+    }
+
+    /// Takes one record; it is reported with the others of its allocation and month.
+    pub fn add(self: &Arc<Self>, record: UsageRecord, delivery: Delivery) {
+        let key = record.key();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = pending.entry(key.clone()).or_insert_with(|| {
+            let generation = self
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let this = self.clone();
+            let key = key.clone();
+            let linger = self.config.linger;
+            self.tasks.spawn(async move {
+                tokio::time::sleep(linger).await;
+                this.flush_if(&key, Some(generation)).await;
+            });
+            Batch {
+                generation,
+                records: Vec::new(),
+            }
+        });
+        batch.records.push((record, delivery));
+        if batch.records.len() >= self.config.max_batch {
+            let generation = batch.generation;
+            drop(pending);
+            let this = self.clone();
+            self.tasks
+                .spawn(async move { this.flush_if(&key, Some(generation)).await });
+        }
+    }
+
+    /// Reports everything gathered so far and waits for every report to finish.
+    pub async fn drain(self: &Arc<Self>) {
+        let keys: Vec<Key> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            self.flush_if(&key, None).await;
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Flushes `key`'s batch if it is still the one of `generation` (any with `None`).
+    async fn flush_if(&self, key: &Key, generation: Option<u64>) {
+        let batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match pending.get(key) {
+                Some(batch) if generation.is_none_or(|g| g == batch.generation) => {
+                    pending.remove(key)
+                }
+                _ => None,
+            }
+        };
+        let Some(batch) = batch else { return };
+        let lock = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.entry(key.clone()).or_default().clone()
+        };
+        let span = tracing::info_span!(
+            "usage",
+            allocation = %key.0,
+            month = %key.1,
+            records = batch.records.len(),
+        );
+        {
+            let _guard = lock.lock().await;
+            self.flush(key, batch.records).instrument(span).await;
+        }
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running
+            .get(key)
+            .is_some_and(|lock| Arc::strong_count(lock) <= 2)
+        {
+            running.remove(key);
+        }
+    }
+
+    async fn flush(&self, key: &Key, batch: Vec<(UsageRecord, Delivery)>) {
+        let (records, deliveries): (Vec<UsageRecord>, Vec<Delivery>) = batch.into_iter().unzip();
+        let mut settled = UsageSettled {
+            allocation: key.0.clone(),
+            month: key.1,
+            records: records.len(),
+            reported: Vec::new(),
+            unchanged: Vec::new(),
+            dead_lettered: Vec::new(),
+            retry: None,
+        };
+        // A retried batch may have stored its totals but not every user's share.
+        let resend_users = deliveries.iter().any(|d| d.attempts > 0);
+        match self.report(key, &records, resend_users).await {
+            Ok(report) => {
+                let invalid: HashMap<usize, String> = report.invalid.into_iter().collect();
+                if !report.reported.is_empty() {
+                    tracing::info!(reported = ?report.reported, unchanged = ?report.unchanged, "usage reported");
+                } else {
+                    tracing::info!(unchanged = ?report.unchanged, "usage unchanged; nothing sent");
+                }
+                let reported: Vec<&str> = report.reported.iter().map(|(c, _)| c.as_str()).collect();
+                for (index, delivery) in deliveries.into_iter().enumerate() {
+                    if let Some(reason) = invalid.get(&index) {
+                        tracing::error!(error = %reason, "usage record refused; dead-lettering");
+                        self.dead_letter(delivery, reason).await;
+                        settled.dead_lettered.push(reason.clone());
+                        continue;
+                    }
+                    let outcome = if reported.contains(&records[index].component.as_str()) {
+                        "reported"
+                    } else {
+                        "unchanged"
+                    };
+                    self.metrics.usage_records(outcome, 1);
+                    if let Err(error) = delivery.ack().await {
+                        tracing::warn!(error = %error, "ack failed; the redelivery will find the total unchanged");
+                    }
+                }
+                settled.reported = report.reported;
+                settled.unchanged = report.unchanged;
+            }
+            Err(ProcessError::Permanent { reason }) => {
+                tracing::error!(error = %reason, "usage records refused; dead-lettering");
+                for delivery in deliveries {
+                    self.dead_letter(delivery, &reason).await;
+                    settled.dead_lettered.push(reason.clone());
+                }
+            }
+            Err(ProcessError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                for delivery in deliveries {
+                    match delivery
+                        .retry_later(
+                            &reason,
+                            self.worker.max_attempts,
+                            retry_after,
+                            self.worker.retry_jitter,
+                        )
+                        .await
+                    {
+                        Ok(Retried::Scheduled { attempts, .. }) => {
+                            let tiers = self.worker.retry_delays.len().max(1) as u32;
+                            self.metrics.retry(attempts.clamp(1, tiers));
+                            self.metrics.usage_records("retried", 1);
+                        }
+                        Ok(Retried::DeadLettered { .. }) => {
+                            self.metrics.usage_records("dead-lettered", 1);
+                            settled.dead_lettered.push(reason.clone());
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot schedule a retry; the broker will redeliver");
+                        }
+                    }
+                }
+                tracing::warn!(error = %reason, "usage not reported; retry scheduled");
+                settled.retry = Some(reason);
+            }
+        }
+        let _ = self.settled.send(settled);
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, reason: &str) {
+        self.metrics.usage_records("dead-lettered", 1);
+        if let Err(error) = delivery.dead_letter(reason).await {
+            tracing::warn!(error = %error, "cannot dead-letter; it will be redelivered");
+        }
+    }
+
+    async fn resolve(&self, allocation: &AllocationRef) -> Result<Resource, ProcessError> {
+        match allocation {
+            AllocationRef::Uuid(uuid) => match self.client.get_resource(&uuid.to_string()).await {
+                Ok(resource) => Ok(resource),
+                Err(PuhuriError::Permanent { status: 404, .. }) => Err(ProcessError::Permanent {
+                    reason: format!("no allocation has uuid {uuid} (or this token may not see it)"),
+                }),
+                Err(error) => Err(error.into()),
+            },
+            AllocationRef::BackendId(backend_id) => {
+                let mut found = self.client.find_by_backend_id(backend_id).await?;
+                match found.len() {
+                    1 => Ok(found.remove(0)),
+                    0 => Err(ProcessError::Permanent {
+                        reason: format!(
+                            "no allocation has backend_id `{backend_id}` (or this token may not see it)"
+                        ),
+                    }),
+                    n => Err(ProcessError::Permanent {
+                        reason: format!(
+                            "{n} allocations have backend_id `{backend_id}`; name it by resource_uuid"
+                        ),
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn components(&self, offering_uuid: &str) -> Result<Vec<OfferingComponent>, PuhuriError> {
+        let mut cache = self.offerings.lock().await;
+        if let Some((at, components)) = cache.get(offering_uuid)
+            && at.elapsed() < OFFERING_TTL
+        {
+            return Ok(components.clone());
+        }
+        let components = self.client.offering_components(offering_uuid).await?;
+        cache.insert(
+            offering_uuid.to_owned(),
+            (Instant::now(), components.clone()),
+        );
+        Ok(components)
+    }
+
+    async fn report(
+        &self,
+        key: &Key,
+        records: &[UsageRecord],
+        resend_users: bool,
+    ) -> Result<Report, ProcessError> {
+        let (allocation, month) = key;
+        check_month(*month, time::OffsetDateTime::now_utc())
+            .map_err(|reason| ProcessError::Permanent { reason })?;
+        let resource = self.resolve(allocation).await?;
+        match resource.state.as_str() {
+            "OK" | "Updating" | "Terminating" => {}
+            "Creating" => {
+                return Err(ProcessError::Transient {
+                    reason: "the allocation is not approved yet (Creating)".into(),
+                    retry_after: None,
+                });
+            }
+            other => {
+                return Err(ProcessError::Permanent {
+                    reason: format!(
+                        "the allocation is {other}; Puhuri Core takes usage only while it is OK, Updating or Terminating"
+                    ),
+                });
+            }
+        }
+        let mut report = Report::default();
+        let mut accepted: Vec<&UsageRecord> = Vec::new();
+        match resource.offering_uuid.as_deref().filter(|o| !o.is_empty()) {
+            Some(offering) => {
+                let components = self.components(offering).await?;
+                let takes: Vec<&str> = components
+                    .iter()
+                    .filter(|c| c.takes_usage())
+                    .map(|c| c.kind.as_str())
+                    .collect();
+                for (index, record) in records.iter().enumerate() {
+                    if takes.contains(&record.component.as_str()) {
+                        accepted.push(record);
+                    } else {
+                        report.invalid.push((
+                            index,
+                            format!(
+                                "component `{}` takes no usage on offering {} (it takes: {})",
+                                record.component,
+                                resource.offering_name.as_deref().unwrap_or(offering),
+                                if takes.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    takes.join(", ")
+                                }
+                            ),
+                        ));
+                    }
+                }
+            }
+            None => accepted.extend(records.iter()),
+        }
+        let totals = aggregate(accepted);
+        if totals.is_empty() {
+            return Ok(report);
+        }
+        let period = month.billing_period();
+        let stored = self
+            .client
+            .component_usages(&resource.uuid, &period)
+            .await?;
+        let held: BTreeMap<String, i128> = stored
+            .iter()
+            .filter_map(|u| super::parse_cents(&u.usage).map(|c| (u.kind.clone(), c)))
+            .collect();
+        let to_send: Vec<&ComponentTotal> = changed(&totals, &held);
+        report.unchanged = totals
+            .iter()
+            .filter(|t| !to_send.iter().any(|s| s.component == t.component))
+            .map(|t| t.component.clone())
+            .collect();
+        let users_to_send: Vec<&ComponentTotal> = totals
+            .iter()
+            .filter(|t| !t.users.is_empty())
+            .filter(|t| resend_users || to_send.iter().any(|s| s.component == t.component))
+            .collect();
+        if to_send.is_empty() && users_to_send.is_empty() {
+            return Ok(report);
+        }
+        let usages: Vec<(String, String, String)> = to_send
+            .iter()
+            .map(|t| {
+                (
+                    t.component.clone(),
+                    t.amount.to_cents_string(),
+                    t.description.clone(),
+                )
+            })
+            .collect();
+        if !usages.is_empty() {
+            self.client.set_usage(&resource.uuid, &usages).await?;
+            self.metrics.usage_report();
+            report.reported = usages.into_iter().map(|(c, a, _)| (c, a)).collect();
+        }
+        if !users_to_send.is_empty() {
+            let stored = if report.reported.is_empty() {
+                stored
+            } else {
+                self.client
+                    .component_usages(&resource.uuid, &period)
+                    .await?
+            };
+            for total in users_to_send {
+                let Some(usage) = stored.iter().find(|u| u.kind == total.component) else {
+                    return Err(ProcessError::Transient {
+                        reason: format!(
+                            "the usage of `{}` is not listed after set_usage",
+                            total.component
+                        ),
+                        retry_after: None,
+                    });
+                };
+                for (username, amount) in &total.users {
+                    self.client
+                        .set_user_usage(&usage.uuid, username, &amount.to_cents_string())
+                        .await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
