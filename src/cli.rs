@@ -64,6 +64,10 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Inspect, replay or purge the dead-letter queue.
     Dlq(DlqArgs),
+    /// Print the members of an allocation's project with their roles.
+    Team(TeamArgs),
+    /// Usage reporting tools.
+    Usage(UsageArgs),
     /// Show the whole product on this machine: the simulator, the service on the embedded
     /// queue with an example policy, and a stream of allocation requests.
     Demo(DemoArgs),
@@ -103,6 +107,39 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TeamArgs {
+    /// The configuration file (for the Puhuri Core URL and token).
+    #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The allocation: its resource uuid or its backend_id.
+    pub resource: String,
+    /// Print JSON (Puhuri Core's member objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// The configuration file (for the queue).
+    #[arg(long, short, env = "PUHURI_APPROVER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: UsageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Queue the usage records of a file (CSV or JSON lines) for the workers, which check
+    /// them and report them to Puhuri Core. A file with any invalid record queues nothing.
+    Push {
+        /// The file; its format follows the extension (`.csv`, `.jsonl`) or the content.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::usage::file::Format,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -334,6 +371,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign(args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Dlq(args) => dlq(args).await,
+        Command::Team(args) => team(args).await,
+        Command::Usage(UsageArgs {
+            config,
+            command: UsageCommand::Push { file, format },
+        }) => usage_push(config.as_deref(), &file, format).await,
         Command::Demo(args) => {
             crate::demo::run(
                 crate::demo::DemoOptions {
@@ -755,6 +797,111 @@ async fn connect_broker(
     Ok(broker)
 }
 
+async fn team(args: TeamArgs) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    config.require_token()?;
+    let client = crate::puhuri::PuhuriClient::new(&config.puhuri)?;
+    let uuid = match crate::notification::WaldurUuid::parse(&args.resource) {
+        Some(uuid) => uuid.to_string(),
+        None => {
+            let mut found = client.find_by_backend_id(&args.resource).await?;
+            match found.len() {
+                1 => found.remove(0).uuid,
+                0 => bail!(
+                    "no allocation has uuid or backend_id `{}` (or this token may not see it)",
+                    args.resource
+                ),
+                n => bail!(
+                    "{n} allocations have backend_id `{}`; name one by its uuid",
+                    args.resource
+                ),
+            }
+        }
+    };
+    let members = client.team(&uuid).await.map_err(|error| match error {
+        crate::puhuri::PuhuriError::Permanent { status: 404, .. } => {
+            anyhow::anyhow!("no allocation has uuid {uuid} (or this token may not see it)")
+        }
+        other => other.into(),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<8} {:<28} {:<32} EXPIRES",
+        "USERNAME", "ROLE", "FULL NAME", "EMAIL"
+    );
+    for m in &members {
+        println!(
+            "{:<32} {:<8} {:<28} {:<32} {}",
+            m.username,
+            m.role.as_deref().unwrap_or("-"),
+            m.full_name,
+            m.email,
+            m.expiration_time.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} member(s) of allocation {uuid}", members.len());
+    Ok(())
+}
+
+async fn usage_push(
+    config: Option<&Path>,
+    file: &Path,
+    format: crate::usage::file::Format,
+) -> anyhow::Result<()> {
+    use crate::usage::file;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let format = file::detect(file, &text, format);
+    let parsed = file::parse(&text, format);
+    if !parsed.errors.is_empty() {
+        for e in parsed.errors.iter().take(50) {
+            eprintln!("{}:{}: {}: {}", file.display(), e.line, e.field, e.message);
+        }
+        if parsed.errors.len() > 50 {
+            eprintln!("... and {} more", parsed.errors.len() - 50);
+        }
+        bail!(
+            "{}: {} invalid record(s); nothing was queued",
+            file.display(),
+            parsed.errors.len()
+        );
+    }
+    if parsed.records.is_empty() {
+        bail!("{}: no usage records in the file", file.display());
+    }
+    let config = load_config(config)?;
+    let stop = CancellationToken::new();
+    let broker = connect_broker(&config, &stop).await?;
+    let summary = crate::usage::push::push(&broker, &parsed.records).await;
+    stop.cancel();
+    let rate = summary.queued as f64 / summary.elapsed.as_secs_f64().max(0.001);
+    let allocations: std::collections::BTreeSet<_> =
+        parsed.records.iter().map(|(_, r)| r.key()).collect();
+    println!(
+        "{}: {} record(s) read ({format:?}), {} queued in {:.2} s ({rate:.0}/s) on {}",
+        file.display(),
+        parsed.records.len(),
+        summary.queued,
+        summary.elapsed.as_secs_f64(),
+        broker.describe()
+    );
+    println!(
+        "  {} allocation-month(s); the workers report each changed total to Puhuri Core once",
+        allocations.len()
+    );
+    if let Some((line, error)) = summary.failed {
+        bail!(
+            "{}:{line}: not queued: {error}; {} record(s) were not queued (pushing the file again is safe: records are month-to-date readings)",
+            file.display(),
+            parsed.records.len() - summary.queued
+        );
+    }
+    Ok(())
+}
+
 async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     let stop = CancellationToken::new();
@@ -770,11 +917,13 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                     "ID", "ATTEMPTS", "ALLOCATION"
                 );
                 for letter in &letters {
-                    let allocation = letter
-                        .item
-                        .as_ref()
-                        .map(|i| i.hint.key())
-                        .unwrap_or_else(|| "(undecodable)".into());
+                    let allocation = match &letter.item {
+                        Some(item) => item.hint.key(),
+                        None => match crate::usage::UsageRecord::decode(&letter.body) {
+                            Ok(record) => format!("usage {} {}", record.allocation, record.month),
+                            Err(_) => "(undecodable)".into(),
+                        },
+                    };
                     let reason: String = letter
                         .reasons
                         .last()

@@ -15,6 +15,8 @@
 //! Months: Puhuri Core files every `set_usage` under the current billing month (UTC), so
 //! a reading for an earlier month can never be accepted: it is refused as closed.
 
+pub mod file;
+pub mod push;
 pub mod report;
 
 use std::collections::BTreeMap;
