@@ -87,6 +87,8 @@ pub struct Options {
     pub backend: Backend,
     /// Wait for the broker at start (false when it is meant to be unreachable).
     pub expect_broker: bool,
+    /// 0: no team watcher.
+    pub team_watch_secs: u64,
 }
 
 impl Default for Options {
@@ -105,6 +107,7 @@ impl Default for Options {
             retry_delays_ms: "[50, 100]",
             prefetch: 16,
             expect_broker: true,
+            team_watch_secs: 0,
             reconcile_recheck_secs: 600,
             backend: Backend::RabbitMq,
         }
@@ -179,6 +182,12 @@ shutdown_deadline_ms = 10000
 interval_secs = {reconcile}
 recheck_secs = {recheck}
 
+[team]
+watch_secs = {team_watch}
+
+[usage]
+linger_ms = 100
+
 [puhuri]
 url = "http://{sim_addr}/api/"
 token = "{TOKEN}"
@@ -207,6 +216,7 @@ secrets = ["{SECRET}"]
         reconcile = options.reconcile_interval_secs,
         recheck = options.reconcile_recheck_secs,
         puhuri_timeout = options.puhuri_timeout_ms,
+        team_watch = options.team_watch_secs,
     );
     let env: std::collections::HashMap<String, String> = [
         (
