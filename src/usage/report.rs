@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -70,6 +71,7 @@ pub struct UsageReporter {
     running: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     offerings: tokio::sync::Mutex<HashMap<String, (Instant, Vec<OfferingComponent>)>>,
     tasks: TaskTracker,
+    stop: CancellationToken,
     settled: tokio::sync::broadcast::Sender<UsageSettled>,
     metrics: Arc<Metrics>,
 }
@@ -90,6 +92,7 @@ impl UsageReporter {
             running: Mutex::new(HashMap::new()),
             offerings: tokio::sync::Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
         }
@@ -111,8 +114,13 @@ impl UsageReporter {
             let this = self.clone();
             let key = key.clone();
             let linger = self.config.linger;
+            let stop = self.stop.clone();
             self.tasks.spawn(async move {
-                tokio::time::sleep(linger).await;
+                tokio::select! {
+                    () = tokio::time::sleep(linger) => {}
+                    // `drain` reports everything itself.
+                    () = stop.cancelled() => return,
+                }
                 this.flush_if(&key, Some(generation)).await;
             });
             Batch {
@@ -132,6 +140,7 @@ impl UsageReporter {
 
     /// Reports everything gathered so far and waits for every report to finish.
     pub async fn drain(self: &Arc<Self>) {
+        self.stop.cancel();
         let keys: Vec<Key> = self
             .pending
             .lock()
@@ -147,35 +156,40 @@ impl UsageReporter {
     }
 
     /// Flushes `key`'s batch if it is still the one of `generation` (any with `None`).
+    /// The batch is taken only once this task holds the key's lock, so batches of one
+    /// key are reported in arrival order and a newer reading is never overwritten by an
+    /// older one from this process.
     async fn flush_if(&self, key: &Key, generation: Option<u64>) {
-        let batch = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            match pending.get(key) {
-                Some(batch) if generation.is_none_or(|g| g == batch.generation) => {
-                    pending.remove(key)
-                }
-                _ => None,
-            }
-        };
-        let Some(batch) = batch else { return };
         let lock = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             running.entry(key.clone()).or_default().clone()
         };
-        let span = tracing::info_span!(
-            "usage",
-            allocation = %key.0,
-            month = %key.1,
-            records = batch.records.len(),
-        );
         {
             let _guard = lock.lock().await;
-            self.flush(key, batch.records).instrument(span).await;
+            let batch = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                match pending.get(key) {
+                    Some(batch) if generation.is_none_or(|g| g == batch.generation) => {
+                        pending.remove(key)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(batch) = batch {
+                let span = tracing::info_span!(
+                    "usage",
+                    allocation = %key.0,
+                    month = %key.1,
+                    records = batch.records.len(),
+                );
+                self.flush(key, batch.records).instrument(span).await;
+            }
         }
+        drop(lock);
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running
             .get(key)
-            .is_some_and(|lock| Arc::strong_count(lock) <= 2)
+            .is_some_and(|lock| Arc::strong_count(lock) <= 1)
         {
             running.remove(key);
         }

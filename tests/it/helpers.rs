@@ -89,6 +89,8 @@ pub struct Options {
     pub expect_broker: bool,
     /// 0: no team watcher.
     pub team_watch_secs: u64,
+    pub usage_linger_ms: u64,
+    pub usage_max_batch: usize,
 }
 
 impl Default for Options {
@@ -108,6 +110,8 @@ impl Default for Options {
             prefetch: 16,
             expect_broker: true,
             team_watch_secs: 0,
+            usage_linger_ms: 100,
+            usage_max_batch: 256,
             reconcile_recheck_secs: 600,
             backend: Backend::RabbitMq,
         }
@@ -186,7 +190,8 @@ recheck_secs = {recheck}
 watch_secs = {team_watch}
 
 [usage]
-linger_ms = 100
+linger_ms = {usage_linger}
+max_batch = {usage_batch}
 
 [puhuri]
 url = "http://{sim_addr}/api/"
@@ -217,6 +222,8 @@ secrets = ["{SECRET}"]
         recheck = options.reconcile_recheck_secs,
         puhuri_timeout = options.puhuri_timeout_ms,
         team_watch = options.team_watch_secs,
+        usage_linger = options.usage_linger_ms,
+        usage_batch = options.usage_max_batch,
     );
     let env: std::collections::HashMap<String, String> = [
         (
