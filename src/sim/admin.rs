@@ -1,6 +1,18 @@
 //! The simulator's admin API under `/admin/` (no authentication): create
-//! allocations and catalogue entries, read recorded calls, inject faults.
-//! The endpoints are listed in the module documentation of `sim`.
+//! allocations and catalogue entries, manage project teams, close plan
+//! periods, read recorded calls, inject faults. The endpoints are listed in
+//! the module documentation of `sim`; those added for teams and usage:
+//!
+//! - `GET /admin/projects/{project}/members` -> 200 `[member]` ordered by
+//!   username; `POST` body [`NewMember`] -> 201 member (409 when the username
+//!   is already a member, 400 for an unknown role); `DELETE
+//!   /admin/projects/{project}/members/{username}` -> 204 (404 when not a
+//!   member). `{project}` is a project uuid or name (URL-encoded); a member is
+//!   `{uuid, username, full_name, email, role, expiration_time, offering_user_username}`.
+//! - `POST /admin/resources/{uuid}/plan_periods/close` body `{"end": "<RFC 3339>"}`
+//!   -> 200 the period (`{uuid, plan_name, plan_uuid, start, end, components}`);
+//!   404 for an unknown resource, 400 without an open period or a valid `end`.
+//!   A period that ended before the current month refuses usage reports.
 //!
 //! INVARIANT: every error is `application/problem+json`
 //! `{type, title, status, detail}`; request bodies are parsed here (never by
@@ -9,14 +21,17 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Faults, NewAllocation, NewCustomer, NewOffering, NewProject, Sim, SimError};
+use super::{
+    Faults, NewAllocation, NewCustomer, NewMember, NewOffering, NewProject, Sim, SimError,
+};
 
 pub(crate) fn routes() -> Router<Sim> {
     Router::new()
@@ -27,6 +42,18 @@ pub(crate) fn routes() -> Router<Sim> {
         .route("/admin/customers", post(create_customer))
         .route("/admin/projects", post(create_project))
         .route("/admin/offerings", post(create_offering))
+        .route(
+            "/admin/projects/{project}/members",
+            get(list_members).post(add_member),
+        )
+        .route(
+            "/admin/projects/{project}/members/{username}",
+            delete(remove_member),
+        )
+        .route(
+            "/admin/resources/{uuid}/plan_periods/close",
+            post(close_plan_period),
+        )
         .route("/admin", any(not_found))
         .route("/admin/{*rest}", any(not_found))
 }
@@ -149,5 +176,94 @@ async fn create_offering(State(sim): State<Sim>, body: Bytes) -> Response {
             Err(error) => sim_error(&error),
         },
         Err(response) => *response,
+    }
+}
+
+fn bad_path(rejection: &PathRejection) -> Response {
+    problem(400, format!("invalid path: {rejection}"))
+}
+
+async fn list_members(
+    State(sim): State<Sim>,
+    project: Result<Path<String>, PathRejection>,
+) -> Response {
+    let project = match project {
+        Ok(Path(project)) => project,
+        Err(rejection) => return bad_path(&rejection),
+    };
+    match sim.project_members(&project) {
+        Ok(members) => axum::Json(members).into_response(),
+        Err(error) => sim_error(&error),
+    }
+}
+
+async fn add_member(
+    State(sim): State<Sim>,
+    project: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Response {
+    let project = match project {
+        Ok(Path(project)) => project,
+        Err(rejection) => return bad_path(&rejection),
+    };
+    match parse::<NewMember>(&body) {
+        Ok(request) => match sim.add_member(&project, request) {
+            Ok(member) => created(member),
+            Err(error) => sim_error(&error),
+        },
+        Err(response) => *response,
+    }
+}
+
+async fn remove_member(
+    State(sim): State<Sim>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let (project, username) = match path {
+        Ok(Path(parts)) => parts,
+        Err(rejection) => return bad_path(&rejection),
+    };
+    match sim.remove_member(&project, &username) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => sim_error(&error),
+    }
+}
+
+/// The body of `POST /admin/resources/{uuid}/plan_periods/close`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClosePlanPeriod {
+    /// RFC 3339.
+    end: String,
+}
+
+async fn close_plan_period(
+    State(sim): State<Sim>,
+    resource: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Response {
+    let resource = match resource {
+        Ok(Path(resource)) => resource,
+        Err(rejection) => return bad_path(&rejection),
+    };
+    let request: ClosePlanPeriod = match parse(&body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let end = match time::OffsetDateTime::parse(
+        &request.end,
+        &time::format_description::well_known::Rfc3339,
+    ) {
+        Ok(end) => end,
+        Err(_) => {
+            return problem(
+                400,
+                format!("end `{}` is not an RFC 3339 timestamp", request.end),
+            );
+        }
+    };
+    match sim.close_plan_period(&resource, end) {
+        Ok(period) => axum::Json(period).into_response(),
+        Err(error) => sim_error(&error),
     }
 }

@@ -15,13 +15,30 @@
 //!    409, offering type 405), then the request body (lazily, only for
 //!    actions that read it; DRF parser errors 400/415, field errors 400).
 //!
-//! Routes: `GET|HEAD /api/marketplace-orders/`, `.../{uuid}/`, `POST .../{uuid}/`
-//! `approve_by_provider|reject_by_provider|set_state_erred|set_state_executing|set_state_done/`;
-//! `GET|HEAD /api/marketplace-provider-resources/`, `.../{uuid}/`, `POST .../{uuid}/`
-//! `set_backend_id|set_as_erred/`; `GET|HEAD /api/marketplace-resources/`,
-//! `.../{uuid}/`, `POST .../{uuid}/set_backend_id|set_as_erred|set_state_by_provider/`.
-//! Other Waldur routes are not simulated (404); methods Waldur offers to
-//! consumers (creating orders, editing resources) answer 405.
+//! Routes (lists are paginated with `Link` and `X-Result-Count`; action
+//! answers are not):
+//! - `GET|HEAD /api/marketplace-orders/`, `.../{uuid}/`; `POST .../{uuid}/`
+//!   `approve_by_provider|reject_by_provider|set_state_erred|set_state_executing|set_state_done/`.
+//! - `GET|HEAD /api/marketplace-provider-resources/`, `.../{uuid}/`; `POST .../{uuid}/`
+//!   `set_backend_id|set_as_erred|submit_report/` (200); `GET|HEAD .../{uuid}/team/`
+//!   (200, the project's members ordered by username) and `.../{uuid}/plan_periods/`
+//!   (200, periods open or ended this month with this month's usages).
+//! - `GET|HEAD /api/marketplace-resources/`, `.../{uuid}/`; `POST .../{uuid}/`
+//!   `set_backend_id|set_as_erred|set_state_by_provider|submit_report/`;
+//!   `GET|HEAD .../{uuid}/team/`, `.../{uuid}/plan_periods/`.
+//! - `GET|HEAD /api/customers/`, `.../{uuid}/`.
+//! - `GET|HEAD /api/marketplace-provider-offerings/`, `.../{uuid}/`, and the same
+//!   under `/api/marketplace-offerings/`: offerings with their components
+//!   (`billing_type` `limit|usage|fixed|...`) and plan.
+//! - `POST /api/marketplace-component-usages/set_usage/` (201, empty body;
+//!   `ComponentUsageCreateSerializer`); `GET|HEAD /api/marketplace-component-usages/`,
+//!   `.../{uuid}/`; `POST .../{uuid}/set_user_usage/` (201, empty body).
+//! - `GET|HEAD /api/marketplace-component-user-usages/`, `.../{uuid}/`.
+//!
+//! Detail actions are POST-only (`Allow: POST, OPTIONS`) except `team` and
+//! `plan_periods` (`Allow: GET, HEAD, OPTIONS`). Other Waldur routes are not
+//! simulated (404); methods Waldur offers to consumers (creating orders,
+//! editing resources) answer 405.
 //!
 //! INVARIANT: the model lock is taken once per request, after any sleep, and
 //! released before the response is returned.
@@ -35,11 +52,14 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::offerings::{OFFERING_STATES, OfferingFilter};
 use super::query::{InvalidPage, Page, QueryPairs};
+use super::serializers::{self, CharRules, FieldErrors, char_field, python_type};
 use super::state::{
     Actor, ApiError, Model, ORDER_TYPES, OrderFilter, OrderState, ResourceFilter, ResourceState,
     SortKey,
 };
+use super::usage::UsageFilter;
 use super::{RecordedCall, Sim};
 
 /// Django's `DATA_UPLOAD_MAX_MEMORY_SIZE` (2.5 MiB).
@@ -51,6 +71,11 @@ enum Collection {
     ProviderResources,
     Resources,
     Customers,
+    ProviderOfferings,
+    /// The older generation's offering path (`/api/marketplace-offerings/`).
+    Offerings,
+    ComponentUsages,
+    ComponentUserUsages,
 }
 
 impl Collection {
@@ -60,10 +85,38 @@ impl Collection {
             "marketplace-provider-resources" => Some(Collection::ProviderResources),
             "marketplace-resources" => Some(Collection::Resources),
             "customers" => Some(Collection::Customers),
+            "marketplace-provider-offerings" => Some(Collection::ProviderOfferings),
+            "marketplace-offerings" => Some(Collection::Offerings),
+            "marketplace-component-usages" => Some(Collection::ComponentUsages),
+            "marketplace-component-user-usages" => Some(Collection::ComponentUserUsages),
             _ => None,
         }
     }
 
+    fn segment(self) -> &'static str {
+        match self {
+            Collection::Orders => "marketplace-orders",
+            Collection::ProviderResources => "marketplace-provider-resources",
+            Collection::Resources => "marketplace-resources",
+            Collection::Customers => "customers",
+            Collection::ProviderOfferings => "marketplace-provider-offerings",
+            Collection::Offerings => "marketplace-offerings",
+            Collection::ComponentUsages => "marketplace-component-usages",
+            Collection::ComponentUserUsages => "marketplace-component-user-usages",
+        }
+    }
+
+    /// Actions on the collection itself (`@action(detail=False)`); DRF's
+    /// router matches them before the detail route.
+    fn list_actions(self) -> &'static [&'static str] {
+        match self {
+            Collection::ComponentUsages => &["set_usage"],
+            _ => &[],
+        }
+    }
+
+    /// Actions on one object (`@action(detail=True)`); POST unless
+    /// [`is_get_action`] says otherwise.
     fn actions(self) -> &'static [&'static str] {
         match self {
             Collection::Orders => &[
@@ -73,16 +126,33 @@ impl Collection {
                 "set_state_executing",
                 "set_state_done",
             ],
-            Collection::ProviderResources => &["set_backend_id", "set_as_erred", "submit_report"],
+            Collection::ProviderResources => &[
+                "set_backend_id",
+                "set_as_erred",
+                "submit_report",
+                "team",
+                "plan_periods",
+            ],
             Collection::Resources => &[
                 "set_backend_id",
                 "set_as_erred",
                 "set_state_by_provider",
                 "submit_report",
+                "team",
+                "plan_periods",
             ],
-            Collection::Customers => &[],
+            Collection::ComponentUsages => &["set_user_usage"],
+            Collection::Customers
+            | Collection::ProviderOfferings
+            | Collection::Offerings
+            | Collection::ComponentUserUsages => &[],
         }
     }
+}
+
+/// Detail actions declared `methods=["get"]`.
+fn is_get_action(action: &str) -> bool {
+    matches!(action, "team" | "plan_periods")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,20 +161,31 @@ enum Route {
     List(Collection),
     Detail(Collection, String),
     Action(Collection, String, &'static str),
+    ListAction(Collection, &'static str),
 }
 
 impl Route {
-    fn allow(&self) -> &'static str {
+    fn is_post(&self) -> bool {
         match self {
-            Route::Action(..) => "POST, OPTIONS",
-            _ => "GET, HEAD, OPTIONS",
+            Route::Action(_, _, action) => !is_get_action(action),
+            Route::ListAction(..) => true,
+            _ => false,
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        if self.is_post() {
+            "POST, OPTIONS"
+        } else {
+            "GET, HEAD, OPTIONS"
         }
     }
 
     fn allows(&self, method: &Method) -> bool {
-        match self {
-            Route::Action(..) => method == Method::POST,
-            _ => method == Method::GET || method == Method::HEAD,
+        if self.is_post() {
+            method == Method::POST
+        } else {
+            method == Method::GET || method == Method::HEAD
         }
     }
 }
@@ -125,7 +206,11 @@ fn resolve(path: &str) -> Option<Route> {
     let collection = Collection::from_segment(parts.first()?)?;
     match parts.as_slice() {
         [_] => Some(Route::List(collection)),
-        [_, id] if is_lookup(id) => Some(Route::Detail(collection, (*id).to_string())),
+        [_, id] => match collection.list_actions().iter().find(|a| *a == id) {
+            Some(action) => Some(Route::ListAction(collection, action)),
+            None if is_lookup(id) => Some(Route::Detail(collection, (*id).to_string())),
+            None => None,
+        },
         [_, id, action] if is_lookup(id) => collection
             .actions()
             .iter()
@@ -140,6 +225,8 @@ fn resolve(path: &str) -> Option<Route> {
 pub(crate) struct Reply {
     status: u16,
     body: Option<Value>,
+    /// Django's own HTML error page, for a crash of the view.
+    html: Option<&'static str>,
     headers: Vec<(header::HeaderName, String)>,
 }
 
@@ -148,6 +235,7 @@ impl Reply {
         Self {
             status,
             body: Some(body),
+            html: None,
             headers: Vec::new(),
         }
     }
@@ -156,6 +244,17 @@ impl Reply {
         Self {
             status,
             body: None,
+            html: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// What Django answers when a view raises (`DEBUG = False`).
+    fn server_error() -> Self {
+        Self {
+            status: 500,
+            body: None,
+            html: Some("<h1>Server Error (500)</h1>"),
             headers: Vec::new(),
         }
     }
@@ -188,7 +287,18 @@ impl Reply {
                 )],
             )
                 .into_response(),
-            (None, _) => status.into_response(),
+            (None, _) => match self.html {
+                Some(html) if !head => (
+                    status,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/html; charset=utf-8"),
+                    )],
+                    html,
+                )
+                    .into_response(),
+                _ => status.into_response(),
+            },
         };
         for (name, value) in self.headers {
             if let Ok(value) = HeaderValue::from_str(&value) {
@@ -428,6 +538,13 @@ impl Sim {
         let now = OffsetDateTime::now_utc();
         let mut shared = self.lock();
         let model = &mut shared.model;
+        let ctx = Context {
+            actor: &actor,
+            headers,
+            body,
+            now,
+            base: &base,
+        };
         let result = match route {
             Route::Root => Ok(Reply::json(
                 200,
@@ -435,13 +552,15 @@ impl Sim {
                     "marketplace-orders": format!("{base}/api/marketplace-orders/"),
                     "marketplace-provider-resources": format!("{base}/api/marketplace-provider-resources/"),
                     "marketplace-resources": format!("{base}/api/marketplace-resources/"),
+                    "marketplace-provider-offerings": format!("{base}/api/marketplace-provider-offerings/"),
+                    "marketplace-component-usages": format!("{base}/api/marketplace-component-usages/"),
+                    "marketplace-component-user-usages": format!("{base}/api/marketplace-component-user-usages/"),
                 }),
             )),
             Route::List(collection) => list(model, collection, &base, path, &query),
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
-            Route::Action(collection, id, action) => {
-                act(model, collection, &id, action, &actor, headers, body, now)
-            }
+            Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
+            Route::ListAction(collection, action) => act_on_list(model, collection, action, &ctx),
         };
         result.unwrap_or_else(Reply::from)
     }
@@ -454,9 +573,19 @@ fn route_name(route: &Route) -> &'static str {
         Route::Detail(Collection::Orders, _) => "Order Instance",
         Route::List(Collection::Customers) => "Customer List",
         Route::Detail(Collection::Customers, _) => "Customer Instance",
+        Route::List(Collection::ProviderOfferings | Collection::Offerings) => "Offering List",
+        Route::Detail(Collection::ProviderOfferings | Collection::Offerings, _) => {
+            "Offering Instance"
+        }
+        Route::List(Collection::ComponentUsages) => "Component Usage List",
+        Route::Detail(Collection::ComponentUsages, _) => "Component Usage Instance",
+        Route::List(Collection::ComponentUserUsages) => "Component User Usage List",
+        Route::Detail(Collection::ComponentUserUsages, _) => "Component User Usage Instance",
         Route::List(_) => "Resource List",
         Route::Detail(..) => "Resource Instance",
-        Route::Action(..) => "Action",
+        Route::Action(_, _, "team") => "Team",
+        Route::Action(_, _, "plan_periods") => "Plan Periods",
+        Route::Action(..) | Route::ListAction(..) => "Action",
     }
 }
 
@@ -475,18 +604,8 @@ fn choice_error(value: &str) -> String {
     format!("Select a valid choice. {value} is not one of the available choices.")
 }
 
-struct FilterErrors(Map<String, Value>);
-
-impl FilterErrors {
-    fn add(&mut self, field: &str, message: String) {
-        self.0
-            .entry(field.to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Some(Value::Array(list)) = self.0.get_mut(field) {
-            list.push(Value::String(message));
-        }
-    }
-
+/// The filter side of [`FieldErrors`] (django-filter's messages).
+impl FieldErrors {
     fn uuid(&mut self, query: &QueryPairs, field: &str) -> Option<Uuid> {
         let raw = query.last(field)?;
         if raw.is_empty() {
@@ -530,20 +649,62 @@ impl FilterErrors {
         out
     }
 
-    fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError {
-                status: 400,
-                body: Value::Object(self.0),
-            })
+    /// A `DateFilter` (Django's `forms.DateField` with the English input formats).
+    fn date(&mut self, query: &QueryPairs, field: &str) -> Option<time::Date> {
+        let raw = query.last(field)?.trim();
+        if raw.is_empty() {
+            return None;
         }
+        let parsed = django_date(raw);
+        if parsed.is_none() {
+            self.add(field, "Enter a valid date.".to_string());
+        }
+        parsed
     }
 }
 
+/// `forms.DateField`'s numeric input formats: `%Y-%m-%d`, `%m/%d/%Y`, `%m/%d/%y`
+/// (month and day may lack their leading zero).
+fn django_date(raw: &str) -> Option<time::Date> {
+    let number = |s: &str, max_len: usize| -> Option<u32> {
+        if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let (year, month, day) = if let [y, m, d] = raw.split('-').collect::<Vec<_>>()[..] {
+        if y.len() != 4 {
+            return None;
+        }
+        (number(y, 4)?, number(m, 2)?, number(d, 2)?)
+    } else if let [m, d, y] = raw.split('/').collect::<Vec<_>>()[..] {
+        let year = match y.len() {
+            4 => number(y, 4)?,
+            // Python's `%y`: 69-99 are 19xx, 00-68 are 20xx.
+            2 => number(y, 2).map(|y| if y >= 69 { 1900 + y } else { 2000 + y })?,
+            _ => return None,
+        };
+        (year, number(m, 2)?, number(d, 2)?)
+    } else {
+        return None;
+    };
+    let month = time::Month::try_from(u8::try_from(month).ok()?).ok()?;
+    time::Date::from_calendar_date(i32::try_from(year).ok()?, month, u8::try_from(day).ok()?).ok()
+}
+
+/// Whether the body is a form (its flat fields never hold lists).
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+        .is_some_and(|v| {
+            v.trim_start()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
 fn order_filter(query: &QueryPairs) -> Result<(OrderFilter, Vec<(SortKey, bool)>), ApiError> {
-    let mut errors = FilterErrors(Map::new());
+    let mut errors = FieldErrors::new();
     let mut filter = OrderFilter::default();
     for value in query.all("state") {
         match OrderState::parse(value) {
@@ -582,7 +743,7 @@ fn order_filter(query: &QueryPairs) -> Result<(OrderFilter, Vec<(SortKey, bool)>
 }
 
 fn resource_filter(query: &QueryPairs) -> Result<(ResourceFilter, Vec<(SortKey, bool)>), ApiError> {
-    let mut errors = FilterErrors(Map::new());
+    let mut errors = FieldErrors::new();
     let mut filter = ResourceFilter::default();
     for value in query.all("state") {
         match ResourceState::parse(value) {
@@ -594,17 +755,80 @@ fn resource_filter(query: &QueryPairs) -> Result<(ResourceFilter, Vec<(SortKey, 
     filter.provider = errors.uuid(query, "provider_uuid");
     filter.project = errors.uuid(query, "project_uuid");
     filter.customer = errors.uuid(query, "customer_uuid");
-    filter.backend_id = FilterErrors::text(query, "backend_id");
-    filter.offering_type = FilterErrors::text(query, "offering_type");
-    filter.name = FilterErrors::text(query, "name");
-    filter.name_exact = FilterErrors::text(query, "name_exact");
-    filter.project_name = FilterErrors::text(query, "project_name");
+    filter.backend_id = FieldErrors::text(query, "backend_id");
+    filter.offering_type = FieldErrors::text(query, "offering_type");
+    filter.name = FieldErrors::text(query, "name");
+    filter.name_exact = FieldErrors::text(query, "name_exact");
+    filter.project_name = FieldErrors::text(query, "project_name");
     let sort = errors.ordering(
         query,
         &[("name", SortKey::Name), ("created", SortKey::Created)],
     );
     errors.finish()?;
     Ok((filter, sort))
+}
+
+fn offering_filter(query: &QueryPairs) -> Result<(OfferingFilter, Vec<(SortKey, bool)>), ApiError> {
+    let mut errors = FieldErrors::new();
+    let mut filter = OfferingFilter::default();
+    for value in query.all("state") {
+        if OFFERING_STATES.contains(&value) {
+            filter.states.push(value.to_string());
+        } else {
+            errors.add("state", choice_error(value));
+        }
+    }
+    // `LooseMultipleChoiceFilter`: any value is accepted.
+    filter.types = query
+        .all("type")
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect();
+    filter.customer = errors.uuid(query, "customer_uuid");
+    filter.name = FieldErrors::text(query, "name");
+    filter.name_exact = FieldErrors::text(query, "name_exact");
+    let sort = errors.ordering(
+        query,
+        &[
+            ("name", SortKey::Name),
+            ("created", SortKey::Constant),
+            ("type", SortKey::Constant),
+            ("state", SortKey::Constant),
+            ("total_customers", SortKey::Constant),
+            ("total_cost", SortKey::Constant),
+            ("total_cost_estimated", SortKey::Constant),
+        ],
+    );
+    errors.finish()?;
+    Ok((filter, sort))
+}
+
+/// `ComponentUsageFilter` / `ComponentUserUsageFilter`; the user usages name
+/// the billing period `component_usage__billing_period`.
+fn usage_filter(query: &QueryPairs, billing_period: &str) -> Result<UsageFilter, ApiError> {
+    let mut errors = FieldErrors::new();
+    let filter = UsageFilter {
+        resource: errors.uuid(query, "resource_uuid"),
+        offering: errors.uuid(query, "offering_uuid"),
+        project: errors.uuid(query, "project_uuid"),
+        customer: errors.uuid(query, "customer_uuid"),
+        component: FieldErrors::text(query, "type"),
+        billing_period: errors.date(query, billing_period),
+        date_before: errors.date(query, "date_before"),
+        date_after: errors.date(query, "date_after"),
+    };
+    errors.finish()?;
+    Ok(filter)
+}
+
+/// `ComponentUsageSerializer.get_fields`: with `field=`, only the named known
+/// fields (possibly none) are rendered.
+fn select_usage_fields(mut object: Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
+    if !fields.is_empty() {
+        object.retain(|key, _| fields.contains(&key.as_str()));
+    }
+    object
 }
 
 fn list(
@@ -626,20 +850,35 @@ fn list(
             model.list_resources(&filter, &sort)
         }
         Collection::Customers => (0..model.customer_count()).collect(),
+        Collection::ProviderOfferings | Collection::Offerings => {
+            let (filter, sort) = offering_filter(query)?;
+            model.list_offerings(&filter, &sort)
+        }
+        Collection::ComponentUsages => model.list_usages(&usage_filter(query, "billing_period")?),
+        Collection::ComponentUserUsages => {
+            model.list_user_usages(&usage_filter(query, "component_usage__billing_period")?)
+        }
     };
     let render = |i: usize| match collection {
-        Collection::Orders => model.render_order(i, base),
+        Collection::Orders => select_fields(model.render_order(i, base), &fields),
         Collection::ProviderResources | Collection::Resources => {
-            model.render_resource(i, base, with_order)
+            select_fields(model.render_resource(i, base, with_order), &fields)
         }
-        Collection::Customers => model.render_customer(i, base),
+        Collection::Customers => select_fields(model.render_customer(i, base), &fields),
+        Collection::ProviderOfferings | Collection::Offerings => select_fields(
+            model.render_offering(i, base, collection.segment()),
+            &fields,
+        ),
+        Collection::ComponentUsages => select_usage_fields(model.render_usage(i), &fields),
+        // `ComponentUserUsageSerializer` has no field selection.
+        Collection::ComponentUserUsages => model.render_user_usage(i, base),
     };
     let count = items.len();
     let page = Page::select(count, query.last("page"), query.last("page_size"))
         .map_err(|InvalidPage| ApiError::detail(404, "Invalid page."))?;
     let body: Vec<Value> = items[page.range(count)]
         .iter()
-        .map(|&i| Value::Object(select_fields(render(i), &fields)))
+        .map(|&i| Value::Object(render(i)))
         .collect();
     let link = page.link_header(&format!("{base}{path}"), query);
     Ok(Reply::json(200, Value::Array(body))
@@ -650,18 +889,20 @@ fn list(
         .with_header(header::LINK, link))
 }
 
-fn find_order(model: &Model, id: &str) -> Result<usize, ApiError> {
+/// Looks `id` up with `find`; a malformed uuid is a 404 like an unknown one.
+fn lookup(id: &str, find: impl Fn(Uuid) -> Option<usize>) -> Result<usize, ApiError> {
     Uuid::parse_str(id)
         .ok()
-        .and_then(|uuid| model.order_by_uuid(uuid))
+        .and_then(find)
         .ok_or_else(ApiError::not_found)
 }
 
+fn find_order(model: &Model, id: &str) -> Result<usize, ApiError> {
+    lookup(id, |uuid| model.order_by_uuid(uuid))
+}
+
 fn find_resource(model: &Model, id: &str) -> Result<usize, ApiError> {
-    Uuid::parse_str(id)
-        .ok()
-        .and_then(|uuid| model.resource_by_uuid(uuid))
-        .ok_or_else(ApiError::not_found)
+    lookup(id, |uuid| model.resource_by_uuid(uuid))
 }
 
 fn detail(
@@ -673,22 +914,36 @@ fn detail(
 ) -> Result<Reply, ApiError> {
     let fields = query.all("field");
     let object = match collection {
-        Collection::Orders => model.render_order(find_order(model, id)?, base),
-        Collection::ProviderResources | Collection::Resources => {
-            model.render_resource(find_resource(model, id)?, base, true)
+        Collection::Orders => {
+            select_fields(model.render_order(find_order(model, id)?, base), &fields)
         }
+        Collection::ProviderResources | Collection::Resources => select_fields(
+            model.render_resource(find_resource(model, id)?, base, true),
+            &fields,
+        ),
         Collection::Customers => {
-            let customer = Uuid::parse_str(id)
-                .ok()
-                .and_then(|uuid| model.customer_by_uuid(uuid))
-                .ok_or_else(ApiError::not_found)?;
-            model.render_customer(customer, base)
+            let customer = lookup(id, |uuid| model.customer_by_uuid(uuid))?;
+            select_fields(model.render_customer(customer, base), &fields)
+        }
+        Collection::ProviderOfferings | Collection::Offerings => {
+            let offering = lookup(id, |uuid| model.offering_by_uuid(uuid))?;
+            select_fields(
+                model.render_offering(offering, base, collection.segment()),
+                &fields,
+            )
+        }
+        Collection::ComponentUsages => {
+            let usage = lookup(id, |uuid| model.usage_by_uuid(uuid))?;
+            select_usage_fields(model.render_usage(usage), &fields)
+        }
+        Collection::ComponentUserUsages => {
+            let user_usage = lookup(id, |uuid| {
+                model.user_usages.iter().position(|u| u.uuid == uuid)
+            })?;
+            model.render_user_usage(user_usage, base)
         }
     };
-    Ok(Reply::json(
-        200,
-        Value::Object(select_fields(object, &fields)),
-    ))
+    Ok(Reply::json(200, Value::Object(object)))
 }
 
 // ----- request bodies -----
@@ -742,79 +997,25 @@ fn request_data(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>,
     }
 }
 
-fn python_type(value: &Value) -> &'static str {
-    match value {
-        Value::Array(_) => "list",
-        Value::String(_) => "str",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "int",
-        Value::Bool(_) => "bool",
-        Value::Null => "NoneType",
-        Value::Object(_) => "dict",
-    }
-}
-
-/// Rules of one DRF `CharField`.
-struct CharRules {
-    required: bool,
-    allow_blank: bool,
-    max_length: Option<usize>,
-}
-
-/// Validates a DRF `CharField` (whitespace trimmed, numbers accepted as text).
-fn char_field(
-    data: &Map<String, Value>,
-    key: &str,
-    rules: &CharRules,
-    errors: &mut FilterErrors,
-) -> Option<String> {
-    let value = match data.get(key) {
-        None => {
-            if rules.required {
-                errors.add(key, "This field is required.".into());
-            }
-            return None;
-        }
-        Some(Value::Null) => {
-            errors.add(key, "This field may not be null.".into());
-            return None;
-        }
-        Some(Value::String(s)) => s.trim().to_string(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(_) => {
-            errors.add(key, "Not a valid string.".into());
-            return None;
-        }
-    };
-    if value.is_empty() && !rules.allow_blank {
-        errors.add(key, "This field may not be blank.".into());
-        return None;
-    }
-    if let Some(max) = rules.max_length
-        && value.chars().count() > max
-    {
-        errors.add(
-            key,
-            format!("Ensure this field has no more than {max} characters."),
-        );
-        return None;
-    }
-    Some(value)
-}
-
 // ----- actions -----
 
-#[allow(clippy::too_many_arguments)]
+/// What every action may need besides the model.
+struct Context<'a> {
+    actor: &'a Actor,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    now: OffsetDateTime,
+    base: &'a str,
+}
+
 fn act(
     model: &mut Model,
     collection: Collection,
     id: &str,
     action: &str,
-    actor: &Actor,
-    headers: &HeaderMap,
-    body: &Bytes,
-    now: OffsetDateTime,
+    ctx: &Context<'_>,
 ) -> Result<Reply, ApiError> {
+    let (actor, headers, body, now) = (ctx.actor, ctx.headers, ctx.body, ctx.now);
     let optional_text = CharRules {
         required: false,
         allow_blank: true,
@@ -825,6 +1026,25 @@ fn act(
         allow_blank: true,
         max_length: None,
     };
+    if collection == Collection::ComponentUsages {
+        let usage = lookup(id, |uuid| model.usage_by_uuid(uuid))?;
+        return match action {
+            "set_user_usage" => {
+                let data = request_data(headers, body)?;
+                let request = serializers::set_user_usage(&data)?;
+                let amount = match (request.usage, model.user_usage(usage, &request.username)) {
+                    (Some(amount), _) => amount,
+                    (None, None) => super::decimal::Amount::ZERO,
+                    // Waldur reads `validated_data["usage"]` to update an
+                    // existing entry: without it the view raises.
+                    (None, Some(_)) => return Ok(Reply::server_error()),
+                };
+                model.set_user_usage(usage, &request.username, amount, now);
+                Ok(Reply::empty(201))
+            }
+            _ => Err(ApiError::not_found()),
+        };
+    }
     if collection == Collection::Orders {
         let order = find_order(model, id)?;
         return match action {
@@ -837,7 +1057,7 @@ fn act(
                     return Err(ApiError::states(&["pending-provider"]));
                 }
                 let data = request_data(headers, body)?;
-                let mut errors = FilterErrors(Map::new());
+                let mut errors = FieldErrors::new();
                 let comment = char_field(
                     &data,
                     "provider_rejection_comment",
@@ -851,7 +1071,7 @@ fn act(
             "set_state_erred" => {
                 model.check_order_erred_allowed(order)?;
                 let data = request_data(headers, body)?;
-                let mut errors = FilterErrors(Map::new());
+                let mut errors = FieldErrors::new();
                 let message = char_field(&data, "error_message", &required_text, &mut errors);
                 let traceback = char_field(&data, "error_traceback", &required_text, &mut errors);
                 errors.finish()?;
@@ -876,31 +1096,18 @@ fn act(
     }
     let resource = find_resource(model, id)?;
     match action {
+        "team" => Ok(Reply::json(200, model.render_team(resource, ctx.base))),
+        "plan_periods" => Ok(Reply::json(200, model.render_plan_periods(resource, now))),
         "submit_report" => {
+            // No state validator: any resource the provider sees takes a report.
             let data = request_data(headers, body)?;
-            let sections = match data.get("report") {
-                Some(Value::Array(sections))
-                    if !sections.is_empty()
-                        && sections.iter().all(|s| {
-                            s.get("header").is_some_and(Value::is_string)
-                                && s.get("body").is_some_and(Value::is_string)
-                        }) =>
-                {
-                    Value::Array(sections.clone())
-                }
-                _ => {
-                    return Err(ApiError {
-                        status: 400,
-                        body: json!({"report": ["A list of at least one {header, body} section is required."]}),
-                    });
-                }
-            };
+            let sections = serializers::report(&data, is_form(headers))?;
             model.set_report(resource, sections, now);
             Ok(Reply::json(200, json!({"status": "Report is submitted"})))
         }
         "set_backend_id" => {
             let data = request_data(headers, body)?;
-            let mut errors = FilterErrors(Map::new());
+            let mut errors = FieldErrors::new();
             let rules = CharRules {
                 required: true,
                 allow_blank: true,
@@ -918,7 +1125,7 @@ fn act(
         }
         "set_as_erred" => {
             let data = request_data(headers, body)?;
-            let mut errors = FilterErrors(Map::new());
+            let mut errors = FieldErrors::new();
             let message = char_field(&data, "error_message", &optional_text, &mut errors);
             let traceback = char_field(&data, "error_traceback", &optional_text, &mut errors);
             errors.finish()?;
@@ -946,6 +1153,31 @@ fn act(
                 200,
                 json!({"status": "Resource state has been changed."}),
             ))
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// Actions on a whole collection: `set_usage` (validated before anything
+/// changes, answered 201 without a body).
+fn act_on_list(
+    model: &mut Model,
+    collection: Collection,
+    action: &str,
+    ctx: &Context<'_>,
+) -> Result<Reply, ApiError> {
+    match (collection, action) {
+        (Collection::ComponentUsages, "set_usage") => {
+            let data = request_data(ctx.headers, ctx.body)?;
+            let request = serializers::set_usage(model, &data, is_form(ctx.headers), ctx.now)?;
+            model.set_usage(
+                request.resource,
+                request.plan_period,
+                &request.lines,
+                ctx.actor,
+                ctx.now,
+            );
+            Ok(Reply::empty(201))
         }
         _ => Err(ApiError::not_found()),
     }
@@ -985,6 +1217,39 @@ mod tests {
             resolve("/api/marketplace-provider-resources/x/set_state_by_provider/"),
             None
         );
+    }
+
+    #[test]
+    fn resolves_list_actions_before_details_and_get_actions() {
+        let usages = Collection::ComponentUsages;
+        let set_usage = resolve("/api/marketplace-component-usages/set_usage/");
+        assert_eq!(set_usage, Some(Route::ListAction(usages, "set_usage")));
+        assert_eq!(set_usage.map(|r| r.allow()), Some("POST, OPTIONS"));
+        assert_eq!(
+            resolve("/api/marketplace-component-usages/abc/"),
+            Some(Route::Detail(usages, "abc".into()))
+        );
+        let team = resolve("/api/marketplace-provider-resources/x/team/");
+        assert_eq!(team.as_ref().map(Route::allow), Some("GET, HEAD, OPTIONS"));
+        assert!(team.as_ref().is_some_and(|r| r.allows(&Method::HEAD)));
+        assert!(!team.as_ref().is_some_and(|r| r.allows(&Method::POST)));
+        assert_eq!(resolve("/api/marketplace-orders/x/team/"), None);
+        assert_eq!(
+            resolve("/api/marketplace-component-user-usages/x/set_user_usage/"),
+            None
+        );
+    }
+
+    #[test]
+    fn dates_follow_django_input_formats() {
+        let text = |raw: &str| django_date(raw).map(crate::sim::state::date_string);
+        assert_eq!(text("2025-03-01"), Some("2025-03-01".into()));
+        assert_eq!(text("2025-3-1"), Some("2025-03-01".into()));
+        assert_eq!(text("03/01/2025"), Some("2025-03-01".into()));
+        assert_eq!(text("03/01/25"), Some("2025-03-01".into()));
+        assert_eq!(text("2025-02-30"), None);
+        assert_eq!(text("25-03-01"), None);
+        assert_eq!(text("March"), None);
     }
 
     #[test]

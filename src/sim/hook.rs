@@ -16,7 +16,8 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use super::state::{Model, date_string, hex, stable_uuid, timestamp};
+use super::state::{Model, date_string, hex, timestamp};
+use super::team::user_uuid;
 use super::{HookFormat, HookTarget};
 use crate::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -81,7 +82,7 @@ pub(crate) fn waldur_event(model: &Model, order: usize, now: OffsetDateTime) -> 
             "order_state": o.state.as_str(),
             "order_type": "Create",
             "order_limits": o.limits,
-            "user_uuid": hex(stable_uuid("user", &o.created_by.username)),
+            "user_uuid": hex(user_uuid(&o.created_by.username)),
             "user_username": o.created_by.username,
             "user_full_name": o.created_by.full_name,
         }

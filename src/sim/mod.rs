@@ -13,14 +13,19 @@
 //! # Seeded catalogue (`SimConfig::seed`)
 //! Provider `LUMI` (FI) with offerings `LUMI-C` (`Marketplace.Basic`;
 //! `cpu_k_hours`, `gb_k_hours`), `LUMI-G` (`Marketplace.Basic`; `gpu_k_hours`,
-//! `gb_k_hours`) and `LUMI-Slurm` (`Marketplace.Slurm`; all three), one plan
-//! each; organisations University of Helsinki (FI), KTH (SE), University of
-//! Tartu (EE), NTNU (NO), DTU (DK), one project each: `Climate extremes`
-//! (the default), `Protein dynamics`, `Estonian language models`,
-//! `Ocean circulation` (ended 2024-12-31: approving its orders answers the
-//! "expired" 400), `Wind farm wakes`. Uuids derive from names, so they are the
-//! same on every start. API tokens act as the user `sp-integration`
-//! (`sp-integration-<n>` for the n-th token).
+//! `gb_k_hours`) and `LUMI-Slurm` (`Marketplace.Slurm`; all three plus the
+//! `fixed` component `project_fee`, for which usage cannot be reported), one
+//! plan each; the k-hour components are billed `limit`. Organisations
+//! University of Helsinki (FI), KTH (SE), University of Tartu (EE), NTNU (NO),
+//! DTU (DK), one project each: `Climate extremes` (the default), `Protein
+//! dynamics`, `Estonian language models`, `Ocean circulation` (ended
+//! 2024-12-31: approving its orders answers the "expired" 400), `Wind farm
+//! wakes`. Each project's team is the organisation's PI (`manager`) and two
+//! `member`s, `<project slug>-member1|2` (e.g. `climate-extremes-member1`);
+//! a project added later starts with its organisation's PI. Uuids derive from
+//! names, so they are the same on every start. API tokens act as the user
+//! `sp-integration` (`sp-integration-<n>` for the n-th token). Every resource
+//! gets a plan period when it is created.
 //!
 //! # Admin API (no authentication, JSON; errors are `application/problem+json`)
 //! - `POST /admin/allocations` body [`NewAllocation`] -> 201 [`CreatedAllocation`];
@@ -33,6 +38,13 @@
 //! - `POST /admin/customers` body [`NewCustomer`], `POST /admin/projects` body
 //!   [`NewProject`], `POST /admin/offerings` body [`NewOffering`] -> 201 `{"uuid": "..."}`;
 //!   names are unique per kind (409 otherwise), references accept a uuid or a name.
+//!   An offering's components are type strings (billed `limit`) or objects
+//!   `{"type", "billing_type"?, "name"?, "measured_unit"?}`.
+//! - `GET|POST /admin/projects/{project}/members`, `DELETE
+//!   /admin/projects/{project}/members/{username}`: the project's team
+//!   (body [`NewMember`]; 201, 204; 409 for a duplicate, 404 for a non-member).
+//! - `POST /admin/resources/{uuid}/plan_periods/close` body `{"end": "<RFC 3339>"}`
+//!   -> 200 the closed period.
 //!
 //! # Invariants
 //! - All mutable state (model, recorded calls, faults, random generator) lives
@@ -49,11 +61,16 @@
 
 mod admin;
 mod api;
+mod decimal;
 mod hook;
+mod offerings;
 mod query;
+mod serializers;
 mod state;
+mod team;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -61,7 +78,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use state::{Model, OrderState};
+use state::{BillingType, ComponentSpec, Member, Model, OrderState, Role};
 
 /// How a simulator instance behaves.
 pub struct SimConfig {
@@ -103,6 +120,10 @@ pub enum SimError {
     UnknownProject(String),
     #[error("unknown customer `{0}`")]
     UnknownCustomer(String),
+    #[error("unknown resource `{0}`")]
+    UnknownResource(String),
+    #[error("`{username}` is not a member of project `{project}`")]
+    UnknownMember { project: String, username: String },
     #[error("offering `{offering}` has no component `{component}`")]
     UnknownComponent { component: String, offering: String },
     #[error("limit `{component}` must be a non-negative integer, got {value}")]
@@ -119,7 +140,9 @@ impl SimError {
         match self {
             SimError::UnknownOffering(_)
             | SimError::UnknownProject(_)
-            | SimError::UnknownCustomer(_) => 404,
+            | SimError::UnknownCustomer(_)
+            | SimError::UnknownResource(_)
+            | SimError::UnknownMember { .. } => 404,
             SimError::Duplicate(_) => 409,
             SimError::UnknownComponent { .. }
             | SimError::InvalidLimit { .. }
@@ -275,11 +298,91 @@ pub struct NewOffering {
     /// default: the first service provider.
     #[serde(default)]
     pub provider: Option<String>,
-    /// Component types, e.g. `["cpu_k_hours", "gb_k_hours"]`.
-    pub components: Vec<String>,
+    /// Components: a type (`"cpu_k_hours"`, billed `limit`) or an object
+    /// `{"type", "billing_type"?, "name"?, "measured_unit"?}`.
+    pub components: Vec<NewComponent>,
     /// Default: `<name> Standard`.
     #[serde(default)]
     pub plan_name: Option<String>,
+}
+
+/// A component of a new offering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewComponent {
+    /// The component type, e.g. `cpu_k_hours`.
+    pub kind: String,
+    /// `limit` (default), `usage`, `fixed`, `one` or `few`; usage can be
+    /// reported only for `usage` and `limit`.
+    pub billing_type: Option<String>,
+    /// Default: the type.
+    pub name: Option<String>,
+    /// Default: empty.
+    pub measured_unit: Option<String>,
+}
+
+impl From<&str> for NewComponent {
+    fn from(kind: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            billing_type: None,
+            name: None,
+            measured_unit: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NewComponent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Spec {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            billing_type: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            measured_unit: Option<String>,
+        }
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(kind) => Ok(NewComponent::from(kind.as_str())),
+            value @ serde_json::Value::Object(_) => {
+                let spec: Spec = serde_json::from_value(value).map_err(serde::de::Error::custom)?;
+                Ok(NewComponent {
+                    kind: spec.kind,
+                    billing_type: spec.billing_type,
+                    name: spec.name,
+                    measured_unit: spec.measured_unit,
+                })
+            }
+            _ => Err(serde::de::Error::custom(
+                "a component is a type string or an object with `type`",
+            )),
+        }
+    }
+}
+
+/// A new member of a project's team.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub username: String,
+    /// Default: the username.
+    #[serde(default)]
+    pub full_name: Option<String>,
+    /// Default: the username when it is an address, else `<username>@example.org`.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// `admin`, `manager` or `member` (default).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// RFC 3339 timestamp; default none.
+    #[serde(default)]
+    pub expiration_time: Option<String>,
+    /// The member's account on the offering; default none.
+    #[serde(default)]
+    pub offering_user_username: Option<String>,
 }
 
 /// A running simulator; cheap to clone (shared state).
@@ -589,14 +692,164 @@ impl Sim {
                     SimError::Invalid("no service provider exists; name one in `provider`".into())
                 })?,
         };
+        let mut components = Vec::with_capacity(offering.components.len());
+        for c in &offering.components {
+            let billing_type = match c.billing_type.as_deref() {
+                None => BillingType::Limit,
+                Some(raw) => BillingType::parse(raw).ok_or_else(|| {
+                    SimError::Invalid(format!(
+                        "billing_type `{raw}` of component `{}` is not one of fixed, usage, limit, one, few",
+                        c.kind
+                    ))
+                })?,
+            };
+            components.push(ComponentSpec {
+                kind: c.kind.clone(),
+                name: c.name.clone(),
+                measured_unit: c.measured_unit.clone(),
+                billing_type,
+            });
+        }
         let index = model.add_offering(
             provider,
             &offering.name,
             offering.offering_type.as_deref().unwrap_or(state::BASIC),
-            &offering.components,
+            &components,
             offering.plan_name.as_deref(),
         )?;
         Ok(state::hex(model.offerings[index].uuid))
+    }
+
+    /// The project's team (project uuid or name), ordered by username:
+    /// `{uuid, username, full_name, email, role, expiration_time, offering_user_username}`.
+    pub fn project_members(&self, project: &str) -> Result<Vec<serde_json::Value>, SimError> {
+        let shared = self.lock();
+        let model = &shared.model;
+        let index = model
+            .find_project(project)
+            .ok_or_else(|| SimError::UnknownProject(project.to_string()))?;
+        Ok(model
+            .sorted_members(index)
+            .into_iter()
+            .map(|m| serde_json::Value::Object(team::render_member(m)))
+            .collect())
+    }
+
+    /// Adds a member to the project's team (project uuid or name); returns it
+    /// as [`Sim::project_members`] renders it. 409 when the username is already
+    /// a member, 400 for an unknown role or a bad timestamp.
+    pub fn add_member(
+        &self,
+        project: &str,
+        member: NewMember,
+    ) -> Result<serde_json::Value, SimError> {
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let index = model
+            .find_project(project)
+            .ok_or_else(|| SimError::UnknownProject(project.to_string()))?;
+        let username = member.username.trim().to_string();
+        if username.is_empty() {
+            return Err(SimError::Invalid("username must not be empty".into()));
+        }
+        let role = match member.role.as_deref() {
+            None => Role::Member,
+            Some(raw) => Role::parse(raw).ok_or_else(|| {
+                SimError::Invalid(format!("role `{raw}` is not one of admin, manager, member"))
+            })?,
+        };
+        let expiration_time = match member.expiration_time.as_deref() {
+            None => None,
+            Some(raw) => Some(
+                time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        SimError::Invalid(format!(
+                            "expiration_time `{raw}` is not an RFC 3339 timestamp"
+                        ))
+                    })?,
+            ),
+        };
+        let member = Member {
+            full_name: member.full_name.unwrap_or_else(|| username.clone()),
+            email: member
+                .email
+                .unwrap_or_else(|| state::default_email(&username)),
+            username,
+            role,
+            expiration_time: expiration_time.map(usage::truncate_to_micros),
+            offering_user_username: member.offering_user_username,
+        };
+        let rendered = serde_json::Value::Object(team::render_member(&member));
+        model.add_member(index, member)?;
+        Ok(rendered)
+    }
+
+    /// Removes `username` from the project's team (project uuid or name).
+    pub fn remove_member(&self, project: &str, username: &str) -> Result<(), SimError> {
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let index = model
+            .find_project(project)
+            .ok_or_else(|| SimError::UnknownProject(project.to_string()))?;
+        model.remove_member(index, username)
+    }
+
+    /// The resource's component usages as `GET /api/marketplace-component-usages/?resource_uuid=`
+    /// renders them (newest first); empty for an unknown resource.
+    pub fn usages(&self, resource_uuid: &str) -> Vec<serde_json::Value> {
+        let Ok(uuid) = uuid::Uuid::parse_str(resource_uuid.trim()) else {
+            return Vec::new();
+        };
+        let shared = self.lock();
+        let model = &shared.model;
+        let filter = usage::UsageFilter {
+            resource: Some(uuid),
+            ..usage::UsageFilter::default()
+        };
+        model
+            .list_usages(&filter)
+            .into_iter()
+            .map(|i| serde_json::Value::Object(model.render_usage(i)))
+            .collect()
+    }
+
+    /// The resource's per-user usages as `GET /api/marketplace-component-user-usages/?resource_uuid=`
+    /// renders them; empty for an unknown resource.
+    pub fn user_usages(&self, resource_uuid: &str) -> Vec<serde_json::Value> {
+        let Ok(uuid) = uuid::Uuid::parse_str(resource_uuid.trim()) else {
+            return Vec::new();
+        };
+        let shared = self.lock();
+        let model = &shared.model;
+        let filter = usage::UsageFilter {
+            resource: Some(uuid),
+            ..usage::UsageFilter::default()
+        };
+        model
+            .list_user_usages(&filter)
+            .into_iter()
+            .map(|i| serde_json::Value::Object(model.render_user_usage(i, self.default_base())))
+            .collect()
+    }
+
+    /// Ends the resource's open plan period at `end` (a closed period refuses
+    /// usage reports once `end` is before the current month); returns the
+    /// period as `plan_periods` renders it.
+    pub fn close_plan_period(
+        &self,
+        resource_uuid: &str,
+        end: time::OffsetDateTime,
+    ) -> Result<serde_json::Value, SimError> {
+        let unknown = || SimError::UnknownResource(resource_uuid.to_string());
+        let uuid = uuid::Uuid::parse_str(resource_uuid.trim()).map_err(|_| unknown())?;
+        let mut shared = self.lock();
+        let model = &mut shared.model;
+        let resource = model.resource_by_uuid(uuid).ok_or_else(unknown)?;
+        let end = usage::truncate_to_micros(end);
+        let period = model
+            .close_plan_period(resource, end)
+            .ok_or_else(|| SimError::Invalid("the resource has no open plan period".into()))?;
+        Ok(model.render_one_plan_period(period, time::OffsetDateTime::now_utc()))
     }
 
     /// The base of absolute URLs when no request is at hand.

@@ -5,7 +5,9 @@
 //!
 //! INVARIANT: every allocation has exactly one creation order and one resource,
 //! and each points at the other; indices into the vectors never change (nothing
-//! is deleted).
+//! is deleted except project members). Every resource has the plan period
+//! opened at its creation (`usage.rs` keeps periods and usages; `team.rs` the
+//! project teams; `offerings.rs` renders offerings).
 //! INVARIANT: `created` timestamps are strictly increasing in creation order
 //! (microsecond resolution), so sorting by `(created, uuid)` is stable and equals
 //! insertion order.
@@ -23,6 +25,7 @@ use sha2::{Digest, Sha256};
 use time::{Date, Month, OffsetDateTime, UtcOffset};
 use uuid::Uuid;
 
+use super::decimal::Amount;
 use super::{Catalogue, CatalogueCustomer, CatalogueOffering, CatalogueProject, SimError};
 
 /// The offering type that always needs provider review (Puhuri's LUMI offerings).
@@ -197,11 +200,140 @@ pub(crate) struct Project {
     pub slug: String,
     pub customer: usize,
     pub end_date: Option<Date>,
+    /// The project team, at most one entry per username.
+    pub members: Vec<Member>,
+}
+
+/// A project role as `get_old_role_name` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Admin,
+    Manager,
+    Member,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Manager => "manager",
+            Role::Member => "member",
+        }
+    }
+
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        [Role::Admin, Role::Manager, Role::Member]
+            .into_iter()
+            .find(|r| r.as_str() == value)
+    }
+}
+
+/// A user with a role in a project.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub username: String,
+    pub full_name: String,
+    pub email: String,
+    pub role: Role,
+    pub expiration_time: Option<OffsetDateTime>,
+    pub offering_user_username: Option<String>,
+}
+
+/// `OfferingComponent.BillingTypes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BillingType {
+    Fixed,
+    Usage,
+    Limit,
+    OneTime,
+    OnPlanSwitch,
+}
+
+impl BillingType {
+    pub(crate) const ALL: [BillingType; 5] = [
+        BillingType::Fixed,
+        BillingType::Usage,
+        BillingType::Limit,
+        BillingType::OneTime,
+        BillingType::OnPlanSwitch,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BillingType::Fixed => "fixed",
+            BillingType::Usage => "usage",
+            BillingType::Limit => "limit",
+            BillingType::OneTime => "one",
+            BillingType::OnPlanSwitch => "few",
+        }
+    }
+
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == value)
+    }
+
+    /// Whether `set_usage` accepts reports for it (`get_components_map`).
+    pub(crate) fn is_reportable(self) -> bool {
+        matches!(self, BillingType::Usage | BillingType::Limit)
+    }
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Component {
+    pub uuid: Uuid,
     pub kind: String,
+    pub name: String,
+    pub measured_unit: String,
+    pub billing_type: BillingType,
+}
+
+/// A component as the admin API describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct ComponentSpec {
+    pub kind: String,
+    pub name: Option<String>,
+    pub measured_unit: Option<String>,
+    pub billing_type: BillingType,
+}
+
+/// A resource's billing plan over a time frame (`ResourcePlanPeriod`).
+#[derive(Debug, Clone)]
+pub(crate) struct PlanPeriod {
+    pub uuid: Uuid,
+    pub resource: usize,
+    pub plan_uuid: Uuid,
+    pub plan_name: String,
+    pub start: OffsetDateTime,
+    pub end: Option<OffsetDateTime>,
+}
+
+/// One reported usage of a component in a month (`ComponentUsage`).
+#[derive(Debug, Clone)]
+pub(crate) struct ComponentUsage {
+    pub uuid: Uuid,
+    pub resource: usize,
+    /// The component type (a reportable component of the resource's offering).
+    pub component: String,
+    pub plan_period: Option<usize>,
+    /// The first day of the month the usage is for.
+    pub billing_period: Date,
+    pub usage: Amount,
+    pub date: OffsetDateTime,
+    pub created: OffsetDateTime,
+    pub description: String,
+    pub recurring: bool,
+    pub modified_by: Option<String>,
+}
+
+/// A user's share of a component usage (`ComponentUserUsage`).
+#[derive(Debug, Clone)]
+pub(crate) struct UserUsage {
+    pub uuid: Uuid,
+    pub component_usage: usize,
+    pub username: String,
+    pub usage: Amount,
+    pub created: OffsetDateTime,
+    pub modified: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +385,8 @@ pub(crate) struct Resource {
     pub error_message: String,
     pub error_traceback: String,
     pub creation_order: usize,
+    /// The amounts of the last `set_usage` call, as strings.
+    pub current_usages: Map<String, Value>,
 }
 
 /// A validated request for a new allocation.
@@ -312,6 +446,9 @@ pub(crate) struct Model {
     pub offerings: Vec<Offering>,
     pub orders: Vec<Order>,
     pub resources: Vec<Resource>,
+    pub plan_periods: Vec<PlanPeriod>,
+    pub usages: Vec<ComponentUsage>,
+    pub user_usages: Vec<UserUsage>,
     order_index: HashMap<Uuid, usize>,
     resource_index: HashMap<Uuid, usize>,
     last_stamp: Option<OffsetDateTime>,
@@ -359,6 +496,15 @@ pub(crate) fn parse_date(value: &str) -> Option<Date> {
         return None;
     }
     Date::from_calendar_date(year, Month::try_from(month).ok()?, day).ok()
+}
+
+/// A user's e-mail address: the username when it is one, else `<username>@example.org`.
+pub(crate) fn default_email(username: &str) -> String {
+    if username.contains('@') {
+        username.to_string()
+    } else {
+        format!("{username}@example.org")
+    }
 }
 
 /// Waldur's `slugify`: lowercase ASCII words joined by `-`.
@@ -506,12 +652,22 @@ impl Model {
         if self.projects.iter().any(|p| p.name == name) {
             return Err(SimError::Duplicate(format!("project `{name}`")));
         }
+        let pi = &self.customers[customer];
+        let manager = Member {
+            username: pi.pi_username.clone(),
+            full_name: pi.pi_full_name.clone(),
+            email: default_email(&pi.pi_username),
+            role: Role::Manager,
+            expiration_time: None,
+            offering_user_username: None,
+        };
         self.projects.push(Project {
             uuid: stable_uuid("project", name),
             name: name.to_string(),
             slug: slug.map_or_else(|| slugify(name), str::to_string),
             customer,
             end_date,
+            members: vec![manager],
         });
         Ok(self.projects.len() - 1)
     }
@@ -521,7 +677,7 @@ impl Model {
         provider: usize,
         name: &str,
         offering_type: &str,
-        components: &[String],
+        components: &[ComponentSpec],
         plan_name: Option<&str>,
     ) -> Result<usize, SimError> {
         let name = name.trim();
@@ -542,7 +698,8 @@ impl Model {
             ));
         }
         let mut seen: Vec<&str> = Vec::new();
-        for c in components {
+        for spec in components {
+            let c = &spec.kind;
             if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(SimError::Invalid(format!(
                     "component type `{c}` must be non-empty letters, digits and `_`"
@@ -565,7 +722,13 @@ impl Model {
             provider,
             components: components
                 .iter()
-                .map(|c| Component { kind: c.clone() })
+                .map(|c| Component {
+                    uuid: stable_uuid("component", &format!("{name}/{}", c.kind)),
+                    kind: c.kind.clone(),
+                    name: c.name.clone().unwrap_or_else(|| c.kind.clone()),
+                    measured_unit: c.measured_unit.clone().unwrap_or_default(),
+                    billing_type: c.billing_type,
+                })
                 .collect(),
             plan_uuid: stable_uuid("plan", &plan_name),
             plan_name,
@@ -574,7 +737,9 @@ impl Model {
     }
 
     /// The default catalogue: the LUMI provider, its offerings, five consortium
-    /// organisations with one project each (NTNU's has ended).
+    /// organisations with one project each (NTNU's has ended). Each project's
+    /// team is the organisation's PI (manager) and two members
+    /// `<project slug>-member1|2`.
     pub(crate) fn seed(&mut self) -> Result<(), SimError> {
         let lumi = self.add_customer(
             "LUMI",
@@ -594,6 +759,7 @@ impl Model {
                 "Climate extremes",
                 "climate-extremes",
                 Some("2030-12-31"),
+                ["Juho Korhonen", "Laura Mäkinen"],
             ),
             (
                 "KTH Royal Institute of Technology",
@@ -604,6 +770,7 @@ impl Model {
                 "Protein dynamics",
                 "protein-dynamics",
                 None,
+                ["Anna Svensson", "Lars Bergström"],
             ),
             (
                 "University of Tartu",
@@ -614,6 +781,7 @@ impl Model {
                 "Estonian language models",
                 "estonian-llm",
                 Some("2029-06-30"),
+                ["Kristjan Kask", "Liis Saar"],
             ),
             (
                 "Norwegian University of Science and Technology",
@@ -624,6 +792,7 @@ impl Model {
                 "Ocean circulation",
                 "ocean-circulation",
                 Some("2024-12-31"),
+                ["Ole Nilsen", "Kari Johansen"],
             ),
             (
                 "Technical University of Denmark",
@@ -634,38 +803,69 @@ impl Model {
                 "Wind farm wakes",
                 "wind-farm-wakes",
                 Some("2031-01-31"),
+                ["Sofie Nielsen", "Rasmus Larsen"],
             ),
         ];
-        for (name, slug, country, abbr, pi, project, project_slug, end) in orgs {
+        for (name, slug, country, abbr, pi, project, project_slug, end, team) in orgs {
             let customer =
                 self.add_customer(name, Some(slug), country, Some(abbr), false, Some(pi))?;
-            self.add_project(
+            let project = self.add_project(
                 customer,
                 project,
                 Some(project_slug),
                 end.and_then(parse_date),
             )?;
+            for (n, full_name) in team.into_iter().enumerate() {
+                let username = format!("{project_slug}-member{}", n + 1);
+                self.add_member(
+                    project,
+                    Member {
+                        email: default_email(&username),
+                        username,
+                        full_name: full_name.to_string(),
+                        role: Role::Member,
+                        expiration_time: None,
+                        offering_user_username: None,
+                    },
+                )?;
+            }
         }
-        let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // LUMI allocations are limit-based k-hours; the Slurm offering also
+        // has a fixed-price component, for which usage cannot be reported.
+        let c = |kind: &str, name: &str, unit: &str, billing_type| ComponentSpec {
+            kind: kind.to_string(),
+            name: Some(name.to_string()),
+            measured_unit: Some(unit.to_string()),
+            billing_type,
+        };
+        let cpu = c("cpu_k_hours", "CPU k-hours", "k-hours", BillingType::Limit);
+        let gpu = c("gpu_k_hours", "GPU k-hours", "k-hours", BillingType::Limit);
+        let storage = c(
+            "gb_k_hours",
+            "Storage GB k-hours",
+            "GB k-hours",
+            BillingType::Limit,
+        );
+        let fee = c("project_fee", "Project fee", "month", BillingType::Fixed);
         self.add_offering(
             lumi,
             "LUMI-C",
             BASIC,
-            &c(&["cpu_k_hours", "gb_k_hours"]),
+            &[cpu.clone(), storage.clone()],
             Some("LUMI-C Standard"),
         )?;
         self.add_offering(
             lumi,
             "LUMI-G",
             BASIC,
-            &c(&["gpu_k_hours", "gb_k_hours"]),
+            &[gpu.clone(), storage.clone()],
             Some("LUMI-G Standard"),
         )?;
         self.add_offering(
             lumi,
             "LUMI-Slurm",
             SLURM,
-            &c(&["cpu_k_hours", "gpu_k_hours", "gb_k_hours"]),
+            &[cpu, gpu, storage, fee],
             Some("LUMI-Slurm Standard"),
         )?;
         Ok(())
@@ -706,7 +906,12 @@ impl Model {
                     offering_type: o.offering_type.clone(),
                     provider_uuid: hex(self.customers[o.provider].uuid),
                     provider_name: self.customers[o.provider].name.clone(),
-                    components: o.components.iter().map(|c| c.kind.clone()).collect(),
+                    components: o
+                        .components
+                        .iter()
+                        .filter(|c| c.billing_type == BillingType::Limit)
+                        .map(|c| c.kind.clone())
+                        .collect(),
                     plan_uuid: hex(o.plan_uuid),
                     plan_name: o.plan_name.clone(),
                 })
@@ -717,8 +922,8 @@ impl Model {
     // ----- allocations -----
 
     /// Checks limits against the offering's components: every key must be a
-    /// component type and every value a non-negative integer (the order
-    /// serializer's `DictField(child=IntegerField())`).
+    /// limit-based component type and every value a non-negative integer (the
+    /// order serializer's `DictField(child=IntegerField())`).
     pub(crate) fn validate_limits(
         &self,
         offering: usize,
@@ -727,11 +932,18 @@ impl Model {
         let off = &self.offerings[offering];
         let mut out = Map::new();
         for (key, value) in limits {
-            if !off.components.iter().any(|c| &c.kind == key) {
+            let Some(component) = off.components.iter().find(|c| &c.kind == key) else {
                 return Err(SimError::UnknownComponent {
                     component: key.clone(),
                     offering: off.name.clone(),
                 });
+            };
+            if component.billing_type != BillingType::Limit {
+                return Err(SimError::Invalid(format!(
+                    "component `{key}` of offering `{}` is billed `{}`; limits are only for `limit` components",
+                    off.name,
+                    component.billing_type.as_str()
+                )));
             }
             let number = match value {
                 Value::Number(n) => n
@@ -816,6 +1028,16 @@ impl Model {
             error_message: String::new(),
             error_traceback: String::new(),
             creation_order: order_index,
+            current_usages: Map::new(),
+        });
+        // Waldur opens the plan period when the resource is created.
+        self.plan_periods.push(PlanPeriod {
+            uuid: Uuid::new_v4(),
+            resource: resource_index,
+            plan_uuid: self.offerings[spec.offering].plan_uuid,
+            plan_name: self.offerings[spec.offering].plan_name.clone(),
+            start: created,
+            end: None,
         });
         self.orders.push(Order {
             uuid: order_uuid,
@@ -1336,7 +1558,7 @@ impl Model {
             "effective_id": "",
             "limits": r.limits,
             "attributes": r.attributes,
-            "current_usages": {},
+            "current_usages": r.current_usages,
             "backend_metadata": {},
             "resource_uuid": Value::Null,
             "resource_type": Value::Null,

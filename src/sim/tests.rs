@@ -881,3 +881,804 @@ async fn error_rate_one_always_fails_with_an_html_500() {
     s.sim.set_faults(Faults::default());
     assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
 }
+
+// ----- teams, offerings, plan periods and usage -----
+
+impl Running {
+    /// A LUMI-C allocation of `Climate extremes`, approved (resource `OK`).
+    async fn approved(&self, project: &str) -> CreatedAllocation {
+        let created = self.allocate(project, "LUMI-C").await;
+        let path = format!(
+            "/api/marketplace-orders/{}/approve_by_provider/",
+            created.order_uuid
+        );
+        assert_eq!(self.post(&path, None).await.0, 200);
+        created
+    }
+
+    async fn set_usage(&self, body: Value) -> (u16, Value) {
+        self.post("/api/marketplace-component-usages/set_usage/", Some(body))
+            .await
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let (status, _, body) = split(request.send().await.unwrap()).await;
+        (status, body)
+    }
+}
+
+fn this_month() -> String {
+    state::date_string(usage::month_start(time::OffsetDateTime::now_utc()))
+}
+
+#[tokio::test]
+async fn team_lists_the_project_members_unpaginated_and_refuses_post() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-provider-resources/{}/team/",
+        created.resource_uuid
+    );
+    let (status, headers, team) = s.get(&path).await;
+    assert_eq!(status, 200);
+    assert!(headers.get("x-result-count").is_none());
+    assert!(headers.get("link").is_none());
+    let usernames: Vec<&str> = team
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        usernames,
+        vec![
+            "aino.virtanen@helsinki.fi",
+            "climate-extremes-member1",
+            "climate-extremes-member2"
+        ]
+    );
+    let pi_uuid = state::hex(team::user_uuid("aino.virtanen@helsinki.fi"));
+    assert_eq!(
+        team[0],
+        json!({
+            "url": format!("{}/api/users/{pi_uuid}/", s.base),
+            "uuid": pi_uuid,
+            "username": "aino.virtanen@helsinki.fi",
+            "full_name": "Aino Virtanen",
+            "email": "aino.virtanen@helsinki.fi",
+            "role": "manager",
+            "expiration_time": null,
+            "offering_user_username": null,
+        })
+    );
+    assert_eq!(team[1]["role"], "member");
+    assert_eq!(team[1]["email"], "climate-extremes-member1@example.org");
+
+    let (status, _, old) = s
+        .get(&format!(
+            "/api/marketplace-resources/{}/team/",
+            created.resource_uuid
+        ))
+        .await;
+    assert_eq!((status, &old), (200, &team));
+
+    let response = s
+        .client
+        .post(s.url(&path))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(response.headers(), "allow"), "GET, HEAD, OPTIONS");
+    let (status, _, body) = split(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(body, json!({"detail": "Method \"POST\" not allowed."}));
+    let calls: Vec<(String, u16)> = s
+        .sim
+        .calls()
+        .into_iter()
+        .map(|c| (c.path, c.status))
+        .collect();
+    assert_eq!(calls, vec![(path, 405)]);
+
+    let (status, _, body) = s
+        .get("/api/marketplace-provider-resources/0f0e0d0c0b0a09080706050403020100/team/")
+        .await;
+    assert_eq!((status, body), (404, json!({"detail": "Not found."})));
+}
+
+#[tokio::test]
+async fn admin_api_adds_and_removes_project_members() {
+    let s = start().await;
+    let members = "/admin/projects/Climate%20extremes/members";
+    let (status, body) = s.admin(reqwest::Method::GET, members, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(3));
+
+    let (status, member) = s
+        .admin(
+            reqwest::Method::POST,
+            members,
+            Some(json!({"username": "new.admin@helsinki.fi", "full_name": "New Admin", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(member["email"], "new.admin@helsinki.fi");
+    assert_eq!(member["role"], "admin");
+    let (status, problem) = s
+        .admin(
+            reqwest::Method::POST,
+            members,
+            Some(json!({"username": "new.admin@helsinki.fi"})),
+        )
+        .await;
+    assert_eq!((status, problem["status"].clone()), (409, json!(409)));
+    let (status, _) = s
+        .admin(
+            reqwest::Method::POST,
+            members,
+            Some(json!({"username": "someone", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (_, _, team) = s
+        .get(&format!(
+            "/api/marketplace-provider-resources/{}/team/",
+            created.resource_uuid
+        ))
+        .await;
+    assert_eq!(team.as_array().map(Vec::len), Some(4));
+    assert_eq!(team[1]["username"], "climate-extremes-member1");
+    assert_eq!(team[3]["username"], "new.admin@helsinki.fi");
+
+    let project_uuid = &created.project_uuid;
+    let one = format!("/admin/projects/{project_uuid}/members/climate-extremes-member1");
+    assert_eq!(s.admin(reqwest::Method::DELETE, &one, None).await.0, 204);
+    assert_eq!(s.admin(reqwest::Method::DELETE, &one, None).await.0, 404);
+    assert_eq!(
+        s.admin(reqwest::Method::GET, "/admin/projects/Nope/members", None)
+            .await
+            .0,
+        404
+    );
+    let left: Vec<Value> = s.sim.project_members("Climate extremes").unwrap();
+    let names: Vec<&str> = left
+        .iter()
+        .map(|m| m["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "aino.virtanen@helsinki.fi",
+            "climate-extremes-member2",
+            "new.admin@helsinki.fi"
+        ]
+    );
+    assert!(s.sim.remove_member("Climate extremes", "nobody").is_err());
+}
+
+#[tokio::test]
+async fn offerings_render_components_and_plans_under_both_paths() {
+    let s = start().await;
+    let (status, headers, list) = s.get("/api/marketplace-provider-offerings/").await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-result-count"), "3");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["LUMI-C", "LUMI-G", "LUMI-Slurm"]);
+
+    let catalogue = s.sim.catalogue();
+    let slurm = catalogue
+        .offerings
+        .iter()
+        .find(|o| o.name == "LUMI-Slurm")
+        .unwrap();
+    assert_eq!(
+        slurm.components,
+        vec!["cpu_k_hours", "gpu_k_hours", "gb_k_hours"],
+        "the catalogue lists the components limits may name"
+    );
+    let (status, _, offering) = s
+        .get(&format!(
+            "/api/marketplace-provider-offerings/{}/",
+            slurm.uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        offering["url"],
+        format!(
+            "{}/api/marketplace-provider-offerings/{}/",
+            s.base, slurm.uuid
+        )
+    );
+    assert_eq!(offering["type"], "Marketplace.Slurm");
+    assert_eq!(offering["state"], "Active");
+    assert_eq!(offering["customer_uuid"], slurm.provider_uuid.as_str());
+    let components: Vec<(&str, &str, &str, &str)> = offering["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap(),
+                c["name"].as_str().unwrap(),
+                c["measured_unit"].as_str().unwrap(),
+                c["billing_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        components,
+        vec![
+            ("cpu_k_hours", "CPU k-hours", "k-hours", "limit"),
+            ("gpu_k_hours", "GPU k-hours", "k-hours", "limit"),
+            ("project_fee", "Project fee", "month", "fixed"),
+            ("gb_k_hours", "Storage GB k-hours", "GB k-hours", "limit"),
+        ]
+    );
+    assert_eq!(offering["plans"][0]["uuid"], slurm.plan_uuid.as_str());
+    assert_eq!(offering["plans"][0]["name"], "LUMI-Slurm Standard");
+    assert_eq!(
+        offering["plans"][0]["url"],
+        format!("{}/api/marketplace-plans/{}/", s.base, slurm.plan_uuid)
+    );
+
+    let (status, _, old) = s
+        .get(&format!("/api/marketplace-offerings/{}/", slurm.uuid))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        old["url"],
+        format!("{}/api/marketplace-offerings/{}/", s.base, slurm.uuid)
+    );
+    assert_eq!(old["components"], offering["components"]);
+    let (status, _, _) = s
+        .get("/api/marketplace-offerings/0f0e0d0c0b0a09080706050403020100/")
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, _) = s
+        .admin(
+            reqwest::Method::POST,
+            "/admin/offerings",
+            Some(json!({"name": "LUMI-Q", "components": [
+                "qpu_seconds",
+                {"type": "qpu_jobs", "billing_type": "usage", "name": "QPU jobs", "measured_unit": "jobs"}
+            ]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, _, listed) = s
+        .get("/api/marketplace-provider-offerings/?name_exact=LUMI-Q")
+        .await;
+    assert_eq!(
+        listed[0]["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (
+                c["type"].clone(),
+                c["billing_type"].clone(),
+                c["name"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (json!("qpu_jobs"), json!("usage"), json!("QPU jobs")),
+            (json!("qpu_seconds"), json!("limit"), json!("qpu_seconds")),
+        ]
+    );
+    let (status, _) = s
+        .admin(
+            reqwest::Method::POST,
+            "/admin/offerings",
+            Some(
+                json!({"name": "LUMI-X", "components": [{"type": "x", "billing_type": "monthly"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn set_usage_upserts_one_usage_per_component_and_month() {
+    let s = start().await;
+    let created = s.approved("Climate extremes").await;
+    let (status, body) = s
+        .set_usage(json!({"resource": created.resource_uuid, "usages": [
+            {"type": "cpu_k_hours", "amount": "10.5", "description": "March"},
+            {"type": "gb_k_hours", "amount": 3}
+        ]}))
+        .await;
+    assert_eq!((status, body), (201, Value::Null));
+    let usages = s.sim.usages(&created.resource_uuid);
+    assert_eq!(usages.len(), 2);
+    let cpu = usages.iter().find(|u| u["type"] == "cpu_k_hours").unwrap();
+    assert_eq!(cpu["usage"], "10.50");
+    assert_eq!(cpu["description"], "March");
+    assert_eq!(cpu["name"], "CPU k-hours");
+    assert_eq!(cpu["billing_period"], this_month().as_str());
+    assert_eq!(cpu["resource_uuid"], created.resource_uuid.as_str());
+    assert!(cpu["modified_by"].is_u64());
+    let cpu_uuid = cpu["uuid"].clone();
+
+    let (status, _) = s
+        .set_usage(json!({"resource": created.resource_uuid, "usages": [
+            {"type": "cpu_k_hours", "amount": 12.25, "recurring": true}
+        ]}))
+        .await;
+    assert_eq!(status, 201);
+    let usages = s.sim.usages(&created.resource_uuid);
+    assert_eq!(usages.len(), 2, "{usages:?}");
+    let cpu = usages.iter().find(|u| u["type"] == "cpu_k_hours").unwrap();
+    assert_eq!(cpu["uuid"], cpu_uuid);
+    assert_eq!(
+        (cpu["usage"].as_str(), cpu["description"].as_str()),
+        (Some("12.25"), Some(""))
+    );
+    assert_eq!(cpu["recurring"], true);
+    let gb = usages.iter().find(|u| u["type"] == "gb_k_hours").unwrap();
+    assert_eq!(gb["usage"], "3.00");
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["current_usages"],
+        json!({"cpu_k_hours": "12.25"})
+    );
+    let set_usage_calls = s
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path == "/api/marketplace-component-usages/set_usage/" && c.status == 201)
+        .count();
+    assert_eq!(set_usage_calls, 2);
+
+    // The usages of this month show under the open plan period.
+    let (status, _, periods) = s
+        .get(&format!(
+            "/api/marketplace-provider-resources/{}/plan_periods/",
+            created.resource_uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(periods[0]["plan_name"], "LUMI-C Standard");
+    assert_eq!(periods[0]["end"], Value::Null);
+    let mut types: Vec<&str> = periods[0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(types, vec!["cpu_k_hours", "gb_k_hours"]);
+}
+
+#[tokio::test]
+async fn set_usage_refuses_bad_fields_with_drf_shapes() {
+    let s = start().await;
+    let created = s.approved("Climate extremes").await;
+    let (status, body) = s
+        .set_usage(json!({"resource": created.resource_uuid, "usages": [
+            {"type": "cpu_k_hours", "amount": "1"},
+            {"type": "cpu_k_hours", "amount": "1.005"}
+        ]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"usages": [{}, {"amount": ["Ensure that there are no more than 2 decimal places."]}]})
+    );
+    let (status, body) = s
+        .set_usage(json!({"resource": created.resource_uuid, "usages": [
+            {"type": "cpu_k_hours", "amount": "1234567890123456789"}
+        ]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"usages": [{"amount": ["Ensure that there are no more than 18 digits before the decimal point."]}]})
+    );
+    let (status, body) = s
+        .set_usage(json!({"resource": created.resource_uuid}))
+        .await;
+    assert_eq!(
+        (status, body),
+        (400, json!({"usages": ["This field is required."]}))
+    );
+    let (status, body) = s.set_usage(json!({"usages": []})).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"non_field_errors": ["Either plan_period or resource should be provided."]})
+        )
+    );
+    let unknown = "0f0e0d0c0b0a09080706050403020100";
+    let (status, body) = s
+        .set_usage(json!({"resource": unknown, "plan_period": "nope", "usages": {}}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({
+            "usages": {"non_field_errors": ["Expected a list of items but got type \"dict\"."]},
+            "plan_period": ["\u{201c}nope\u{201d} is not a valid UUID."],
+            "resource": [format!("Object with uuid={unknown} does not exist.")]
+        })
+    );
+    assert!(s.sim.usages(&created.resource_uuid).is_empty());
+}
+
+#[tokio::test]
+async fn set_usage_refuses_components_that_are_not_usage_or_limit_billed() {
+    let s = start().await;
+    let slurm = s.allocate_slurm().await;
+    let order = format!("/api/marketplace-orders/{}", slurm.order_uuid);
+    assert_eq!(
+        s.post(&format!("{order}/approve_by_provider/"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.post(&format!("{order}/set_state_done/"), None).await.0,
+        200
+    );
+    let (status, body) = s
+        .set_usage(json!({"resource": slurm.resource_uuid, "usages": [
+            {"type": "project_fee", "amount": 1},
+            {"type": "cpu_k_hours", "amount": 1},
+            {"type": "bogus", "amount": 1}
+        ]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"non_field_errors": ["These components are invalid: bogus, project_fee."]})
+    );
+    assert!(s.sim.usages(&slurm.resource_uuid).is_empty());
+}
+
+#[tokio::test]
+async fn set_usage_refuses_a_resource_that_is_still_creating() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, body) = s
+        .set_usage(json!({"resource": created.resource_uuid, "usages": [
+            {"type": "cpu_k_hours", "amount": "1.00"}
+        ]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"resource": ["Resource is not in valid state."]})
+    );
+    assert!(s.sim.usages(&created.resource_uuid).is_empty());
+}
+
+#[tokio::test]
+async fn a_closed_plan_period_refuses_usage_and_leaves_the_list() {
+    let s = start().await;
+    let created = s.approved("Climate extremes").await;
+    let periods_path = format!(
+        "/api/marketplace-resources/{}/plan_periods/",
+        created.resource_uuid
+    );
+    let (_, headers, periods) = s.get(&periods_path).await;
+    assert!(headers.get("x-result-count").is_none());
+    assert_eq!(periods.as_array().map(Vec::len), Some(1));
+    let period = periods[0]["uuid"].as_str().unwrap().to_string();
+
+    let close = format!(
+        "/admin/resources/{}/plan_periods/close",
+        created.resource_uuid
+    );
+    let (status, closed) = s
+        .admin(
+            reqwest::Method::POST,
+            &close,
+            Some(json!({"end": "2020-01-31T12:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(closed["end"], "2020-01-31T12:00:00.000000Z");
+    assert_eq!(
+        s.admin(
+            reqwest::Method::POST,
+            &close,
+            Some(json!({"end": "2020-01-31T12:00:00Z"}))
+        )
+        .await
+        .0,
+        400
+    );
+
+    let (status, _, periods) = s.get(&periods_path).await;
+    assert_eq!((status, periods), (200, json!([])));
+    let (status, body) = s
+        .set_usage(json!({"plan_period": period, "usages": [
+            {"type": "cpu_k_hours", "amount": "1"}
+        ]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body, json!({"plan_period": ["Billing period is closed."]}));
+    assert!(s.sim.usages(&created.resource_uuid).is_empty());
+
+    // A period that ended this month is still listed and still takes reports.
+    let other = s.approved("Protein dynamics").await;
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, _) = s
+        .admin(
+            reqwest::Method::POST,
+            &format!(
+                "/admin/resources/{}/plan_periods/close",
+                other.resource_uuid
+            ),
+            Some(json!({ "end": now })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, _, periods) = s
+        .get(&format!(
+            "/api/marketplace-provider-resources/{}/plan_periods/",
+            other.resource_uuid
+        ))
+        .await;
+    assert_eq!(periods.as_array().map(Vec::len), Some(1));
+    assert!(periods[0]["end"].is_string());
+    let (status, _) = s
+        .set_usage(json!({"plan_period": periods[0]["uuid"], "usages": [
+            {"type": "cpu_k_hours", "amount": "2"}
+        ]}))
+        .await;
+    assert_eq!(status, 201);
+    let (_, _, periods) = s
+        .get(&format!(
+            "/api/marketplace-provider-resources/{}/plan_periods/",
+            other.resource_uuid
+        ))
+        .await;
+    assert_eq!(periods[0]["components"][0]["usage"], "2.00");
+}
+
+#[tokio::test]
+async fn usage_lists_filter_and_paginate() {
+    let s = start().await;
+    let first = s.approved("Climate extremes").await;
+    let second = s.approved("Protein dynamics").await;
+    for created in [&first, &second] {
+        let (status, _) = s
+            .set_usage(json!({"resource": created.resource_uuid, "usages": [
+                {"type": "cpu_k_hours", "amount": "1"},
+                {"type": "gb_k_hours", "amount": "2"}
+            ]}))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let list = "/api/marketplace-component-usages/";
+    let (status, headers, page) = s.get(&format!("{list}?page_size=3")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-result-count"), "4");
+    assert_eq!(page.as_array().map(Vec::len), Some(3));
+    assert!(
+        header(&headers, "link").contains(&format!(
+            "<{}{list}?page=2&page_size=3>; rel=\"next\"",
+            s.base
+        )),
+        "{}",
+        header(&headers, "link")
+    );
+    // Newest first, then by type.
+    assert_eq!(page[0]["resource_uuid"], second.resource_uuid.as_str());
+    assert_eq!(page[0]["type"], "cpu_k_hours");
+
+    let count = |query: String| {
+        let s = &s;
+        async move {
+            let (status, headers, body) = s.get(&format!("{list}?{query}")).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            header(&headers, "x-result-count").to_string()
+        }
+    };
+    assert_eq!(
+        count(format!("resource_uuid={}", first.resource_uuid)).await,
+        "2"
+    );
+    assert_eq!(
+        count(format!("project_uuid={}", second.project_uuid)).await,
+        "2"
+    );
+    assert_eq!(
+        count(format!("customer_uuid={}", first.customer_uuid)).await,
+        "2"
+    );
+    assert_eq!(
+        count(format!("offering_uuid={}", first.offering_uuid)).await,
+        "4"
+    );
+    assert_eq!(count("type=gb_k_hours".into()).await, "2");
+    assert_eq!(count(format!("billing_period={}", this_month())).await, "4");
+    assert_eq!(count("billing_period=2020-01-01".into()).await, "0");
+    assert_eq!(count("date_before=2020-01-01".into()).await, "0");
+    assert_eq!(count(format!("date_after={}", this_month())).await, "4");
+
+    let (status, _, body) = s
+        .get(&format!("{list}?billing_period=March&resource_uuid=x"))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"resource_uuid": ["Enter a valid UUID."], "billing_period": ["Enter a valid date."]})
+    );
+
+    let (_, _, selected) = s
+        .get(&format!("{list}?field=usage&field=type&field=nope"))
+        .await;
+    assert_eq!(selected[0], json!({"type": "cpu_k_hours", "usage": "1.00"}));
+    let uuid = page[0]["uuid"].as_str().unwrap();
+    let (status, _, one) = s.get(&format!("{list}{uuid}/")).await;
+    assert_eq!((status, &one), (200, &page[0]));
+
+    assert_eq!(s.post(list, None).await.0, 405);
+    let (status, headers, _) = s.get(&format!("{list}set_usage/")).await;
+    assert_eq!((status, header(&headers, "allow")), (405, "POST, OPTIONS"));
+    let (status, _) = s
+        .post(
+            "/api/marketplace-component-usages/set_usage",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 301);
+}
+
+#[tokio::test]
+async fn set_user_usage_upserts_per_username() {
+    let s = start().await;
+    let created = s.approved("Climate extremes").await;
+    let (status, _) = s
+        .set_usage(json!({"resource": created.resource_uuid, "usages": [
+            {"type": "cpu_k_hours", "amount": "10"}
+        ]}))
+        .await;
+    assert_eq!(status, 201);
+    let usage = s.sim.usages(&created.resource_uuid)[0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/marketplace-component-usages/{usage}/set_user_usage/");
+    let member = "climate-extremes-member1";
+    let (status, body) = s
+        .post(&path, Some(json!({"username": member, "usage": "2.5"})))
+        .await;
+    assert_eq!((status, body), (201, Value::Null));
+    let (status, _) = s
+        .post(&path, Some(json!({"username": member, "usage": 3})))
+        .await;
+    assert_eq!(status, 201);
+    let user_usages = s.sim.user_usages(&created.resource_uuid);
+    assert_eq!(user_usages.len(), 1);
+    assert_eq!(user_usages[0]["usage"], "3.00");
+    assert_eq!(user_usages[0]["username"], member);
+    assert_eq!(user_usages[0]["component_type"], "cpu_k_hours");
+
+    let (status, _) = s
+        .post(
+            &path,
+            Some(json!({"username": "climate-extremes-member2", "usage": "1"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = s.post(&path, Some(json!({"usage": "1.234"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({
+            "usage": ["Ensure that there are no more than 2 decimal places."],
+            "username": ["This field is required."]
+        })
+    );
+    let (status, body) = s
+        .post(&path, Some(json!({"username": "x".repeat(101)})))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"username": ["Ensure this field has no more than 100 characters."]})
+    );
+    // Waldur updates an existing entry from `validated_data["usage"]`: without
+    // it the view crashes.
+    let (status, _) = s.post(&path, Some(json!({"username": member}))).await;
+    assert_eq!(status, 500);
+    assert_eq!(s.sim.user_usages(&created.resource_uuid).len(), 2);
+
+    let (status, headers, listed) = s
+        .get(&format!(
+            "/api/marketplace-component-user-usages/?resource_uuid={}&type=cpu_k_hours",
+            created.resource_uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-result-count"), "2");
+    assert_eq!(
+        listed[0]["component_usage"],
+        format!("{}/api/marketplace-component-usages/{usage}/", s.base)
+    );
+    let (_, headers, _) = s
+        .get("/api/marketplace-component-user-usages/?type=gb_k_hours")
+        .await;
+    assert_eq!(header(&headers, "x-result-count"), "0");
+
+    let (status, _) = s
+        .post(
+            "/api/marketplace-component-usages/0f0e0d0c0b0a09080706050403020100/set_user_usage/",
+            Some(json!({"username": member, "usage": 1})),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn submit_report_validates_like_the_report_serializer() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let path = format!(
+        "/api/marketplace-provider-resources/{}/submit_report/",
+        created.resource_uuid
+    );
+    let (status, body) = s
+        .post(
+            &path,
+            Some(json!({"report": [{"header": "Access", "body": "ssh"}, {"header": "", "body": "x"}]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"report": [{}, {"header": ["This field may not be blank."]}]})
+    );
+    let (status, body) = s.post(&path, Some(json!({"report": []}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"report": ["Report object should contain at least one section."]})
+    );
+    let (status, body) = s.post(&path, None).await;
+    assert_eq!(
+        (status, body),
+        (400, json!({"report": ["This field is required."]}))
+    );
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["report"],
+        Value::Null
+    );
+    // No state validator: a resource still being created takes a report.
+    let (status, body) = s
+        .post(
+            &path,
+            Some(json!({"report": [{"header": " Access ", "body": "ssh lumi", "note": 1}]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "Report is submitted"}))
+    );
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["report"],
+        json!([{"header": "Access", "body": "ssh lumi"}])
+    );
+}
