@@ -643,7 +643,22 @@ impl Config {
                 Some(s) if *s.get_ref() > 60_000 => {
                     return Err(at.invalid(s.span(), "usage.linger_ms", "expected 0 to 60000"));
                 }
-                Some(s) => Duration::from_millis(*s.get_ref()),
+                Some(s) => {
+                    let linger = Duration::from_millis(*s.get_ref());
+                    if let QueueChoice::Embedded { lease, .. } = &queue
+                        && linger * 2 >= *lease
+                    {
+                        return Err(at.invalid(
+                            s.span(),
+                            "usage.linger_ms",
+                            &format!(
+                                "must be under half of queue.lease_secs ({} s): records wait unacknowledged while they linger",
+                                lease.as_secs()
+                            ),
+                        ));
+                    }
+                    linger
+                }
                 None => Duration::from_millis(200),
             },
             max_batch: match &file.usage.max_batch {

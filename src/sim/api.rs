@@ -330,7 +330,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
     );
     let body = to_bytes(request.into_body(), MAX_BODY).await;
 
-    let (latency, fault, slow) = sim.take_fault();
+    let (latency, fault, slow) = sim.take_fault(&path);
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
@@ -410,10 +410,15 @@ fn fault_response(status: u16) -> Response {
 impl Sim {
     /// Takes the injected latency, the failure status when one is due, and the delay
     /// added after a call that succeeds slowly.
-    fn take_fault(&self) -> (u64, Option<u16>, u64) {
+    fn take_fault(&self, path: &str) -> (u64, Option<u16>, u64) {
         let mut shared = self.lock();
         let latency = shared.faults.latency_ms;
-        if shared.faults.fail_next > 0 {
+        let targeted = shared
+            .faults
+            .fail_path
+            .as_deref()
+            .is_none_or(|part| path.contains(part));
+        if shared.faults.fail_next > 0 && targeted {
             shared.faults.fail_next -= 1;
             return (latency, Some(shared.faults.fail_status.unwrap_or(500)), 0);
         }

@@ -199,6 +199,9 @@ pub struct RecordedCall {
 pub struct Faults {
     /// The next N API calls (any method) answer `fail_status`.
     pub fail_next: u32,
+    /// When set, `fail_next` counts only calls whose path contains this text
+    /// (e.g. `submit_report`); other calls pass.
+    pub fail_path: Option<String>,
     /// Default 500.
     pub fail_status: Option<u16>,
     /// 0..1: fraction of API calls answering an error at random.

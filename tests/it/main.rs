@@ -2,6 +2,7 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`) and the project's Puhuri Core simulator
 //! started in-process on port 0. Every test uses its own queue prefix.
 
+mod after;
 mod artifacts;
 mod contract;
 mod demo;
