@@ -398,6 +398,34 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_documents_every_field_of_a_change() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schemas/team-event.v1.schema.json"))
+                .unwrap_or_default();
+        let before = vec![member("bob", "member")];
+        let event = TeamEvent::change(allocation(), &before, vec![member("bob", "admin")])
+            .map(|e| serde_json::to_value(e).unwrap_or_default())
+            .unwrap_or_default();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            let mut k: Vec<String> = v
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&event), keys(&schema["properties"]));
+        assert_eq!(
+            keys(&event["allocation"]),
+            keys(&schema["properties"]["allocation"]["properties"])
+        );
+        assert_eq!(
+            keys(&event["members"][0]),
+            keys(&schema["$defs"]["member"]["properties"])
+        );
+    }
+
+    #[test]
     fn an_unchanged_team_gives_no_event_in_any_order() {
         let before = vec![member("bob", "member"), member("alice", "manager")];
         let after = vec![member("alice", "manager"), member("bob", "member")];

@@ -630,6 +630,36 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_names_exactly_the_wire_fields() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/usage-record.v1.schema.json"))
+                .unwrap_or_default();
+        let mut documented: Vec<&str> = schema["properties"]
+            .as_object()
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        documented.sort_unstable();
+        let full = RawRecord {
+            id: Some("i".into()),
+            resource_uuid: Some("r".into()),
+            backend_id: Some("b".into()),
+            component: "c".into(),
+            amount: json!("1"),
+            month: "2026-11".into(),
+            users: Some(BTreeMap::new()),
+            measured_at: Some("t".into()),
+            description: Some("d".into()),
+        };
+        let value = serde_json::to_value(full).unwrap_or_default();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        fields.sort_unstable();
+        assert_eq!(documented, fields);
+    }
+
+    #[test]
     fn the_wire_form_round_trips() {
         let original = record(json!({"id": "r1", "resource_uuid": "a1916bd53fd04b1ab1a4e700c926607b",
             "component": "gpu_k_hours", "amount": "3.125", "month": "2026-11",

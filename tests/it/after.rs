@@ -250,7 +250,10 @@ async fn team_events_follow_approval_and_member_changes() {
     let change = next_event(&broker, &events).await.expect("a change");
     assert_eq!(change["type"], "team.changed");
     assert_eq!(usernames(&change["added"]), ["new.researcher@example.org"]);
-    assert_eq!(usernames(&change["removed"]), std::slice::from_ref(&removed));
+    assert_eq!(
+        usernames(&change["removed"]),
+        std::slice::from_ref(&removed)
+    );
     assert!(!usernames(&change["members"]).contains(&removed));
 
     let third = watcher.cycle().await.expect("cycle");

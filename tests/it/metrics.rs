@@ -84,7 +84,10 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     // Accepted, confirmed, decided by a rule, with Puhuri Core calls.
     let created = app.create(json!({"cpu_k_hours": 10})).await;
     assert_eq!(app.notify("msg_metrics_ok", &created).await.status(), 202);
-    app.settled("msg_metrics_ok").await;
+    let backend_id = match app.settled("msg_metrics_ok").await.result {
+        Ok(puhuri_approver::worker::Outcome::Approved { backend_id }) => backend_id,
+        other => panic!("expected an approval: {other:?}"),
+    };
     // A duplicate, a bad signature, an unknown source, an ignored Waldur event.
     assert_eq!(app.notify("msg_metrics_ok", &created).await.status(), 200);
     let body = json!({"type": "allocation.created", "order_uuid": created.order_uuid});
@@ -199,6 +202,14 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     );
     assert!(value(&after, metrics::PUHURI_LAST_SUCCESS) > 1.0e9);
     assert_eq!(moved(metrics::DEAD_LETTER_DEPTH), 1.0);
+    // Both approvals published their team's snapshot.
+    assert_eq!(
+        moved(&format!(
+            "{}{{type=\"team.snapshot\"}}",
+            metrics::TEAM_EVENTS
+        )),
+        2.0
+    );
 
     // A reconcile cycle (what it enqueues is decided later; only its own counters are
     // compared below).
@@ -208,6 +219,32 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
         .and_then(|r| r.reconciler.clone())
         .expect("reconciler");
     let report = reconciler.run_cycle().await.expect("cycle");
+
+    // Usage: one record reported, one refused (a closed month).
+    let mut usage = app
+        .running
+        .as_ref()
+        .and_then(|r| r.worker.as_ref())
+        .expect("worker")
+        .subscribe_usage();
+    let now = time::OffsetDateTime::now_utc();
+    let month = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
+    let broker = app.running.as_ref().expect("running").broker.clone();
+    for (id, month) in [("usage-ok", month.as_str()), ("usage-closed", "2020-01")] {
+        let record = json!({"backend_id": backend_id, "component": "cpu_k_hours", "amount": "1", "month": month});
+        broker
+            .publish_usage(record.to_string().as_bytes(), id)
+            .await
+            .expect("usage queued");
+    }
+    let mut usage_records = 0;
+    while usage_records < 2 {
+        let batch = tokio::time::timeout(crate::helpers::WAIT, usage.recv())
+            .await
+            .expect("usage settled in time")
+            .expect("usage events");
+        usage_records += batch.records;
+    }
 
     // A policy reload refused, then one applied.
     let worker = app
@@ -238,6 +275,11 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     assert_eq!(moved(metrics::RECONCILE_ENQUEUED), report.enqueued as f64);
     assert_eq!(moved(metrics::POLICY_RELOADS), 1.0);
     assert_eq!(moved(metrics::POLICY_RELOAD_FAILURES), 1.0);
+    let usage_series =
+        |outcome: &str| format!("{}{{outcome=\"{outcome}\"}}", metrics::USAGE_RECORDS);
+    assert_eq!(moved(&usage_series("reported")), 1.0);
+    assert_eq!(moved(&usage_series("dead-lettered")), 1.0);
+    assert_eq!(moved(metrics::USAGE_REPORTS), 1.0);
     app.stop().await;
 }
 
