@@ -333,14 +333,26 @@ pub fn init_logging(cli: &Cli) {
     let format = cli.log_format;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Spans go to an OpenTelemetry collector when the standard variables name one.
+    let otlp = crate::otel::OtlpConfig::from_env(|name| std::env::var(name).ok())
+        .filter(|_| {
+            matches!(
+                cli.command,
+                Command::Serve(_) | Command::Receive(_) | Command::Work(_)
+            )
+        })
+        .map(crate::otel::layer);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let registry = tracing_subscriber::registry().with(otlp).with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let _ = match format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+    };
 }
 
 /// Runs a parsed command.
@@ -855,7 +867,19 @@ async fn usage_push(
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("{}: cannot read", file.display()))?;
     let format = file::detect(file, &text, format);
-    let parsed = file::parse(&text, format);
+    let mut parsed = file::parse(&text, format);
+    // Puhuri Core takes usage only for the current month: refuse the rest before queueing.
+    let now = time::OffsetDateTime::now_utc();
+    for (line, record) in &parsed.records {
+        if let Err(message) = crate::usage::check_month(record.month, now) {
+            parsed.errors.push(file::LineError {
+                line: *line,
+                field: "month".into(),
+                message,
+            });
+        }
+    }
+    parsed.errors.sort_by_key(|e| e.line);
     if !parsed.errors.is_empty() {
         for e in parsed.errors.iter().take(50) {
             eprintln!("{}:{}: {}: {}", file.display(), e.line, e.field, e.message);

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod limits;
 pub mod metrics;
 pub mod notification;
+pub mod otel;
 pub mod policy;
 pub mod puhuri;
 pub mod queue;

@@ -5,11 +5,14 @@ use puhuri_approver::cli::{self, Cli};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli::init_logging(&cli);
-    match cli::run(cli).await {
+    let code = match cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Spans still queued for an OpenTelemetry collector, when one is configured.
+    puhuri_approver::otel::shutdown(std::time::Duration::from_secs(3));
+    code
 }

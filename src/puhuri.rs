@@ -18,6 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::config::{ApiGeneration, PuhuriConfig};
 use crate::notification::{AllocationHint, WaldurUuid};
@@ -351,7 +352,12 @@ impl PuhuriClient {
             request = request.json(body);
         }
         let started = std::time::Instant::now();
-        let response = request.send().await.map_err(|error| {
+        let span = tracing::info_span!("puhuri", operation, status = tracing::field::Empty);
+        let sent = request.send().instrument(span.clone()).await;
+        if let Ok(response) = &sent {
+            span.record("status", response.status().as_u16());
+        }
+        let response = sent.map_err(|error| {
             self.record(operation, None, started);
             PuhuriError::Transient {
                 operation: operation.to_owned(),
@@ -916,7 +922,7 @@ fn summarize_body(status: StatusCode, text: &str) -> String {
 }
 
 /// reqwest's errors carry the URL (never the token); keep the kind and the URL path.
-fn describe_reqwest_error(error: &reqwest::Error) -> String {
+pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

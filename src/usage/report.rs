@@ -1,6 +1,7 @@
 //! The worker's usage path: gathers the usage records of one allocation and month for
-//! `usage.linger_ms` (or until `usage.max_batch` arrived), then checks them against
-//! Puhuri Core and reports what changed with one `set_usage` call.
+//! `usage.linger_ms` (or until `usage.max_batch` arrived, or until half of
+//! `worker.prefetch` records wait in all), then checks them against Puhuri Core and
+//! reports what changed with one `set_usage` call.
 //!
 //! INVARIANT: a record is acked only after Puhuri Core stored its component's total (or
 //! already held it); transient failures retry the whole batch (set_usage is an upsert,
@@ -68,6 +69,7 @@ pub struct UsageReporter {
     worker: WorkerConfig,
     pending: Mutex<HashMap<Key, Batch>>,
     generation: std::sync::atomic::AtomicU64,
+    flushing_all: std::sync::atomic::AtomicBool,
     running: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     offerings: tokio::sync::Mutex<HashMap<String, (Instant, Vec<OfferingComponent>)>>,
     tasks: TaskTracker,
@@ -89,6 +91,7 @@ impl UsageReporter {
             worker,
             pending: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            flushing_all: std::sync::atomic::AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
             offerings: tokio::sync::Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
@@ -135,7 +138,30 @@ impl UsageReporter {
             let this = self.clone();
             self.tasks
                 .spawn(async move { this.flush_if(&key, Some(generation)).await });
+            return;
         }
+        // Lingering records hold the consumer's prefetch: when half of it waits, report
+        // everything now rather than starve the consumer until the timers fire.
+        let held: usize = pending.values().map(|b| b.records.len()).sum();
+        if held >= self.flush_when_held()
+            && !self
+                .flushing_all
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let keys: Vec<Key> = pending.keys().cloned().collect();
+            drop(pending);
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                futures_util::future::join_all(keys.iter().map(|key| this.flush_if(key, None)))
+                    .await;
+                this.flushing_all
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    }
+
+    fn flush_when_held(&self) -> usize {
+        (usize::from(self.worker.prefetch) / 2).max(1)
     }
 
     /// Reports everything gathered so far and waits for every report to finish.

@@ -540,7 +540,7 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
     std::fs::write(
         &bad,
         format!(
-            "backend_id,component,amount,month\n{backend_id},cpu_k_hours,1,{month}\n{backend_id},cpu_k_hours,1.5.0,{month}\n"
+            "backend_id,component,amount,month\n{backend_id},cpu_k_hours,1,{month}\n{backend_id},cpu_k_hours,1.5.0,{month}\n{backend_id},cpu_k_hours,1,2020-01\n"
         ),
     )
     .expect("write");
@@ -556,7 +556,17 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         stderr.contains(&format!("{}:3: amount:", bad.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("nothing was queued"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:4: month: month 2020-01 is closed",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 invalid record(s); nothing was queued"),
+        "{stderr}"
+    );
     assert_eq!(app.work_queue_depth().await, 0);
 
     // 1,000 hourly readings of one component: the last one is the month's total.

@@ -12,3 +12,4 @@ mod ingress;
 mod metrics;
 mod policy;
 mod spine;
+mod telemetry;
