@@ -215,12 +215,15 @@ impl Worker {
     }
 
     fn rebuild_usage(&mut self) {
-        self.usage = Arc::new(UsageReporter::new(
-            self.client.clone(),
-            self.usage_config.clone(),
-            self.config.clone(),
-            self.metrics.clone(),
-        ));
+        self.usage = Arc::new(
+            UsageReporter::new(
+                self.client.clone(),
+                self.usage_config.clone(),
+                self.config.clone(),
+                self.metrics.clone(),
+            )
+            .with_shadow(self.shadow),
+        );
     }
 
     /// Counts decisions, settlements, retries and policy reloads in `metrics`.
@@ -262,6 +265,7 @@ impl Worker {
     /// nothing to Puhuri Core.
     pub fn with_shadow(mut self, shadow: bool) -> Worker {
         self.shadow = shadow;
+        self.rebuild_usage();
         self
     }
 

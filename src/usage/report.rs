@@ -38,8 +38,11 @@ pub struct UsageSettled {
     pub month: Month,
     /// Records in the batch.
     pub records: usize,
-    /// Components sent with `set_usage`, with the amount sent.
+    /// Components sent with `set_usage`, with the amount sent (in shadow mode: that
+    /// would have been sent).
     pub reported: Vec<(String, String)>,
+    /// Nothing was written (policy shadow mode).
+    pub shadow: bool,
     /// Components whose total Puhuri Core held already.
     pub unchanged: Vec<String>,
     /// Records dead-lettered, with the reason.
@@ -74,6 +77,8 @@ pub struct UsageReporter {
     offerings: tokio::sync::Mutex<HashMap<String, (Instant, Vec<OfferingComponent>)>>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// Policy shadow mode: check and aggregate, log what would be sent, write nothing.
+    shadow: bool,
     settled: tokio::sync::broadcast::Sender<UsageSettled>,
     metrics: Arc<Metrics>,
 }
@@ -96,9 +101,16 @@ impl UsageReporter {
             offerings: tokio::sync::Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            shadow: false,
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
         }
+    }
+
+    /// In shadow mode nothing is sent: records are checked, aggregated, logged and acked.
+    pub fn with_shadow(mut self, shadow: bool) -> UsageReporter {
+        self.shadow = shadow;
+        self
     }
 
     /// Every settled batch from now on.
@@ -231,6 +243,7 @@ impl UsageReporter {
             unchanged: Vec::new(),
             dead_lettered: Vec::new(),
             retry: None,
+            shadow: self.shadow,
         };
         // A retried batch may have stored its totals but not every user's share.
         let resend_users = deliveries.iter().any(|d| d.attempts > 0);
@@ -251,7 +264,7 @@ impl UsageReporter {
                         continue;
                     }
                     let outcome = if reported.contains(&records[index].component.as_str()) {
-                        "reported"
+                        if self.shadow { "shadow" } else { "reported" }
                     } else {
                         "unchanged"
                     };
@@ -438,6 +451,14 @@ impl UsageReporter {
             .filter(|t| resend_users || to_send.iter().any(|s| s.component == t.component))
             .collect();
         if to_send.is_empty() && users_to_send.is_empty() {
+            return Ok(report);
+        }
+        if self.shadow {
+            report.reported = to_send
+                .iter()
+                .map(|t| (t.component.clone(), t.amount.to_cents_string()))
+                .collect();
+            tracing::info!(would_report = ?report.reported, "shadow mode: usage not sent");
             return Ok(report);
         }
         let usages: Vec<(String, String, String)> = to_send

@@ -602,3 +602,45 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn in_shadow_mode_usage_is_checked_and_logged_but_not_sent() {
+    let app = spawn_app(Options {
+        shadow: true,
+        usage_max_batch: 1,
+        ..Options::default()
+    })
+    .await;
+    // Approved by hand: shadow mode writes nothing, approvals included.
+    let created = app.create(json!({"cpu_k_hours": 100})).await;
+    let approved = app
+        .http
+        .post(format!(
+            "{}/api/marketplace-orders/{}/approve_by_provider/",
+            app.sim_url, created.order_uuid
+        ))
+        .header("Authorization", format!("Token {}", crate::helpers::TOKEN))
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(approved.status(), 200);
+    let mut settled = app
+        .running
+        .as_ref()
+        .and_then(|r| r.worker.as_ref())
+        .expect("worker")
+        .subscribe_usage();
+    let record = json!({"resource_uuid": created.resource_uuid, "component": "cpu_k_hours",
+                        "amount": "1.005", "month": current_month()});
+    publish_usage(&app, &[record]).await;
+    let batches = usage_settled(&mut settled, 1).await;
+    assert!(batches[0].shadow, "{batches:?}");
+    assert_eq!(
+        batches[0].reported,
+        [("cpu_k_hours".to_owned(), "1.01".to_owned())]
+    );
+    assert!(set_usage_calls(&app).is_empty());
+    assert!(stored(&app, &created).is_empty());
+    assert_eq!(app.work_queue_depth().await, 0);
+    app.stop().await;
+}
