@@ -20,7 +20,9 @@ use super::{RawRecord, UsageRecord};
 pub enum Format {
     /// By extension (`.csv`; `.jsonl`, `.ndjson`, `.json`), else by the first character.
     Auto,
+    /// A header row, then one record per line (columns in the module docs and README).
     Csv,
+    /// One JSON record per line (`schemas/usage-record.v1.schema.json`).
     Jsonl,
 }
 
