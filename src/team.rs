@@ -281,6 +281,11 @@ impl TeamWatcher {
                 .collect()
                 .await;
         let mut known = self.known.lock().await;
+        // Allocations no longer approved (terminated, or gone from view) are forgotten; one
+        // that returns is announced with a snapshot again.
+        let listed: std::collections::HashSet<String> =
+            teams.iter().map(|(a, _)| a.resource_uuid.clone()).collect();
+        known.retain(|uuid, _| listed.contains(uuid));
         for (allocation, team) in teams {
             report.calls += 1;
             let members = match team {

@@ -564,8 +564,7 @@ impl Worker {
         if report.is_empty() || fetched.resource.backend_id.as_deref() != Some(backend_id) {
             return Ok((done, None));
         }
-        let wanted = serde_json::to_value(report).unwrap_or_default();
-        if fetched.resource.report.as_ref() == Some(&wanted) {
+        if same_report(fetched.resource.report.as_ref(), report) {
             return Ok((done, None));
         }
         self.client
@@ -725,6 +724,18 @@ impl Worker {
     }
 }
 
+/// Whether Puhuri Core holds `report` already (it stores sections trimmed).
+fn same_report(held: Option<&serde_json::Value>, report: &[crate::policy::ReportSection]) -> bool {
+    let Some(held) = held.and_then(serde_json::Value::as_array) else {
+        return false;
+    };
+    held.len() == report.len()
+        && held.iter().zip(report).all(|(h, r)| {
+            h.get("header").and_then(serde_json::Value::as_str) == Some(r.header.trim())
+                && h.get("body").and_then(serde_json::Value::as_str) == Some(r.body.trim())
+        })
+}
+
 /// The outcome a decision would have had, for shadow mode (nothing was written).
 fn shadow_outcome(action: &Action) -> Outcome {
     match action {
@@ -738,5 +749,26 @@ fn shadow_outcome(action: &Action) -> Outcome {
             message: message.clone(),
         },
         Action::Hold { note } => Outcome::Held { note: note.clone() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ReportSection;
+    use serde_json::json;
+
+    #[test]
+    fn a_report_held_trimmed_is_the_same_report() {
+        let report = [ReportSection {
+            header: "Login ".into(),
+            body: " ssh x@lumi".into(),
+        }];
+        let held = json!([{"header": "Login", "body": "ssh x@lumi"}]);
+        assert!(same_report(Some(&held), &report));
+        assert!(!same_report(None, &report));
+        assert!(!same_report(Some(&json!([])), &report));
+        let other = json!([{"header": "Login", "body": "ssh y@lumi"}]);
+        assert!(!same_report(Some(&other), &report));
     }
 }
