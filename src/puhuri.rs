@@ -251,6 +251,7 @@ impl Fetched {
                 username: o.map(|o| text(&o.created_by_username)).unwrap_or_default(),
                 full_name: o.map(|o| text(&o.created_by_full_name)).unwrap_or_default(),
             },
+            granted: Default::default(),
         }
     }
 }
@@ -769,6 +770,64 @@ impl PuhuriClient {
             })
             .collect();
         Ok((allocations, calls))
+    }
+
+    /// What the provider granted the organisation and the project already: the limits of
+    /// their allocations in state `OK` or `Updating` that the token sees, summed per
+    /// component, without `exclude` (the allocation being decided). One paginated list.
+    pub async fn granted(
+        &self,
+        customer_uuid: &str,
+        project_uuid: &str,
+        exclude: &str,
+    ) -> Result<crate::policy::GrantedFacts, PuhuriError> {
+        if WaldurUuid::parse(customer_uuid).is_none() {
+            return Err(PuhuriError::Permanent {
+                operation: "granted".into(),
+                status: 0,
+                detail:
+                    "the allocation names no organisation, so what it was granted cannot be summed"
+                        .into(),
+            });
+        }
+        let path = match self.api {
+            ApiGeneration::Orders => "marketplace-provider-resources/",
+            ApiGeneration::Resources => "marketplace-resources/",
+        };
+        let url = self.query_url(
+            path,
+            &[
+                ("customer_uuid", customer_uuid),
+                ("state", "OK"),
+                ("state", "Updating"),
+                ("page_size", "100"),
+                ("field", "uuid"),
+                ("field", "project_uuid"),
+                ("field", "limits"),
+            ],
+        );
+        let (items, _): (Vec<Value>, usize) = self.list_all(url).await?;
+        let mut granted = crate::policy::GrantedFacts::default();
+        for item in items {
+            if item.get("uuid").and_then(Value::as_str) == Some(exclude) {
+                continue;
+            }
+            let same_project =
+                item.get("project_uuid").and_then(Value::as_str) == Some(project_uuid);
+            let Some(limits) = item.get("limits").and_then(Value::as_object) else {
+                continue;
+            };
+            for (component, amount) in limits {
+                let Some(amount) = amount.as_f64() else {
+                    continue;
+                };
+                *granted.customer.entry(component.clone()).or_default() += amount;
+                if same_project {
+                    *granted.project.entry(component.clone()).or_default() += amount;
+                }
+            }
+        }
+        Ok(granted)
     }
 
     /// The allocations whose `backend_id` is exactly `backend_id`.

@@ -551,12 +551,7 @@ impl Worker {
             return Ok((done, None));
         }
         let policy = self.policy();
-        let customer = if policy.needs_customer_details() {
-            self.fetch_customer(fetched).await?
-        } else {
-            None
-        };
-        let allocation = fetched.to_allocation(customer.as_ref());
+        let allocation = self.allocation(&policy, fetched).await?;
         let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
         let Action::Approve { backend_id, report } = &verdict.action else {
             return Ok((done, None));
@@ -572,6 +567,32 @@ impl Worker {
             .await?;
         tracing::info!("access report submitted for an allocation approved earlier");
         Ok((done, None))
+    }
+
+    /// The allocation as `policy` sees it, with the organisation's record and the totals
+    /// granted already when the policy reads them.
+    async fn allocation(
+        &self,
+        policy: &Policy,
+        fetched: &Fetched,
+    ) -> Result<crate::policy::Allocation, PuhuriError> {
+        let customer = if policy.needs_customer_details() {
+            self.fetch_customer(fetched).await?
+        } else {
+            None
+        };
+        let mut allocation = fetched.to_allocation(customer.as_ref());
+        if policy.needs_granted() {
+            allocation.granted = self
+                .client
+                .granted(
+                    &allocation.customer.uuid,
+                    &allocation.project.uuid,
+                    &allocation.resource.uuid,
+                )
+                .await?;
+        }
+        Ok(allocation)
     }
 
     /// The organisation's own record, when the policy reads what only it has. A record
@@ -607,12 +628,7 @@ impl Worker {
             Waiting::Yes => {}
         }
         let policy = self.policy();
-        let customer = if policy.needs_customer_details() {
-            self.fetch_customer(&fetched).await?
-        } else {
-            None
-        };
-        let allocation = fetched.to_allocation(customer.as_ref());
+        let allocation = self.allocation(&policy, &fetched).await?;
         let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
         if self.shadow {
             tracing::info!(

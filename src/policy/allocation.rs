@@ -29,6 +29,18 @@ pub struct Allocation {
     /// `is_commercial`, `is_training`, `used_ai_tech`, ...).
     pub attributes: Map<String, Value>,
     pub created_by: UserFacts,
+    /// What this provider has granted already (read only when a rule uses it).
+    pub granted: GrantedFacts,
+}
+
+/// The limits of the allocations this provider has granted already, summed per component:
+/// every allocation of the organisation (`customer`) or of the project (`project`) that
+/// the token sees in state `OK` or `Updating`, this one excluded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrantedFacts {
+    pub customer: BTreeMap<String, f64>,
+    pub project: BTreeMap<String, f64>,
 }
 
 /// The marketplace resource.
@@ -201,6 +213,13 @@ pub const SCHEMA: &[(&str, FieldType)] = &[
         "created_by",
         FieldType::Object(&[("username", S), ("full_name", S)]),
     ),
+    (
+        "granted",
+        FieldType::Object(&[
+            ("customer", FieldType::Limits),
+            ("project", FieldType::Limits),
+        ]),
+    ),
     ("now", S),
     ("today", S),
 ];
@@ -228,11 +247,15 @@ impl Allocation {
     /// every policy component present in `limits` (0 when not requested), `now` (RFC 3339,
     /// UTC) and `today` (`YYYY-MM-DD`, UTC).
     pub fn view(&self, components: &[String], now: time::OffsetDateTime) -> Value {
-        let mut limits: Map<String, Value> =
-            components.iter().map(|c| (c.clone(), json!(0.0))).collect();
-        for (component, amount) in &self.limits {
-            limits.insert(component.clone(), json!(amount));
-        }
+        let per_component = |amounts: &BTreeMap<String, f64>| {
+            let mut map: Map<String, Value> =
+                components.iter().map(|c| (c.clone(), json!(0.0))).collect();
+            for (component, amount) in amounts {
+                map.insert(component.clone(), json!(amount));
+            }
+            map
+        };
+        let limits = per_component(&self.limits);
         let now = now.to_offset(time::UtcOffset::UTC);
         let now_text = now
             .format(&time::format_description::well_known::Rfc3339)
@@ -274,6 +297,10 @@ impl Allocation {
             "limits": limits,
             "attributes": self.attributes,
             "created_by": self.created_by,
+            "granted": {
+                "customer": per_component(&self.granted.customer),
+                "project": per_component(&self.granted.project),
+            },
             "now": now_text,
             "today": today,
         })
@@ -301,8 +328,9 @@ pub struct AllocationIds {
     pub customer_uuid: String,
 }
 
-/// Converts the JSON view into a CEL value. Numbers under `limits` are doubles (so
-/// `limits.cpu_k_hours + limits.gpu_k_hours` always type-checks); other integers stay ints.
+/// Converts the JSON view into a CEL value. Numbers under `limits` and `granted` are
+/// doubles (so `limits.cpu_k_hours + granted.customer.cpu_k_hours` always type-checks);
+/// other integers stay ints.
 pub(crate) fn to_cel(value: &Value) -> cel::Value {
     convert(value, false)
 }
@@ -323,7 +351,7 @@ fn convert(value: &Value, doubles: bool) -> cel::Value {
             let entries: std::collections::HashMap<cel::objects::Key, cel::Value> = map
                 .iter()
                 .map(|(k, v)| {
-                    let doubles = doubles || k == "limits";
+                    let doubles = doubles || k == "limits" || k == "granted";
                     (cel::objects::Key::from(k.as_str()), convert(v, doubles))
                 })
                 .collect();

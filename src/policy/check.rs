@@ -191,7 +191,8 @@ impl Checker<'_> {
                             self.problem(
                                 e.id,
                                 format!(
-                                    "unknown component `limits.{field}`; the policy's components are {} (set `components` to add one)",
+                                    "unknown component `{}.{field}`; the policy's components are {} (set `components` to add one)",
+                                    base.as_deref().unwrap_or("limits"),
                                     self.components.join(", ")
                                 ),
                             );

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use toml::Spanned;
 
-pub use allocation::{Allocation, AllocationIds, DEFAULT_COMPONENTS};
+pub use allocation::{Allocation, AllocationIds, DEFAULT_COMPONENTS, GrantedFacts};
 use template::Template;
 
 /// A section of the access report submitted after approval (Waldur's `submit_report`).
@@ -186,6 +186,7 @@ pub struct Policy {
     version: Arc<str>,
     env: Arc<cel::Env>,
     needs_customer_details: bool,
+    needs_granted: bool,
 }
 
 impl fmt::Debug for Policy {
@@ -292,6 +293,7 @@ impl Policy {
             version: "none".into(),
             env: cel_env(),
             needs_customer_details: false,
+            needs_granted: false,
         }
     }
 
@@ -314,6 +316,12 @@ impl Policy {
     /// (`customer.country`, `customer.abbreviation`), so the caller must fetch it.
     pub fn needs_customer_details(&self) -> bool {
         self.needs_customer_details
+    }
+
+    /// Whether a condition or template reads `granted`, so the caller must sum what the
+    /// provider granted the organisation and project already.
+    pub fn needs_granted(&self) -> bool {
+        self.needs_granted
     }
 
     /// Compiles policy text, reporting every problem found.
@@ -460,6 +468,9 @@ impl Policy {
         let needs_customer_details = all_paths
             .iter()
             .any(|p| p == "customer.country" || p == "customer.abbreviation");
+        let needs_granted = all_paths
+            .iter()
+            .any(|p| p == "granted" || p.starts_with("granted."));
         Ok(Policy {
             rules,
             default,
@@ -467,6 +478,7 @@ impl Policy {
             version: version_of(text),
             env,
             needs_customer_details,
+            needs_granted,
         })
     }
 

@@ -332,3 +332,34 @@ async fn a_broken_policy_file_keeps_the_running_policy_and_a_good_one_replaces_i
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+const SHARE: &str = r#"
+[[rule]]
+name = "within-share"
+when = 'offering.name == "LUMI-C" && granted.customer.cpu_k_hours + limits.cpu_k_hours <= 1000.0'
+action = "approve"
+backend_id = "{project.slug}_{resource.short_uuid}"
+
+[default]
+action = "hold"
+note = "over the organisation's share"
+"#;
+
+#[tokio::test]
+async fn what_was_granted_already_counts_against_the_organisations_share() {
+    let mut app = spawn_app(Options {
+        policy: SHARE,
+        ..Options::default()
+    })
+    .await;
+    let mut outcomes = Vec::new();
+    for (i, cpu) in [600, 300, 200].into_iter().enumerate() {
+        let created = app.create(json!({"cpu_k_hours": cpu})).await;
+        let id = format!("msg_share_{i}");
+        assert_eq!(app.notify(&id, &created).await.status(), 202);
+        outcomes.push(app.settled(&id).await.result.map(|o| o.name()));
+    }
+    // 600, then 600 + 300 = 900, then 900 + 200 over 1000.
+    assert_eq!(outcomes, [Ok("approved"), Ok("approved"), Ok("held")]);
+    app.stop().await;
+}
