@@ -191,12 +191,15 @@ impl Worker {
         let metrics = Arc::new(Metrics::new());
         let usage_config = default_usage_config();
         Worker {
-            usage: Arc::new(UsageReporter::new(
-                client.clone(),
-                usage_config.clone(),
-                config.clone(),
-                metrics.clone(),
-            )),
+            usage: Arc::new(
+                UsageReporter::new(
+                    client.clone(),
+                    usage_config.clone(),
+                    config.clone(),
+                    metrics.clone(),
+                )
+                .with_events(broker.clone()),
+            ),
             usage_config,
             team: TeamConfig {
                 snapshot_on_approval: true,
@@ -222,7 +225,8 @@ impl Worker {
                 self.config.clone(),
                 self.metrics.clone(),
             )
-            .with_shadow(self.shadow),
+            .with_shadow(self.shadow)
+            .with_events(self.broker.clone()),
         );
     }
 

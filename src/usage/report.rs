@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -54,6 +55,9 @@ pub struct UsageSettled {
 /// The result of checking and reporting one batch.
 #[derive(Debug, Default)]
 struct Report {
+    /// The allocation, once resolved.
+    resource_uuid: String,
+    backend_id: Option<String>,
     reported: Vec<(String, String)>,
     unchanged: Vec<String>,
     /// Indexes of records refused, with the reason.
@@ -79,6 +83,8 @@ pub struct UsageReporter {
     stop: CancellationToken,
     /// Policy shadow mode: check and aggregate, log what would be sent, write nothing.
     shadow: bool,
+    /// Where `usage.reported` events go.
+    broker: Option<crate::queue::Broker>,
     settled: tokio::sync::broadcast::Sender<UsageSettled>,
     metrics: Arc<Metrics>,
 }
@@ -102,6 +108,7 @@ impl UsageReporter {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             shadow: false,
+            broker: None,
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
         }
@@ -110,6 +117,12 @@ impl UsageReporter {
     /// In shadow mode nothing is sent: records are checked, aggregated, logged and acked.
     pub fn with_shadow(mut self, shadow: bool) -> UsageReporter {
         self.shadow = shadow;
+        self
+    }
+
+    /// Publishes a `usage.reported` event for every `set_usage` call on this broker.
+    pub fn with_events(mut self, broker: crate::queue::Broker) -> UsageReporter {
+        self.broker = Some(broker);
         self
     }
 
@@ -248,10 +261,14 @@ impl UsageReporter {
         // A retried batch may have stored its totals but not every user's share.
         let resend_users = deliveries.iter().any(|d| d.attempts > 0);
         match self.report(key, &records, resend_users).await {
-            Ok(report) => {
-                let invalid: HashMap<usize, String> = report.invalid.into_iter().collect();
+            Ok(mut report) => {
+                let invalid: HashMap<usize, String> =
+                    std::mem::take(&mut report.invalid).into_iter().collect();
                 if !report.reported.is_empty() {
                     tracing::info!(reported = ?report.reported, unchanged = ?report.unchanged, "usage reported");
+                    if !self.shadow {
+                        self.publish_reported(key.1, &report, records.len()).await;
+                    }
                 } else {
                     tracing::info!(unchanged = ?report.unchanged, "usage unchanged; nothing sent");
                 }
@@ -316,6 +333,42 @@ impl UsageReporter {
             }
         }
         let _ = self.settled.send(settled);
+    }
+
+    /// The `usage.reported` event (`schemas/usage-event.v1.schema.json`); its id is a
+    /// digest of the content, so a report repeated after a retry has the same id. A
+    /// failure is logged: the usage is stored either way.
+    async fn publish_reported(&self, month: Month, report: &Report, records: usize) {
+        let Some(broker) = &self.broker else { return };
+        let usages: Vec<serde_json::Value> = report
+            .reported
+            .iter()
+            .map(
+                |(component, amount)| serde_json::json!({"component": component, "amount": amount}),
+            )
+            .collect();
+        let content = serde_json::json!([report.resource_uuid, month.to_string(), usages]);
+        let digest = sha2::Sha256::digest(content.to_string().as_bytes());
+        let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let event = serde_json::json!({
+            "v": 1,
+            "type": "usage.reported",
+            "id": id,
+            "time": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "allocation": {"resource_uuid": report.resource_uuid, "backend_id": report.backend_id},
+            "month": month.to_string(),
+            "usages": usages,
+            "records": records,
+        });
+        let body = event.to_string();
+        if let Err(error) = broker
+            .publish_event("usage.reported", body.as_bytes(), &id)
+            .await
+        {
+            tracing::warn!(error = %error, "usage.reported event not published");
+        }
     }
 
     async fn dead_letter(&self, delivery: Delivery, reason: &str) {
@@ -394,7 +447,11 @@ impl UsageReporter {
                 });
             }
         }
-        let mut report = Report::default();
+        let mut report = Report {
+            resource_uuid: resource.uuid.clone(),
+            backend_id: resource.backend_id.clone().filter(|b| !b.is_empty()),
+            ..Report::default()
+        };
         let mut accepted: Vec<&UsageRecord> = Vec::new();
         match resource.offering_uuid.as_deref().filter(|o| !o.is_empty()) {
             Some(offering) => {

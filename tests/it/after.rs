@@ -354,6 +354,14 @@ async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Back
         .and_then(|r| r.worker.as_ref())
         .expect("worker")
         .subscribe_usage();
+    let broker = app.running.as_ref().expect("running").broker.clone();
+    let events = format!("{}.usage-test", broker.topology().events_exchange());
+    if let Broker::Rabbit(rabbit) = &broker {
+        rabbit
+            .bind_events_queue(&events, "usage.#")
+            .await
+            .expect("bind");
+    }
     let month = current_month();
     let first = [
         json!({"backend_id": backend_id, "component": "cpu_k_hours", "amount": "10", "month": month,
@@ -404,11 +412,27 @@ async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Back
         ]})]
     );
 
-    // The same readings again: nothing is sent.
+    if backend == Backend::RabbitMq {
+        let event = next_event(&broker, &events).await.expect("usage.reported");
+        assert_eq!(event["type"], "usage.reported");
+        assert_eq!(event["allocation"]["backend_id"], backend_id);
+        assert_eq!(event["month"], month);
+        assert_eq!(event["records"], 3);
+        assert_eq!(
+            event["usages"],
+            json!([{"component": "cpu_k_hours", "amount": "12.35"},
+                   {"component": "gb_k_hours", "amount": "5.00"}])
+        );
+    }
+
+    // The same readings again: nothing is sent, and no event.
     publish_usage(&app, &first).await;
     let again = usage_settled(&mut settled, 3).await;
     assert!(again.iter().all(|b| b.reported.is_empty()), "{again:?}");
     assert_eq!(set_usage_calls(&app).len(), 1);
+    if backend == Backend::RabbitMq {
+        assert_eq!(next_event(&broker, &events).await, None);
+    }
 
     // Newer readings, naming the allocation by uuid: only the changed total is sent.
     let uuid = &created.resource_uuid;
