@@ -60,8 +60,8 @@ pub const POLICY_RELOAD_FAILURES: &str = "puhuri_approver_policy_reload_failures
 pub const POLICY_LOADED: &str = "puhuri_approver_policy_loaded";
 /// `1` while the broker connection is up (the embedded queue is always up).
 pub const BROKER_CONNECTED: &str = "puhuri_approver_broker_connected";
-/// Usage records settled by the workers, by `outcome` (`reported`, `unchanged`,
-/// `dead-lettered`, `retried`, `shadow`).
+/// Usage records settled by the workers, by `outcome` (`reported`, `unchanged`, `stale`,
+/// `dead-lettered`, `retried`).
 pub const USAGE_RECORDS: &str = "puhuri_approver_usage_records_total";
 /// `set_usage` calls that reported at least one changed component.
 pub const USAGE_REPORTS: &str = "puhuri_approver_usage_reports_total";

@@ -662,9 +662,13 @@ pub struct OfferingComponent {
 }
 
 impl OfferingComponent {
-    /// Waldur takes usage for components billed by usage or by limit.
-    pub fn takes_usage(&self) -> bool {
-        matches!(self.billing_type.as_str(), "usage" | "limit")
+    /// Current Waldur takes usage for components billed by usage or by limit; the 2021
+    /// API only for those billed by usage.
+    pub fn takes_usage(&self, api: ApiGeneration) -> bool {
+        match api {
+            ApiGeneration::Orders => matches!(self.billing_type.as_str(), "usage" | "limit"),
+            ApiGeneration::Resources => self.billing_type == "usage",
+        }
     }
 }
 
@@ -681,6 +685,18 @@ pub struct ComponentUsage {
     #[serde(rename = "type")]
     pub kind: String,
     /// Decimal, rendered as a string (`"12.50"`).
+    pub usage: Value,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One user's share of a stored component usage.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserUsage {
+    /// The URL of the component usage it belongs to.
+    #[serde(default)]
+    pub component_usage: String,
+    pub username: String,
     pub usage: Value,
 }
 
@@ -727,7 +743,7 @@ impl PuhuriClient {
         .await
     }
 
-    /// Approved allocations (state `OK`) on one offering or on every one the token sees.
+    /// Approved allocations (state `OK` or `Updating`) on one offering or on every one the token sees.
     pub async fn list_approved(
         &self,
         offering_uuid: Option<&str>,
@@ -736,7 +752,7 @@ impl PuhuriClient {
             ApiGeneration::Orders => "marketplace-provider-resources/",
             ApiGeneration::Resources => "marketplace-resources/",
         };
-        let mut pairs = vec![("state", "OK"), ("page_size", "100")];
+        let mut pairs = vec![("state", "OK"), ("state", "Updating"), ("page_size", "100")];
         if let Some(offering) = offering_uuid {
             pairs.push(("offering_uuid", offering));
         }
@@ -838,12 +854,19 @@ impl PuhuriClient {
         };
         let url = self.query_url(path, &[("backend_id", backend_id), ("page_size", "10")]);
         let page: Page<Resource> = self.list_page(&url).await?;
-        // The filter is exact in Waldur; checking again costs nothing.
-        Ok(page
+        // The filter is exact in Waldur; checking again costs nothing. A terminated
+        // predecessor that had the same backend_id does not count.
+        let found: Vec<Resource> = page
             .items
             .into_iter()
             .filter(|r| r.backend_id.as_deref() == Some(backend_id))
-            .collect())
+            .collect();
+        let live: Vec<Resource> = found
+            .iter()
+            .filter(|r| r.state != "Terminated")
+            .cloned()
+            .collect();
+        Ok(if live.is_empty() { found } else { live })
     }
 
     /// The offering's components.
@@ -870,6 +893,23 @@ impl PuhuriClient {
             &[
                 ("resource_uuid", resource_uuid),
                 ("billing_period", billing_period),
+                ("page_size", "100"),
+            ],
+        );
+        Ok(self.list_all(url).await?.0)
+    }
+
+    /// The users' shares stored for the allocation's usages of one component.
+    pub async fn user_usages(
+        &self,
+        resource_uuid: &str,
+        component: &str,
+    ) -> Result<Vec<UserUsage>, PuhuriError> {
+        let url = self.query_url(
+            "marketplace-component-user-usages/",
+            &[
+                ("resource_uuid", resource_uuid),
+                ("type", component),
                 ("page_size", "100"),
             ],
         );

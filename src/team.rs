@@ -4,10 +4,11 @@
 //! added, removed or changed role, so the provider's account systems can create and
 //! remove accounts. The JSON form is `schemas/team-event.v1.schema.json`.
 //!
-//! INVARIANT: an event's `id` is a digest of its content (type, allocation, members and,
-//! for a change, the members before), so the same event published twice — by two
-//! watcher replicas, or after a restart — carries the same id and a consumer can drop
-//! the copy.
+//! INVARIANT: events are safe to apply more than once (two watcher replicas publish the
+//! same change; a restart publishes snapshots again): a snapshot is the whole team, and
+//! applying "added X" or "removed X" twice changes nothing. Each event has a fresh `id`;
+//! content-derived ids would make a team that changes back and forth (A→B→A→B) repeat an
+//! id and a deduplicating consumer drop a real change.
 //! INVARIANT: a watcher that starts (or sees an allocation for the first time) publishes
 //! a `team.snapshot` for it: changes made while no watcher ran are never lost, because a
 //! snapshot is the whole truth.
@@ -17,7 +18,6 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -74,7 +74,7 @@ pub struct TeamEvent {
     pub v: u32,
     #[serde(rename = "type")]
     pub event_type: &'static str,
-    /// A digest of the content: the same event always has the same id.
+    /// Unique per event.
     pub id: String,
     /// When it was observed (RFC 3339, UTC).
     pub time: String,
@@ -95,31 +95,24 @@ fn sorted(mut members: Vec<TeamMember>) -> Vec<TeamMember> {
     members
 }
 
+fn fresh_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
-fn digest(parts: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    let digest = hasher.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl TeamEvent {
     /// The whole team of an allocation.
     pub fn snapshot(allocation: TeamAllocation, members: Vec<TeamMember>) -> TeamEvent {
         let members = sorted(members);
-        let body = serde_json::to_vec(&members).unwrap_or_default();
         TeamEvent {
             v: TEAM_EVENT_VERSION,
             event_type: "team.snapshot",
-            id: digest(&[b"team.snapshot", allocation.resource_uuid.as_bytes(), &body]),
+            id: fresh_id(),
             time: now_rfc3339(),
             allocation,
             members,
@@ -166,17 +159,10 @@ impl TeamEvent {
         if added.is_empty() && removed.is_empty() && changed.is_empty() {
             return None;
         }
-        let before_body = serde_json::to_vec(&sorted(before.to_vec())).unwrap_or_default();
-        let after_body = serde_json::to_vec(&after).unwrap_or_default();
         Some(TeamEvent {
             v: TEAM_EVENT_VERSION,
             event_type: "team.changed",
-            id: digest(&[
-                b"team.changed",
-                allocation.resource_uuid.as_bytes(),
-                &before_body,
-                &after_body,
-            ]),
+            id: fresh_id(),
             time: now_rfc3339(),
             allocation,
             members: after,
@@ -391,9 +377,9 @@ mod tests {
         assert_eq!(changed[0].after.role.as_deref(), Some("admin"));
         let users: Vec<&str> = event.members.iter().map(|m| m.username.as_str()).collect();
         assert_eq!(users, ["alice", "bob", "carol"]);
-        // The same observation gives the same id; a different one does not.
+        // Every event has its own id, even for the same observation (A→B→A→B).
         let again = TeamEvent::change(allocation(), &before, after.clone());
-        assert_eq!(again.map(|e| e.id), Some(event.id.clone()));
+        assert_ne!(again.map(|e| e.id), Some(event.id.clone()));
         let removal = TeamEvent::change(allocation(), &after, vec![member("alice", "manager")]);
         assert_eq!(
             removal.as_ref().map(|e| names(&e.removed)),
@@ -437,7 +423,8 @@ mod tests {
         assert_eq!(TeamEvent::change(allocation(), &before, after), None);
         let a = TeamEvent::snapshot(allocation(), before.clone());
         let b = TeamEvent::snapshot(allocation(), before.into_iter().rev().collect());
-        assert_eq!(a.id, b.id);
+        assert_eq!(a.members, b.members);
+        assert_ne!(a.id, b.id);
         assert_eq!(a.routing_key(), "team.snapshot");
     }
 }

@@ -225,7 +225,6 @@ impl Worker {
                 self.config.clone(),
                 self.metrics.clone(),
             )
-            .with_shadow(self.shadow)
             .with_events(self.broker.clone()),
         );
     }
@@ -269,7 +268,6 @@ impl Worker {
     /// nothing to Puhuri Core.
     pub fn with_shadow(mut self, shadow: bool) -> Worker {
         self.shadow = shadow;
-        self.rebuild_usage();
         self
     }
 
@@ -551,19 +549,33 @@ impl Worker {
         state: String,
     ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
         let done = Outcome::AlreadyHandled { state };
-        if self.shadow || fetched.resource.state != "OK" {
+        let has_report = fetched
+            .resource
+            .report
+            .as_ref()
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|sections| !sections.is_empty());
+        // Most redeliveries end here: the allocation is not approved, or it has its report.
+        if self.shadow || fetched.resource.state != "OK" || has_report {
             return Ok((done, None));
         }
         let policy = self.policy();
-        let allocation = self.allocation(&policy, fetched).await?;
+        let allocation = match self.allocation(&policy, fetched).await {
+            Ok(allocation) => allocation,
+            Err(error) => {
+                tracing::warn!(error = %error, "allocation decided already; its report is not checked");
+                return Ok((done, None));
+            }
+        };
         let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
         let Action::Approve { backend_id, report } = &verdict.action else {
+            tracing::info!(
+                action = verdict.action.name(),
+                "allocation approved earlier without a report; the policy no longer approves it, so none is submitted"
+            );
             return Ok((done, None));
         };
         if report.is_empty() || fetched.resource.backend_id.as_deref() != Some(backend_id) {
-            return Ok((done, None));
-        }
-        if same_report(fetched.resource.report.as_ref(), report) {
             return Ok((done, None));
         }
         self.client
@@ -744,18 +756,6 @@ impl Worker {
     }
 }
 
-/// Whether Puhuri Core holds `report` already (it stores sections trimmed).
-fn same_report(held: Option<&serde_json::Value>, report: &[crate::policy::ReportSection]) -> bool {
-    let Some(held) = held.and_then(serde_json::Value::as_array) else {
-        return false;
-    };
-    held.len() == report.len()
-        && held.iter().zip(report).all(|(h, r)| {
-            h.get("header").and_then(serde_json::Value::as_str) == Some(r.header.trim())
-                && h.get("body").and_then(serde_json::Value::as_str) == Some(r.body.trim())
-        })
-}
-
 /// The outcome a decision would have had, for shadow mode (nothing was written).
 fn shadow_outcome(action: &Action) -> Outcome {
     match action {
@@ -769,26 +769,5 @@ fn shadow_outcome(action: &Action) -> Outcome {
             message: message.clone(),
         },
         Action::Hold { note } => Outcome::Held { note: note.clone() },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::ReportSection;
-    use serde_json::json;
-
-    #[test]
-    fn a_report_held_trimmed_is_the_same_report() {
-        let report = [ReportSection {
-            header: "Login ".into(),
-            body: " ssh x@lumi".into(),
-        }];
-        let held = json!([{"header": "Login", "body": "ssh x@lumi"}]);
-        assert!(same_report(Some(&held), &report));
-        assert!(!same_report(None, &report));
-        assert!(!same_report(Some(&json!([])), &report));
-        let other = json!([{"header": "Login", "body": "ssh y@lumi"}]);
-        assert!(!same_report(Some(&other), &report));
     }
 }

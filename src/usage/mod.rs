@@ -8,6 +8,11 @@
 //! newest reading wins (by `measured_at`, then by arrival), and every changed component
 //! goes into one `set_usage` call. The JSON form is `schemas/usage-record.v1.schema.json`.
 //!
+//! Order across batches, retries and workers: the stored usage's description records when
+//! its reading was taken (`(measured <RFC 3339>)`), and a total is never replaced by an
+//! older reading, nor lowered by a reading without a newer `measured_at` (cumulative
+//! readings do not go down); such a reading is stale and skipped.
+//!
 //! Rounding: Puhuri Core stores usage with at most 2 decimal places. Amounts are kept
 //! exactly (up to 9 decimal places) until they are sent, then rounded half up to the
 //! cent: 0.004 → 0.00, 0.005 → 0.01.
@@ -423,43 +428,93 @@ pub struct ComponentTotal {
     pub amount: Amount,
     pub users: BTreeMap<String, Amount>,
     pub description: String,
+    pub measured_at: Option<OffsetDateTime>,
 }
 
 /// Aggregates readings of one allocation and month, given in arrival order: per
 /// component the newest (by `measured_at`, a reading without it counting as older than
 /// any with it; ties by arrival) wins.
 pub fn aggregate<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Vec<ComponentTotal> {
-    let mut newest: BTreeMap<&str, (&UsageRecord, usize)> = BTreeMap::new();
-    for (index, record) in records.into_iter().enumerate() {
+    let mut newest: BTreeMap<&str, &UsageRecord> = BTreeMap::new();
+    for record in records {
         let replace = match newest.get(record.component.as_str()) {
             None => true,
-            Some((held, _)) => record.measured_at >= held.measured_at,
+            Some(held) => record.measured_at >= held.measured_at,
         };
         if replace {
-            newest.insert(&record.component, (record, index));
+            newest.insert(&record.component, record);
         }
     }
     newest
         .into_values()
-        .map(|(record, _)| ComponentTotal {
+        .map(|record| ComponentTotal {
             component: record.component.clone(),
             amount: record.amount,
             users: record.users.clone(),
             description: record.description.clone(),
+            measured_at: record.measured_at,
         })
         .collect()
 }
 
-/// The totals whose rounded value differs from what Puhuri Core holds (`reported`:
-/// component → cents already stored for the month).
-pub fn changed<'a>(
-    totals: &'a [ComponentTotal],
-    reported: &BTreeMap<String, i128>,
-) -> Vec<&'a ComponentTotal> {
-    totals
-        .iter()
-        .filter(|t| reported.get(&t.component) != Some(&t.amount.cents()))
-        .collect()
+/// What Puhuri Core holds for one component and month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub cents: i128,
+    /// When the stored reading was taken, as its description records it.
+    pub measured_at: Option<OffsetDateTime>,
+}
+
+/// What to do with one aggregated total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Send it with `set_usage`.
+    Send,
+    /// Puhuri Core holds this total already.
+    Unchanged,
+    /// Puhuri Core holds a newer reading: an older one (a retry that arrived late, or a
+    /// lower cumulative reading without a newer `measured_at`) never replaces it.
+    Stale,
+}
+
+/// Decides one total against what is stored.
+pub fn plan(total: &ComponentTotal, held: Option<&Held>) -> Plan {
+    let Some(held) = held else { return Plan::Send };
+    if total.amount.cents() == held.cents {
+        return Plan::Unchanged;
+    }
+    match (total.measured_at, held.measured_at) {
+        (Some(new), Some(old)) if new < old => Plan::Stale,
+        (Some(_), _) => Plan::Send,
+        (None, _) if total.amount.cents() < held.cents => Plan::Stale,
+        (None, _) => Plan::Send,
+    }
+}
+
+const MEASURED: &str = "(measured ";
+
+/// The description stored with a usage: the record's own text and, when known, when the
+/// reading was taken (so a later, older reading can be recognised as stale).
+pub fn stored_description(description: &str, measured_at: Option<OffsetDateTime>) -> String {
+    let Some(at) = measured_at.and_then(|t| {
+        t.to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    }) else {
+        return description.to_owned();
+    };
+    if description.is_empty() {
+        format!("{MEASURED}{at})")
+    } else {
+        format!("{description} {MEASURED}{at})")
+    }
+}
+
+/// When a stored reading was taken, from its description.
+pub fn measured_from_description(description: &str) -> Option<OffsetDateTime> {
+    let start = description.rfind(MEASURED)? + MEASURED.len();
+    let text = description[start..].strip_suffix(')')?;
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
 #[cfg(test)]
@@ -630,6 +685,22 @@ mod tests {
     }
 
     #[test]
+    fn the_measuring_time_survives_the_stored_description() {
+        let at = OffsetDateTime::parse(
+            "2026-11-20T10:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok();
+        assert_eq!(stored_description("Slurm", None), "Slurm");
+        let stored = stored_description("Slurm (nightly)", at);
+        assert_eq!(stored, "Slurm (nightly) (measured 2026-11-20T10:00:00Z)");
+        assert_eq!(measured_from_description(&stored), at);
+        assert_eq!(measured_from_description(&stored_description("", at)), at);
+        assert_eq!(measured_from_description("Slurm (nightly)"), None);
+        assert_eq!(measured_from_description(""), None);
+    }
+
+    #[test]
     fn the_schema_names_exactly_the_wire_fields() {
         let schema: Value =
             serde_json::from_str(include_str!("../../schemas/usage-record.v1.schema.json"))
@@ -694,11 +765,25 @@ mod tests {
             got,
             [("cpu".into(), "10".into()), ("gpu".into(), "2".into())]
         );
-        let reported = BTreeMap::from([("cpu".to_owned(), 1000), ("gpu".to_owned(), 100)]);
-        let changed: Vec<&str> = changed(&totals, &reported)
-            .iter()
-            .map(|t| t.component.as_str())
-            .collect();
-        assert_eq!(changed, ["gpu"]);
+        let held = |cents, at: Option<&str>| Held {
+            cents,
+            measured_at: at.and_then(|a| {
+                OffsetDateTime::parse(a, &time::format_description::well_known::Rfc3339).ok()
+            }),
+        };
+        // cpu 10 measured 2026-11-20T10:00; gpu 2 without a time.
+        assert_eq!(plan(&totals[0], None), Plan::Send);
+        assert_eq!(plan(&totals[0], Some(&held(1000, None))), Plan::Unchanged);
+        assert_eq!(
+            plan(&totals[0], Some(&held(1200, Some("2026-11-21T00:00:00Z")))),
+            Plan::Stale
+        );
+        assert_eq!(
+            plan(&totals[0], Some(&held(1200, Some("2026-11-19T00:00:00Z")))),
+            Plan::Send
+        );
+        assert_eq!(plan(&totals[0], Some(&held(1200, None))), Plan::Send);
+        assert_eq!(plan(&totals[1], Some(&held(300, None))), Plan::Stale);
+        assert_eq!(plan(&totals[1], Some(&held(100, None))), Plan::Send);
     }
 }

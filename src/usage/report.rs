@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{AllocationRef, ComponentTotal, Month, UsageRecord, aggregate, changed, check_month};
+use super::{
+    AllocationRef, ComponentTotal, Held, Month, Plan, UsageRecord, aggregate, check_month, plan,
+};
 use crate::config::{UsageConfig, WorkerConfig};
 use crate::metrics::Metrics;
 use crate::puhuri::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
@@ -39,11 +40,10 @@ pub struct UsageSettled {
     pub month: Month,
     /// Records in the batch.
     pub records: usize,
-    /// Components sent with `set_usage`, with the amount sent (in shadow mode: that
-    /// would have been sent).
+    /// Components sent with `set_usage`, with the amount sent.
     pub reported: Vec<(String, String)>,
-    /// Nothing was written (policy shadow mode).
-    pub shadow: bool,
+    /// Components whose reading is older than what Puhuri Core holds (skipped).
+    pub stale: Vec<String>,
     /// Components whose total Puhuri Core held already.
     pub unchanged: Vec<String>,
     /// Records dead-lettered, with the reason.
@@ -60,6 +60,7 @@ struct Report {
     backend_id: Option<String>,
     reported: Vec<(String, String)>,
     unchanged: Vec<String>,
+    stale: Vec<String>,
     /// Indexes of records refused, with the reason.
     invalid: Vec<(usize, String)>,
 }
@@ -81,8 +82,6 @@ pub struct UsageReporter {
     offerings: tokio::sync::Mutex<HashMap<String, (Instant, Vec<OfferingComponent>)>>,
     tasks: TaskTracker,
     stop: CancellationToken,
-    /// Policy shadow mode: check and aggregate, log what would be sent, write nothing.
-    shadow: bool,
     /// Where `usage.reported` events go.
     broker: Option<crate::queue::Broker>,
     settled: tokio::sync::broadcast::Sender<UsageSettled>,
@@ -107,17 +106,10 @@ impl UsageReporter {
             offerings: tokio::sync::Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            shadow: false,
             broker: None,
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
         }
-    }
-
-    /// In shadow mode nothing is sent: records are checked, aggregated, logged and acked.
-    pub fn with_shadow(mut self, shadow: bool) -> UsageReporter {
-        self.shadow = shadow;
-        self
     }
 
     /// Publishes a `usage.reported` event for every `set_usage` call on this broker.
@@ -256,21 +248,16 @@ impl UsageReporter {
             unchanged: Vec::new(),
             dead_lettered: Vec::new(),
             retry: None,
-            shadow: self.shadow,
+            stale: Vec::new(),
         };
-        // A retried batch may have stored its totals but not every user's share.
-        let resend_users = deliveries.iter().any(|d| d.attempts > 0);
-        match self.report(key, &records, resend_users).await {
+        match self.report(key, &records).await {
             Ok(mut report) => {
                 let invalid: HashMap<usize, String> =
                     std::mem::take(&mut report.invalid).into_iter().collect();
                 if !report.reported.is_empty() {
-                    tracing::info!(reported = ?report.reported, unchanged = ?report.unchanged, "usage reported");
-                    if !self.shadow {
-                        self.publish_reported(key.1, &report, records.len()).await;
-                    }
+                    tracing::info!(reported = ?report.reported, unchanged = ?report.unchanged, stale = ?report.stale, "usage reported");
                 } else {
-                    tracing::info!(unchanged = ?report.unchanged, "usage unchanged; nothing sent");
+                    tracing::info!(unchanged = ?report.unchanged, stale = ?report.stale, "usage unchanged; nothing sent");
                 }
                 let reported: Vec<&str> = report.reported.iter().map(|(c, _)| c.as_str()).collect();
                 for (index, delivery) in deliveries.into_iter().enumerate() {
@@ -280,8 +267,11 @@ impl UsageReporter {
                         settled.dead_lettered.push(reason.clone());
                         continue;
                     }
-                    let outcome = if reported.contains(&records[index].component.as_str()) {
-                        if self.shadow { "shadow" } else { "reported" }
+                    let component = &records[index].component;
+                    let outcome = if reported.contains(&component.as_str()) {
+                        "reported"
+                    } else if report.stale.contains(component) {
+                        "stale"
                     } else {
                         "unchanged"
                     };
@@ -292,6 +282,7 @@ impl UsageReporter {
                 }
                 settled.reported = report.reported;
                 settled.unchanged = report.unchanged;
+                settled.stale = report.stale;
             }
             Err(ProcessError::Permanent { reason }) => {
                 tracing::error!(error = %reason, "usage records refused; dead-lettering");
@@ -335,9 +326,8 @@ impl UsageReporter {
         let _ = self.settled.send(settled);
     }
 
-    /// The `usage.reported` event (`schemas/usage-event.v1.schema.json`); its id is a
-    /// digest of the content, so a report repeated after a retry has the same id. A
-    /// failure is logged: the usage is stored either way.
+    /// The `usage.reported` event (`schemas/usage-event.v1.schema.json`), published right
+    /// after `set_usage` stored the totals. A failure is logged: the usage is stored either way.
     async fn publish_reported(&self, month: Month, report: &Report, records: usize) {
         let Some(broker) = &self.broker else { return };
         let usages: Vec<serde_json::Value> = report
@@ -347,9 +337,7 @@ impl UsageReporter {
                 |(component, amount)| serde_json::json!({"component": component, "amount": amount}),
             )
             .collect();
-        let content = serde_json::json!([report.resource_uuid, month.to_string(), usages]);
-        let digest = sha2::Sha256::digest(content.to_string().as_bytes());
-        let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let event = serde_json::json!({
             "v": 1,
             "type": "usage.reported",
@@ -421,12 +409,7 @@ impl UsageReporter {
         Ok(components)
     }
 
-    async fn report(
-        &self,
-        key: &Key,
-        records: &[UsageRecord],
-        resend_users: bool,
-    ) -> Result<Report, ProcessError> {
+    async fn report(&self, key: &Key, records: &[UsageRecord]) -> Result<Report, ProcessError> {
         let (allocation, month) = key;
         check_month(*month, time::OffsetDateTime::now_utc())
             .map_err(|reason| ProcessError::Permanent { reason })?;
@@ -458,7 +441,7 @@ impl UsageReporter {
                 let components = self.components(offering).await?;
                 let takes: Vec<&str> = components
                     .iter()
-                    .filter(|c| c.takes_usage())
+                    .filter(|c| c.takes_usage(self.client.api()))
                     .map(|c| c.kind.as_str())
                     .collect();
                 for (index, record) in records.iter().enumerate() {
@@ -492,48 +475,49 @@ impl UsageReporter {
             .client
             .component_usages(&resource.uuid, &period)
             .await?;
-        let held: BTreeMap<String, i128> = stored
+        let held: BTreeMap<String, Held> = stored
             .iter()
-            .filter_map(|u| super::parse_cents(&u.usage).map(|c| (u.kind.clone(), c)))
-            .collect();
-        let to_send: Vec<&ComponentTotal> = changed(&totals, &held);
-        report.unchanged = totals
-            .iter()
-            .filter(|t| !to_send.iter().any(|s| s.component == t.component))
-            .map(|t| t.component.clone())
-            .collect();
-        let users_to_send: Vec<&ComponentTotal> = totals
-            .iter()
-            .filter(|t| !t.users.is_empty())
-            .filter(|t| resend_users || to_send.iter().any(|s| s.component == t.component))
-            .collect();
-        if to_send.is_empty() && users_to_send.is_empty() {
-            return Ok(report);
-        }
-        if self.shadow {
-            report.reported = to_send
-                .iter()
-                .map(|t| (t.component.clone(), t.amount.to_cents_string()))
-                .collect();
-            tracing::info!(would_report = ?report.reported, "shadow mode: usage not sent");
-            return Ok(report);
-        }
-        let usages: Vec<(String, String, String)> = to_send
-            .iter()
-            .map(|t| {
-                (
-                    t.component.clone(),
-                    t.amount.to_cents_string(),
-                    t.description.clone(),
-                )
+            .filter_map(|u| {
+                let cents = super::parse_cents(&u.usage)?;
+                let measured_at = super::measured_from_description(&u.description);
+                Some((u.kind.clone(), Held { cents, measured_at }))
             })
             .collect();
-        if !usages.is_empty() {
+        let mut to_send: Vec<&ComponentTotal> = Vec::new();
+        for total in &totals {
+            match plan(total, held.get(&total.component)) {
+                Plan::Send => to_send.push(total),
+                Plan::Unchanged => report.unchanged.push(total.component.clone()),
+                Plan::Stale => report.stale.push(total.component.clone()),
+            }
+        }
+        if !to_send.is_empty() {
+            // Puhuri Core files the call under the month it arrives in.
+            check_month(*month, time::OffsetDateTime::now_utc())
+                .map_err(|reason| ProcessError::Permanent { reason })?;
+            let usages: Vec<(String, String, String)> = to_send
+                .iter()
+                .map(|t| {
+                    (
+                        t.component.clone(),
+                        t.amount.to_cents_string(),
+                        super::stored_description(&t.description, t.measured_at),
+                    )
+                })
+                .collect();
             self.client.set_usage(&resource.uuid, &usages).await?;
             self.metrics.usage_report();
             report.reported = usages.into_iter().map(|(c, a, _)| (c, a)).collect();
+            self.publish_reported(*month, &report, records.len()).await;
         }
-        if !users_to_send.is_empty() {
+        // Users' shares of every total that is now current (sent or unchanged), where
+        // Puhuri Core holds another value: a redelivery after a crash between the total
+        // and the shares, or a new split of the same total, still gets them stored.
+        let current: Vec<&ComponentTotal> = totals
+            .iter()
+            .filter(|t| !t.users.is_empty() && !report.stale.contains(&t.component))
+            .collect();
+        if !current.is_empty() {
             let stored = if report.reported.is_empty() {
                 stored
             } else {
@@ -541,7 +525,7 @@ impl UsageReporter {
                     .component_usages(&resource.uuid, &period)
                     .await?
             };
-            for total in users_to_send {
+            for total in current {
                 let Some(usage) = stored.iter().find(|u| u.kind == total.component) else {
                     return Err(ProcessError::Transient {
                         reason: format!(
@@ -551,10 +535,20 @@ impl UsageReporter {
                         retry_after: None,
                     });
                 };
+                let shares: BTreeMap<String, i128> = self
+                    .client
+                    .user_usages(&resource.uuid, &total.component)
+                    .await?
+                    .into_iter()
+                    .filter(|u| u.component_usage.contains(&usage.uuid))
+                    .filter_map(|u| super::parse_cents(&u.usage).map(|c| (u.username, c)))
+                    .collect();
                 for (username, amount) in &total.users {
-                    self.client
-                        .set_user_usage(&usage.uuid, username, &amount.to_cents_string())
-                        .await?;
+                    if shares.get(username) != Some(&amount.cents()) {
+                        self.client
+                            .set_user_usage(&usage.uuid, username, &amount.to_cents_string())
+                            .await?;
+                    }
                 }
             }
         }

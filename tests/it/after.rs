@@ -214,14 +214,16 @@ async fn team_events_follow_approval_and_member_changes() {
         std::sync::Arc::new(Metrics::new()),
     );
     drop(config);
-    // First sight: a snapshot, with the same content and so the same id as the one after approval.
+    // First sight: a snapshot with the same members as the one after approval.
     let first = watcher.cycle().await.expect("cycle");
     assert_eq!(
         (first.allocations, first.snapshots, first.changes),
         (1, 1, 0)
     );
     let seen = next_event(&broker, &events).await.expect("a snapshot");
-    assert_eq!(seen["id"], snapshot["id"]);
+    assert_eq!(seen["type"], "team.snapshot");
+    assert_eq!(seen["members"], snapshot["members"]);
+    assert_ne!(seen["id"], snapshot["id"]);
 
     app.sim
         .add_member(
@@ -407,7 +409,7 @@ async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Back
     assert_eq!(
         calls,
         [json!({"resource": created.resource_uuid, "usages": [
-            {"type": "cpu_k_hours", "amount": "12.35", "description": ""},
+            {"type": "cpu_k_hours", "amount": "12.35", "description": "(measured 2026-01-01T11:00:00Z)"},
             {"type": "gb_k_hours", "amount": "5.00", "description": ""},
         ]})]
     );
@@ -628,14 +630,14 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
 }
 
 #[tokio::test]
-async fn in_shadow_mode_usage_is_checked_and_logged_but_not_sent() {
+async fn policy_shadow_mode_still_reports_usage() {
     let app = spawn_app(Options {
         shadow: true,
         usage_max_batch: 1,
         ..Options::default()
     })
     .await;
-    // Approved by hand: shadow mode writes nothing, approvals included.
+    // Approved by hand: shadow mode writes no decision.
     let created = app.create(json!({"cpu_k_hours": 100})).await;
     let approved = app
         .http
@@ -658,13 +660,58 @@ async fn in_shadow_mode_usage_is_checked_and_logged_but_not_sent() {
                         "amount": "1.005", "month": current_month()});
     publish_usage(&app, &[record]).await;
     let batches = usage_settled(&mut settled, 1).await;
-    assert!(batches[0].shadow, "{batches:?}");
     assert_eq!(
         batches[0].reported,
         [("cpu_k_hours".to_owned(), "1.01".to_owned())]
     );
-    assert!(set_usage_calls(&app).is_empty());
-    assert!(stored(&app, &created).is_empty());
-    assert_eq!(app.work_queue_depth().await, 0);
+    assert_eq!(
+        stored(&app, &created),
+        [("cpu_k_hours".to_owned(), "1.01".to_owned())]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_older_reading_never_replaces_a_newer_one() {
+    let mut app = spawn_app(Options {
+        usage_max_batch: 1,
+        ..Options::default()
+    })
+    .await;
+    let (created, backend_id) = approve(&mut app, "msg_usage_stale").await;
+    let mut settled = app
+        .running
+        .as_ref()
+        .and_then(|r| r.worker.as_ref())
+        .expect("worker")
+        .subscribe_usage();
+    let month = current_month();
+    let reading = |amount: &str, at: Option<&str>| {
+        let mut record = json!({"backend_id": backend_id, "component": "cpu_k_hours",
+                                "amount": amount, "month": month});
+        if let Some(at) = at {
+            record["measured_at"] = json!(at);
+        }
+        record
+    };
+    // The newest reading first, as after a retry of an older one.
+    for (record, expect_stale) in [
+        (reading("30", Some("2026-01-01T12:00:00Z")), false),
+        (reading("20", Some("2026-01-01T11:00:00Z")), true),
+        (reading("25", None), true),
+        (reading("28", Some("2026-01-01T13:00:00Z")), false),
+    ] {
+        publish_usage(&app, &[record]).await;
+        let batch = usage_settled(&mut settled, 1).await;
+        assert_eq!(!batch[0].stale.is_empty(), expect_stale, "{batch:?}");
+    }
+    // A later reading may correct the total downwards; older ones never do.
+    assert_eq!(
+        stored(&app, &created),
+        [("cpu_k_hours".to_owned(), "28.00".to_owned())]
+    );
+    assert_eq!(set_usage_calls(&app).len(), 2);
+    let description = app.sim.usages(&created.resource_uuid)[0]["description"].clone();
+    assert_eq!(description, "(measured 2026-01-01T13:00:00Z)");
     app.stop().await;
 }
