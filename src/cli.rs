@@ -813,29 +813,16 @@ async fn team(args: TeamArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     config.require_token()?;
     let client = crate::puhuri::PuhuriClient::new(&config.puhuri)?;
-    let uuid = match crate::notification::WaldurUuid::parse(&args.resource) {
-        Some(uuid) => uuid.to_string(),
-        None => {
-            let mut found = client.find_by_backend_id(&args.resource).await?;
-            match found.len() {
-                1 => found.remove(0).uuid,
-                0 => bail!(
-                    "no allocation has uuid or backend_id `{}` (or this token may not see it)",
-                    args.resource
-                ),
-                n => bail!(
-                    "{n} allocations have backend_id `{}`; name one by its uuid",
-                    args.resource
-                ),
-            }
-        }
+    let allocation = match crate::notification::WaldurUuid::parse(&args.resource) {
+        Some(uuid) => crate::usage::AllocationRef::Uuid(uuid),
+        None => crate::usage::AllocationRef::BackendId(args.resource.clone()),
     };
-    let members = client.team(&uuid).await.map_err(|error| match error {
-        crate::puhuri::PuhuriError::Permanent { status: 404, .. } => {
-            anyhow::anyhow!("no allocation has uuid {uuid} (or this token may not see it)")
-        }
-        other => other.into(),
-    })?;
+    let uuid = client
+        .find_allocation(&allocation)
+        .await?
+        .map_err(anyhow::Error::msg)?
+        .uuid;
+    let members = client.team(&uuid).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());

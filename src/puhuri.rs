@@ -413,11 +413,16 @@ impl PuhuriClient {
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    fn resource_path(&self, uuid: &str) -> String {
+    /// The provider's view of resources in this API generation.
+    fn resources_path(&self) -> &'static str {
         match self.api {
-            ApiGeneration::Orders => format!("marketplace-provider-resources/{uuid}/"),
-            ApiGeneration::Resources => format!("marketplace-resources/{uuid}/"),
+            ApiGeneration::Orders => "marketplace-provider-resources/",
+            ApiGeneration::Resources => "marketplace-resources/",
         }
+    }
+
+    fn resource_path(&self, uuid: &str) -> String {
+        format!("{}{uuid}/", self.resources_path())
     }
 
     pub async fn get_order(&self, uuid: &WaldurUuid) -> Result<Order, PuhuriError> {
@@ -606,7 +611,7 @@ impl PuhuriClient {
         let offering = offering_uuid
             .map(|o| format!("&offering_uuid={o}"))
             .unwrap_or_default();
-        let mut url = match self.api {
+        let url = match self.api {
             ApiGeneration::Orders => format!(
                 "marketplace-orders/?state=pending-provider&type=Create&page_size=100{offering}\
                  &field=uuid&field=marketplace_resource_uuid"
@@ -615,37 +620,28 @@ impl PuhuriClient {
                 format!("marketplace-resources/?state=Creating&page_size=100{offering}&field=uuid")
             }
         };
+        let (items, calls): (Vec<Value>, usize) = self.list_all(url).await?;
         let mut hints = Vec::new();
-        let mut calls = 0;
-        loop {
-            let page: Page<Value> = self.list_page(&url).await?;
-            calls += 1;
-            for item in page.items {
-                let uuid = item
-                    .get("uuid")
-                    .and_then(Value::as_str)
-                    .and_then(WaldurUuid::parse);
-                let hint = match self.api {
-                    ApiGeneration::Orders => AllocationHint {
-                        order_uuid: uuid,
-                        resource_uuid: item
-                            .get("marketplace_resource_uuid")
-                            .and_then(Value::as_str)
-                            .and_then(WaldurUuid::parse),
-                    },
-                    ApiGeneration::Resources => AllocationHint {
-                        order_uuid: None,
-                        resource_uuid: uuid,
-                    },
-                };
-                if hint.order_uuid.is_some() || hint.resource_uuid.is_some() {
-                    hints.push(hint);
-                }
-            }
-            match page.next {
-                // A bound against a server whose `next` never ends.
-                Some(next) if calls < 100_000 => url = next,
-                _ => break,
+        for item in items {
+            let uuid = item
+                .get("uuid")
+                .and_then(Value::as_str)
+                .and_then(WaldurUuid::parse);
+            let hint = match self.api {
+                ApiGeneration::Orders => AllocationHint {
+                    order_uuid: uuid,
+                    resource_uuid: item
+                        .get("marketplace_resource_uuid")
+                        .and_then(Value::as_str)
+                        .and_then(WaldurUuid::parse),
+                },
+                ApiGeneration::Resources => AllocationHint {
+                    order_uuid: None,
+                    resource_uuid: uuid,
+                },
+            };
+            if hint.order_uuid.is_some() || hint.resource_uuid.is_some() {
+                hints.push(hint);
             }
         }
         Ok((hints, calls))
@@ -748,10 +744,7 @@ impl PuhuriClient {
         &self,
         offering_uuid: Option<&str>,
     ) -> Result<(Vec<crate::team::TeamAllocation>, usize), PuhuriError> {
-        let path = match self.api {
-            ApiGeneration::Orders => "marketplace-provider-resources/",
-            ApiGeneration::Resources => "marketplace-resources/",
-        };
+        let path = self.resources_path();
         let mut pairs = vec![("state", "OK"), ("state", "Updating"), ("page_size", "100")];
         if let Some(offering) = offering_uuid {
             pairs.push(("offering_uuid", offering));
@@ -806,10 +799,7 @@ impl PuhuriClient {
                         .into(),
             });
         }
-        let path = match self.api {
-            ApiGeneration::Orders => "marketplace-provider-resources/",
-            ApiGeneration::Resources => "marketplace-resources/",
-        };
+        let path = self.resources_path();
         let url = self.query_url(
             path,
             &[
@@ -846,27 +836,49 @@ impl PuhuriClient {
         Ok(granted)
     }
 
-    /// The allocations whose `backend_id` is exactly `backend_id`.
-    pub async fn find_by_backend_id(&self, backend_id: &str) -> Result<Vec<Resource>, PuhuriError> {
-        let path = match self.api {
-            ApiGeneration::Orders => "marketplace-provider-resources/",
-            ApiGeneration::Resources => "marketplace-resources/",
+    /// The one allocation a uuid or a `backend_id` names; `Ok(Err(why))` when there is
+    /// none the token sees, or several. A terminated predecessor that had the same
+    /// backend_id does not count.
+    pub async fn find_allocation(
+        &self,
+        allocation: &crate::usage::AllocationRef,
+    ) -> Result<Result<Resource, String>, PuhuriError> {
+        use crate::usage::AllocationRef;
+        let backend_id = match allocation {
+            AllocationRef::Uuid(uuid) => {
+                return match self.get_resource(&uuid.to_string()).await {
+                    Ok(resource) => Ok(Ok(resource)),
+                    Err(PuhuriError::Permanent { status: 404, .. }) => Ok(Err(format!(
+                        "no allocation has uuid {uuid} (or this token may not see it)"
+                    ))),
+                    Err(error) => Err(error),
+                };
+            }
+            AllocationRef::BackendId(backend_id) => backend_id,
         };
-        let url = self.query_url(path, &[("backend_id", backend_id), ("page_size", "10")]);
+        let url = self.query_url(
+            self.resources_path(),
+            &[("backend_id", backend_id), ("page_size", "10")],
+        );
         let page: Page<Resource> = self.list_page(&url).await?;
-        // The filter is exact in Waldur; checking again costs nothing. A terminated
-        // predecessor that had the same backend_id does not count.
-        let found: Vec<Resource> = page
+        // The filter is exact in Waldur; checking again costs nothing.
+        let (mut live, terminated): (Vec<Resource>, Vec<Resource>) = page
             .items
             .into_iter()
-            .filter(|r| r.backend_id.as_deref() == Some(backend_id))
-            .collect();
-        let live: Vec<Resource> = found
-            .iter()
-            .filter(|r| r.state != "Terminated")
-            .cloned()
-            .collect();
-        Ok(if live.is_empty() { found } else { live })
+            .filter(|r| r.backend_id.as_deref() == Some(backend_id.as_str()))
+            .partition(|r| r.state != "Terminated");
+        if live.is_empty() {
+            live = terminated;
+        }
+        Ok(match live.len() {
+            1 => Ok(live.remove(0)),
+            0 => Err(format!(
+                "no allocation has backend_id `{backend_id}` (or this token may not see it)"
+            )),
+            n => Err(format!(
+                "{n} allocations have backend_id `{backend_id}`; name it by its uuid"
+            )),
+        })
     }
 
     /// The offering's components.

@@ -367,31 +367,10 @@ impl UsageReporter {
     }
 
     async fn resolve(&self, allocation: &AllocationRef) -> Result<Resource, ProcessError> {
-        match allocation {
-            AllocationRef::Uuid(uuid) => match self.client.get_resource(&uuid.to_string()).await {
-                Ok(resource) => Ok(resource),
-                Err(PuhuriError::Permanent { status: 404, .. }) => Err(ProcessError::Permanent {
-                    reason: format!("no allocation has uuid {uuid} (or this token may not see it)"),
-                }),
-                Err(error) => Err(error.into()),
-            },
-            AllocationRef::BackendId(backend_id) => {
-                let mut found = self.client.find_by_backend_id(backend_id).await?;
-                match found.len() {
-                    1 => Ok(found.remove(0)),
-                    0 => Err(ProcessError::Permanent {
-                        reason: format!(
-                            "no allocation has backend_id `{backend_id}` (or this token may not see it)"
-                        ),
-                    }),
-                    n => Err(ProcessError::Permanent {
-                        reason: format!(
-                            "{n} allocations have backend_id `{backend_id}`; name it by resource_uuid"
-                        ),
-                    }),
-                }
-            }
-        }
+        self.client
+            .find_allocation(allocation)
+            .await?
+            .map_err(|reason| ProcessError::Permanent { reason })
     }
 
     async fn components(&self, offering_uuid: &str) -> Result<Vec<OfferingComponent>, PuhuriError> {
