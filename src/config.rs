@@ -178,6 +178,15 @@ pub struct TeamConfig {
     pub watch: Option<Duration>,
 }
 
+impl Default for TeamConfig {
+    fn default() -> Self {
+        TeamConfig {
+            snapshot_on_approval: true,
+            watch: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
 /// Usage records: how long the worker gathers records of one allocation and month
 /// before reporting them together.
 #[derive(Debug, Clone)]
@@ -185,6 +194,15 @@ pub struct UsageConfig {
     pub linger: Duration,
     /// Records of one allocation and month that are reported at once without waiting.
     pub max_batch: usize,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            linger: Duration::from_millis(200),
+            max_batch: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -624,7 +642,10 @@ impl Config {
             },
         };
         let team = TeamConfig {
-            snapshot_on_approval: file.team.snapshot_on_approval.unwrap_or(true),
+            snapshot_on_approval: file
+                .team
+                .snapshot_on_approval
+                .unwrap_or(TeamConfig::default().snapshot_on_approval),
             watch: match &file.team.watch_secs {
                 Some(s) if *s.get_ref() > 86_400 => {
                     return Err(at.invalid(
@@ -635,7 +656,7 @@ impl Config {
                 }
                 Some(s) if *s.get_ref() == 0 => None,
                 Some(s) => Some(Duration::from_secs(*s.get_ref())),
-                None => Some(Duration::from_secs(300)),
+                None => TeamConfig::default().watch,
             },
         };
         let usage = UsageConfig {
@@ -659,14 +680,14 @@ impl Config {
                     }
                     linger
                 }
-                None => Duration::from_millis(200),
+                None => UsageConfig::default().linger,
             },
             max_batch: match &file.usage.max_batch {
                 Some(s) if *s.get_ref() == 0 || *s.get_ref() > 10_000 => {
                     return Err(at.invalid(s.span(), "usage.max_batch", "expected 1 to 10000"));
                 }
                 Some(s) => *s.get_ref(),
-                None => 256,
+                None => UsageConfig::default().max_batch,
             },
         };
 

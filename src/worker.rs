@@ -173,12 +173,21 @@ pub struct Worker {
     team: TeamConfig,
 }
 
-/// Usage batching when the configuration says nothing.
-fn default_usage_config() -> UsageConfig {
-    UsageConfig {
-        linger: Duration::from_millis(200),
-        max_batch: 256,
-    }
+/// The usage path of a worker.
+fn usage_reporter(
+    client: &PuhuriClient,
+    usage: &UsageConfig,
+    worker: &WorkerConfig,
+    metrics: &Arc<Metrics>,
+    broker: &Broker,
+) -> Arc<UsageReporter> {
+    Arc::new(UsageReporter::new(
+        client.clone(),
+        usage.clone(),
+        worker.clone(),
+        metrics.clone(),
+        broker.clone(),
+    ))
 }
 
 impl Worker {
@@ -189,22 +198,11 @@ impl Worker {
         config: WorkerConfig,
     ) -> Worker {
         let metrics = Arc::new(Metrics::new());
-        let usage_config = default_usage_config();
+        let usage_config = UsageConfig::default();
         Worker {
-            usage: Arc::new(
-                UsageReporter::new(
-                    client.clone(),
-                    usage_config.clone(),
-                    config.clone(),
-                    metrics.clone(),
-                )
-                .with_events(broker.clone()),
-            ),
+            usage: usage_reporter(&client, &usage_config, &config, &metrics, &broker),
             usage_config,
-            team: TeamConfig {
-                snapshot_on_approval: true,
-                watch: None,
-            },
+            team: TeamConfig::default(),
             client,
             policy: RwLock::new(Arc::new(policy)),
             shadow: false,
@@ -218,14 +216,12 @@ impl Worker {
     }
 
     fn rebuild_usage(&mut self) {
-        self.usage = Arc::new(
-            UsageReporter::new(
-                self.client.clone(),
-                self.usage_config.clone(),
-                self.config.clone(),
-                self.metrics.clone(),
-            )
-            .with_events(self.broker.clone()),
+        self.usage = usage_reporter(
+            &self.client,
+            &self.usage_config,
+            &self.config,
+            &self.metrics,
+            &self.broker,
         );
     }
 

@@ -83,7 +83,7 @@ pub struct UsageReporter {
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Where `usage.reported` events go.
-    broker: Option<crate::queue::Broker>,
+    broker: crate::queue::Broker,
     settled: tokio::sync::broadcast::Sender<UsageSettled>,
     metrics: Arc<Metrics>,
 }
@@ -94,6 +94,7 @@ impl UsageReporter {
         config: UsageConfig,
         worker: WorkerConfig,
         metrics: Arc<Metrics>,
+        broker: crate::queue::Broker,
     ) -> UsageReporter {
         UsageReporter {
             client,
@@ -106,16 +107,10 @@ impl UsageReporter {
             offerings: tokio::sync::Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            broker: None,
+            broker,
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
         }
-    }
-
-    /// Publishes a `usage.reported` event for every `set_usage` call on this broker.
-    pub fn with_events(mut self, broker: crate::queue::Broker) -> UsageReporter {
-        self.broker = Some(broker);
-        self
     }
 
     /// Every settled batch from now on.
@@ -329,7 +324,6 @@ impl UsageReporter {
     /// The `usage.reported` event (`schemas/usage-event.v1.schema.json`), published right
     /// after `set_usage` stored the totals. A failure is logged: the usage is stored either way.
     async fn publish_reported(&self, month: Month, report: &Report, records: usize) {
-        let Some(broker) = &self.broker else { return };
         let usages: Vec<serde_json::Value> = report
             .reported
             .iter()
@@ -351,7 +345,8 @@ impl UsageReporter {
             "records": records,
         });
         let body = event.to_string();
-        if let Err(error) = broker
+        if let Err(error) = self
+            .broker
             .publish_event("usage.reported", body.as_bytes(), &id)
             .await
         {
