@@ -292,12 +292,22 @@ impl Model {
     /// `ComponentUsageSerializer`.
     pub(crate) fn render_usage(&self, usage: usize) -> Map<String, Value> {
         let u = &self.usages[usage];
-        let r = &self.resources[u.resource];
+        let mut map = self.render_usage_base(u);
+        map.extend(self.render_usage_resource(u.resource));
+        map.extend(into_map(json!({
+            "billing_period": date_string(u.billing_period),
+            "modified_by": u.modified_by.as_deref().map(user_pk),
+        })));
+        map
+    }
+
+    /// The resource, offering, project and organisation fields both usage serializers add.
+    fn render_usage_resource(&self, resource: usize) -> Map<String, Value> {
+        let r = &self.resources[resource];
         let offering = &self.offerings[r.offering];
         let project = &self.projects[r.project];
         let customer = &self.customers[project.customer];
-        let mut map = self.render_usage_base(u);
-        map.extend(into_map(json!({
+        into_map(json!({
             "resource_name": r.name,
             "resource_uuid": hex(r.uuid),
             "offering_name": offering.name,
@@ -306,20 +316,13 @@ impl Model {
             "project_uuid": hex(project.uuid),
             "customer_name": customer.name,
             "customer_uuid": hex(customer.uuid),
-            "billing_period": date_string(u.billing_period),
-            "modified_by": u.modified_by.as_deref().map(user_pk),
-        })));
-        map
+        }))
     }
 
     /// `ComponentUserUsageSerializer`.
     pub(crate) fn render_user_usage(&self, user_usage: usize, base: &str) -> Map<String, Value> {
         let uu = &self.user_usages[user_usage];
         let u = &self.usages[uu.component_usage];
-        let r = &self.resources[u.resource];
-        let offering = &self.offerings[r.offering];
-        let project = &self.projects[r.project];
-        let customer = &self.customers[project.customer];
         let (_, unit) = self.component_labels(u);
         let value = json!({
             "uuid": hex(uu.uuid),
@@ -332,18 +335,12 @@ impl Model {
             "created": timestamp(uu.created),
             "modified": timestamp(uu.modified),
             "backend_id": "",
-            "resource_name": r.name,
-            "resource_uuid": hex(r.uuid),
-            "offering_name": offering.name,
-            "offering_uuid": hex(offering.uuid),
-            "project_name": project.name,
-            "project_uuid": hex(project.uuid),
-            "customer_name": customer.name,
-            "customer_uuid": hex(customer.uuid),
             "component_type": u.component,
             "date": timestamp(u.date),
         });
-        into_map(value)
+        let mut map = into_map(value);
+        map.extend(self.render_usage_resource(u.resource));
+        map
     }
 
     /// `ResourcePlanPeriodSerializer` with the usages of the current month.
