@@ -151,7 +151,6 @@ fn notification_id(attributes: &[(&'static str, Value)]) -> Option<String> {
 /// The tracing layer that hands closed spans to the exporter thread.
 pub struct OtlpLayer {
     sender: std::sync::mpsc::SyncSender<SpanData>,
-    dropped: &'static AtomicU64,
 }
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -223,7 +222,7 @@ where
         };
         data.end_ns = now_ns();
         if self.sender.try_send(data).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -280,10 +279,7 @@ pub fn layer(config: OtlpConfig) -> OtlpLayer {
     if let Ok(thread) = thread {
         let _ = EXPORTER.set(Mutex::new(Some(Exporter { stop, thread })));
     }
-    OtlpLayer {
-        sender,
-        dropped: &DROPPED,
-    }
+    OtlpLayer { sender }
 }
 
 /// Sends what is queued and stops the exporter (at most `deadline`).
