@@ -323,20 +323,29 @@ fn set_usage_calls(app: &TestApp) -> Vec<Value> {
         .collect()
 }
 
-fn stored(app: &TestApp, created: &CreatedAllocation) -> Vec<(String, String)> {
-    let mut usages: Vec<(String, String)> = app
-        .sim
-        .usages(&created.resource_uuid)
+/// `(key, value)` string pairs of simulator objects, sorted.
+fn pairs(objects: &[Value], key: &str, value: &str) -> Vec<(String, String)> {
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let mut pairs: Vec<(String, String)> = objects
         .iter()
-        .map(|u| {
-            (
-                u["type"].as_str().unwrap_or_default().to_owned(),
-                u["usage"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
+        .map(|o| (text(o, key), text(o, value)))
         .collect();
-    usages.sort();
-    usages
+    pairs.sort();
+    pairs
+}
+
+/// The stored usages of an allocation, `(component, amount)`.
+fn stored(app: &TestApp, created: &CreatedAllocation) -> Vec<(String, String)> {
+    pairs(&app.sim.usages(&created.resource_uuid), "type", "usage")
+}
+
+/// Every usage batch the app's worker settles from now on.
+fn usage_events(app: &TestApp) -> tokio::sync::broadcast::Receiver<UsageSettled> {
+    app.running
+        .as_ref()
+        .and_then(|r| r.worker.as_ref())
+        .expect("worker")
+        .subscribe_usage()
 }
 
 async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Backend) {
@@ -350,12 +359,7 @@ async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Back
     })
     .await;
     let (created, backend_id) = approve(&mut app, "msg_usage_1").await;
-    let mut settled = app
-        .running
-        .as_ref()
-        .and_then(|r| r.worker.as_ref())
-        .expect("worker")
-        .subscribe_usage();
+    let mut settled = usage_events(&app);
     let broker = app.running.as_ref().expect("running").broker.clone();
     let events = format!("{}.usage-test", broker.topology().events_exchange());
     if let Broker::Rabbit(rabbit) = &broker {
@@ -386,18 +390,11 @@ async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Back
             ("gb_k_hours".to_owned(), "5.00".to_owned())
         ]
     );
-    let mut users: Vec<(String, String)> = app
-        .sim
-        .user_usages(&created.resource_uuid)
-        .iter()
-        .map(|u| {
-            (
-                u["username"].as_str().unwrap_or_default().to_owned(),
-                u["usage"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    users.sort();
+    let users = pairs(
+        &app.sim.user_usages(&created.resource_uuid),
+        "username",
+        "usage",
+    );
     assert_eq!(
         users,
         [
@@ -465,12 +462,7 @@ async fn invalid_usage_records_are_dead_lettered_with_reasons(backend: Backend) 
     .await;
     let (created, backend_id) = approve(&mut app, "msg_usage_bad").await;
     let pending = app.create(json!({"cpu_k_hours": 100})).await;
-    let mut settled = app
-        .running
-        .as_ref()
-        .and_then(|r| r.worker.as_ref())
-        .expect("worker")
-        .subscribe_usage();
+    let mut settled = usage_events(&app);
     let month = current_month();
     let records = [
         json!({"backend_id": backend_id, "component": "cpu_k_hours", "amount": "1", "month": "2020-01"}),
@@ -553,12 +545,7 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
     })
     .await;
     let (created, backend_id) = approve(&mut app, "msg_usage_push").await;
-    let mut settled = app
-        .running
-        .as_ref()
-        .and_then(|r| r.worker.as_ref())
-        .expect("worker")
-        .subscribe_usage();
+    let mut settled = usage_events(&app);
     let dir = temp_dir("usage-push");
     let config = app.write_config(&dir);
     let month = current_month();
@@ -650,12 +637,7 @@ async fn policy_shadow_mode_still_reports_usage() {
         .await
         .expect("approve");
     assert_eq!(approved.status(), 200);
-    let mut settled = app
-        .running
-        .as_ref()
-        .and_then(|r| r.worker.as_ref())
-        .expect("worker")
-        .subscribe_usage();
+    let mut settled = usage_events(&app);
     let record = json!({"resource_uuid": created.resource_uuid, "component": "cpu_k_hours",
                         "amount": "1.005", "month": current_month()});
     publish_usage(&app, &[record]).await;
@@ -679,12 +661,7 @@ async fn an_older_reading_never_replaces_a_newer_one() {
     })
     .await;
     let (created, backend_id) = approve(&mut app, "msg_usage_stale").await;
-    let mut settled = app
-        .running
-        .as_ref()
-        .and_then(|r| r.worker.as_ref())
-        .expect("worker")
-        .subscribe_usage();
+    let mut settled = usage_events(&app);
     let month = current_month();
     let reading = |amount: &str, at: Option<&str>| {
         let mut record = json!({"backend_id": backend_id, "component": "cpu_k_hours",
