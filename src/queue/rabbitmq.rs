@@ -710,6 +710,16 @@ fn safe_dead_lettering(args: &mut FieldTable, exchange: &str, routing_key: Optio
     );
 }
 
+/// Every exchange with its kind.
+fn exchanges(topology: &Topology) -> [(String, ExchangeKind); 4] {
+    [
+        (topology.work_exchange(), ExchangeKind::Direct),
+        (topology.retry_exchange(), ExchangeKind::Direct),
+        (topology.dead_exchange(), ExchangeKind::Fanout),
+        (topology.events_exchange(), ExchangeKind::Topic),
+    ]
+}
+
 /// Passive declarations of every exchange and queue (`amqp.declare = false`): the
 /// topology was pre-declared by an operator (`deploy/rabbitmq/definitions.json`); a
 /// missing one fails the connection attempt, which is logged and retried with backoff.
@@ -718,12 +728,7 @@ async fn check_topology(channel: &Channel, topology: &Topology) -> Result<(), la
         passive: true,
         ..ExchangeDeclareOptions::default()
     };
-    for (name, kind) in [
-        (topology.work_exchange(), ExchangeKind::Direct),
-        (topology.retry_exchange(), ExchangeKind::Direct),
-        (topology.dead_exchange(), ExchangeKind::Fanout),
-        (topology.events_exchange(), ExchangeKind::Topic),
-    ] {
+    for (name, kind) in exchanges(topology) {
         channel
             .exchange_declare(name.into(), kind, passive, FieldTable::default())
             .await?;
@@ -749,12 +754,7 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for (name, kind) in [
-        (topology.work_exchange(), ExchangeKind::Direct),
-        (topology.retry_exchange(), ExchangeKind::Direct),
-        (topology.dead_exchange(), ExchangeKind::Fanout),
-        (topology.events_exchange(), ExchangeKind::Topic),
-    ] {
+    for (name, kind) in exchanges(topology) {
         channel
             .exchange_declare(name.into(), kind, durable, FieldTable::default())
             .await?;
@@ -791,24 +791,18 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
     channel
         .queue_declare(topology.work_queue().into(), durable_queue, work_args)
         .await?;
-    channel
-        .queue_bind(
-            topology.work_queue().into(),
-            topology.work_exchange().into(),
-            WORK_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            topology.work_queue().into(),
-            topology.work_exchange().into(),
-            USAGE_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Notifications and usage records share the work queue.
+    for routing_key in [WORK_ROUTING_KEY, USAGE_ROUTING_KEY] {
+        channel
+            .queue_bind(
+                topology.work_queue().into(),
+                topology.work_exchange().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
 
     for delay in &topology.retry_delays {
         let mut args = quorum_arguments();
