@@ -404,18 +404,20 @@ pub enum Message {
     Usage(crate::usage::UsageRecord),
 }
 
-/// Envelopes carry a version tag `v`; usage records never do.
+/// Envelopes carry a version tag `v`; usage records never do. Notifications, the common
+/// case, are parsed once.
 pub(crate) fn decode_message(body: &[u8]) -> Result<Message, String> {
+    let envelope_error = match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope::V1(item)) => return Ok(Message::Allocation(item)),
+        Err(error) => error,
+    };
     #[derive(serde::Deserialize)]
     struct Probe {
         v: Option<serde::de::IgnoredAny>,
     }
     match serde_json::from_slice::<Probe>(body) {
         Ok(Probe { v: None }) => crate::usage::UsageRecord::decode(body).map(Message::Usage),
-        _ => match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope::V1(item)) => Ok(Message::Allocation(item)),
-            Err(error) => Err(format!("undecodable message: {error}")),
-        },
+        _ => Err(format!("undecodable message: {envelope_error}")),
     }
 }
 
@@ -615,6 +617,37 @@ impl Delivery {
                     )
                     .await?)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_queue_tells_notifications_from_usage_records() {
+        let envelope = br#"{"v":"1","id":"msg_1","source":"relay","event_type":"allocation.created","resource_uuid":"a1916bd53fd04b1ab1a4e700c926607b","received_at_ms":1}"#;
+        assert!(
+            matches!(decode_message(envelope), Ok(Message::Allocation(item)) if item.id == "msg_1")
+        );
+        let record =
+            br#"{"backend_id":"b","component":"cpu_k_hours","amount":"1","month":"2026-11"}"#;
+        assert!(
+            matches!(decode_message(record), Ok(Message::Usage(r)) if r.component == "cpu_k_hours")
+        );
+        let bad_record =
+            br#"{"backend_id":"b","component":"cpu_k_hours","amount":"-1","month":"2026-11"}"#;
+        assert!(
+            decode_message(bad_record)
+                .is_err_and(|e| e.starts_with("invalid usage record: amount"))
+        );
+        for unknown in [&br#"{"v":"9","id":"x"}"#[..], b"not json", b"[1]"] {
+            assert!(
+                decode_message(unknown).is_err_and(|e| e.starts_with("undecodable message")),
+                "{}",
+                String::from_utf8_lossy(unknown)
+            );
         }
     }
 }
