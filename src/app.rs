@@ -16,13 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, QueueChoice};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
-use crate::puhuri::PuhuriClient;
 use crate::queue::Broker;
 use crate::receiver::{self, ReceiverStats};
 use crate::reconciler::Reconciler;
 use crate::team::TeamWatcher;
 use crate::worker::Worker;
+use puhuri_policy::Policy;
 
 /// Which roles run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +118,7 @@ pub async fn start(
     let mut reconciler = None;
     if roles.work {
         config.require_token()?;
-        let client = PuhuriClient::new(&config.puhuri)?.with_metrics(metrics.clone());
+        let client = config.puhuri.client()?.with_observer(metrics.clone());
         let r = Arc::new(
             Reconciler::new(
                 client.clone(),

@@ -4,7 +4,6 @@
 //! secrets come from files (`--*-file PATH`) or environment variables.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,13 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
 use crate::config::{Config, ProcessEnv};
-use crate::policy::cases::Cases;
-use crate::policy::reload::{self, PolicyFile};
-use crate::policy::{Action, Allocation, Policy};
-use crate::puhuri::{Fetched, Resource};
-use crate::secret::Secret;
-use crate::signature::{self, GithubSecret, WebhookSecret};
-use crate::sim::{HookFormat, HookTarget, Sim, SimConfig};
+use crate::reload::{self, PolicyFile};
+use puhuri_auth::signature::{self, GithubSecret, WebhookSecret};
+use puhuri_client::{Fetched, Resource};
+use puhuri_policy::cases::Cases;
+use puhuri_policy::{Action, Allocation, Policy};
 
 /// Event-driven, policy-driven approval of Puhuri Core allocation requests.
 #[derive(Debug, Parser)]
@@ -52,8 +49,6 @@ pub enum Command {
     Receive(ServiceArgs),
     /// Run the workers and the reconciler only (the queue in, Puhuri Core out).
     Work(ServiceArgs),
-    /// Run the Puhuri Core simulator (for tests, demos and benchmarks).
-    Sim(SimArgs),
     /// Print signature headers for a body, to send a test notification with curl.
     Sign(SignArgs),
     /// Configuration tools.
@@ -70,43 +65,8 @@ pub enum Command {
     Usage(UsageArgs),
     /// Show the whole product on this machine: the simulator, the service on the embedded
     /// queue with an example policy, and a stream of allocation requests.
+    #[cfg(feature = "tools")]
     Demo(DemoArgs),
-    /// Measure the service against the simulator: ingest rate, latencies, decisions per
-    /// second, RSS and CPU, with a RabbitMQ baseline in the same run.
-    Bench(BenchArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Queue backends to measure (RabbitMQ from env PUHURI_APPROVER_AMQP_URL, default
-    /// guest@127.0.0.1).
-    #[arg(long, value_enum, default_value = "both")]
-    pub backend: crate::bench::BackendChoice,
-    /// Notifications per second of the rate phase.
-    #[arg(long, default_value_t = 1000.0)]
-    pub rate: f64,
-    /// Seconds of each load phase (and of the baseline).
-    #[arg(long, default_value_t = 5.0)]
-    pub duration: f64,
-    /// Latency added to every simulator call in the upstream phase; 0 skips that phase.
-    #[arg(long, default_value_t = 50)]
-    pub upstream_latency_ms: u64,
-    /// Notifications per second of the upstream phase.
-    #[arg(long, default_value_t = 1200.0)]
-    pub upstream_rate: f64,
-    /// Requests in flight in the as-fast-as-accepted ingest phase, and publishes in flight
-    /// of the baseline.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// `worker.prefetch` of the service under test.
-    #[arg(long, default_value_t = 512)]
-    pub prefetch: u16,
-    /// Pending allocations the reconcile measurement lists; 0 skips it.
-    #[arg(long, default_value_t = 10_000)]
-    pub reconcile: usize,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +102,7 @@ pub enum UsageCommand {
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// How many allocation requests to send.
@@ -206,36 +167,6 @@ pub struct ServiceArgs {
     /// The configuration file (TOML). Without it, defaults and environment variables apply.
     #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
     pub config: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct SimArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
-    /// File holding the API token the simulator accepts (`Authorization: Token <token>`);
-    /// otherwise env `PUHURI_SIM_TOKEN`, otherwise `sim-token`.
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
-    /// Announce each created allocation to this URL.
-    #[arg(long)]
-    pub hook_url: Option<String>,
-    /// Format of the announcement: Waldur's unsigned hook or a signed `allocation` notification.
-    #[arg(long, default_value = "allocation")]
-    pub hook_format: SimHookFormat,
-    /// File holding the secret that signs `allocation` announcements (`whsec_...`);
-    /// otherwise env `PUHURI_SIM_HOOK_SECRET`.
-    #[arg(long, value_name = "PATH")]
-    pub hook_secret_file: Option<PathBuf>,
-    /// Start with an empty catalogue instead of the default offerings and organisations.
-    #[arg(long)]
-    pub no_seed: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SimHookFormat {
-    WaldurHook,
-    Allocation,
 }
 
 #[derive(Debug, clap::Args)]
@@ -327,7 +258,8 @@ pub enum PolicyCommand {
 pub fn init_logging(cli: &Cli) {
     // The demo prints a table; its logs stay quiet unless asked for.
     let default = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
+        #[cfg(feature = "tools")]
+        Command::Demo(_) => "warn",
         _ => "info,lapin=warn,amq_protocol=warn",
     };
     let format = cli.log_format;
@@ -379,7 +311,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Sim(args) => run_sim(args).await,
         Command::Sign(args) => sign(args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Dlq(args) => dlq(args).await,
@@ -388,6 +319,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             command: UsageCommand::Push { file, format },
         }) => usage_push(config.as_deref(), &file, format).await,
+        #[cfg(feature = "tools")]
         Command::Demo(args) => {
             crate::demo::run(
                 crate::demo::DemoOptions {
@@ -399,24 +331,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 shutdown_signal(),
             )
-            .await
-        }
-        Command::Bench(args) => {
-            crate::bench::run(crate::bench::BenchOptions {
-                backend: args.backend,
-                rate: args.rate,
-                duration: std::time::Duration::from_secs_f64(args.duration.clamp(0.5, 600.0)),
-                upstream_latency_ms: args.upstream_latency_ms,
-                upstream_rate: args.upstream_rate,
-                concurrency: args.concurrency.max(1),
-                prefetch: args.prefetch.max(1),
-                reconcile: args.reconcile,
-                json: args.json,
-                amqp_url: crate::secret::Secret::new(
-                    std::env::var("PUHURI_APPROVER_AMQP_URL")
-                        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-                ),
-            })
             .await
         }
         Command::Policy(PolicyCommand::Check { file }) => {
@@ -479,7 +393,7 @@ fn read_allocation(path: &Path) -> anyhow::Result<Allocation> {
         let resource: Resource = serde_json::from_value(value)
             .map_err(|e| anyhow::anyhow!("{}: not a Puhuri Core resource: {e}", path.display()))?;
         let order = resource.creation_order.clone();
-        return Ok(Fetched { resource, order }.to_allocation(None));
+        return Ok(crate::facts::allocation(&Fetched { resource, order }, None));
     }
     serde_json::from_value(value)
         .map_err(|e| anyhow::anyhow!("{}: not an allocation object: {e}", path.display()))
@@ -693,44 +607,6 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
-    let token = read_secret(args.token_file.as_deref(), "PUHURI_SIM_TOKEN")?
-        .unwrap_or_else(|| "sim-token".to_owned());
-    let hook = match args.hook_url {
-        None => None,
-        Some(url) => {
-            let format = match args.hook_format {
-                SimHookFormat::WaldurHook => HookFormat::WaldurHook,
-                SimHookFormat::Allocation => {
-                    let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?
-                        .context("`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks")?;
-                    let secret = WebhookSecret::parse(&secret)
-                        .map_err(|e| anyhow::anyhow!("the hook secret: {e}"))?;
-                    HookFormat::Allocation { secret }
-                }
-            };
-            Some(HookTarget { url, format })
-        }
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let sim = Sim::new(SimConfig {
-        tokens: vec![Secret::new(token)],
-        hook,
-        seed: !args.no_seed,
-        public_url: Some(format!("http://{addr}")),
-    });
-    tracing::info!(listen = %addr, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(sim.serve(listener, stop.clone()));
-    shutdown_signal().await;
-    stop.cancel();
-    server.await??;
-    Ok(())
-}
-
 fn sign(args: SignArgs) -> anyhow::Result<()> {
     let secret = read_secret(args.secret_file.as_deref(), "PUHURI_APPROVER_SIGN_SECRET")?
         .context("`--secret-file` or `PUHURI_APPROVER_SIGN_SECRET` is required")?;
@@ -812,15 +688,15 @@ async fn connect_broker(
 async fn team(args: TeamArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     config.require_token()?;
-    let client = crate::puhuri::PuhuriClient::new(&config.puhuri)?;
+    let client = config.puhuri.client()?;
     let allocation = match crate::notification::WaldurUuid::parse(&args.resource) {
-        Some(uuid) => crate::usage::AllocationRef::Uuid(uuid),
-        None => crate::usage::AllocationRef::BackendId(args.resource.clone()),
+        Some(uuid) => crate::usage::ResourceRef::Uuid(uuid),
+        None => crate::usage::ResourceRef::BackendId(args.resource.clone()),
     };
     let uuid = client
-        .find_allocation(&allocation)
+        .find_resource(&allocation)
         .await?
-        .map_err(anyhow::Error::msg)?
+        .map_err(anyhow::Error::new)?
         .uuid;
     let members = client.team(&uuid).await?;
     if args.json {

@@ -27,8 +27,8 @@ use toml::Spanned;
 
 use ipnet::IpNet;
 
-use crate::secret::Secret;
-use crate::signature::{GithubSecret, PathSecret, WebhookSecret};
+use puhuri_auth::secret::Secret;
+use puhuri_auth::signature::{GithubSecret, PathSecret, WebhookSecret};
 
 /// The RabbitMQ used when nothing else is configured.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -205,14 +205,7 @@ impl Default for UsageConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiGeneration {
-    /// Current Waldur: orders are approved or rejected (`approve_by_provider`).
-    Orders,
-    /// The 2021 API: resources change state (`set_state_by_provider`).
-    Resources,
-}
+pub use puhuri_client::ApiGeneration;
 
 #[derive(Debug, Clone)]
 pub struct PuhuriConfig {
@@ -221,6 +214,20 @@ pub struct PuhuriConfig {
     pub api: ApiGeneration,
     pub timeout: Duration,
     pub offerings: Vec<String>,
+}
+
+impl PuhuriConfig {
+    /// The client for this configuration.
+    pub fn client(&self) -> Result<puhuri_client::PuhuriClient, puhuri_client::BuildError> {
+        puhuri_client::PuhuriClient::new(
+            &puhuri_client::ClientConfig {
+                url: self.url.clone(),
+                api: self.api,
+                timeout: self.timeout,
+            },
+            self.token.expose(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

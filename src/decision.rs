@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use crate::policy::{AllocationIds, RuleError, Verdict};
+use puhuri_policy::{AllocationIds, RuleError, Verdict};
 
 /// The event's schema version.
 pub const DECISION_EVENT_VERSION: u32 = 1;
@@ -77,7 +77,7 @@ impl Decided {
 impl DecisionEvent {
     /// Builds the event for a verdict that was written (`shadow == false`) or only recorded.
     pub fn new(notification_id: &str, decided: Decided, verdict: &Verdict, shadow: bool) -> Self {
-        use crate::policy::Action;
+        use puhuri_policy::Action;
         let (backend_id, reason, message, note) = match &verdict.action {
             Action::Approve { backend_id, .. } => (Some(backend_id.clone()), None, None, None),
             Action::Reject { reason } => (None, Some(reason.clone()), None, None),

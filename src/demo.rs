@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
 use crate::config::{Config, Environment};
-use crate::policy::Policy;
-use crate::secret::Secret;
-use crate::signature::WebhookSecret;
-use crate::sim::{HookFormat, HookTarget, NewAllocation, Sim, SimConfig};
 use crate::worker::{Disposition, Outcome, Settled};
+use puhuri_auth::secret::Secret;
+use puhuri_auth::signature::WebhookSecret;
+use puhuri_policy::Policy;
+use puhuri_sim::{HookFormat, HookTarget, NewAllocation, Sim, SimConfig};
 
 /// The example policy the demo runs when no other is given.
 pub const EXAMPLE_POLICY_PATH: &str = "deploy/local/policy.toml";

@@ -1,26 +1,26 @@
 //! puhuri-approver: event-driven, policy-driven approval of Puhuri Core (Waldur)
-//! allocation requests for service providers.
+//! allocation requests for service providers — the service crate.
 //!
-//! See `ARCHITECTURE.md` for the codemap and the invariants each module keeps.
+//! It holds the roles (receiver, worker, reconciler, team watcher, usage reporter), their
+//! supervisor and the command line. The layers below are crates of their own:
+//! `puhuri-client` (Puhuri Core), `puhuri-policy` (the policy, no IO), `puhuri-auth`
+//! (secrets and signatures). See `ARCHITECTURE.md` for the codemap and the invariants.
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod decision;
+#[cfg(feature = "tools")]
 pub mod demo;
+pub mod facts;
 pub mod limits;
 pub mod metrics;
 pub mod notification;
 pub mod otel;
-pub mod policy;
-pub mod puhuri;
 pub mod queue;
 pub mod receiver;
 pub mod reconciler;
-pub mod secret;
-pub mod signature;
-pub mod sim;
+pub mod reload;
 pub mod team;
 pub mod usage;
 pub mod worker;

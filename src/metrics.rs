@@ -500,6 +500,12 @@ fn label_set(names: &[&str], values: &[String], le: Option<&str>) -> String {
     }
 }
 
+impl puhuri_client::CallObserver for Metrics {
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration) {
+        self.puhuri_call(operation, status, elapsed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,93 +9,12 @@
 //! [`MAX_NUMBER_LEN`] in one linear scan before serde sees it; each refusal is a
 //! [`PayloadError`] with a stable [`PayloadError::cause`].
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::PayloadFormat;
-
-/// A Waldur uuid in its canonical form: 32 lowercase hex digits.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct WaldurUuid(String);
-
-impl WaldurUuid {
-    /// Accepts 32 hex digits or the hyphenated 8-4-4-4-12 form, in any case.
-    pub fn parse(value: &str) -> Option<WaldurUuid> {
-        let hex: String = match value.len() {
-            32 => value.to_owned(),
-            36 => {
-                let bytes = value.as_bytes();
-                if [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
-                    return None;
-                }
-                value.chars().filter(|c| *c != '-').collect()
-            }
-            _ => return None,
-        };
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        Some(WaldurUuid(hex.to_ascii_lowercase()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The first 8 hex digits, handy in backend ids.
-    pub fn short(&self) -> &str {
-        &self.0[..8]
-    }
-}
-
-impl TryFrom<String> for WaldurUuid {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        WaldurUuid::parse(&value).ok_or_else(|| format!("`{value}` is not a uuid"))
-    }
-}
-
-impl From<WaldurUuid> for String {
-    fn from(value: WaldurUuid) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for WaldurUuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for WaldurUuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// Which allocation a notification is about. At least one field is set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllocationHint {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order_uuid: Option<WaldurUuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_uuid: Option<WaldurUuid>,
-}
-
-impl AllocationHint {
-    /// The key under which work on one allocation is serialized within a worker.
-    pub fn key(&self) -> String {
-        match (&self.resource_uuid, &self.order_uuid) {
-            (Some(resource), _) => format!("r:{resource}"),
-            (None, Some(order)) => format!("o:{order}"),
-            (None, None) => String::new(),
-        }
-    }
-}
+pub use puhuri_client::{AllocationHint, OrderUuid, ResourceUuid, WaldurUuid};
 
 /// What a payload said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,8 +206,8 @@ fn parse_allocation(body: &[u8]) -> Result<Parsed, PayloadError> {
     Ok(Parsed::Allocation {
         event_type: value.event_type,
         hint: AllocationHint {
-            order_uuid,
-            resource_uuid,
+            order_uuid: order_uuid.map(OrderUuid::from),
+            resource_uuid: resource_uuid.map(ResourceUuid::from),
         },
     })
 }
@@ -322,8 +241,8 @@ fn parse_waldur_hook(body: &[u8]) -> Result<Parsed, PayloadError> {
     Ok(Parsed::Allocation {
         event_type: hook.event_type,
         hint: AllocationHint {
-            order_uuid,
-            resource_uuid,
+            order_uuid: order_uuid.map(OrderUuid::from),
+            resource_uuid: resource_uuid.map(ResourceUuid::from),
         },
     })
 }
@@ -444,7 +363,7 @@ mod tests {
                 event_type: "marketplace_resource_create_requested".into(),
                 hint: AllocationHint {
                     order_uuid: None,
-                    resource_uuid: WaldurUuid::parse(RESOURCE),
+                    resource_uuid: ResourceUuid::parse(RESOURCE),
                 },
             }
         );
@@ -506,7 +425,7 @@ mod tests {
             source: "relay".into(),
             event_type: "allocation.created".into(),
             hint: AllocationHint {
-                order_uuid: WaldurUuid::parse(ORDER),
+                order_uuid: OrderUuid::parse(ORDER),
                 resource_uuid: None,
             },
             received_at_ms: 5,

@@ -360,7 +360,7 @@ fn export_loop(
                 Err(error) => complain(format!(
                     "cannot reach the collector ({} spans lost): {}",
                     batch.len(),
-                    crate::puhuri::describe_reqwest_error(&error)
+                    puhuri_client::describe_reqwest_error(&error)
                 )),
             }
         }

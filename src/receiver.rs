@@ -40,7 +40,7 @@ use crate::limits::{ReplayCache, Reserve, TokenBucket};
 use crate::metrics::Metrics;
 use crate::notification::{Parsed, WorkItem, derived_id, parse_payload};
 use crate::queue::{Broker, PublishError};
-use crate::signature::{self, GithubHeaders, SignedHeaders, VerifyError};
+use puhuri_auth::signature::{self, GithubHeaders, SignedHeaders, VerifyError};
 
 /// The largest body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

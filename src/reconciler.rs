@@ -17,8 +17,8 @@ use tracing::Instrument;
 use crate::config::ReconcileConfig;
 use crate::metrics::Metrics;
 use crate::notification::WorkItem;
-use crate::puhuri::{PuhuriClient, PuhuriError};
 use crate::queue::{Broker, PublishError};
+use puhuri_client::{PuhuriClient, PuhuriError};
 
 /// Publishes in flight at once while enqueueing one cycle's allocations.
 const ENQUEUE_CONCURRENCY: usize = 64;

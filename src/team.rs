@@ -17,14 +17,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::TeamConfig;
 use crate::metrics::Metrics;
-use crate::puhuri::{PuhuriClient, PuhuriError};
 use crate::queue::Broker;
+use puhuri_client::{PuhuriClient, PuhuriError};
 
 /// The event's schema version.
 pub const TEAM_EVENT_VERSION: u32 = 1;
@@ -32,34 +32,7 @@ pub const TEAM_EVENT_VERSION: u32 = 1;
 /// Team calls in flight at once during a watch cycle.
 const WATCH_CONCURRENCY: usize = 8;
 
-/// One member of an allocation's project, as Puhuri Core's `team/` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TeamMember {
-    pub uuid: String,
-    pub username: String,
-    #[serde(default)]
-    pub full_name: String,
-    #[serde(default)]
-    pub email: String,
-    /// `admin`, `manager` or `member`.
-    #[serde(default)]
-    pub role: Option<String>,
-    #[serde(default)]
-    pub expiration_time: Option<String>,
-    /// The member's account name on this provider's offering, once one is set.
-    #[serde(default)]
-    pub offering_user_username: Option<String>,
-}
-
-/// The allocation a team event is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TeamAllocation {
-    pub resource_uuid: String,
-    pub backend_id: Option<String>,
-    pub project_uuid: Option<String>,
-    pub project_name: Option<String>,
-    pub offering_uuid: Option<String>,
-}
+pub use puhuri_client::{ResourceSummary, TeamMember};
 
 /// A member whose role or details changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,7 +51,7 @@ pub struct TeamEvent {
     pub id: String,
     /// When it was observed (RFC 3339, UTC).
     pub time: String,
-    pub allocation: TeamAllocation,
+    pub allocation: ResourceSummary,
     /// Every member now, by username.
     pub members: Vec<TeamMember>,
     /// Only in `team.changed`.
@@ -107,7 +80,7 @@ fn now_rfc3339() -> String {
 
 impl TeamEvent {
     /// The whole team of an allocation.
-    pub fn snapshot(allocation: TeamAllocation, members: Vec<TeamMember>) -> TeamEvent {
+    pub fn snapshot(allocation: ResourceSummary, members: Vec<TeamMember>) -> TeamEvent {
         let members = sorted(members);
         TeamEvent {
             v: TEAM_EVENT_VERSION,
@@ -124,7 +97,7 @@ impl TeamEvent {
 
     /// What changed between two observations; `None` when nothing did.
     pub fn change(
-        allocation: TeamAllocation,
+        allocation: ResourceSummary,
         before: &[TeamMember],
         after: Vec<TeamMember>,
     ) -> Option<TeamEvent> {
@@ -257,7 +230,7 @@ impl TeamWatcher {
             }
         }
         report.allocations = allocations.len();
-        let teams: Vec<(TeamAllocation, Result<Vec<TeamMember>, PuhuriError>)> =
+        let teams: Vec<(ResourceSummary, Result<Vec<TeamMember>, PuhuriError>)> =
             futures_util::stream::iter(allocations)
                 .map(|allocation| async move {
                     let team = self.client.team(&allocation.resource_uuid).await;
@@ -343,8 +316,8 @@ mod tests {
         }
     }
 
-    fn allocation() -> TeamAllocation {
-        TeamAllocation {
+    fn allocation() -> ResourceSummary {
+        ResourceSummary {
             resource_uuid: "r1".into(),
             backend_id: Some("b1".into()),
             project_uuid: None,

@@ -24,12 +24,12 @@ use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
-use crate::policy::reload::ReloadCounters;
-use crate::policy::{Action, Policy, Verdict};
-use crate::puhuri::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
 use crate::queue::{Broker, Delivery, Message, Retried};
-use crate::team::{TeamAllocation, TeamEvent};
+use crate::reload::ReloadCounters;
+use crate::team::{ResourceSummary, TeamEvent};
 use crate::usage::report::{UsageReporter, UsageSettled};
+use puhuri_client::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
+use puhuri_policy::{Action, Policy, Verdict};
 
 /// What happened to one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,9 +119,11 @@ impl From<PuhuriError> for ProcessError {
                 reason: error.to_string(),
                 retry_after: None,
             },
-            PuhuriError::Permanent { .. } => ProcessError::Permanent {
-                reason: error.to_string(),
-            },
+            PuhuriError::Permanent { .. } | PuhuriError::Unusable { .. } => {
+                ProcessError::Permanent {
+                    reason: error.to_string(),
+                }
+            }
         }
     }
 }
@@ -519,7 +521,7 @@ impl Worker {
         let ids = &verdict.allocation;
         match self.client.team(&ids.resource_uuid).await {
             Ok(members) => {
-                let allocation = TeamAllocation {
+                let allocation = ResourceSummary {
                     resource_uuid: ids.resource_uuid.clone(),
                     backend_id: Some(backend_id.to_owned()),
                     project_uuid: Some(ids.project_uuid.clone()).filter(|p| !p.is_empty()),
@@ -575,7 +577,7 @@ impl Worker {
             return Ok((done, None));
         }
         self.client
-            .submit_report(&fetched.resource.uuid, report)
+            .submit_report(&fetched.resource.uuid, &crate::facts::report(report))
             .await?;
         tracing::info!("access report submitted for an allocation approved earlier");
         Ok((done, None))
@@ -587,22 +589,26 @@ impl Worker {
         &self,
         policy: &Policy,
         fetched: &Fetched,
-    ) -> Result<crate::policy::Allocation, PuhuriError> {
+    ) -> Result<puhuri_policy::Allocation, PuhuriError> {
         let customer = if policy.needs_customer_details() {
             self.fetch_customer(fetched).await?
         } else {
             None
         };
-        let mut allocation = fetched.to_allocation(customer.as_ref());
+        let mut allocation = crate::facts::allocation(fetched, customer.as_ref());
         if policy.needs_granted() {
-            allocation.granted = self
-                .client
-                .granted(
-                    &allocation.customer.uuid,
-                    &allocation.project.uuid,
-                    &allocation.resource.uuid,
-                )
-                .await?;
+            let Some(customer) = puhuri_client::WaldurUuid::parse(&allocation.customer.uuid) else {
+                return Err(PuhuriError::Unusable {
+                    operation: "granted",
+                    detail: "the allocation names no organisation, so what it was granted cannot be summed".into(),
+                });
+            };
+            let granted = self.client.list_granted(&customer).await?;
+            allocation.granted = crate::facts::granted(
+                &granted,
+                &allocation.project.uuid,
+                &allocation.resource.uuid,
+            );
         }
         Ok(allocation)
     }
@@ -687,11 +693,11 @@ impl Worker {
         &self,
         item: &WorkItem,
         fetched: &Fetched,
-        report: &[crate::policy::ReportSection],
+        report: &[puhuri_policy::ReportSection],
     ) {
         let Err(error) = self
             .client
-            .submit_report(&fetched.resource.uuid, report)
+            .submit_report(&fetched.resource.uuid, &crate::facts::report(report))
             .await
         else {
             return;

@@ -20,7 +20,7 @@ use axum::http::{Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use puhuri_approver::config::Config;
 use puhuri_approver::receiver::{self, MemoryPublisher, ReceiverStats};
-use puhuri_approver::signature::{GithubSecret, WebhookSecret};
+use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use tower::ServiceExt;
 
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use puhuri_approver::signature::{
+use puhuri_auth::signature::{
     self, GithubHeaders, GithubSecret, PathSecret, SignedHeaders, WebhookSecret,
 };
 

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::{DeadLetter, PublishError, QueueError, Retried, Select, Topology, jittered};
 use crate::config::AmqpConfig;
 use crate::notification::{Envelope, WorkItem};
-use crate::secret::Secret;
+use puhuri_auth::secret::Secret;
 
 /// Routing key of work messages.
 pub const WORK_ROUTING_KEY: &str = "allocation";

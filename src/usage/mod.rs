@@ -181,27 +181,14 @@ impl fmt::Display for Month {
 }
 
 /// Which allocation a record is about.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AllocationRef {
-    Uuid(WaldurUuid),
-    BackendId(String),
-}
-
-impl fmt::Display for AllocationRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AllocationRef::Uuid(u) => write!(f, "resource {u}"),
-            AllocationRef::BackendId(b) => write!(f, "backend_id {b}"),
-        }
-    }
-}
+pub use puhuri_client::ResourceRef;
 
 /// One usage record, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRecord {
     /// The sender's id for the record, if it gave one (also the queue message id).
     pub id: Option<String>,
-    pub allocation: AllocationRef,
+    pub allocation: ResourceRef,
     pub component: String,
     /// Month-to-date usage of the component.
     pub amount: Amount,
@@ -278,7 +265,7 @@ impl RawRecord {
                     "give either resource_uuid or backend_id, not both",
                 ));
             }
-            (Some(uuid), None) => AllocationRef::Uuid(
+            (Some(uuid), None) => ResourceRef::Uuid(
                 WaldurUuid::parse(&uuid)
                     .ok_or_else(|| invalid("resource_uuid", format!("`{uuid}` is not a uuid")))?,
             ),
@@ -290,7 +277,7 @@ impl RawRecord {
                         "must be 1 to 255 characters, not blank",
                     ));
                 }
-                AllocationRef::BackendId(trimmed.to_owned())
+                ResourceRef::BackendId(trimmed.to_owned())
             }
             (None, None) => {
                 return Err(invalid(
@@ -375,8 +362,8 @@ impl UsageRecord {
     /// The wire form, for queueing.
     pub fn to_raw(&self) -> RawRecord {
         let (resource_uuid, backend_id) = match &self.allocation {
-            AllocationRef::Uuid(u) => (Some(u.to_string()), None),
-            AllocationRef::BackendId(b) => (None, Some(b.clone())),
+            ResourceRef::Uuid(u) => (Some(u.to_string()), None),
+            ResourceRef::BackendId(b) => (None, Some(b.clone())),
         };
         RawRecord {
             id: self.id.clone(),
@@ -400,7 +387,7 @@ impl UsageRecord {
     }
 
     /// The key records are aggregated under.
-    pub fn key(&self) -> (AllocationRef, Month) {
+    pub fn key(&self) -> (ResourceRef, Month) {
         (self.allocation.clone(), self.month)
     }
 }
@@ -627,7 +614,7 @@ mod tests {
         let ok = record(json!({"backend_id": "proj_1", "component": "cpu_k_hours",
             "amount": "10.5", "month": "2026-11", "users": {"alice": "6", "bob": 4.5}}));
         let ok = ok.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(ok.allocation, AllocationRef::BackendId("proj_1".into()));
+        assert_eq!(ok.allocation, ResourceRef::BackendId("proj_1".into()));
         assert_eq!(ok.users.len(), 2);
         let cases = [
             (

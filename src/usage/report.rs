@@ -20,23 +20,23 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{
-    AllocationRef, ComponentTotal, Held, Month, Plan, UsageRecord, aggregate, check_month, plan,
+    ComponentTotal, Held, Month, Plan, ResourceRef, UsageRecord, aggregate, check_month, plan,
 };
 use crate::config::{UsageConfig, WorkerConfig};
 use crate::metrics::Metrics;
-use crate::puhuri::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
 use crate::queue::{Delivery, Retried};
 use crate::worker::ProcessError;
+use puhuri_client::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
 
 /// How long an offering's components are remembered.
 const OFFERING_TTL: Duration = Duration::from_secs(300);
 
-type Key = (AllocationRef, Month);
+type Key = (ResourceRef, Month);
 
 /// What became of one batch of records; sent to [`UsageReporter::subscribe`] receivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSettled {
-    pub allocation: AllocationRef,
+    pub allocation: ResourceRef,
     pub month: Month,
     /// Records in the batch.
     pub records: usize,
@@ -361,11 +361,13 @@ impl UsageReporter {
         }
     }
 
-    async fn resolve(&self, allocation: &AllocationRef) -> Result<Resource, ProcessError> {
+    async fn resolve(&self, allocation: &ResourceRef) -> Result<Resource, ProcessError> {
         self.client
-            .find_allocation(allocation)
+            .find_resource(allocation)
             .await?
-            .map_err(|reason| ProcessError::Permanent { reason })
+            .map_err(|reason| ProcessError::Permanent {
+                reason: reason.to_string(),
+            })
     }
 
     async fn components(&self, offering_uuid: &str) -> Result<Vec<OfferingComponent>, PuhuriError> {
@@ -385,8 +387,11 @@ impl UsageReporter {
 
     async fn report(&self, key: &Key, records: &[UsageRecord]) -> Result<Report, ProcessError> {
         let (allocation, month) = key;
-        check_month(*month, time::OffsetDateTime::now_utc())
-            .map_err(|reason| ProcessError::Permanent { reason })?;
+        check_month(*month, time::OffsetDateTime::now_utc()).map_err(|reason| {
+            ProcessError::Permanent {
+                reason: reason.to_string(),
+            }
+        })?;
         let resource = self.resolve(allocation).await?;
         match resource.state.as_str() {
             "OK" | "Updating" | "Terminating" => {}
@@ -467,8 +472,11 @@ impl UsageReporter {
         }
         if !to_send.is_empty() {
             // Puhuri Core files the call under the month it arrives in.
-            check_month(*month, time::OffsetDateTime::now_utc())
-                .map_err(|reason| ProcessError::Permanent { reason })?;
+            check_month(*month, time::OffsetDateTime::now_utc()).map_err(|reason| {
+                ProcessError::Permanent {
+                    reason: reason.to_string(),
+                }
+            })?;
             let usages: Vec<(String, String, String)> = to_send
                 .iter()
                 .map(|t| {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use puhuri_approver::config::{Config, TeamConfig};
 use puhuri_approver::metrics::Metrics;
-use puhuri_approver::puhuri::PuhuriClient;
 use puhuri_approver::queue::Broker;
-use puhuri_approver::sim::{CreatedAllocation, NewMember};
 use puhuri_approver::team::TeamWatcher;
 use puhuri_approver::usage::report::UsageSettled;
 use puhuri_approver::worker::Outcome;
+use puhuri_client::PuhuriClient;
+use puhuri_sim::{CreatedAllocation, NewMember};
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, Options, TestApp, WAIT, amqp_url, spawn_app, temp_dir};
@@ -145,7 +145,7 @@ fn client_for(app: &TestApp) -> (Config, PuhuriClient) {
         .into_iter()
         .collect();
     let config = Config::parse(&app.config_text, "test.toml", &env).expect("config");
-    let client = PuhuriClient::new(&config.puhuri).expect("client");
+    let client = config.puhuri.client().expect("client");
     (config, client)
 }
 

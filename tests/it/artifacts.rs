@@ -242,8 +242,7 @@ fn the_shipped_configurations_and_policy_are_valid() {
         Some(9090),
         "the worker's probes and scrape port"
     );
-    puhuri_approver::policy::Policy::parse(&yaml_block(&configmap, "policy.toml"))
-        .expect("ConfigMap policy");
+    puhuri_policy::Policy::parse(&yaml_block(&configmap, "policy.toml")).expect("ConfigMap policy");
 }
 
 /// With `amqp.declare = false` the service declares nothing: it waits until an operator
@@ -254,7 +253,7 @@ async fn a_pre_declared_topology_is_used_without_declaring() {
 
     use puhuri_approver::config::AmqpConfig;
     use puhuri_approver::queue::Broker;
-    use puhuri_approver::secret::Secret;
+    use puhuri_auth::secret::Secret;
     use tokio_util::sync::CancellationToken;
 
     let amqp = |declare: bool, prefix: &str| AmqpConfig {

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use puhuri_approver::config::AmqpConfig;
-use puhuri_approver::notification::{AllocationHint, WaldurUuid, WorkItem};
+use puhuri_approver::notification::{AllocationHint, OrderUuid, WorkItem};
 use puhuri_approver::queue::{Broker, Deliveries, Delivery, Retried, Select};
-use puhuri_approver::secret::Secret;
+use puhuri_auth::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, WAIT, amqp_url, temp_dir};
@@ -65,7 +65,7 @@ fn item(id: &str) -> WorkItem {
         source: "contract".into(),
         event_type: "allocation.created".into(),
         hint: AllocationHint {
-            order_uuid: WaldurUuid::parse(&uuid::Uuid::new_v4().simple().to_string()),
+            order_uuid: OrderUuid::parse(&uuid::Uuid::new_v4().simple().to_string()),
             resource_uuid: None,
         },
         received_at_ms: 1,

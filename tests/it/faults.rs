@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use puhuri_approver::app::Roles;
-use puhuri_approver::sim::Faults;
 use puhuri_approver::worker::{Disposition, Outcome};
+use puhuri_sim::Faults;
 use serde_json::json;
 
 use crate::helpers::{
@@ -504,7 +504,7 @@ async fn notify_process_until_accepted(
     http: &reqwest::Client,
     base: &str,
     id: &str,
-    created: &puhuri_approver::sim::CreatedAllocation,
+    created: &puhuri_sim::CreatedAllocation,
 ) {
     let body = json!({
         "type": "allocation.created",
@@ -513,7 +513,7 @@ async fn notify_process_until_accepted(
     })
     .to_string();
     let secret =
-        puhuri_approver::signature::WebhookSecret::parse(crate::helpers::SECRET).expect("secret");
+        puhuri_auth::signature::WebhookSecret::parse(crate::helpers::SECRET).expect("secret");
     for _ in 0..600 {
         let timestamp = crate::helpers::now();
         let sent = http

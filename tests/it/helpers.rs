@@ -4,13 +4,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use puhuri_approver::app::{self, Roles, Running};
 use puhuri_approver::config::{Config, DEFAULT_AMQP_URL};
-use puhuri_approver::policy::Policy;
-use puhuri_approver::secret::Secret;
-use puhuri_approver::signature::WebhookSecret;
-use puhuri_approver::sim::{
+use puhuri_approver::worker::Settled;
+use puhuri_auth::secret::Secret;
+use puhuri_auth::signature::WebhookSecret;
+use puhuri_policy::Policy;
+use puhuri_sim::{
     CreatedAllocation, HookFormat, HookTarget, NewAllocation, RecordedCall, Sim, SimConfig,
 };
-use puhuri_approver::worker::Settled;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use puhuri_approver::app::Roles;
-use puhuri_approver::signature::{GithubSecret, WebhookSecret};
+use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 use puhuri_approver::app::{self, Roles};
 use puhuri_approver::config::Config;
 use puhuri_approver::metrics::{self, METRIC_NAMES};
-use puhuri_approver::policy::Policy;
-use puhuri_approver::policy::reload::{self, PolicyFile};
-use puhuri_approver::sim::Faults;
+use puhuri_approver::reload::{self, PolicyFile};
 use puhuri_approver::worker::Disposition;
+use puhuri_policy::Policy;
+use puhuri_sim::Faults;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

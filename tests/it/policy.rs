@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use puhuri_approver::policy::Policy;
-use puhuri_approver::policy::cases::Cases;
-use puhuri_approver::policy::reload::{self, Applied, PolicyFile};
 use puhuri_approver::queue::Broker;
-use puhuri_approver::sim::NewAllocation;
+use puhuri_approver::reload::{self, Applied, PolicyFile};
 use puhuri_approver::worker::{Disposition, Outcome};
+use puhuri_policy::Policy;
+use puhuri_policy::cases::Cases;
+use puhuri_sim::NewAllocation;
 use serde_json::{Value, json};
 
 use crate::helpers::{Options, spawn_app};
@@ -88,7 +88,7 @@ fn a_fixture_with_a_wrong_expectation_fails() {
     );
 }
 
-fn paths(calls: &[puhuri_approver::sim::RecordedCall]) -> Vec<String> {
+fn paths(calls: &[puhuri_sim::RecordedCall]) -> Vec<String> {
     calls
         .iter()
         .map(|c| {

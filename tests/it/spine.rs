@@ -1,14 +1,14 @@
 //! The whole path: HTTP in, RabbitMQ, worker, Puhuri Core (the simulator) written back.
 
 use puhuri_approver::app::Roles;
-use puhuri_approver::sim::Faults;
 use puhuri_approver::worker::{Disposition, Outcome};
+use puhuri_sim::Faults;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, Options, SECRET, TOKEN, spawn_app};
 use crate::on_both_backends;
 
-fn paths(calls: &[puhuri_approver::sim::RecordedCall]) -> Vec<String> {
+fn paths(calls: &[puhuri_sim::RecordedCall]) -> Vec<String> {
     calls
         .iter()
         .map(|c| format!("{} {} {}", c.method, c.path, c.status))

@@ -83,7 +83,7 @@ use state::{BillingType, ComponentSpec, Member, Model, OrderState, Role};
 /// How a simulator instance behaves.
 pub struct SimConfig {
     /// Accepted API tokens (`Authorization: Token <t>`, keyword case-insensitive).
-    pub tokens: Vec<crate::secret::Secret>,
+    pub tokens: Vec<puhuri_auth::Secret>,
     /// Where to announce new allocations.
     pub hook: Option<HookTarget>,
     /// Create the default catalogue at start.
@@ -107,7 +107,7 @@ pub enum HookFormat {
     WaldurHook,
     /// The `allocation.created` notification, signed with Standard Webhooks headers.
     Allocation {
-        secret: crate::signature::WebhookSecret,
+        secret: puhuri_auth::signature::WebhookSecret,
     },
 }
 
@@ -395,7 +395,7 @@ pub struct Sim {
 }
 
 struct Inner {
-    tokens: Vec<crate::secret::Secret>,
+    tokens: Vec<puhuri_auth::Secret>,
     hook: Option<HookTarget>,
     public_url: Option<String>,
     http: reqwest::Client,

@@ -1247,7 +1247,7 @@ mod tests {
 
     #[test]
     fn dates_follow_django_input_formats() {
-        let text = |raw: &str| django_date(raw).map(crate::sim::state::date_string);
+        let text = |raw: &str| django_date(raw).map(crate::state::date_string);
         assert_eq!(text("2025-03-01"), Some("2025-03-01".into()));
         assert_eq!(text("2025-3-1"), Some("2025-03-01".into()));
         assert_eq!(text("03/01/2025"), Some("2025-03-01".into()));

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Policy;
 use crate::worker::Worker;
+use puhuri_policy::Policy;
 
 /// How often the file's modification time and size are looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -91,7 +91,7 @@ impl PolicyFile {
                 Reload::Compiled(policy)
             }
             Err(errors) => {
-                let digest = super::version_of(&text).to_string();
+                let digest = puhuri_policy::version_of(&text).to_string();
                 if digest == self.seen {
                     return Reload::Unchanged;
                 }

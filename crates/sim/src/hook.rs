@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::state::{Model, date_string, hex, timestamp};
 use super::team::user_uuid;
 use super::{HookFormat, HookTarget};
-use crate::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use puhuri_auth::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
 /// A ready-to-send announcement.
 pub(crate) struct Delivery {

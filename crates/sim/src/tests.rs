@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::secret::Secret;
+use puhuri_auth::Secret;
 
 const TOKEN: &str = "sim-test-token-0123456789";
 
@@ -770,7 +770,8 @@ async fn receiver() -> (
 async fn allocation_hook_is_signed() {
     let (url, mut rx, stop) = receiver().await;
     let secret =
-        crate::signature::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        puhuri_auth::signature::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap();
     let s = start_with(Some(HookTarget {
         url,
         format: HookFormat::Allocation {
@@ -783,7 +784,7 @@ async fn allocation_hook_is_signed() {
         .await
         .unwrap()
         .unwrap();
-    let signed = crate::signature::SignedHeaders {
+    let signed = puhuri_auth::signature::SignedHeaders {
         id: headers.get("webhook-id").and_then(|v| v.to_str().ok()),
         timestamp: headers
             .get("webhook-timestamp")
@@ -793,7 +794,7 @@ async fn allocation_hook_is_signed() {
             .and_then(|v| v.to_str().ok()),
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let id = crate::signature::verify(&[secret], signed, &body, now, 60).unwrap();
+    let id = puhuri_auth::signature::verify(&[secret], signed, &body, now, 60).unwrap();
     assert!(id.starts_with("msg_"));
     let payload: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(payload["type"], "allocation.created");

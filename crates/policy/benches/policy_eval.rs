@@ -4,8 +4,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use puhuri_approver::policy::Policy;
-use puhuri_approver::policy::allocation::{Allocation, CustomerFacts, OfferingFacts, ProjectFacts};
+use puhuri_policy::Policy;
+use puhuri_policy::allocation::{Allocation, CustomerFacts, OfferingFacts, ProjectFacts};
 
 fn main() {
     let mut text = String::new();

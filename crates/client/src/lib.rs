@@ -20,29 +20,133 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
-use crate::config::{ApiGeneration, PuhuriConfig};
-use crate::notification::{AllocationHint, WaldurUuid};
-use crate::policy::ReportSection;
-use crate::policy::allocation::{
-    Allocation, CustomerFacts, OfferingFacts, OrderFacts, PlanFacts, ProjectFacts, ResourceFacts,
-    UserFacts,
-};
+pub mod ids;
+
+pub use ids::{AllocationHint, InvalidUuid, OrderUuid, ResourceUuid, WaldurUuid};
+
+/// Which generation of Waldur's provider API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiGeneration {
+    /// Current Waldur: orders are approved or rejected (`approve_by_provider`).
+    Orders,
+    /// The 2021 API: resources change state (`set_state_by_provider`).
+    Resources,
+}
+
+/// Where Puhuri Core is and how to talk to it. The token is given to [`PuhuriClient::new`]
+/// apart, so that this can be printed.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The API base, ending in `/api/`.
+    pub url: String,
+    pub api: ApiGeneration,
+    /// Per call, connect included.
+    pub timeout: Duration,
+}
+
+/// Told of every call the client makes: its operation, the HTTP status (`None` when no
+/// answer came) and how long it took. The service counts them in its metrics.
+pub trait CallObserver: Send + Sync {
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+}
+
+/// A section of the access report shown to an allocation's users (`submit_report`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct ReportSection {
+    pub header: String,
+    pub body: String,
+}
+
+/// How a caller names a resource: by its uuid or by the provider's `backend_id`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceRef {
+    Uuid(WaldurUuid),
+    BackendId(String),
+}
+
+impl std::fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResourceRef::Uuid(u) => write!(f, "resource {u}"),
+            ResourceRef::BackendId(b) => write!(f, "backend_id {b}"),
+        }
+    }
+}
+
+/// Why [`PuhuriClient::find_resource`] found no single resource.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotFound {
+    #[error("no allocation has uuid {0} (or this token may not see it)")]
+    Uuid(WaldurUuid),
+    #[error("no allocation has backend_id `{0}` (or this token may not see it)")]
+    BackendId(String),
+    #[error("{count} allocations have backend_id `{backend_id}`; name it by its uuid")]
+    Ambiguous { backend_id: String, count: usize },
+}
+
+/// One member of an allocation's project, as Puhuri Core's `team/` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct TeamMember {
+    pub uuid: String,
+    pub username: String,
+    #[serde(default)]
+    pub full_name: String,
+    #[serde(default)]
+    pub email: String,
+    /// `admin`, `manager` or `member`.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub expiration_time: Option<String>,
+    /// The member's account name on this provider's offering, once one is set.
+    #[serde(default)]
+    pub offering_user_username: Option<String>,
+}
+
+/// An approved allocation as a resource list names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct ResourceSummary {
+    pub resource_uuid: String,
+    pub backend_id: Option<String>,
+    pub project_uuid: Option<String>,
+    pub project_name: Option<String>,
+    pub offering_uuid: Option<String>,
+}
+
+/// An allocation the provider granted already: its project and its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantedResource {
+    pub uuid: String,
+    pub project_uuid: Option<String>,
+    pub limits: BTreeMap<String, f64>,
+}
 
 /// How a Puhuri Core call failed, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum PuhuriError {
     #[error("{operation}: temporary failure: {detail}")]
     Transient {
-        operation: String,
+        operation: &'static str,
         detail: String,
         retry_after: Option<Duration>,
     },
     #[error("{operation}: conflict with the allocation's current state: {detail}")]
-    Conflict { operation: String, detail: String },
+    Conflict {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("{operation}: refused ({status}): {detail}")]
     Permanent {
-        operation: String,
+        operation: &'static str,
         status: u16,
+        detail: String,
+    },
+    /// The call cannot be made or its answer cannot be used, whatever the server does
+    /// next: the allocation lacks what the call needs (no creation order, no organisation).
+    #[error("{operation}: {detail}")]
+    Unusable {
+        operation: &'static str,
         detail: String,
     },
 }
@@ -173,87 +277,6 @@ impl Fetched {
             }
         }
     }
-
-    /// The policy's view of the allocation. `customer` is the organisation's own record,
-    /// fetched only when the policy reads what only it has (`customer.country`).
-    pub fn to_allocation(&self, customer: Option<&Customer>) -> Allocation {
-        let r = &self.resource;
-        let o = self.order.as_ref();
-        let pick = |a: &Option<String>, b: Option<&Option<String>>| -> String {
-            a.clone()
-                .filter(|a| !a.is_empty())
-                .or_else(|| b.and_then(|b| b.clone()))
-                .unwrap_or_default()
-        };
-        let text = |a: &Option<String>| a.clone().unwrap_or_default();
-        let limits_source = r
-            .limits
-            .as_ref()
-            .filter(|l| !l.is_empty())
-            .or_else(|| o.and_then(|o| o.limits.as_ref()));
-        let limits: BTreeMap<String, f64> = limits_source
-            .map(|limits| {
-                limits
-                    .iter()
-                    .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let attributes = o
-            .and_then(|o| o.attributes.clone())
-            .filter(|a| !a.is_empty())
-            .or_else(|| r.attributes.clone())
-            .unwrap_or_default();
-        let date = |d: &Option<String>| d.clone().filter(|d| !d.is_empty());
-        Allocation {
-            resource: ResourceFacts {
-                uuid: r.uuid.clone(),
-                name: pick(&r.name, o.map(|o| &o.resource_name)),
-                slug: text(&r.slug),
-                state: r.state.clone(),
-                backend_id: text(&r.backend_id),
-                created: text(&r.created),
-                end_date: date(&r.end_date),
-            },
-            order: OrderFacts {
-                uuid: o.map(|o| o.uuid.clone()).unwrap_or_default(),
-                order_type: o.map(|o| o.order_type.clone()).unwrap_or_default(),
-                state: o.map(|o| o.state.clone()).unwrap_or_default(),
-                created: o.map(|o| text(&o.created)).unwrap_or_default(),
-            },
-            offering: OfferingFacts {
-                uuid: pick(&r.offering_uuid, o.map(|o| &o.offering_uuid)),
-                name: pick(&r.offering_name, o.map(|o| &o.offering_name)),
-                offering_type: pick(&r.offering_type, o.map(|o| &o.offering_type)),
-                provider_uuid: pick(&r.provider_uuid, o.map(|o| &o.provider_uuid)),
-                provider_name: pick(&r.provider_name, o.map(|o| &o.provider_name)),
-            },
-            plan: PlanFacts {
-                uuid: pick(&r.plan_uuid, o.map(|o| &o.plan_uuid)),
-                name: pick(&r.plan_name, o.map(|o| &o.plan_name)),
-            },
-            project: ProjectFacts {
-                uuid: pick(&r.project_uuid, o.map(|o| &o.project_uuid)),
-                name: pick(&r.project_name, o.map(|o| &o.project_name)),
-                slug: pick(&r.project_slug, o.map(|o| &o.project_slug)),
-                end_date: date(&r.project_end_date),
-            },
-            customer: CustomerFacts {
-                uuid: pick(&r.customer_uuid, o.map(|o| &o.customer_uuid)),
-                name: pick(&r.customer_name, o.map(|o| &o.customer_name)),
-                slug: pick(&r.customer_slug, o.map(|o| &o.customer_slug)),
-                abbreviation: customer.map(|c| text(&c.abbreviation)).unwrap_or_default(),
-                country: customer.map(|c| text(&c.country)).unwrap_or_default(),
-            },
-            limits,
-            attributes,
-            created_by: UserFacts {
-                username: o.map(|o| text(&o.created_by_username)).unwrap_or_default(),
-                full_name: o.map(|o| text(&o.created_by_full_name)).unwrap_or_default(),
-            },
-            granted: Default::default(),
-        }
-    }
 }
 
 /// One page of a list, with the URL of the next page if any.
@@ -270,7 +293,7 @@ pub struct PuhuriClient {
     http: reqwest::Client,
     base: String,
     api: ApiGeneration,
-    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    observer: Option<std::sync::Arc<dyn CallObserver>>,
 }
 
 impl std::fmt::Debug for PuhuriClient {
@@ -284,16 +307,22 @@ impl std::fmt::Debug for PuhuriClient {
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the Puhuri Core client: {0}")]
-pub struct BuildError(String);
+pub enum BuildError {
+    #[error(
+        "cannot build the Puhuri Core client: the token contains characters not allowed in a header"
+    )]
+    TokenNotAHeader,
+    #[error("cannot build the Puhuri Core client")]
+    Http(#[source] reqwest::Error),
+}
 
 impl PuhuriClient {
-    pub fn new(config: &PuhuriConfig) -> Result<PuhuriClient, BuildError> {
+    /// A client for `config.url` authenticating with `token` (sent only in the
+    /// `Authorization` header, marked sensitive).
+    pub fn new(config: &ClientConfig, token: &str) -> Result<PuhuriClient, BuildError> {
         let mut headers = HeaderMap::new();
-        let mut auth =
-            HeaderValue::from_str(&format!("Token {}", config.token.expose())).map_err(|_| {
-                BuildError("the token contains characters not allowed in a header".into())
-            })?;
+        let mut auth = HeaderValue::from_str(&format!("Token {token}"))
+            .map_err(|_| BuildError::TokenNotAHeader)?;
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
         let http = reqwest::Client::builder()
@@ -304,22 +333,27 @@ impl PuhuriClient {
             .pool_max_idle_per_host(64)
             .user_agent(concat!("puhuri-approver/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| BuildError(e.to_string()))?;
+            .map_err(BuildError::Http)?;
         Ok(PuhuriClient {
             http,
             base: config.url.clone(),
             api: config.api,
-            metrics: None,
+            observer: None,
         })
     }
 
-    /// Counts every call (by operation and status) and its latency in `metrics`.
-    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Tells `observer` of every call (by operation and status) and its latency.
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
-    fn record(&self, operation: &str, status: Option<StatusCode>, started: std::time::Instant) {
+    fn record(
+        &self,
+        operation: &'static str,
+        status: Option<StatusCode>,
+        started: std::time::Instant,
+    ) {
         let elapsed = started.elapsed();
         // Runs inside the caller's span (a notification's id, or the reconcile cycle).
         tracing::debug!(
@@ -328,8 +362,8 @@ impl PuhuriClient {
             elapsed_ms = elapsed.as_millis() as u64,
             "Puhuri Core call"
         );
-        if let Some(metrics) = &self.metrics {
-            metrics.puhuri_call(operation, status.map(|s| s.as_u16()), elapsed);
+        if let Some(observer) = &self.observer {
+            observer.observe(operation, status.map(|s| s.as_u16()), elapsed);
         }
     }
 
@@ -343,7 +377,7 @@ impl PuhuriClient {
 
     async fn call(
         &self,
-        operation: &str,
+        operation: &'static str,
         method: Method,
         url: &str,
         body: Option<&Value>,
@@ -361,7 +395,7 @@ impl PuhuriClient {
         let response = sent.map_err(|error| {
             self.record(operation, None, started);
             PuhuriError::Transient {
-                operation: operation.to_owned(),
+                operation,
                 detail: describe_reqwest_error(&error),
                 retry_after: None,
             }
@@ -384,7 +418,7 @@ impl PuhuriClient {
 
     async fn get_json<T: DeserializeOwned>(
         &self,
-        operation: &str,
+        operation: &'static str,
         path: &str,
     ) -> Result<T, PuhuriError> {
         let response = self
@@ -394,7 +428,7 @@ impl PuhuriClient {
             .json::<T>()
             .await
             .map_err(|error| PuhuriError::Transient {
-                operation: operation.to_owned(),
+                operation,
                 detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
                 retry_after: None,
             })
@@ -402,7 +436,7 @@ impl PuhuriClient {
 
     async fn post(
         &self,
-        operation: &str,
+        operation: &'static str,
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, PuhuriError> {
@@ -425,7 +459,7 @@ impl PuhuriClient {
         format!("{}{uuid}/", self.resources_path())
     }
 
-    pub async fn get_order(&self, uuid: &WaldurUuid) -> Result<Order, PuhuriError> {
+    pub async fn get_order(&self, uuid: &OrderUuid) -> Result<Order, PuhuriError> {
         self.get_json("get order", &format!("marketplace-orders/{uuid}/"))
             .await
     }
@@ -443,9 +477,8 @@ impl PuhuriClient {
             (None, Some(order_uuid)) => {
                 let fetched = self.get_order(order_uuid).await?;
                 let Some(resource) = fetched.marketplace_resource_uuid.clone() else {
-                    return Err(PuhuriError::Permanent {
-                        operation: "get order".into(),
-                        status: 200,
+                    return Err(PuhuriError::Unusable {
+                        operation: "get order",
                         detail: format!("order {order_uuid} names no marketplace resource"),
                     });
                 };
@@ -453,10 +486,9 @@ impl PuhuriClient {
                 resource
             }
             (None, None) => {
-                return Err(PuhuriError::Permanent {
-                    operation: "fetch allocation".into(),
-                    status: 0,
-                    detail: "the notification names no allocation".into(),
+                return Err(PuhuriError::Unusable {
+                    operation: "fetch allocation",
+                    detail: "the hint names no allocation".into(),
                 });
             }
         };
@@ -594,7 +626,7 @@ impl PuhuriClient {
             .json::<Vec<T>>()
             .await
             .map_err(|error| PuhuriError::Transient {
-                operation: "list".into(),
+                operation: "list",
                 detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
                 retry_after: None,
             })?;
@@ -629,15 +661,15 @@ impl PuhuriClient {
                 .and_then(WaldurUuid::parse);
             let hint = match self.api {
                 ApiGeneration::Orders => AllocationHint {
-                    order_uuid: uuid,
+                    order_uuid: uuid.map(OrderUuid::from),
                     resource_uuid: item
                         .get("marketplace_resource_uuid")
                         .and_then(Value::as_str)
-                        .and_then(WaldurUuid::parse),
+                        .and_then(ResourceUuid::parse),
                 },
                 ApiGeneration::Resources => AllocationHint {
                     order_uuid: None,
-                    resource_uuid: uuid,
+                    resource_uuid: uuid.map(ResourceUuid::from),
                 },
             };
             if hint.order_uuid.is_some() || hint.resource_uuid.is_some() {
@@ -728,10 +760,7 @@ impl PuhuriClient {
     }
 
     /// The members of the allocation's project with their roles.
-    pub async fn team(
-        &self,
-        resource_uuid: &str,
-    ) -> Result<Vec<crate::team::TeamMember>, PuhuriError> {
+    pub async fn team(&self, resource_uuid: &str) -> Result<Vec<TeamMember>, PuhuriError> {
         self.get_json(
             "team",
             &format!("{}team/", self.resource_path(resource_uuid)),
@@ -743,7 +772,7 @@ impl PuhuriClient {
     pub async fn list_approved(
         &self,
         offering_uuid: Option<&str>,
-    ) -> Result<(Vec<crate::team::TeamAllocation>, usize), PuhuriError> {
+    ) -> Result<(Vec<ResourceSummary>, usize), PuhuriError> {
         let path = self.resources_path();
         let mut pairs = vec![("state", "OK"), ("state", "Updating"), ("page_size", "100")];
         if let Some(offering) = offering_uuid {
@@ -769,7 +798,7 @@ impl PuhuriClient {
         let allocations = items
             .iter()
             .filter_map(|item| {
-                Some(crate::team::TeamAllocation {
+                Some(ResourceSummary {
                     resource_uuid: text(item, "uuid")?,
                     backend_id: text(item, "backend_id"),
                     project_uuid: text(item, "project_uuid"),
@@ -781,29 +810,18 @@ impl PuhuriClient {
         Ok((allocations, calls))
     }
 
-    /// What the provider granted the organisation and the project already: the limits of
-    /// their allocations in state `OK` or `Updating` that the token sees, summed per
-    /// component, without `exclude` (the allocation being decided). One paginated list.
-    pub async fn granted(
+    /// The allocations the provider granted the organisation already: those in state
+    /// `OK` or `Updating` that the token sees, with their project and limits. One
+    /// paginated list.
+    pub async fn list_granted(
         &self,
-        customer_uuid: &str,
-        project_uuid: &str,
-        exclude: &str,
-    ) -> Result<crate::policy::GrantedFacts, PuhuriError> {
-        if WaldurUuid::parse(customer_uuid).is_none() {
-            return Err(PuhuriError::Permanent {
-                operation: "granted".into(),
-                status: 0,
-                detail:
-                    "the allocation names no organisation, so what it was granted cannot be summed"
-                        .into(),
-            });
-        }
+        customer_uuid: &WaldurUuid,
+    ) -> Result<Vec<GrantedResource>, PuhuriError> {
         let path = self.resources_path();
         let url = self.query_url(
             path,
             &[
-                ("customer_uuid", customer_uuid),
+                ("customer_uuid", customer_uuid.as_str()),
                 ("state", "OK"),
                 ("state", "Updating"),
                 ("page_size", "100"),
@@ -813,48 +831,51 @@ impl PuhuriClient {
             ],
         );
         let (items, _): (Vec<Value>, usize) = self.list_all(url).await?;
-        let mut granted = crate::policy::GrantedFacts::default();
-        for item in items {
-            if item.get("uuid").and_then(Value::as_str) == Some(exclude) {
-                continue;
-            }
-            let same_project =
-                item.get("project_uuid").and_then(Value::as_str) == Some(project_uuid);
-            let Some(limits) = item.get("limits").and_then(Value::as_object) else {
-                continue;
-            };
-            for (component, amount) in limits {
-                let Some(amount) = amount.as_f64() else {
-                    continue;
-                };
-                *granted.customer.entry(component.clone()).or_default() += amount;
-                if same_project {
-                    *granted.project.entry(component.clone()).or_default() += amount;
-                }
-            }
-        }
-        Ok(granted)
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let uuid = item.get("uuid").and_then(Value::as_str)?.to_owned();
+                let project_uuid = item
+                    .get("project_uuid")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let limits = item
+                    .get("limits")
+                    .and_then(Value::as_object)
+                    .map(|limits| {
+                        limits
+                            .iter()
+                            .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(GrantedResource {
+                    uuid,
+                    project_uuid,
+                    limits,
+                })
+            })
+            .collect())
     }
 
     /// The one allocation a uuid or a `backend_id` names; `Ok(Err(why))` when there is
     /// none the token sees, or several. A terminated predecessor that had the same
     /// backend_id does not count.
-    pub async fn find_allocation(
+    pub async fn find_resource(
         &self,
-        allocation: &crate::usage::AllocationRef,
-    ) -> Result<Result<Resource, String>, PuhuriError> {
-        use crate::usage::AllocationRef;
+        allocation: &ResourceRef,
+    ) -> Result<Result<Resource, NotFound>, PuhuriError> {
         let backend_id = match allocation {
-            AllocationRef::Uuid(uuid) => {
-                return match self.get_resource(&uuid.to_string()).await {
+            ResourceRef::Uuid(uuid) => {
+                return match self.get_resource(uuid.as_str()).await {
                     Ok(resource) => Ok(Ok(resource)),
-                    Err(PuhuriError::Permanent { status: 404, .. }) => Ok(Err(format!(
-                        "no allocation has uuid {uuid} (or this token may not see it)"
-                    ))),
+                    Err(PuhuriError::Permanent { status: 404, .. }) => {
+                        Ok(Err(NotFound::Uuid(uuid.clone())))
+                    }
                     Err(error) => Err(error),
                 };
             }
-            AllocationRef::BackendId(backend_id) => backend_id,
+            ResourceRef::BackendId(backend_id) => backend_id,
         };
         let url = self.query_url(
             self.resources_path(),
@@ -872,12 +893,11 @@ impl PuhuriClient {
         }
         Ok(match live.len() {
             1 => Ok(live.remove(0)),
-            0 => Err(format!(
-                "no allocation has backend_id `{backend_id}` (or this token may not see it)"
-            )),
-            n => Err(format!(
-                "{n} allocations have backend_id `{backend_id}`; name it by its uuid"
-            )),
+            0 => Err(NotFound::BackendId(backend_id.clone())),
+            count => Err(NotFound::Ambiguous {
+                backend_id: backend_id.clone(),
+                count,
+            }),
         })
     }
 
@@ -967,13 +987,13 @@ impl PuhuriClient {
     }
 }
 
-fn order_uuid<'a>(fetched: &'a Fetched, operation: &str) -> Result<&'a str, PuhuriError> {
+fn order_uuid<'a>(fetched: &'a Fetched, operation: &'static str) -> Result<&'a str, PuhuriError> {
     fetched
         .order
         .as_ref()
         .map(|o| o.uuid.as_str())
         .ok_or_else(|| PuhuriError::Permanent {
-            operation: operation.to_owned(),
+            operation,
             status: 0,
             detail: "the allocation has no creation order".into(),
         })
@@ -997,13 +1017,12 @@ pub fn link_with_rel(header: &str, rel: &str) -> Option<String> {
 }
 
 fn classify(
-    operation: &str,
+    operation: &'static str,
     status: StatusCode,
     detail: String,
     body: &str,
     retry_after: Option<Duration>,
 ) -> PuhuriError {
-    let operation = operation.to_owned();
     match status.as_u16() {
         409 => PuhuriError::Conflict { operation, detail },
         // The 2021 API answers a wrong state with 400 and this message.
@@ -1033,7 +1052,7 @@ fn summarize_body(status: StatusCode, text: &str) -> String {
 }
 
 /// reqwest's errors carry the URL (never the token); keep the kind and the URL path.
-pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
+pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

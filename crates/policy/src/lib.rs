@@ -16,7 +16,6 @@
 pub mod allocation;
 pub mod cases;
 mod check;
-pub mod reload;
 pub mod template;
 
 use std::fmt;
@@ -271,7 +270,8 @@ fn when_line(text: &str, rule_span: std::ops::Range<usize>) -> usize {
     line_of(text, start)
 }
 
-fn version_of(text: &str) -> Arc<str> {
+/// The version of a policy text: a digest of its bytes, as [`Policy::version`] reports it.
+pub fn version_of(text: &str) -> Arc<str> {
     let digest = Sha256::digest(text.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}").into()

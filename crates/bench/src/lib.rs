@@ -1,8 +1,8 @@
-//! `puhuri-approver bench`: measured speed of the whole path, with a broker baseline
+//! `puhuri-bench`: measured speed of the whole path, with a broker baseline
 //! measured in the same run.
 //!
 //! The bench process runs the Puhuri Core simulator and an open-loop load generator; the
-//! service runs as a child process (`puhuri-approver serve` from this executable, with a
+//! service runs as a child process (`puhuri-approver serve`, the executable beside this one, with a
 //! generated config), so its RSS and CPU time are read from `/proc/<pid>` apart from the
 //! generator's. Per queue backend it measures, in order:
 //! 1. idle RSS once the service is ready;
@@ -38,10 +38,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::notification::{AllocationHint, Envelope, WaldurUuid, WorkItem};
-use crate::secret::Secret;
-use crate::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
-use crate::sim::{Faults, NewAllocation, Sim, SimConfig};
+use puhuri_approver::notification::{AllocationHint, Envelope, WaldurUuid, WorkItem};
+use puhuri_auth::Secret;
+use puhuri_auth::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
+use puhuri_sim::{Faults, NewAllocation, Sim, SimConfig};
 use stats::Summary;
 
 /// Which queue backends to measure.
@@ -81,7 +81,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_OPEN_REQUESTS: usize = 4096;
 /// Kernel clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
 const CLOCK_TICKS: f64 = 100.0;
-const EXAMPLE_POLICY: &str = include_str!("../../deploy/local/policy.toml");
+const EXAMPLE_POLICY: &str = include_str!("../../../deploy/local/policy.toml");
 
 /// The whole report, as written to `--json`.
 #[derive(Debug, Serialize)]
@@ -271,8 +271,8 @@ fn queue_message_size_body() -> Vec<u8> {
         source: "bench".into(),
         event_type: "allocation.created".into(),
         hint: AllocationHint {
-            order_uuid: uuid(),
-            resource_uuid: uuid(),
+            order_uuid: uuid().map(Into::into),
+            resource_uuid: uuid().map(Into::into),
         },
         received_at_ms: 1_764_201_600_000,
     };
@@ -299,7 +299,7 @@ impl BenchEnv {
     }
 }
 
-impl crate::config::Environment for BenchEnv {
+impl puhuri_approver::config::Environment for BenchEnv {
     fn get(&self, name: &str) -> Option<String> {
         self.vars()
             .iter()
@@ -363,7 +363,7 @@ struct Service {
 
 impl Service {
     fn start(cx: &Context_, config: &Path, dir: &Path) -> anyhow::Result<Service> {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let exe = service_executable()?;
         let stderr = dir.join("service.log");
         let log = std::fs::File::create(&stderr)?;
         let mut command = Command::new(exe);
@@ -541,13 +541,13 @@ async fn run_backend(
 /// The retry tiers are those of the service's config (the defaults), so that every tier
 /// queue it declared is found by name.
 async fn delete_rabbit_topology(options: &BenchOptions, cx: &Context_, prefix: &str) {
-    let retry_delays = match crate::config::Config::parse("", "<bench>", &cx.env) {
+    let retry_delays = match puhuri_approver::config::Config::parse("", "<bench>", &cx.env) {
         Ok(config) => config.worker.retry_delays,
         Err(_) => return,
     };
     let stop = CancellationToken::new();
-    let broker = crate::queue::Broker::start_rabbit(
-        &crate::config::AmqpConfig {
+    let broker = puhuri_approver::queue::Broker::start_rabbit(
+        &puhuri_approver::config::AmqpConfig {
             url: options.amqp_url.clone(),
             prefix: prefix.to_owned(),
             publish_channels: 1,
@@ -852,15 +852,19 @@ async fn reconcile(options: &BenchOptions, cx: &Context_) -> anyhow::Result<Reco
             .replace('"', "\\\""),
         cx.sim_addr
     );
-    let config = crate::config::Config::parse(&config_text, "<bench>", &cx.env)?;
-    let client = crate::puhuri::PuhuriClient::new(&config.puhuri)?;
+    let config = puhuri_approver::config::Config::parse(&config_text, "<bench>", &cx.env)?;
+    let client = config.puhuri.client()?;
     let list_started = Instant::now();
     let (_, list_calls) = client.list_pending(None).await?;
     let list_secs = list_started.elapsed().as_secs_f64();
     let stop = CancellationToken::new();
-    let broker = crate::app::open_queue(&config, stop.clone())?;
-    let reconciler =
-        crate::reconciler::Reconciler::new(client, broker, Vec::new(), config.reconcile.clone());
+    let broker = puhuri_approver::app::open_queue(&config, stop.clone())?;
+    let reconciler = puhuri_approver::reconciler::Reconciler::new(
+        client,
+        broker,
+        Vec::new(),
+        config.reconcile.clone(),
+    );
     let cycle_started = Instant::now();
     let cycle = reconciler.run_cycle().await?;
     let cycle_secs = cycle_started.elapsed().as_secs_f64();
@@ -965,4 +969,21 @@ fn print_report(report: &BenchReport) {
             r.cycle_secs
         );
     }
+}
+
+/// The service executable: `PUHURI_APPROVER_BIN`, or `puhuri-approver` beside this one (both
+/// are built by `cargo build --release`).
+fn service_executable() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PUHURI_APPROVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let sibling = exe.with_file_name("puhuri-approver");
+    if !sibling.is_file() {
+        anyhow::bail!(
+            "{}: not found; build the service first (`cargo build --release`) or set PUHURI_APPROVER_BIN",
+            sibling.display()
+        );
+    }
+    Ok(sibling)
 }

@@ -1,0 +1,135 @@
+//! `puhuri-sim`: the Puhuri Core simulator as a process, for the demo scripts, manual tries
+//! and benchmarks. Tests start it in-process through the library instead.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use puhuri_auth::Secret;
+use puhuri_auth::signature::WebhookSecret;
+use puhuri_sim::{HookFormat, HookTarget, Sim, SimConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The Puhuri Core (Waldur) simulator: the service provider's API, both generations, and an
+/// admin API under `/admin/` to create allocations and inject faults.
+#[derive(Debug, Parser)]
+#[command(name = "puhuri-sim", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// File holding the API token the simulator accepts (`Authorization: Token <token>`);
+    /// otherwise env `PUHURI_SIM_TOKEN`, otherwise `sim-token`.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Announce each created allocation to this URL.
+    #[arg(long)]
+    hook_url: Option<String>,
+    /// Format of the announcement: Waldur's unsigned hook or a signed `allocation` notification.
+    #[arg(long, default_value = "allocation")]
+    hook_format: SimHookFormat,
+    /// File holding the secret that signs `allocation` announcements (`whsec_...`);
+    /// otherwise env `PUHURI_SIM_HOOK_SECRET`.
+    #[arg(long, value_name = "PATH")]
+    hook_secret_file: Option<PathBuf>,
+    /// Start with an empty catalogue instead of the default offerings and organisations.
+    #[arg(long)]
+    no_seed: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SimHookFormat {
+    WaldurHook,
+    Allocation,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let token = read_secret(args.token_file.as_deref(), "PUHURI_SIM_TOKEN")?
+        .unwrap_or_else(|| "sim-token".to_owned());
+    let hook = match args.hook_url {
+        None => None,
+        Some(url) => {
+            let format = match args.hook_format {
+                SimHookFormat::WaldurHook => HookFormat::WaldurHook,
+                SimHookFormat::Allocation => {
+                    let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?
+                        .context("`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks")?;
+                    let secret = WebhookSecret::parse(&secret)
+                        .map_err(|e| anyhow::anyhow!("the hook secret: {e}"))?;
+                    HookFormat::Allocation { secret }
+                }
+            };
+            Some(HookTarget { url, format })
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let sim = Sim::new(SimConfig {
+        tokens: vec![Secret::new(token)],
+        hook,
+        seed: !args.no_seed,
+        public_url: Some(format!("http://{addr}")),
+    });
+    tracing::info!(listen = %addr, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(sim.serve(listener, stop.clone()));
+    shutdown_signal().await;
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// A secret from a file (trimmed, not empty) or else from an environment variable.
+fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let value = text.trim();
+        if value.is_empty() {
+            bail!("{}: the file is empty", path.display());
+        }
+        return Ok(Some(value.to_owned()));
+    }
+    Ok(std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,121 @@
+//! The policy's view of an allocation, built from what the Puhuri Core client fetched.
+//!
+//! This is the one place where the client's wire types meet the policy's `Allocation`:
+//! the client knows nothing of the policy, the policy nothing of the wire.
+
+use std::collections::BTreeMap;
+
+use puhuri_client::{Customer, Fetched, GrantedResource};
+use puhuri_policy::GrantedFacts;
+use puhuri_policy::allocation::{
+    Allocation, CustomerFacts, OfferingFacts, OrderFacts, PlanFacts, ProjectFacts, ResourceFacts,
+    UserFacts,
+};
+
+/// The policy's view of the allocation. `customer` is the organisation's own record,
+/// fetched only when the policy reads what only it has (`customer.country`).
+pub fn allocation(fetched: &Fetched, customer: Option<&Customer>) -> Allocation {
+    let r = &fetched.resource;
+    let o = fetched.order.as_ref();
+    let pick = |a: &Option<String>, b: Option<&Option<String>>| -> String {
+        a.clone()
+            .filter(|a| !a.is_empty())
+            .or_else(|| b.and_then(|b| b.clone()))
+            .unwrap_or_default()
+    };
+    let text = |a: &Option<String>| a.clone().unwrap_or_default();
+    let limits_source = r
+        .limits
+        .as_ref()
+        .filter(|l| !l.is_empty())
+        .or_else(|| o.and_then(|o| o.limits.as_ref()));
+    let limits: BTreeMap<String, f64> = limits_source
+        .map(|limits| {
+            limits
+                .iter()
+                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let attributes = o
+        .and_then(|o| o.attributes.clone())
+        .filter(|a| !a.is_empty())
+        .or_else(|| r.attributes.clone())
+        .unwrap_or_default();
+    let date = |d: &Option<String>| d.clone().filter(|d| !d.is_empty());
+    Allocation {
+        resource: ResourceFacts {
+            uuid: r.uuid.clone(),
+            name: pick(&r.name, o.map(|o| &o.resource_name)),
+            slug: text(&r.slug),
+            state: r.state.clone(),
+            backend_id: text(&r.backend_id),
+            created: text(&r.created),
+            end_date: date(&r.end_date),
+        },
+        order: OrderFacts {
+            uuid: o.map(|o| o.uuid.clone()).unwrap_or_default(),
+            order_type: o.map(|o| o.order_type.clone()).unwrap_or_default(),
+            state: o.map(|o| o.state.clone()).unwrap_or_default(),
+            created: o.map(|o| text(&o.created)).unwrap_or_default(),
+        },
+        offering: OfferingFacts {
+            uuid: pick(&r.offering_uuid, o.map(|o| &o.offering_uuid)),
+            name: pick(&r.offering_name, o.map(|o| &o.offering_name)),
+            offering_type: pick(&r.offering_type, o.map(|o| &o.offering_type)),
+            provider_uuid: pick(&r.provider_uuid, o.map(|o| &o.provider_uuid)),
+            provider_name: pick(&r.provider_name, o.map(|o| &o.provider_name)),
+        },
+        plan: PlanFacts {
+            uuid: pick(&r.plan_uuid, o.map(|o| &o.plan_uuid)),
+            name: pick(&r.plan_name, o.map(|o| &o.plan_name)),
+        },
+        project: ProjectFacts {
+            uuid: pick(&r.project_uuid, o.map(|o| &o.project_uuid)),
+            name: pick(&r.project_name, o.map(|o| &o.project_name)),
+            slug: pick(&r.project_slug, o.map(|o| &o.project_slug)),
+            end_date: date(&r.project_end_date),
+        },
+        customer: CustomerFacts {
+            uuid: pick(&r.customer_uuid, o.map(|o| &o.customer_uuid)),
+            name: pick(&r.customer_name, o.map(|o| &o.customer_name)),
+            slug: pick(&r.customer_slug, o.map(|o| &o.customer_slug)),
+            abbreviation: customer.map(|c| text(&c.abbreviation)).unwrap_or_default(),
+            country: customer.map(|c| text(&c.country)).unwrap_or_default(),
+        },
+        limits,
+        attributes,
+        created_by: UserFacts {
+            username: o.map(|o| text(&o.created_by_username)).unwrap_or_default(),
+            full_name: o.map(|o| text(&o.created_by_full_name)).unwrap_or_default(),
+        },
+        granted: Default::default(),
+    }
+}
+
+/// What the provider granted the organisation and the project already, summed per
+/// component over `granted`, without `exclude` (the allocation being decided).
+pub fn granted(granted: &[GrantedResource], project_uuid: &str, exclude: &str) -> GrantedFacts {
+    let mut facts = GrantedFacts::default();
+    for resource in granted.iter().filter(|r| r.uuid != exclude) {
+        let same_project = resource.project_uuid.as_deref() == Some(project_uuid);
+        for (component, amount) in &resource.limits {
+            *facts.customer.entry(component.clone()).or_default() += amount;
+            if same_project {
+                *facts.project.entry(component.clone()).or_default() += amount;
+            }
+        }
+    }
+    facts
+}
+
+/// The access report a rule rendered, as Puhuri Core takes it.
+pub fn report(sections: &[puhuri_policy::ReportSection]) -> Vec<puhuri_client::ReportSection> {
+    sections
+        .iter()
+        .map(|section| puhuri_client::ReportSection {
+            header: section.header.clone(),
+            body: section.body.clone(),
+        })
+        .collect()
+}
