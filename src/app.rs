@@ -16,12 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, QueueChoice};
 use crate::metrics::Metrics;
-use crate::queue::Broker;
 use crate::receiver::{self, ReceiverStats};
 use crate::reconciler::Reconciler;
 use crate::team::TeamWatcher;
 use crate::worker::Worker;
 use puhuri_policy::Policy;
+use puhuri_queue::Broker;
 
 /// Which roles run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, Roles};
 use crate::config::{Config, ProcessEnv};
 use crate::reload::{self, PolicyFile};
+use crate::work::Work;
 use puhuri_auth::signature::{self, GithubSecret, WebhookSecret};
 use puhuri_client::{Fetched, Resource};
 use puhuri_policy::cases::Cases;
@@ -669,7 +670,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
 async fn connect_broker(
     config: &Config,
     stop: &CancellationToken,
-) -> anyhow::Result<crate::queue::Broker> {
+) -> anyhow::Result<puhuri_queue::Broker> {
     let broker = app::open_queue(config, stop.clone())?;
     let connected = tokio::time::timeout(
         std::time::Duration::from_secs(15),
@@ -804,12 +805,12 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                     "ID", "ATTEMPTS", "ALLOCATION"
                 );
                 for letter in &letters {
-                    let allocation = match &letter.item {
-                        Some(item) => item.hint.key(),
-                        None => match crate::usage::UsageRecord::decode(&letter.body) {
-                            Ok(record) => format!("usage {} {}", record.allocation, record.month),
-                            Err(_) => "(undecodable)".into(),
-                        },
+                    let allocation = match crate::work::dead(letter) {
+                        Ok(Work::Allocation(item)) => item.hint.key(),
+                        Ok(Work::Usage(record)) => {
+                            format!("usage {} {}", record.allocation, record.month)
+                        }
+                        Err(_) => "(undecodable)".into(),
                     };
                     let reason: String = letter
                         .reasons
@@ -832,7 +833,7 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                 Some(letter) => {
                     println!("id:        {}", letter.message_id);
                     println!("attempts:  {}", letter.attempts);
-                    if let Some(item) = &letter.item {
+                    if let Ok(Work::Allocation(item)) = crate::work::dead(letter) {
                         println!("source:    {}", item.source);
                         println!("event:     {}", item.event_type);
                         if let Some(order) = &item.hint.order_uuid {
@@ -864,11 +865,11 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
 
 /// Replays (`replay`) or purges one dead letter (`id`) or all of them.
 async fn settle_dead(
-    broker: &crate::queue::Broker,
+    broker: &puhuri_queue::Broker,
     id: Option<String>,
     replay: bool,
 ) -> anyhow::Result<()> {
-    use crate::queue::Select;
+    use puhuri_queue::Select;
     let verb = if replay { "replayed" } else { "purged" };
     let select = id.as_deref().map(Select::One).unwrap_or(Select::All);
     let done = broker

@@ -135,17 +135,7 @@ impl Default for ReceiverConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct AmqpConfig {
-    /// Holds credentials, so it is kept as a secret.
-    pub url: Secret,
-    pub prefix: String,
-    pub publish_channels: usize,
-    pub confirm_timeout: Duration,
-    /// Declare the topology at connect (`true`), or only check that an operator
-    /// pre-declared it (passive declarations, no `configure` permission needed).
-    pub declare: bool,
-}
+pub use puhuri_queue::AmqpConfig;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::queue::Broker;
+use puhuri_queue::Broker;
 
 /// Notifications answered by the receiver: `source`, `outcome` (`accepted`, `ignored`,
 /// `duplicate`, `rejected`, `unavailable`) and `cause` (the problem type for refusals,

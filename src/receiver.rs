@@ -39,8 +39,8 @@ use crate::config::{Config, ReceiverConfig, SourceAuth, SourceConfig};
 use crate::limits::{ReplayCache, Reserve, TokenBucket};
 use crate::metrics::Metrics;
 use crate::notification::{Parsed, WorkItem, derived_id, parse_payload};
-use crate::queue::{Broker, PublishError};
 use puhuri_auth::signature::{self, GithubHeaders, SignedHeaders, VerifyError};
+use puhuri_queue::{Broker, PublishError};
 
 /// The largest body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -155,7 +155,7 @@ pub trait Publisher: Send + Sync + 'static {
 
 impl Publisher for Broker {
     fn publish<'a>(&'a self, item: &'a WorkItem) -> PublishFuture<'a> {
-        Box::pin(self.publish_notification(item))
+        Box::pin(crate::work::publish_notification(self, item))
     }
 
     fn is_connected(&self) -> bool {

@@ -17,8 +17,8 @@ use tracing::Instrument;
 use crate::config::ReconcileConfig;
 use crate::metrics::Metrics;
 use crate::notification::WorkItem;
-use crate::queue::{Broker, PublishError};
 use puhuri_client::{PuhuriClient, PuhuriError};
+use puhuri_queue::{Broker, PublishError};
 
 /// Publishes in flight at once while enqueueing one cycle's allocations.
 const ENQUEUE_CONCURRENCY: usize = 64;
@@ -140,7 +140,7 @@ impl Reconciler {
         // counts as enqueued, and is remembered, only once its publish is confirmed.
         let mut publishes = futures_util::stream::iter(items)
             .map(|(key, item)| async move {
-                let result = self.broker.publish_notification(&item).await;
+                let result = crate::work::publish_notification(&self.broker, &item).await;
                 (key, result)
             })
             .buffer_unordered(ENQUEUE_CONCURRENCY);

@@ -23,8 +23,8 @@ use tracing::Instrument;
 
 use crate::config::TeamConfig;
 use crate::metrics::Metrics;
-use crate::queue::Broker;
 use puhuri_client::{PuhuriClient, PuhuriError};
+use puhuri_queue::Broker;
 
 /// The event's schema version.
 pub const TEAM_EVENT_VERSION: u32 = 1;

@@ -24,10 +24,12 @@ use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
-use crate::queue::{Broker, Delivery, Message, Retried};
+use puhuri_queue::{Broker, Delivery, Retried};
+
 use crate::reload::ReloadCounters;
 use crate::team::{ResourceSummary, TeamEvent};
 use crate::usage::report::{UsageReporter, UsageSettled};
+use crate::work::Work;
 use puhuri_client::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
 use puhuri_policy::{Action, Policy, Verdict};
 
@@ -332,15 +334,14 @@ impl Worker {
     }
 
     async fn handle(&self, delivery: Delivery) {
-        let item = match &delivery.item {
-            Ok(Message::Allocation(item)) => item.clone(),
-            Ok(Message::Usage(record)) => {
-                let record = record.clone();
+        let item = match crate::work::delivered(&delivery) {
+            Ok(Work::Allocation(item)) => item,
+            Ok(Work::Usage(record)) => {
                 self.usage.add(record, delivery);
                 return;
             }
-            Err(reason) => {
-                let reason = reason.clone();
+            Err(error) => {
+                let reason = error.to_string();
                 tracing::error!(message_id = %delivery.message_id, error = %reason, "dead-lettering an undecodable message");
                 if let Err(error) = delivery.dead_letter(&reason).await {
                     tracing::warn!(error = %error, "cannot dead-letter; it will be redelivered");
@@ -713,7 +714,7 @@ impl Worker {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
         };
-        if let Err(error) = self.broker.publish_notification(&follow_up).await {
+        if let Err(error) = crate::work::publish_notification(&self.broker, &follow_up).await {
             tracing::error!(error = %error, "the access report follow-up could not be queued; the report is missing until this allocation is processed again");
         }
     }

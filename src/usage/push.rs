@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::UsageRecord;
-use crate::queue::{Broker, PublishError};
+use puhuri_queue::{Broker, PublishError};
 
 /// Publishes in flight at once.
 const CONCURRENCY: usize = 64;
@@ -83,7 +83,7 @@ pub async fn push(broker: &Broker, records: &[(usize, UsageRecord)]) -> PushSumm
             let result = match body {
                 Ok(body) => {
                     broker
-                        .publish_usage(&body, &message_id(record, &body))
+                        .publish_work(puhuri_queue::Kind::Usage, &message_id(record, &body), &body)
                         .await
                 }
                 Err(error) => Err(error),

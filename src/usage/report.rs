@@ -24,9 +24,9 @@ use super::{
 };
 use crate::config::{UsageConfig, WorkerConfig};
 use crate::metrics::Metrics;
-use crate::queue::{Delivery, Retried};
 use crate::worker::ProcessError;
 use puhuri_client::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
+use puhuri_queue::{Delivery, Retried};
 
 /// How long an offering's components are remembered.
 const OFFERING_TTL: Duration = Duration::from_secs(300);
@@ -83,7 +83,7 @@ pub struct UsageReporter {
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Where `usage.reported` events go.
-    broker: crate::queue::Broker,
+    broker: puhuri_queue::Broker,
     settled: tokio::sync::broadcast::Sender<UsageSettled>,
     metrics: Arc<Metrics>,
 }
@@ -94,7 +94,7 @@ impl UsageReporter {
         config: UsageConfig,
         worker: WorkerConfig,
         metrics: Arc<Metrics>,
-        broker: crate::queue::Broker,
+        broker: puhuri_queue::Broker,
     ) -> UsageReporter {
         UsageReporter {
             client,

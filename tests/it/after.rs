@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use puhuri_approver::config::{Config, TeamConfig};
 use puhuri_approver::metrics::Metrics;
-use puhuri_approver::queue::Broker;
 use puhuri_approver::team::TeamWatcher;
 use puhuri_approver::usage::report::UsageSettled;
 use puhuri_approver::worker::Outcome;
 use puhuri_client::PuhuriClient;
+use puhuri_queue::Broker;
 use puhuri_sim::{CreatedAllocation, NewMember};
 use serde_json::{Value, json};
 
@@ -150,7 +150,7 @@ fn client_for(app: &TestApp) -> (Config, PuhuriClient) {
 }
 
 async fn next_event(broker: &Broker, queue: &str) -> Option<Value> {
-    let Broker::Rabbit(rabbit) = broker else {
+    let Some(rabbit) = broker.as_rabbit() else {
         panic!("events are read from RabbitMQ")
     };
     rabbit
@@ -173,7 +173,7 @@ fn usernames(members: &Value) -> Vec<String> {
 async fn team_events_follow_approval_and_member_changes() {
     let mut app = spawn_app(Options::default()).await;
     let broker = app.running.as_ref().expect("running").broker.clone();
-    let Broker::Rabbit(rabbit) = &broker else {
+    let Some(rabbit) = broker.as_rabbit() else {
         panic!("RabbitMQ backend")
     };
     let events = format!("{}.team-test", broker.topology().events_exchange());
@@ -273,13 +273,13 @@ async fn publish_usage(app: &TestApp, records: &[Value]) {
     let broker = &app.running.as_ref().expect("running").broker;
     for (i, record) in records.iter().enumerate() {
         let body = serde_json::to_vec(record).expect("json");
-        broker
-            .publish_usage(
-                &body,
-                &format!("usage-{}-{i}", uuid::Uuid::new_v4().simple()),
-            )
-            .await
-            .expect("usage record queued");
+        puhuri_approver::work::publish_usage(
+            &broker,
+            &body,
+            &format!("usage-{}-{i}", uuid::Uuid::new_v4().simple()),
+        )
+        .await
+        .expect("usage record queued");
     }
 }
 
@@ -362,7 +362,7 @@ async fn usage_is_aggregated_reported_and_unchanged_totals_skipped(backend: Back
     let mut settled = usage_events(&app);
     let broker = app.running.as_ref().expect("running").broker.clone();
     let events = format!("{}.usage-test", broker.topology().events_exchange());
-    if let Broker::Rabbit(rabbit) = &broker {
+    if let Some(rabbit) = broker.as_rabbit() {
         rabbit
             .bind_events_queue(&events, "usage.#")
             .await
@@ -472,13 +472,13 @@ async fn invalid_usage_records_are_dead_lettered_with_reasons(backend: Backend) 
     ];
     publish_usage(&app, &records).await;
     let broker = app.running.as_ref().expect("running").broker.clone();
-    broker
-        .publish_usage(
-            br#"{"backend_id":"x","component":"cpu_k_hours","amount":"-1","month":"2026-11"}"#,
-            "usage-negative",
-        )
-        .await
-        .expect("queued");
+    puhuri_approver::work::publish_usage(
+        &broker,
+        br#"{"backend_id":"x","component":"cpu_k_hours","amount":"-1","month":"2026-11"}"#,
+        "usage-negative",
+    )
+    .await
+    .expect("queued");
     // Three refused at once; the unapproved allocation is retried until attempts run out.
     let batches = usage_settled_until(&mut settled, |seen| {
         seen.iter().map(|s| s.dead_lettered.len()).sum::<usize>() >= 4

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use puhuri_approver::config::Config;
 use puhuri_approver::metrics::{METRIC_NAMES, is_exported};
-use puhuri_approver::queue::Topology;
+use puhuri_queue::Topology;
 use serde_json::Value;
 
 fn read(path: &str) -> String {
@@ -252,8 +252,8 @@ async fn a_pre_declared_topology_is_used_without_declaring() {
     use std::time::Duration;
 
     use puhuri_approver::config::AmqpConfig;
-    use puhuri_approver::queue::Broker;
     use puhuri_auth::secret::Secret;
+    use puhuri_queue::Broker;
     use tokio_util::sync::CancellationToken;
 
     let amqp = |declare: bool, prefix: &str| AmqpConfig {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use puhuri_approver::config::AmqpConfig;
 use puhuri_approver::notification::{AllocationHint, OrderUuid, WorkItem};
-use puhuri_approver::queue::{Broker, Deliveries, Delivery, Retried, Select};
 use puhuri_auth::secret::Secret;
+use puhuri_queue::{Broker, Deliveries, Delivery, Retried, Select};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, WAIT, amqp_url, temp_dir};
@@ -90,13 +90,15 @@ async fn publish_is_confirmed_consumed_and_acked_once(backend: Backend) {
     let harness = Harness::new(backend, vec![Duration::from_millis(100)]);
     let (broker, _stop) = harness.open().await;
     let sent = item("contract-1");
-    broker.publish_notification(&sent).await.expect("durable");
+    puhuri_approver::work::publish_notification(&broker, &sent)
+        .await
+        .expect("durable");
     assert_eq!(broker.work_depth().await.expect("depth"), 1);
     let mut broker_deliveries = consumer(&broker, 4).await;
     let delivery = next(&mut broker_deliveries).await;
     assert_eq!(
-        delivery.item.as_ref().ok(),
-        Some(&puhuri_approver::queue::Message::Allocation(sent.clone()))
+        puhuri_approver::work::delivered(&delivery).ok(),
+        Some(puhuri_approver::work::Work::Allocation(sent.clone()))
     );
     assert_eq!((delivery.attempts, delivery.redelivered), (0, false));
     assert_eq!(delivery.message_id, "contract-1");
@@ -110,7 +112,9 @@ async fn concurrent_publishes_are_all_confirmed(backend: Backend) {
     let (broker, _stop) = harness.open().await;
     let publishes = (0..200).map(|i| {
         let broker = broker.clone();
-        async move { broker.publish_notification(&item(&format!("m{i}"))).await }
+        async move {
+            puhuri_approver::work::publish_notification(&broker, &item(&format!("m{i}"))).await
+        }
     });
     let results = futures_util::future::join_all(publishes).await;
     assert!(results.iter().all(Result::is_ok), "every publish confirmed");
@@ -122,8 +126,7 @@ async fn an_unsettled_delivery_comes_back_after_a_crash(backend: Backend) {
     let harness = Harness::new(backend, vec![Duration::from_millis(100)]);
     let (first, first_stop) = harness.open().await;
     let mut first_deliveries = consumer(&first, 1).await;
-    first
-        .publish_notification(&item("crash-1"))
+    puhuri_approver::work::publish_notification(&first, &item("crash-1"))
         .await
         .expect("durable");
     let delivery = next(&mut first_deliveries).await;
@@ -147,8 +150,7 @@ async fn a_retry_waits_for_its_tier_and_keeps_its_history(backend: Backend) {
     let harness = Harness::new(backend, vec![delay]);
     let (broker, _stop) = harness.open().await;
     let mut broker_deliveries = consumer(&broker, 1).await;
-    broker
-        .publish_notification(&item("retry-1"))
+    puhuri_approver::work::publish_notification(&broker, &item("retry-1"))
         .await
         .expect("durable");
     let delivery = next(&mut broker_deliveries).await;
@@ -174,8 +176,7 @@ async fn the_last_attempt_dead_letters_and_replay_brings_it_back(backend: Backen
     let harness = Harness::new(backend, vec![Duration::from_millis(50)]);
     let (broker, _stop) = harness.open().await;
     let mut broker_deliveries = consumer(&broker, 1).await;
-    broker
-        .publish_notification(&item("dead-1"))
+    puhuri_approver::work::publish_notification(&broker, &item("dead-1"))
         .await
         .expect("durable");
     let first = next(&mut broker_deliveries).await;
@@ -197,7 +198,7 @@ async fn the_last_attempt_dead_letters_and_replay_brings_it_back(backend: Backen
         dead[0].reasons,
         vec!["first failure".to_owned(), "second failure".to_owned()]
     );
-    assert_eq!(dead[0].item.as_ref().map(|i| i.id.as_str()), Some("dead-1"));
+    assert_eq!(dead[0].message_id.as_str(), "dead-1");
 
     let replayed = broker
         .settle_dead_letters(Select::One("dead-1"), true, |_, _| {})
@@ -216,8 +217,7 @@ async fn purge_removes_dead_letters(backend: Backend) {
     let (broker, _stop) = harness.open().await;
     let mut broker_deliveries = consumer(&broker, 1).await;
     for id in ["p1", "p2"] {
-        broker
-            .publish_notification(&item(id))
+        puhuri_approver::work::publish_notification(&broker, &item(id))
             .await
             .expect("durable");
         next(&mut broker_deliveries)

@@ -232,8 +232,7 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     let broker = app.running.as_ref().expect("running").broker.clone();
     for (id, month) in [("usage-ok", month.as_str()), ("usage-closed", "2020-01")] {
         let record = json!({"backend_id": backend_id, "component": "cpu_k_hours", "amount": "1", "month": month});
-        broker
-            .publish_usage(record.to_string().as_bytes(), id)
+        puhuri_approver::work::publish_usage(&broker, record.to_string().as_bytes(), id)
             .await
             .expect("usage queued");
     }

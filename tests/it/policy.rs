@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use puhuri_approver::queue::Broker;
 use puhuri_approver::reload::{self, Applied, PolicyFile};
 use puhuri_approver::worker::{Disposition, Outcome};
 use puhuri_policy::Policy;
@@ -225,7 +224,7 @@ async fn shadow_mode_publishes_the_decision_and_writes_nothing() {
     })
     .await;
     let broker = app.running.as_ref().expect("running").broker.clone();
-    let Broker::Rabbit(rabbit) = &broker else {
+    let Some(rabbit) = broker.as_rabbit() else {
         panic!("the integration tests run on RabbitMQ")
     };
     let events = format!("{}.shadow-test", broker.topology().events_exchange());

@@ -546,7 +546,7 @@ async fn delete_rabbit_topology(options: &BenchOptions, cx: &Context_, prefix: &
         Err(_) => return,
     };
     let stop = CancellationToken::new();
-    let broker = puhuri_approver::queue::Broker::start_rabbit(
+    let broker = puhuri_queue::Broker::start_rabbit(
         &puhuri_approver::config::AmqpConfig {
             url: options.amqp_url.clone(),
             prefix: prefix.to_owned(),

@@ -17,8 +17,15 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use rusqlite::{Connection, params};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Kind, Progress, PublishError,
+    QueueError, Select, Settle, Topology,
+};
 
 /// Which queue a message is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +48,8 @@ impl Lane {
 pub enum StorageError {
     #[error("the embedded queue at `{path}` cannot be opened: {message}")]
     Open { path: String, message: String },
-    #[error("the embedded queue failed: {0}")]
-    Sqlite(String),
+    #[error("the embedded queue failed")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
     #[error("the embedded queue is closed")]
     Closed,
     #[error("the lease on this message has expired; it was or will be delivered again")]
@@ -51,7 +58,7 @@ pub enum StorageError {
 
 impl From<rusqlite::Error> for StorageError {
     fn from(error: rusqlite::Error) -> Self {
-        StorageError::Sqlite(error.to_string())
+        StorageError::Sqlite(Arc::new(error))
     }
 }
 
@@ -61,6 +68,7 @@ pub struct Claimed {
     pub id: i64,
     pub token: i64,
     pub message_id: String,
+    pub kind: Option<Kind>,
     pub body: Vec<u8>,
     pub attempts: u32,
     pub reasons: Vec<String>,
@@ -72,6 +80,7 @@ pub struct Claimed {
 pub struct StoredDeadLetter {
     pub id: i64,
     pub message_id: String,
+    pub kind: Option<Kind>,
     pub body: Vec<u8>,
     pub attempts: u32,
     pub reasons: Vec<String>,
@@ -85,6 +94,7 @@ type Answer = Box<dyn FnOnce(Option<&StorageError>) + Send>;
 enum Op {
     Publish {
         lane: Lane,
+        kind: Kind,
         message_id: String,
         body: Vec<u8>,
         attempts: u32,
@@ -215,9 +225,11 @@ impl EmbeddedQueue {
     }
 
     /// Stores a message durably; visible to consumers after `delay`.
+    #[allow(clippy::too_many_arguments)] // one row's columns, named at every call
     pub async fn publish(
         &self,
         lane: Lane,
+        kind: Kind,
         message_id: &str,
         body: &[u8],
         attempts: u32,
@@ -227,6 +239,7 @@ impl EmbeddedQueue {
         let available_at = now_ms() + delay.as_millis() as i64;
         self.call(|reply| Op::Publish {
             lane,
+            kind,
             message_id: message_id.to_owned(),
             body: body.to_vec(),
             attempts,
@@ -347,7 +360,7 @@ fn initialize(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(Duration::from_secs(10))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
-    connection.execute_batch(
+    let created = connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS messages (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              lane TEXT NOT NULL,
@@ -359,7 +372,8 @@ fn initialize(connection: &Connection) -> rusqlite::Result<()> {
              lease_until INTEGER,
              lease_token INTEGER,
              deliveries INTEGER NOT NULL DEFAULT 0,
-             enqueued_at INTEGER NOT NULL
+             enqueued_at INTEGER NOT NULL,
+             kind TEXT NOT NULL DEFAULT 'allocation'
          );
          CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id);
          CREATE TABLE IF NOT EXISTS events (
@@ -368,7 +382,31 @@ fn initialize(connection: &Connection) -> rusqlite::Result<()> {
              body BLOB NOT NULL,
              recorded_at INTEGER NOT NULL
          );",
-    )
+    );
+    created?;
+    add_kind_column(connection)
+}
+
+/// A database written before messages carried their kind gets the column, filled from
+/// each body once: work envelopes carry a version tag `v`, usage records never do.
+fn add_kind_column(connection: &Connection) -> rusqlite::Result<()> {
+    // Inside one immediate transaction, so that processes opening the folder together
+    // add it once.
+    let transaction =
+        rusqlite::Transaction::new_unchecked(connection, rusqlite::TransactionBehavior::Immediate)?;
+    let has_kind: bool = transaction.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'kind'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_kind {
+        transaction.execute_batch(
+            "ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'allocation';
+             UPDATE messages SET kind = 'usage'
+               WHERE json_valid(CAST(body AS TEXT)) AND json_type(CAST(body AS TEXT), '$.v') IS NULL;",
+        )?;
+    }
+    transaction.commit()
 }
 
 fn run_writer(mut connection: Connection, ops: mpsc::Receiver<Op>, lease_ms: i64) {
@@ -435,6 +473,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
     match op {
         Op::Publish {
             lane,
+            kind,
             message_id,
             body,
             attempts,
@@ -444,9 +483,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
         } => {
             let result = tx
                 .execute(
-                    "INSERT INTO messages (lane, message_id, body, attempts, reasons, available_at, enqueued_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![lane.as_str(), message_id, body, attempts, encode_reasons(&reasons), available_at, now],
+                    "INSERT INTO messages (lane, kind, message_id, body, attempts, reasons, available_at, enqueued_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![lane.as_str(), kind.as_str(), message_id, body, attempts, encode_reasons(&reasons), available_at, now],
                 )
                 .map(drop)
                 .map_err(StorageError::from);
@@ -602,7 +641,7 @@ fn claim(
              SELECT id FROM messages
              WHERE lane = 'work' AND available_at <= ?3 AND (lease_until IS NULL OR lease_until <= ?3)
              ORDER BY available_at, id LIMIT ?4)
-         RETURNING id, message_id, body, attempts, reasons, deliveries",
+         RETURNING id, message_id, body, attempts, reasons, deliveries, kind",
     )?;
     let rows = statement.query_map(params![now + lease_ms, token, now, limit as i64], |row| {
         Ok(Claimed {
@@ -613,6 +652,7 @@ fn claim(
             attempts: row.get::<_, i64>(3)?.max(0) as u32,
             reasons: decode_reasons(&row.get::<_, String>(4)?),
             redelivered: row.get::<_, i64>(5)? > 1,
+            kind: Kind::parse(&row.get::<_, String>(6)?),
         })
     })?;
     let mut claimed: Vec<Claimed> = rows.collect::<Result<_, _>>()?;
@@ -625,7 +665,7 @@ fn dead_letters(
     limit: usize,
 ) -> Result<Vec<StoredDeadLetter>, StorageError> {
     let mut statement = tx.prepare_cached(
-        "SELECT id, message_id, body, attempts, reasons FROM messages WHERE lane = 'dead' ORDER BY id LIMIT ?1",
+        "SELECT id, message_id, body, attempts, reasons, kind FROM messages WHERE lane = 'dead' ORDER BY id LIMIT ?1",
     )?;
     let rows = statement.query_map(params![limit.min(i64::MAX as usize) as i64], |row| {
         Ok(StoredDeadLetter {
@@ -634,6 +674,7 @@ fn dead_letters(
             body: row.get(2)?,
             attempts: row.get::<_, i64>(3)?.max(0) as u32,
             reasons: decode_reasons(&row.get::<_, String>(4)?),
+            kind: Kind::parse(&row.get::<_, String>(5)?),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -679,6 +720,242 @@ pub fn exists(dir: &Path) -> bool {
     dir.join("queue.sqlite3").exists()
 }
 
+/// The embedded backend: the queue and the retry schedule it applies. Cheap to clone.
+#[derive(Clone)]
+pub struct Embedded {
+    queue: EmbeddedQueue,
+    topology: Topology,
+}
+
+impl Embedded {
+    /// Opens the queue in `dir` (see [`EmbeddedQueue::open`]).
+    pub fn open(
+        dir: &Path,
+        retry_delays: Vec<Duration>,
+        lease: Duration,
+    ) -> Result<Embedded, StorageError> {
+        Ok(Embedded {
+            queue: EmbeddedQueue::open(dir, lease)?,
+            topology: Topology {
+                prefix: "embedded".into(),
+                retry_delays,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for Embedded {
+    fn describe(&self) -> String {
+        format!("embedded queue at `{}`", self.queue.path().display())
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn is_embedded(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    async fn wait_connected(&self, stop: &CancellationToken) -> bool {
+        !stop.is_cancelled()
+    }
+
+    async fn publish_work(
+        &self,
+        kind: Kind,
+        message_id: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        self.queue
+            .publish(Lane::Work, kind, message_id, body, 0, &[], Duration::ZERO)
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        _message_id: &str,
+    ) -> Result<(), PublishError> {
+        Ok(self.queue.record_event(routing_key, body).await?)
+    }
+
+    async fn consume(&self, prefetch: u16, stop: &CancellationToken) -> Option<Deliveries> {
+        if stop.is_cancelled() {
+            return None;
+        }
+        Some(Box::new(EmbeddedDeliveries {
+            embedded: self.clone(),
+            permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            buffer: std::collections::VecDeque::new(),
+        }))
+    }
+
+    async fn work_depth(&self) -> Result<u64, QueueError> {
+        Ok(self.queue.depth(Lane::Work).await?)
+    }
+
+    async fn dead_depth(&self) -> Result<u64, QueueError> {
+        Ok(self.queue.depth(Lane::Dead).await?)
+    }
+
+    async fn oldest_pending_ms(&self) -> Result<Option<i64>, QueueError> {
+        Ok(self.queue.oldest_enqueued_ms().await?)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        Ok(self
+            .queue
+            .dead_letters(limit)
+            .await?
+            .into_iter()
+            .map(|stored| DeadLetter {
+                message_id: stored.message_id,
+                kind: stored.kind,
+                attempts: stored.attempts,
+                reasons: stored.reasons,
+                body: stored.body,
+            })
+            .collect())
+    }
+
+    async fn settle_dead_letters(
+        &self,
+        select: Select<'_>,
+        replay: bool,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
+        let id = match select {
+            Select::One(id) => Some(id),
+            Select::All => None,
+        };
+        let done = self.queue.settle_dead(id, replay).await?;
+        progress(done, done);
+        Ok(done)
+    }
+
+    async fn delete_topology(&self) -> Result<(), QueueError> {
+        Ok(self.queue.purge_everything().await?)
+    }
+}
+
+/// A consumer of the embedded queue: leases messages as prefetch permits allow.
+struct EmbeddedDeliveries {
+    embedded: Embedded,
+    permits: Arc<Semaphore>,
+    buffer: std::collections::VecDeque<(Claimed, OwnedSemaphorePermit)>,
+}
+
+/// How often an idle embedded consumer looks for work published by other processes.
+const EMBEDDED_POLL: Duration = Duration::from_millis(250);
+
+#[async_trait]
+impl Consumer for EmbeddedDeliveries {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some((claimed, permit)) = self.buffer.pop_front() {
+                return Some(EmbeddedSettle::delivery(
+                    self.embedded.clone(),
+                    claimed,
+                    permit,
+                ));
+            }
+            let first = self.permits.clone().acquire_owned().await.ok()?;
+            let mut permits = vec![first];
+            while permits.len() < 64 {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            match self.embedded.queue.claim(permits.len()).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    // Unused permits are released as the rest of `permits` drops.
+                    self.buffer.extend(claimed.into_iter().zip(permits));
+                }
+                Ok(_) => {
+                    drop(permits);
+                    self.embedded.queue.wait_for_work(EMBEDDED_POLL).await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot read the embedded queue");
+                    drop(permits);
+                    tokio::time::sleep(EMBEDDED_POLL).await;
+                }
+            }
+        }
+    }
+}
+
+/// One leased message, as the embedded queue settles it.
+struct EmbeddedSettle {
+    embedded: Embedded,
+    claimed: Claimed,
+    // Held until settled: it bounds the deliveries in flight.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl EmbeddedSettle {
+    fn delivery(embedded: Embedded, claimed: Claimed, permit: OwnedSemaphorePermit) -> Delivery {
+        let topology = embedded.topology.clone();
+        Delivery::new(
+            claimed.kind,
+            claimed.body.clone(),
+            claimed.attempts,
+            claimed.reasons.clone(),
+            claimed.redelivered,
+            claimed.message_id.clone(),
+            topology,
+            Box::new(EmbeddedSettle {
+                embedded,
+                claimed,
+                _permit: permit,
+            }),
+        )
+    }
+}
+
+#[async_trait]
+impl Settle for EmbeddedSettle {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        Ok(self
+            .embedded
+            .queue
+            .ack(self.claimed.id, self.claimed.token)
+            .await?)
+    }
+
+    /// The row itself moves: to the dead lane, or back to the work lane visible after
+    /// the wait, in one transaction.
+    async fn move_to(
+        self: Box<Self>,
+        to: Destination,
+        attempts: u32,
+        reasons: &[String],
+    ) -> Result<(), QueueError> {
+        let (lane, wait) = match to {
+            Destination::Retry { wait, .. } => (Lane::Work, wait),
+            Destination::Dead => (Lane::Dead, Duration::ZERO),
+        };
+        Ok(self
+            .embedded
+            .queue
+            .reschedule(&self.claimed, lane, attempts, reasons, wait)
+            .await?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,7 +972,15 @@ mod tests {
         let dir = temp();
         let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
         queue
-            .publish(Lane::Work, "m1", b"body", 0, &[], Duration::ZERO)
+            .publish(
+                Lane::Work,
+                Kind::Allocation,
+                "m1",
+                b"body",
+                0,
+                &[],
+                Duration::ZERO,
+            )
             .await
             .expect("publish");
         let claimed = queue.claim(10).await.expect("claim");
@@ -722,7 +1007,15 @@ mod tests {
         let dir = temp();
         let queue = EmbeddedQueue::open(&dir, Duration::from_millis(50)).expect("open");
         queue
-            .publish(Lane::Work, "m1", b"x", 0, &[], Duration::ZERO)
+            .publish(
+                Lane::Work,
+                Kind::Allocation,
+                "m1",
+                b"x",
+                0,
+                &[],
+                Duration::ZERO,
+            )
             .await
             .expect("publish");
         let first = queue.claim(1).await.expect("claim").remove(0);
@@ -751,7 +1044,15 @@ mod tests {
         {
             let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
             queue
-                .publish(Lane::Work, "m1", b"x", 0, &[], Duration::ZERO)
+                .publish(
+                    Lane::Work,
+                    Kind::Allocation,
+                    "m1",
+                    b"x",
+                    0,
+                    &[],
+                    Duration::ZERO,
+                )
                 .await
                 .expect("publish");
             let claimed = queue.claim(1).await.expect("claim").remove(0);
@@ -788,7 +1089,15 @@ mod tests {
         let dir = temp();
         let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
         queue
-            .publish(Lane::Work, "later", b"x", 1, &[], Duration::from_millis(80))
+            .publish(
+                Lane::Work,
+                Kind::Allocation,
+                "later",
+                b"x",
+                1,
+                &[],
+                Duration::from_millis(80),
+            )
             .await
             .expect("publish");
         assert!(queue.claim(1).await.expect("claim").is_empty());

@@ -14,7 +14,7 @@
 //!   attempt's reason in the `x-puhuri-reasons` header.
 //! - `P.events` (topic): decisions go out here for the provider's other systems.
 //!
-//! INVARIANT: [`RabbitBroker::publish_notification`] returns `Ok` only after the broker's
+//! INVARIANT: [`Backend::publish_work`] returns `Ok` only after the broker's
 //! publisher confirm (`ack`, not returned): the message is on disk on a quorum majority.
 //! INVARIANT: publishing is not serialized behind a lock: a small set of confirm-mode
 //! channels is shared round-robin and each publish awaits only its own confirm.
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -38,15 +38,17 @@ use lapin::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeadLetter, PublishError, QueueError, Retried, Select, Topology, jittered};
-use crate::config::AmqpConfig;
-use crate::notification::{Envelope, WorkItem};
-use puhuri_auth::secret::Secret;
+use async_trait::async_trait;
+use puhuri_auth::Secret;
 
-/// Routing key of work messages.
-pub const WORK_ROUTING_KEY: &str = "allocation";
-/// Routing key on the work exchange for usage records (the same queue takes them).
-pub const USAGE_ROUTING_KEY: &str = "usage";
+use super::{
+    AmqpConfig, Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Kind, Progress,
+    PublishError, QueueError, Select, Settle, Topology,
+};
+
+/// Header: the message's [`Kind`], on every copy the service publishes (retries and
+/// dead letters come back to the work queue under one routing key).
+pub const HEADER_KIND: &str = "x-puhuri-kind";
 /// Header: the number of attempts already made.
 pub const HEADER_ATTEMPTS: &str = "x-puhuri-attempts";
 /// Header: one reason per failed attempt.
@@ -242,27 +244,23 @@ impl RabbitBroker {
         })
     }
 
-    /// Publishes a notification for the workers; `Ok` only after the publisher confirm.
-    pub async fn publish_notification(&self, item: &WorkItem) -> Result<(), PublishError> {
-        let body = Envelope::encode(item).map_err(PublishError::Encode)?;
-        let topology = &self.inner.topology;
-        self.publish(
-            &topology.work_exchange(),
-            WORK_ROUTING_KEY,
-            &body,
-            work_properties(&item.id, FieldTable::default()),
-            true,
-        )
-        .await
-    }
-
-    /// Publishes a usage record for the workers; `Ok` only after the publisher confirm.
-    pub async fn publish_usage(&self, body: &[u8], message_id: &str) -> Result<(), PublishError> {
+    /// Publishes a work message; `Ok` only after the publisher confirm.
+    async fn publish_kind(
+        &self,
+        kind: Kind,
+        message_id: &str,
+        body: &[u8],
+        mut headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        headers.insert(
+            HEADER_KIND.into(),
+            AMQPValue::LongString(kind.as_str().into()),
+        );
         self.publish(
             &self.inner.topology.work_exchange(),
-            USAGE_ROUTING_KEY,
+            kind.as_str(),
             body,
-            work_properties(message_id, FieldTable::default()),
+            work_properties(message_id, headers),
             true,
         )
         .await
@@ -270,7 +268,7 @@ impl RabbitBroker {
 
     /// Publishes a decision event on the events exchange. Nobody may be listening, so it
     /// is not mandatory, but it is confirmed.
-    pub async fn publish_event(
+    async fn publish_to_events(
         &self,
         routing_key: &str,
         body: &[u8],
@@ -357,7 +355,7 @@ impl RabbitBroker {
 
     /// Opens a consumer on the work queue with the given prefetch, waiting for a
     /// connection first. Returns `None` when `stop` fires before that.
-    pub async fn consume(
+    async fn open_deliveries(
         &self,
         prefetch: u16,
         stop: &CancellationToken,
@@ -510,6 +508,7 @@ impl RabbitBroker {
 fn dead_letter_from(delivery: &lapin::message::Delivery) -> DeadLetter {
     let (attempts, reasons) = attempt_history(&delivery.properties);
     DeadLetter {
+        kind: kind_of(delivery),
         message_id: delivery
             .properties
             .message_id()
@@ -518,17 +517,13 @@ fn dead_letter_from(delivery: &lapin::message::Delivery) -> DeadLetter {
             .unwrap_or_default(),
         attempts,
         reasons,
-        item: match super::decode_message(&delivery.data) {
-            Ok(super::Message::Allocation(item)) => Some(item),
-            _ => None,
-        },
         body: delivery.data.clone(),
     }
 }
 
 impl RabbitBroker {
     /// Reads up to `limit` dead letters without removing them.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn read_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let session = self.session().ok_or(QueueError::Unreachable)?;
         let channel = session.connection.create_channel().await?;
         let mut letters = Vec::new();
@@ -562,11 +557,11 @@ impl RabbitBroker {
     /// Moves dead letters back to the work queue with a fresh attempt count, or removes
     /// them (`replay = false`). Each message is published and confirmed before its dead
     /// copy is acked. Calls `progress(done, total)` after each one. Returns how many.
-    pub async fn settle_dead_letters(
+    async fn settle_dead(
         &self,
         select: Select<'_>,
         replay: bool,
-        mut progress: impl FnMut(usize, usize),
+        progress: Progress<'_>,
     ) -> Result<usize, QueueError> {
         let session = self.session().ok_or(QueueError::Unreachable)?;
         let topology = &self.inner.topology;
@@ -609,12 +604,11 @@ impl RabbitBroker {
                     "x-puhuri-replayed-reasons".into(),
                     reasons_array(&letter.reasons),
                 );
-                self.publish(
-                    &topology.work_exchange(),
-                    WORK_ROUTING_KEY,
+                self.publish_kind(
+                    letter.kind.unwrap_or(Kind::Allocation),
+                    &letter.message_id,
                     &letter.body,
-                    work_properties(&letter.message_id, headers),
-                    true,
+                    headers,
                 )
                 .await?;
             }
@@ -792,7 +786,7 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
         .queue_declare(topology.work_queue().into(), durable_queue, work_args)
         .await?;
     // Notifications and usage records share the work queue.
-    for routing_key in [WORK_ROUTING_KEY, USAGE_ROUTING_KEY] {
+    for routing_key in Kind::ALL.map(Kind::as_str) {
         channel
             .queue_bind(
                 topology.work_queue().into(),
@@ -808,7 +802,11 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
         let mut args = quorum_arguments();
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-        safe_dead_lettering(&mut args, &topology.work_exchange(), Some(WORK_ROUTING_KEY));
+        safe_dead_lettering(
+            &mut args,
+            &topology.work_exchange(),
+            Some(Kind::Allocation.as_str()),
+        );
         let queue = topology.retry_queue(*delay);
         channel
             .queue_declare(queue.clone().into(), durable_queue, args)
@@ -833,13 +831,14 @@ pub struct RabbitDeliveries {
     generation: u64,
 }
 
-impl RabbitDeliveries {
+#[async_trait]
+impl Consumer for RabbitDeliveries {
     /// The next delivery; `None` when the consumer's channel or connection is gone (the
     /// caller opens a new consumer, and unacked deliveries come back redelivered).
-    pub async fn next(&mut self) -> Option<RabbitDelivery> {
+    async fn next(&mut self) -> Option<Delivery> {
         match self.consumer.next().await {
-            Some(Ok(delivery)) => Some(RabbitDelivery::new(
-                delivery,
+            Some(Ok(raw)) => Some(RabbitDelivery::delivery(
+                raw,
                 self.broker.clone(),
                 self.generation,
             )),
@@ -852,24 +851,30 @@ impl RabbitDeliveries {
     }
 }
 
-/// One delivery from the work queue.
-pub struct RabbitDelivery {
-    /// The decoded message, or why it could not be decoded.
-    pub item: Result<super::Message, String>,
-    /// Attempts made before this one.
-    pub attempts: u32,
-    /// Reasons of the earlier failed attempts.
-    pub reasons: Vec<String>,
-    pub redelivered: bool,
-    pub message_id: String,
+/// One delivery from the work queue, as RabbitMQ settles it.
+struct RabbitDelivery {
+    message_id: String,
+    kind: Option<Kind>,
     raw: lapin::message::Delivery,
     broker: RabbitBroker,
     generation: u64,
 }
 
+/// A delivery's kind: its header when a copy carries one, else its routing key.
+fn kind_of(raw: &lapin::message::Delivery) -> Option<Kind> {
+    let header = raw.properties.headers().as_ref().and_then(|headers| {
+        headers.inner().iter().find_map(|(key, value)| match value {
+            AMQPValue::LongString(s) if key.as_str() == HEADER_KIND => {
+                Kind::parse(&String::from_utf8_lossy(s.as_bytes()))
+            }
+            _ => None,
+        })
+    });
+    header.or_else(|| Kind::parse(raw.routing_key.as_str()))
+}
+
 impl RabbitDelivery {
-    fn new(raw: lapin::message::Delivery, broker: RabbitBroker, generation: u64) -> RabbitDelivery {
-        let item = super::decode_message(&raw.data);
+    fn delivery(raw: lapin::message::Delivery, broker: RabbitBroker, generation: u64) -> Delivery {
         let (attempts, reasons) = attempt_history(&raw.properties);
         let message_id = raw
             .properties
@@ -877,21 +882,26 @@ impl RabbitDelivery {
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_default();
-        RabbitDelivery {
-            item,
+        let kind = kind_of(&raw);
+        let body = raw.data.clone();
+        let redelivered = raw.redelivered;
+        let topology = broker.topology().clone();
+        Delivery::new(
+            kind,
+            body,
             attempts,
             reasons,
-            redelivered: raw.redelivered,
-            message_id,
-            raw,
-            broker,
-            generation,
-        }
-    }
-
-    /// Done: remove it from the queue.
-    pub async fn ack(self) -> Result<(), QueueError> {
-        self.settle_ack().await
+            redelivered,
+            message_id.clone(),
+            topology,
+            Box::new(RabbitDelivery {
+                message_id,
+                kind,
+                raw,
+                broker,
+                generation,
+            }),
+        )
     }
 
     /// Acks on the channel it came from, unless that connection has been replaced: after
@@ -904,82 +914,131 @@ impl RabbitDelivery {
         self.raw.acker.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
+}
 
-    /// Give it back to the queue now (the broker counts it against the delivery limit).
-    pub async fn requeue(self) -> Result<(), QueueError> {
-        self.raw
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
-        Ok(())
+#[async_trait]
+impl Settle for RabbitDelivery {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.settle_ack().await
     }
 
-    /// Schedules another attempt, or dead-letters it when `max_attempts` are used up.
-    ///
-    /// The delay is the attempt's tier, or the first longer tier that covers the
-    /// server's `retry_after` (bounded by the last tier). The message's own expiration
-    /// shortens it by up to `jitter` (a fraction) at random, so that failures that
-    /// happened together are not retried together; within one tier queue a message can
-    /// wait behind an older one by at most that jitter. The copy is confirmed before the
-    /// original is acked.
-    pub async fn retry_later(
-        self,
-        reason: &str,
-        max_attempts: u32,
-        retry_after: Option<Duration>,
-        jitter: f64,
-    ) -> Result<Retried, QueueError> {
-        let attempts = self.attempts + 1;
-        if attempts >= max_attempts {
-            self.dead_letter(reason).await?;
-            return Ok(Retried::DeadLettered { attempts });
+    /// A retry goes to the tier's delay queue with the message's own expiration (the
+    /// jittered wait), so a message waits behind an older one in its tier by at most the
+    /// jitter; a dead letter to the dead-letter exchange. The copy is confirmed before
+    /// the original is acked.
+    async fn move_to(
+        self: Box<Self>,
+        to: Destination,
+        attempts: u32,
+        reasons: &[String],
+    ) -> Result<(), QueueError> {
+        let topology = self.broker.topology().clone();
+        let mut headers = attempt_headers(attempts, reasons);
+        if let Some(kind) = self.kind {
+            headers.insert(
+                HEADER_KIND.into(),
+                AMQPValue::LongString(kind.as_str().into()),
+            );
         }
-        let topology = self.broker.topology().clone();
-        let delay = topology.delay_covering(attempts, retry_after);
-        let jittered = jittered(delay, jitter);
-        let mut reasons = self.reasons.clone();
-        reasons.push(reason.to_owned());
-        let properties = work_properties(&self.message_id, attempt_headers(attempts, &reasons))
-            .with_expiration(jittered.as_millis().to_string().into());
+        let properties = work_properties(&self.message_id, headers);
+        let (exchange, routing_key, properties) = match to {
+            Destination::Retry { tier, wait } => (
+                topology.retry_exchange(),
+                Topology::retry_routing_key(tier),
+                properties.with_expiration(wait.as_millis().to_string().into()),
+            ),
+            Destination::Dead => (topology.dead_exchange(), "dead".to_owned(), properties),
+        };
         self.broker
-            .publish(
-                &topology.retry_exchange(),
-                &Topology::retry_routing_key(delay),
-                &self.raw.data,
-                properties,
-                true,
-            )
+            .publish(&exchange, &routing_key, &self.raw.data, properties, true)
             .await?;
-        self.settle_ack().await?;
-        Ok(Retried::Scheduled {
-            attempts,
-            delay: jittered,
-        })
+        self.settle_ack().await
+    }
+}
+
+#[async_trait]
+impl Backend for RabbitBroker {
+    fn describe(&self) -> String {
+        format!("RabbitMQ (prefix `{}`)", self.topology().prefix)
     }
 
-    /// Moves it to the dead-letter queue with every attempt's reason.
-    pub async fn dead_letter(self, reason: &str) -> Result<(), QueueError> {
-        let topology = self.broker.topology().clone();
-        let mut reasons = self.reasons.clone();
-        reasons.push(reason.to_owned());
-        let properties = work_properties(
-            &self.message_id,
-            attempt_headers(self.attempts + 1, &reasons),
-        );
-        self.broker
-            .publish(
-                &topology.dead_exchange(),
-                "dead",
-                &self.raw.data,
-                properties,
-                true,
-            )
-            .await?;
-        self.settle_ack().await?;
-        Ok(())
+    fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    fn is_connected(&self) -> bool {
+        self.session().is_some()
+    }
+
+    fn is_embedded(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    async fn wait_connected(&self, stop: &CancellationToken) -> bool {
+        RabbitBroker::wait_connected(self, stop).await
+    }
+
+    async fn publish_work(
+        &self,
+        kind: Kind,
+        message_id: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        self.publish_kind(kind, message_id, body, FieldTable::default())
+            .await
+    }
+
+    async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        self.publish_to_events(routing_key, body, message_id).await
+    }
+
+    async fn consume(&self, prefetch: u16, stop: &CancellationToken) -> Option<Deliveries> {
+        self.open_deliveries(prefetch, stop)
+            .await
+            .map(|deliveries| Box::new(deliveries) as Deliveries)
+    }
+
+    async fn work_depth(&self) -> Result<u64, QueueError> {
+        Ok(u64::from(
+            self.queue_depth(&self.inner.topology.work_queue()).await?,
+        ))
+    }
+
+    async fn dead_depth(&self) -> Result<u64, QueueError> {
+        Ok(u64::from(
+            self.queue_depth(&self.inner.topology.dead_queue()).await?,
+        ))
+    }
+
+    /// RabbitMQ does not tell a queue's oldest message.
+    async fn oldest_pending_ms(&self) -> Result<Option<i64>, QueueError> {
+        Ok(None)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.read_dead_letters(limit).await
+    }
+
+    async fn settle_dead_letters(
+        &self,
+        select: Select<'_>,
+        replay: bool,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
+        self.settle_dead(select, replay, progress).await
+    }
+
+    async fn delete_topology(&self) -> Result<(), QueueError> {
+        RabbitBroker::delete_topology(self).await
     }
 }
 
@@ -1030,12 +1089,13 @@ fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
 }
 
 fn truncate_reason(reason: &str) -> String {
-    reason.chars().take(500).collect()
+    reason.chars().take(super::REASON_CHARS).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jittered;
 
     #[test]
     fn delays_follow_the_tiers_and_stay_on_the_last() {

@@ -1,0 +1,115 @@
+//! What the work queue carries, as the service reads and writes it: [`Work`], one enum
+//! with a variant per [`Kind`] — a notification in its versioned [`Envelope`], or a usage
+//! record in its published wire form.
+//!
+//! INVARIANT: a body is decoded by its kind, never by probing its fields: the queue keeps
+//! the kind beside the body through retries, dead letters and replays.
+
+use puhuri_queue::{Broker, DeadLetter, Delivery, Kind, PublishError};
+
+use crate::notification::{Envelope, WorkItem};
+use crate::usage::UsageRecord;
+
+/// One work message, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// A notification: look at this allocation.
+    Allocation(WorkItem),
+    /// A usage record (`schemas/usage-record.v1.schema.json`), as other systems publish it.
+    Usage(UsageRecord),
+}
+
+/// Why a work message cannot be decoded. It can never succeed: it is dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable message: its kind is unknown to this version")]
+    UnknownKind,
+    #[error("undecodable message: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Decodes a body of the given kind.
+pub fn decode(kind: Option<Kind>, body: &[u8]) -> Result<Work, DecodeError> {
+    match kind {
+        Some(Kind::Allocation) => match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope::V1(item)) => Ok(Work::Allocation(item)),
+            Err(error) => Err(DecodeError::Envelope(error)),
+        },
+        Some(Kind::Usage) => UsageRecord::decode(body)
+            .map(Work::Usage)
+            .map_err(DecodeError::Usage),
+        None => Err(DecodeError::UnknownKind),
+    }
+}
+
+/// The message of a delivery.
+pub fn delivered(delivery: &Delivery) -> Result<Work, DecodeError> {
+    decode(delivery.kind, &delivery.body)
+}
+
+/// The message of a dead letter.
+pub fn dead(letter: &DeadLetter) -> Result<Work, DecodeError> {
+    decode(letter.kind, &letter.body)
+}
+
+/// Queues a notification for the workers; `Ok` only once it is durable.
+pub async fn publish_notification(broker: &Broker, item: &WorkItem) -> Result<(), PublishError> {
+    let body = Envelope::encode(item).map_err(PublishError::Encode)?;
+    broker.publish_work(Kind::Allocation, &item.id, &body).await
+}
+
+/// Queues a usage record (its JSON wire form) for the workers; `Ok` only once durable.
+pub async fn publish_usage(
+    broker: &Broker,
+    body: &[u8],
+    message_id: &str,
+) -> Result<(), PublishError> {
+    broker.publish_work(Kind::Usage, message_id, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_decoded_by_its_kind() {
+        let envelope = br#"{"v":"1","id":"msg_1","source":"relay","event_type":"allocation.created","resource_uuid":"a1916bd53fd04b1ab1a4e700c926607b","received_at_ms":1}"#;
+        assert!(
+            matches!(decode(Some(Kind::Allocation), envelope), Ok(Work::Allocation(item)) if item.id == "msg_1")
+        );
+        let record =
+            br#"{"backend_id":"b","component":"cpu_k_hours","amount":"1","month":"2026-11"}"#;
+        assert!(
+            matches!(decode(Some(Kind::Usage), record), Ok(Work::Usage(r)) if r.component == "cpu_k_hours")
+        );
+        // The same bodies under the other kind are refused, not guessed at.
+        assert!(matches!(
+            decode(Some(Kind::Usage), envelope),
+            Err(DecodeError::Usage(_))
+        ));
+        assert!(matches!(
+            decode(Some(Kind::Allocation), record),
+            Err(DecodeError::Envelope(_))
+        ));
+        let bad_record =
+            br#"{"backend_id":"b","component":"cpu_k_hours","amount":"-1","month":"2026-11"}"#;
+        assert!(
+            decode(Some(Kind::Usage), bad_record)
+                .is_err_and(|e| e.to_string().starts_with("invalid usage record: amount"))
+        );
+        for unknown in [&br#"{"v":"9","id":"x"}"#[..], b"not json", b"[1]"] {
+            assert!(
+                decode(Some(Kind::Allocation), unknown)
+                    .is_err_and(|e| e.to_string().starts_with("undecodable message")),
+                "{}",
+                String::from_utf8_lossy(unknown)
+            );
+        }
+        assert!(matches!(
+            decode(None, envelope),
+            Err(DecodeError::UnknownKind)
+        ));
+    }
+}
