@@ -274,7 +274,7 @@ async fn publish_usage(app: &TestApp, records: &[Value]) {
     for (i, record) in records.iter().enumerate() {
         let body = serde_json::to_vec(record).expect("json");
         puhuri_approver::work::publish_usage(
-            &broker,
+            broker,
             &body,
             &format!("usage-{}-{i}", uuid::Uuid::new_v4().simple()),
         )
