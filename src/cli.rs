@@ -579,7 +579,12 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     let watched = policy_path.map(|path| PolicyFile::new(path, &policy));
     let running = app::start(&config, roles, policy, None, stop.clone()).await?;
     if let (Some(file), Some(worker)) = (watched, running.worker.clone()) {
-        tokio::spawn(reload::watch(file, worker, stop.clone()));
+        tokio::spawn(reload::watch(
+            file,
+            worker.policy_handle().clone(),
+            worker.metrics().clone(),
+            stop.clone(),
+        ));
     }
     shutdown_signal().await;
     tracing::info!("shutting down");

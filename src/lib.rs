@@ -13,6 +13,7 @@ pub mod decision;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod facts;
+pub mod failure;
 pub mod limits;
 pub mod metrics;
 pub mod notification;

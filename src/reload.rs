@@ -1,5 +1,6 @@
 //! Hot reload: the policy file is re-read on SIGHUP and whenever its content changes
-//! (checked every [`POLL_INTERVAL`]), compiled, and swapped into the worker atomically.
+//! (checked every [`POLL_INTERVAL`]), compiled, and swapped whole into the [`PolicyHandle`]
+//! the workers read.
 //!
 //! This is the only part of the policy module that does IO.
 //!
@@ -14,7 +15,46 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::Worker;
+use tokio::sync::watch as channel;
+
+use crate::metrics::Metrics;
+
+/// The running policy, shared by the workers and the reloader: a compiled policy is
+/// swapped in whole; a reader keeps the `Arc` it took for as long as it decides.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    current: Arc<channel::Sender<Arc<Policy>>>,
+    counters: Arc<ReloadCounters>,
+}
+
+impl PolicyHandle {
+    pub fn new(policy: Policy) -> PolicyHandle {
+        PolicyHandle {
+            current: Arc::new(channel::Sender::new(Arc::new(policy))),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The running policy.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.borrow().clone()
+    }
+
+    /// Replaces the policy; deliveries already being decided keep the old one.
+    pub fn replace(&self, policy: Policy) {
+        self.current.send_replace(Arc::new(policy));
+    }
+
+    /// The running policy's version (`sha256:...`).
+    pub fn version(&self) -> String {
+        self.current.borrow().version().to_owned()
+    }
+
+    /// How often the policy was reloaded or a new file refused.
+    pub fn reloads(&self) -> &ReloadCounters {
+        &self.counters
+    }
+}
 use puhuri_policy::Policy;
 
 /// How often the file's modification time and size are looked at.
@@ -132,31 +172,36 @@ pub enum Applied {
     Refused(String),
 }
 
-/// Applies one look at the file to the worker; returns what happened.
-pub fn apply(file: &mut PolicyFile, worker: &Worker, force: bool) -> Applied {
-    let counters = worker.policy_reloads();
+/// Applies one look at the file to the running policy; returns what happened.
+pub fn apply(
+    file: &mut PolicyFile,
+    policy: &PolicyHandle,
+    metrics: &Metrics,
+    force: bool,
+) -> Applied {
+    let counters = policy.reloads();
     match file.check(force) {
         Reload::Unchanged => Applied::Unchanged,
-        Reload::Compiled(policy) => {
+        Reload::Compiled(compiled) => {
             counters.reloads.fetch_add(1, Ordering::Relaxed);
-            worker.metrics().policy_reload(true);
-            let version = policy.version().to_owned();
+            metrics.policy_reload(true);
+            let version = compiled.version().to_owned();
             tracing::info!(
                 policy = %file.path().display(),
                 version = %version,
-                rules = policy.rule_count(),
+                rules = compiled.rule_count(),
                 "policy reloaded"
             );
-            worker.set_policy(policy);
+            policy.replace(compiled);
             Applied::Reloaded(version)
         }
         Reload::Refused(reasons) => {
             counters.failures.fetch_add(1, Ordering::Relaxed);
-            worker.metrics().policy_reload(false);
+            metrics.policy_reload(false);
             tracing::error!(
                 policy = %file.path().display(),
                 error = %reasons,
-                running = %worker.policy_version(),
+                running = %policy.version(),
                 "policy refused; the running policy stays"
             );
             Applied::Refused(reasons)
@@ -165,7 +210,12 @@ pub fn apply(file: &mut PolicyFile, worker: &Worker, force: bool) -> Applied {
 }
 
 /// Watches the file until `stop`: on SIGHUP, and every [`POLL_INTERVAL`].
-pub async fn watch(mut file: PolicyFile, worker: Arc<Worker>, stop: CancellationToken) {
+pub async fn watch(
+    mut file: PolicyFile,
+    policy: PolicyHandle,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     #[cfg(unix)]
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
@@ -196,6 +246,6 @@ pub async fn watch(mut file: PolicyFile, worker: Arc<Worker>, stop: Cancellation
             }
             _ = tick.tick() => false,
         };
-        apply(&mut file, &worker, force);
+        apply(&mut file, &policy, &metrics, force);
     }
 }

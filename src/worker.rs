@@ -13,8 +13,7 @@
 //! time; across processes, Puhuri Core's state machine (409) is the arbiter.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
 use puhuri_queue::{Broker, Delivery, Retried};
 
-use crate::reload::ReloadCounters;
+use crate::reload::{PolicyHandle, ReloadCounters};
 use crate::team::{ResourceSummary, TeamEvent};
 use crate::usage::report::{UsageReporter, UsageSettled};
 use crate::work::Work;
@@ -97,38 +96,7 @@ pub enum Disposition {
     LeftToBroker,
 }
 
-/// Why processing did not finish, by what should happen to the delivery.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
-    #[error("{reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    #[error("{reason}")]
-    Permanent { reason: String },
-}
-
-impl From<PuhuriError> for ProcessError {
-    fn from(error: PuhuriError) -> Self {
-        match &error {
-            PuhuriError::Transient { retry_after, .. } => ProcessError::Transient {
-                retry_after: *retry_after,
-                reason: error.to_string(),
-            },
-            // A conflict that survives a re-fetch is retried: the state is moving.
-            PuhuriError::Conflict { .. } => ProcessError::Transient {
-                reason: error.to_string(),
-                retry_after: None,
-            },
-            PuhuriError::Permanent { .. } | PuhuriError::Unusable { .. } => {
-                ProcessError::Permanent {
-                    reason: error.to_string(),
-                }
-            }
-        }
-    }
-}
+pub use crate::failure::ProcessError;
 
 /// Serializes work on one allocation within this process.
 #[derive(Default)]
@@ -163,10 +131,9 @@ impl KeyedLocks {
 /// The worker role.
 pub struct Worker {
     client: PuhuriClient,
-    policy: RwLock<Arc<Policy>>,
+    policy: PolicyHandle,
     /// Decide and publish, but write nothing to Puhuri Core.
     shadow: bool,
-    policy_reloads: ReloadCounters,
     broker: Broker,
     config: WorkerConfig,
     locks: KeyedLocks,
@@ -208,9 +175,8 @@ impl Worker {
             usage_config,
             team: TeamConfig::default(),
             client,
-            policy: RwLock::new(Arc::new(policy)),
+            policy: PolicyHandle::new(policy),
             shadow: false,
-            policy_reloads: ReloadCounters::default(),
             broker,
             config,
             locks: KeyedLocks::default(),
@@ -277,27 +243,21 @@ impl Worker {
 
     /// The running policy's version (`sha256:...`).
     pub fn policy_version(&self) -> String {
-        self.policy().version().to_owned()
+        self.policy.version()
     }
 
     /// How often the policy was reloaded or a new file refused.
     pub fn policy_reloads(&self) -> &ReloadCounters {
-        &self.policy_reloads
+        self.policy.reloads()
     }
 
-    /// Replaces the policy; deliveries already being decided keep the old one.
-    pub fn set_policy(&self, policy: Policy) {
-        match self.policy.write() {
-            Ok(mut guard) => *guard = Arc::new(policy),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
-        }
+    /// The running policy, for the reloader to swap.
+    pub fn policy_handle(&self) -> &PolicyHandle {
+        &self.policy
     }
 
     fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.policy.current()
     }
 
     /// Consumes until `stop` fires, then lets every started delivery finish.
@@ -423,10 +383,9 @@ impl Worker {
                 };
                 (Ok(outcome), disposition)
             }
-            Err(ProcessError::Transient {
-                reason,
-                retry_after,
-            }) => {
+            Err(error) if error.is_transient() => {
+                let reason = error.to_string();
+                let retry_after = error.retry_after();
                 let disposition = match delivery
                     .retry_later(
                         &reason,
@@ -453,7 +412,8 @@ impl Worker {
                 };
                 (Err(reason), disposition)
             }
-            Err(ProcessError::Permanent { reason }) => {
+            Err(error) => {
+                let reason = error.to_string();
                 tracing::error!(error = %reason, "permanent failure; dead-lettering");
                 let disposition = match delivery.dead_letter(&reason).await {
                     Ok(()) => Disposition::DeadLettered,
@@ -666,11 +626,9 @@ impl Worker {
                     Waiting::AlreadyHandled(state) => Outcome::AlreadyHandled { state },
                     Waiting::NotYet(state) => Outcome::NotWaiting { state },
                     Waiting::Yes => {
-                        return Err(ProcessError::Transient {
-                            reason: "Puhuri Core answered 409 but the allocation still waits"
-                                .into(),
-                            retry_after: None,
-                        });
+                        return Err(ProcessError::NotYet(
+                            "Puhuri Core answered 409 but the allocation still waits".into(),
+                        ));
                     }
                 }
             }

@@ -23,8 +23,8 @@ use super::{
     ComponentTotal, Held, Month, Plan, ResourceRef, UsageRecord, aggregate, check_month, plan,
 };
 use crate::config::{UsageConfig, WorkerConfig};
+use crate::failure::ProcessError;
 use crate::metrics::Metrics;
-use crate::worker::ProcessError;
 use puhuri_client::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
 use puhuri_queue::{Delivery, Retried};
 
@@ -279,17 +279,17 @@ impl UsageReporter {
                 settled.unchanged = report.unchanged;
                 settled.stale = report.stale;
             }
-            Err(ProcessError::Permanent { reason }) => {
+            Err(error) if !error.is_transient() => {
+                let reason = error.to_string();
                 tracing::error!(error = %reason, "usage records refused; dead-lettering");
                 for delivery in deliveries {
                     self.dead_letter(delivery, &reason).await;
                     settled.dead_lettered.push(reason.clone());
                 }
             }
-            Err(ProcessError::Transient {
-                reason,
-                retry_after,
-            }) => {
+            Err(error) => {
+                let reason = error.to_string();
+                let retry_after = error.retry_after();
                 for delivery in deliveries {
                     match delivery
                         .retry_later(
@@ -365,9 +365,7 @@ impl UsageReporter {
         self.client
             .find_resource(allocation)
             .await?
-            .map_err(|reason| ProcessError::Permanent {
-                reason: reason.to_string(),
-            })
+            .map_err(ProcessError::refused)
     }
 
     async fn components(&self, offering_uuid: &str) -> Result<Vec<OfferingComponent>, PuhuriError> {
@@ -387,26 +385,19 @@ impl UsageReporter {
 
     async fn report(&self, key: &Key, records: &[UsageRecord]) -> Result<Report, ProcessError> {
         let (allocation, month) = key;
-        check_month(*month, time::OffsetDateTime::now_utc()).map_err(|reason| {
-            ProcessError::Permanent {
-                reason: reason.to_string(),
-            }
-        })?;
+        check_month(*month, time::OffsetDateTime::now_utc()).map_err(ProcessError::refused)?;
         let resource = self.resolve(allocation).await?;
         match resource.state.as_str() {
             "OK" | "Updating" | "Terminating" => {}
             "Creating" => {
-                return Err(ProcessError::Transient {
-                    reason: "the allocation is not approved yet (Creating)".into(),
-                    retry_after: None,
-                });
+                return Err(ProcessError::NotYet(
+                    "the allocation is not approved yet (Creating)".into(),
+                ));
             }
             other => {
-                return Err(ProcessError::Permanent {
-                    reason: format!(
-                        "the allocation is {other}; Puhuri Core takes usage only while it is OK, Updating or Terminating"
-                    ),
-                });
+                return Err(ProcessError::refused(format!(
+                    "the allocation is {other}; Puhuri Core takes usage only while it is OK, Updating or Terminating"
+                )));
             }
         }
         let mut report = Report {
@@ -472,11 +463,7 @@ impl UsageReporter {
         }
         if !to_send.is_empty() {
             // Puhuri Core files the call under the month it arrives in.
-            check_month(*month, time::OffsetDateTime::now_utc()).map_err(|reason| {
-                ProcessError::Permanent {
-                    reason: reason.to_string(),
-                }
-            })?;
+            check_month(*month, time::OffsetDateTime::now_utc()).map_err(ProcessError::refused)?;
             let usages: Vec<(String, String, String)> = to_send
                 .iter()
                 .map(|t| {
@@ -509,13 +496,13 @@ impl UsageReporter {
             };
             for total in current {
                 let Some(usage) = stored.iter().find(|u| u.kind == total.component) else {
-                    return Err(ProcessError::Transient {
-                        reason: format!(
+                    return Err(ProcessError::NotYet(
+                        format!(
                             "the usage of `{}` is not listed after set_usage",
                             total.component
-                        ),
-                        retry_after: None,
-                    });
+                        )
+                        .into(),
+                    ));
                 };
                 let shares: BTreeMap<String, i128> = self
                     .client

@@ -9,6 +9,7 @@ mod demo;
 mod faults;
 mod helpers;
 mod ingress;
+mod layers;
 mod metrics;
 mod policy;
 mod spine;

@@ -257,9 +257,9 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     let running = Policy::parse(crate::helpers::APPROVE_SMALL).expect("valid");
     let mut file = PolicyFile::new(path.clone(), &running);
     std::fs::write(&path, "[[rule]]\nname = 1\n").expect("write");
-    reload::apply(&mut file, &worker, true);
+    reload::apply(&mut file, worker.policy_handle(), worker.metrics(), true);
     std::fs::write(&path, format!("{}\n# v2\n", crate::helpers::APPROVE_SMALL)).expect("write");
-    reload::apply(&mut file, &worker, true);
+    reload::apply(&mut file, worker.policy_handle(), worker.metrics(), true);
     let _ = std::fs::remove_dir_all(&dir);
 
     let before = after;

@@ -288,14 +288,17 @@ async fn a_broken_policy_file_keeps_the_running_policy_and_a_good_one_replaces_i
     let path = dir.join("policy.toml");
     std::fs::write(&path, crate::helpers::APPROVE_SMALL).expect("write");
     let mut file = PolicyFile::new(path.clone(), &running);
-    assert_eq!(reload::apply(&mut file, &worker, true), Applied::Unchanged);
+    assert_eq!(
+        reload::apply(&mut file, worker.policy_handle(), worker.metrics(), true),
+        Applied::Unchanged
+    );
 
     std::fs::write(
         &path,
         "[[rule]]\nname = \"x\"\nwhen = \"project.nope\"\naction = \"hold\"\n",
     )
     .expect("write");
-    let refused = reload::apply(&mut file, &worker, true);
+    let refused = reload::apply(&mut file, worker.policy_handle(), worker.metrics(), true);
     assert!(
         matches!(&refused, Applied::Refused(why) if why.contains("policy.toml:3: rule `x`: `when`: unknown field `project.nope`")),
         "{refused:?}"
@@ -317,7 +320,7 @@ async fn a_broken_policy_file_keeps_the_running_policy_and_a_good_one_replaces_i
     ));
 
     std::fs::write(&path, "[default]\naction = \"hold\"\nnote = \"reloaded\"\n").expect("write");
-    let reloaded = reload::apply(&mut file, &worker, true);
+    let reloaded = reload::apply(&mut file, worker.policy_handle(), worker.metrics(), true);
     assert!(matches!(reloaded, Applied::Reloaded(_)), "{reloaded:?}");
     assert_ne!(worker.policy_version(), running.version());
     let created = app.create(json!({"cpu_k_hours": 5000})).await;
