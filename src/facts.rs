@@ -48,15 +48,15 @@ pub fn allocation(fetched: &Fetched, customer: Option<&Customer>) -> Allocation 
             uuid: r.uuid.clone(),
             name: pick(&r.name, o.map(|o| &o.resource_name)),
             slug: text(&r.slug),
-            state: r.state.clone(),
+            state: r.state.to_string(),
             backend_id: text(&r.backend_id),
             created: text(&r.created),
             end_date: date(&r.end_date),
         },
         order: OrderFacts {
             uuid: o.map(|o| o.uuid.clone()).unwrap_or_default(),
-            order_type: o.map(|o| o.order_type.clone()).unwrap_or_default(),
-            state: o.map(|o| o.state.clone()).unwrap_or_default(),
+            order_type: o.map(|o| o.order_type.to_string()).unwrap_or_default(),
+            state: o.map(|o| o.state.to_string()).unwrap_or_default(),
             created: o.map(|o| text(&o.created)).unwrap_or_default(),
         },
         offering: OfferingFacts {

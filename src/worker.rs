@@ -29,7 +29,7 @@ use crate::reload::{PolicyHandle, ReloadCounters};
 use crate::team::{ResourceSummary, TeamEvent};
 use crate::usage::report::{UsageReporter, UsageSettled};
 use crate::work::Work;
-use puhuri_client::{Customer, Fetched, PuhuriClient, PuhuriError, Waiting};
+use puhuri_client::{Customer, Fetched, PuhuriClient, PuhuriError, ResourceState, Waiting};
 use puhuri_policy::{Action, Policy, Verdict};
 
 /// What happened to one allocation.
@@ -515,7 +515,7 @@ impl Worker {
             .and_then(serde_json::Value::as_array)
             .is_some_and(|sections| !sections.is_empty());
         // Most redeliveries end here: the allocation is not approved, or it has its report.
-        if self.shadow || fetched.resource.state != "OK" || has_report {
+        if self.shadow || fetched.resource.state != ResourceState::Ok || has_report {
             return Ok((done, None));
         }
         let policy = self.policy();

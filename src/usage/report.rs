@@ -25,7 +25,7 @@ use super::{
 use crate::config::{UsageConfig, WorkerConfig};
 use crate::failure::ProcessError;
 use crate::metrics::Metrics;
-use puhuri_client::{OfferingComponent, PuhuriClient, PuhuriError, Resource};
+use puhuri_client::{OfferingComponent, PuhuriClient, PuhuriError, Resource, ResourceState};
 use puhuri_queue::{Delivery, Retried};
 
 /// How long an offering's components are remembered.
@@ -387,9 +387,9 @@ impl UsageReporter {
         let (allocation, month) = key;
         check_month(*month, time::OffsetDateTime::now_utc()).map_err(ProcessError::refused)?;
         let resource = self.resolve(allocation).await?;
-        match resource.state.as_str() {
-            "OK" | "Updating" | "Terminating" => {}
-            "Creating" => {
+        match &resource.state {
+            ResourceState::Ok | ResourceState::Updating | ResourceState::Terminating => {}
+            ResourceState::Creating => {
                 return Err(ProcessError::NotYet(
                     "the allocation is not approved yet (Creating)".into(),
                 ));

@@ -21,8 +21,10 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 pub mod ids;
+pub mod states;
 
 pub use ids::{AllocationHint, InvalidUuid, OrderUuid, ResourceUuid, WaldurUuid};
+pub use states::{OrderState, OrderType, ResourceState};
 
 /// Which generation of Waldur's provider API the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -163,8 +165,8 @@ impl PuhuriError {
 pub struct Order {
     pub uuid: String,
     #[serde(rename = "type")]
-    pub order_type: String,
-    pub state: String,
+    pub order_type: OrderType,
+    pub state: OrderState,
     pub marketplace_resource_uuid: Option<String>,
     pub resource_name: Option<String>,
     pub offering_uuid: Option<String>,
@@ -205,7 +207,7 @@ pub struct Resource {
     pub uuid: String,
     pub name: Option<String>,
     pub slug: Option<String>,
-    pub state: String,
+    pub state: ResourceState,
     pub backend_id: Option<String>,
     pub attributes: Option<Map<String, Value>>,
     pub limits: Option<Map<String, Value>>,
@@ -254,7 +256,7 @@ impl Fetched {
     pub fn waiting(&self, api: ApiGeneration) -> Waiting {
         match api {
             ApiGeneration::Resources => {
-                if self.resource.state == "Creating" {
+                if self.resource.state == ResourceState::Creating {
                     Waiting::Yes
                 } else {
                     Waiting::AlreadyHandled(format!("resource is {}", self.resource.state))
@@ -264,12 +266,16 @@ impl Fetched {
                 let Some(order) = &self.order else {
                     return Waiting::AlreadyHandled("resource has no creation order".into());
                 };
-                match order.state.as_str() {
-                    "pending-provider" if self.resource.state == "Creating" => Waiting::Yes,
-                    "pending-provider" => {
+                match &order.state {
+                    OrderState::PendingProvider
+                        if self.resource.state == ResourceState::Creating =>
+                    {
+                        Waiting::Yes
+                    }
+                    OrderState::PendingProvider => {
                         Waiting::AlreadyHandled(format!("resource is {}", self.resource.state))
                     }
-                    "pending-consumer" | "pending-project" => {
+                    OrderState::PendingConsumer | OrderState::PendingProject => {
                         Waiting::NotYet(format!("order is {}", order.state))
                     }
                     other => Waiting::AlreadyHandled(format!("order is {other}")),
@@ -887,7 +893,7 @@ impl PuhuriClient {
             .items
             .into_iter()
             .filter(|r| r.backend_id.as_deref() == Some(backend_id.as_str()))
-            .partition(|r| r.state != "Terminated");
+            .partition(|r| r.state != ResourceState::Terminated);
         if live.is_empty() {
             live = terminated;
         }
