@@ -138,7 +138,7 @@ type Labels<const N: usize> = [(&'static str, String); N];
 
 /// A family that is described on every scrape, also while it has no series yet (the
 /// registry leaves out empty families otherwise).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Described<M>(M);
 
 impl<M: EncodeMetric> EncodeMetric for Described<M> {
@@ -243,13 +243,7 @@ fn now_ms() -> i64 {
 
 /// Registers a handle to `metric` as `name` from [`METRIC_NAMES`]. The encoder appends
 /// `_total` to a counter's name and a full stop to the help text, so neither is passed here.
-fn register<M: Metric + Clone>(
-    registry: &mut Registry,
-    name: &'static str,
-    help: &str,
-    metric: &M,
-) {
-    let metric = metric.clone();
+fn register(registry: &mut Registry, name: &'static str, help: &str, metric: impl Metric) {
     let name = match metric.metric_type() {
         MetricType::Counter => name
             .strip_suffix("_total")
@@ -301,127 +295,127 @@ impl Metrics {
             r,
             NOTIFICATIONS,
             "Notifications answered by source, outcome and refusal cause",
-            &Described(self.notifications.clone()),
+            Described(self.notifications.clone()),
         );
         register(
             r,
             CONFIRM_SECONDS,
             "Seconds from publish to durable confirm",
-            &self.confirm_seconds,
+            self.confirm_seconds.clone(),
         );
         register(
             r,
             QUEUE_DEPTH,
             "Messages waiting in the work queue",
-            &self.queue_depth,
+            self.queue_depth.clone(),
         );
         register(
             r,
             QUEUE_OLDEST_AGE,
             "Age in seconds of the oldest pending message (RabbitMQ: of the last delivered one while the queue is not empty)",
-            &self.queue_oldest_age,
+            self.queue_oldest_age.clone(),
         );
         register(
             r,
             DEAD_LETTER_DEPTH,
             "Messages in the dead-letter queue",
-            &self.dead_letter_depth,
+            self.dead_letter_depth.clone(),
         );
         register(
             r,
             DECISIONS,
             "Decisions by action and policy rule",
-            &Described(self.decisions.clone()),
+            Described(self.decisions.clone()),
         );
         register(
             r,
             DELIVERIES,
             "Deliveries settled by disposition",
-            &Described(self.deliveries.clone()),
+            Described(self.deliveries.clone()),
         );
         register(
             r,
             PUHURI_REQUESTS,
             "Puhuri Core calls by endpoint and HTTP status (error: no answer)",
-            &Described(self.puhuri_requests.clone()),
+            Described(self.puhuri_requests.clone()),
         );
         register(
             r,
             PUHURI_SECONDS,
             "Latency of Puhuri Core calls by endpoint",
-            &Described(self.puhuri_seconds.clone()),
+            Described(self.puhuri_seconds.clone()),
         );
         register(
             r,
             PUHURI_LAST_SUCCESS,
             "Unix time of the last Puhuri Core answer other than 5xx",
-            &self.puhuri_last_success,
+            self.puhuri_last_success.clone(),
         );
         register(
             r,
             RETRIES,
             "Retries scheduled by delay tier",
-            &Described(self.retries.clone()),
+            Described(self.retries.clone()),
         );
         register(
             r,
             RECONCILE_CYCLES,
             "Reconcile cycles by result",
-            &Described(self.reconcile_cycles.clone()),
+            Described(self.reconcile_cycles.clone()),
         );
         register(
             r,
             RECONCILE_CALLS,
             "Puhuri Core list calls of the reconciler",
-            &self.reconcile_calls,
+            self.reconcile_calls.clone(),
         );
         register(
             r,
             RECONCILE_ENQUEUED,
             "Allocations enqueued by the reconciler",
-            &self.reconcile_enqueued,
+            self.reconcile_enqueued.clone(),
         );
         register(
             r,
             POLICY_RELOADS,
             "Policies reloaded after start",
-            &self.policy_reloads,
+            self.policy_reloads.clone(),
         );
         register(
             r,
             POLICY_RELOAD_FAILURES,
             "Policy files refused; the running policy stayed",
-            &self.policy_reload_failures,
+            self.policy_reload_failures.clone(),
         );
         register(
             r,
             POLICY_LOADED,
             "1 while the workers run a policy",
-            &self.policy_loaded,
+            self.policy_loaded.clone(),
         );
         register(
             r,
             BROKER_CONNECTED,
             "1 while the broker connection is up",
-            &self.broker_connected,
+            self.broker_connected.clone(),
         );
         register(
             r,
             USAGE_RECORDS,
             "Usage records settled by outcome",
-            &Described(self.usage_records.clone()),
+            Described(self.usage_records.clone()),
         );
         register(
             r,
             USAGE_REPORTS,
             "set_usage calls that reported changed components",
-            &self.usage_reports,
+            self.usage_reports.clone(),
         );
         register(
             r,
             TEAM_EVENTS,
             "Team events published by type",
-            &Described(self.team_events.clone()),
+            Described(self.team_events.clone()),
         );
         self
     }
