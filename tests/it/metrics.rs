@@ -1,5 +1,7 @@
 //! Every exported metric moves when its event happens: scrape `/metrics`, act, scrape
-//! again and compare. Also `/readyz`'s checks and the metrics listener of `work`.
+//! again and compare. Each body is read with a Prometheus text-format parser
+//! (`prometheus-parse`) and must describe every name of `METRIC_NAMES` with its type.
+//! Also `/readyz`'s checks and the metrics listener of `work`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -63,7 +65,10 @@ fn parse(text: String) -> Exposition {
                 sample_type,
             } => {
                 let name = metric_alias.unwrap_or(metric_name);
-                assert!(helps.contains_key(&name), "TYPE before HELP: {line}");
+                assert!(
+                    helps.contains_key(&name),
+                    "a TYPE without a HELP before it: {line}"
+                );
                 let earlier = types.insert(name, sample_type);
                 assert!(earlier.is_none(), "a second TYPE: {line}");
             }
