@@ -1,25 +1,39 @@
-//! Metrics: a small registry of counters, gauges and histograms with fixed label sets,
-//! rendered in the Prometheus text format 0.0.4 (`GET /metrics`).
+//! Metrics: counters, gauges and histograms of the `prometheus-client` crate with fixed
+//! label sets, served in the Prometheus text format 0.0.4 (`GET /metrics`).
 //!
 //! One [`Metrics`] is created per started service (`app::start`) and shared by `Arc` with
-//! the receiver, the workers, the reconciler and the Puhuri Core client; nothing is
-//! global, so several services in one process keep separate numbers.
+//! the receiver, the workers, the reconciler and the Puhuri Core client; it owns its own
+//! `Registry` and nothing is global, so several services in one process keep separate
+//! numbers.
 //!
-//! INVARIANT: every exported name is in [`METRIC_NAMES`]; the deployment artifacts
+//! INVARIANT: every exported name is in [`METRIC_NAMES`], registered under that name (a
+//! counter without its `_total`, which the encoder appends); the deployment artifacts
 //! (dashboard, alert rules) are checked against that list by the tests.
+//! INVARIANT: every name is described (`# HELP`, `# TYPE`) on every scrape, also before
+//! its first sample.
 //! INVARIANT: label values are bounded and never secret: configured source names (or
 //! `unknown`), refusal causes, policy rule names, Puhuri Core operation names, HTTP
 //! status codes, tier numbers. A user-supplied path segment never becomes a label.
-//! INVARIANT: hot paths take one short mutex per observation (a map lookup and an add);
-//! queue depths and broker state are read at scrape time, not on the hot path.
+//! INVARIANT: hot paths take one family's read lock per observation (its write lock the
+//! first time a label set is seen) and add atomically; queue depths and broker state are
+//! read at scrape time, not on the hot path.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::encoding::{EncodeGaugeValue, EncodeMetric, MetricEncoder, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
 use puhuri_queue::Broker;
+
+/// The `Content-Type` of `/metrics`: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Notifications answered by the receiver: `source`, `outcome` (`accepted`, `ignored`,
 /// `duplicate`, `rejected`, `unavailable`) and `cause` (the problem type for refusals,
@@ -68,7 +82,8 @@ pub const USAGE_REPORTS: &str = "puhuri_approver_usage_reports_total";
 /// Team events published, by `type` (`team.snapshot`, `team.changed`).
 pub const TEAM_EVENTS: &str = "puhuri_approver_team_events_total";
 
-/// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`).
+/// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
+/// in the order `/metrics` lists them.
 pub const METRIC_NAMES: &[&str] = &[
     NOTIFICATIONS,
     CONFIRM_SECONDS,
@@ -104,59 +119,117 @@ pub fn is_exported(name: &str) -> bool {
 
 const HISTOGRAMS: &[&str] = &[CONFIRM_SECONDS, PUHURI_SECONDS];
 
-/// Upper bounds of the latency histograms, in seconds.
+/// Upper bounds of the latency histograms, in seconds (`+Inf` follows).
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
+}
 
 /// How long Puhuri Core may go without a good answer after a failure before `/readyz`
 /// reports it unreachable.
 pub const PUHURI_RECENT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+/// A label set: fixed names, in the order they are rendered.
+type Labels<const N: usize> = [(&'static str, String); N];
 
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; BUCKETS.len()];
-        }
-        for (bound, n) in BUCKETS.iter().zip(self.buckets.iter_mut()) {
-            if value <= *bound {
-                *n += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
+/// A family that is described on every scrape, also while it has no series yet (the
+/// registry leaves out empty families otherwise).
+#[derive(Debug)]
+struct Described<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
     }
 }
 
-type Labels = Vec<String>;
+/// A gauge read from the queue at scrape time: no sample while it could not be read.
+#[derive(Clone, Debug, Default)]
+struct Reading<N>(Arc<Mutex<Option<N>>>);
+
+impl<N: Copy> Reading<N> {
+    fn set(&self, value: Option<N>) {
+        *lock(&self.0) = value;
+    }
+}
+
+impl<N: EncodeGaugeValue + Copy> EncodeMetric for Reading<N> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match *lock(&self.0) {
+            Some(value) => encoder.encode_gauge(&value),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the queue told at one scrape.
+#[derive(Debug, Default)]
+struct QueueReading {
+    connected: Option<u64>,
+    depth: Option<u64>,
+    dead: Option<u64>,
+    oldest_age: Option<f64>,
+}
 
 /// The registry of one service.
-#[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
-    policy_reloads: AtomicU64,
-    policy_reload_failures: AtomicU64,
-    policy_loaded: AtomicU64,
-    runs_workers: AtomicU64,
+    registry: Registry,
+    notifications: Family<Labels<3>, Counter>,
+    confirm_seconds: Histogram,
+    queue_depth: Reading<u64>,
+    queue_oldest_age: Reading<f64>,
+    dead_letter_depth: Reading<u64>,
+    decisions: Family<Labels<2>, Counter>,
+    deliveries: Family<Labels<1>, Counter>,
+    puhuri_requests: Family<Labels<2>, Counter>,
+    puhuri_seconds: Family<Labels<1>, Histogram>,
+    puhuri_last_success: Gauge<f64, AtomicU64>,
+    retries: Family<Labels<1>, Counter>,
+    reconcile_cycles: Family<Labels<1>, Counter>,
+    reconcile_calls: Counter,
+    reconcile_enqueued: Counter,
+    policy_reloads: Counter,
+    policy_reload_failures: Counter,
+    policy_loaded: Gauge,
+    broker_connected: Reading<u64>,
+    usage_records: Family<Labels<1>, Counter>,
+    usage_reports: Counter,
+    team_events: Family<Labels<1>, Counter>,
+    runs_workers: AtomicBool,
     /// Oldest pending message's enqueue time as last seen on delivery (ms), RabbitMQ.
     last_delivered_received_ms: AtomicI64,
     /// Unix ms of the last Puhuri Core answer other than 5xx, and of the last failure.
     puhuri_ok_ms: AtomicI64,
     puhuri_failed_ms: AtomicI64,
     broker: Mutex<Option<Broker>>,
+    /// Held from storing a scrape's queue reading until it is rendered.
+    scraping: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
     }
 }
 
@@ -167,44 +240,203 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn labels(values: &[&str]) -> Labels {
-    values.iter().map(|v| (*v).to_owned()).collect()
+/// Registers a handle to `metric` as `name` from [`METRIC_NAMES`]. The encoder appends
+/// `_total` to a counter's name and a full stop to the help text, so neither is passed here.
+fn register(registry: &mut Registry, name: &'static str, help: &str, metric: impl Metric) {
+    let name = match metric.metric_type() {
+        MetricType::Counter => name
+            .strip_suffix("_total")
+            .unwrap_or_else(|| panic!("counter {name} lacks _total")),
+        _ => name,
+    };
+    registry.register(name, help, metric);
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::default()
+        let metrics = Metrics {
+            registry: Registry::default(),
+            notifications: Family::default(),
+            confirm_seconds: latency_histogram(),
+            queue_depth: Reading::default(),
+            queue_oldest_age: Reading::default(),
+            dead_letter_depth: Reading::default(),
+            decisions: Family::default(),
+            deliveries: Family::default(),
+            puhuri_requests: Family::default(),
+            puhuri_seconds: Family::new_with_constructor(latency_histogram),
+            puhuri_last_success: Gauge::default(),
+            retries: Family::default(),
+            reconcile_cycles: Family::default(),
+            reconcile_calls: Counter::default(),
+            reconcile_enqueued: Counter::default(),
+            policy_reloads: Counter::default(),
+            policy_reload_failures: Counter::default(),
+            policy_loaded: Gauge::default(),
+            broker_connected: Reading::default(),
+            usage_records: Family::default(),
+            usage_reports: Counter::default(),
+            team_events: Family::default(),
+            runs_workers: AtomicBool::new(false),
+            last_delivered_received_ms: AtomicI64::new(0),
+            puhuri_ok_ms: AtomicI64::new(0),
+            puhuri_failed_ms: AtomicI64::new(0),
+            broker: Mutex::new(None),
+            scraping: Mutex::new(()),
+        };
+        metrics.with_registry()
+    }
+
+    /// Fills the registry with a handle to every metric, in [`METRIC_NAMES`] order.
+    fn with_registry(mut self) -> Metrics {
+        let r = &mut self.registry;
+        register(
+            r,
+            NOTIFICATIONS,
+            "Notifications answered by source, outcome and refusal cause",
+            Described(self.notifications.clone()),
+        );
+        register(
+            r,
+            CONFIRM_SECONDS,
+            "Seconds from publish to durable confirm",
+            self.confirm_seconds.clone(),
+        );
+        register(
+            r,
+            QUEUE_DEPTH,
+            "Messages waiting in the work queue",
+            self.queue_depth.clone(),
+        );
+        register(
+            r,
+            QUEUE_OLDEST_AGE,
+            "Age in seconds of the oldest pending message (RabbitMQ: of the last delivered one while the queue is not empty)",
+            self.queue_oldest_age.clone(),
+        );
+        register(
+            r,
+            DEAD_LETTER_DEPTH,
+            "Messages in the dead-letter queue",
+            self.dead_letter_depth.clone(),
+        );
+        register(
+            r,
+            DECISIONS,
+            "Decisions by action and policy rule",
+            Described(self.decisions.clone()),
+        );
+        register(
+            r,
+            DELIVERIES,
+            "Deliveries settled by disposition",
+            Described(self.deliveries.clone()),
+        );
+        register(
+            r,
+            PUHURI_REQUESTS,
+            "Puhuri Core calls by endpoint and HTTP status (error: no answer)",
+            Described(self.puhuri_requests.clone()),
+        );
+        register(
+            r,
+            PUHURI_SECONDS,
+            "Latency of Puhuri Core calls by endpoint",
+            Described(self.puhuri_seconds.clone()),
+        );
+        register(
+            r,
+            PUHURI_LAST_SUCCESS,
+            "Unix time of the last Puhuri Core answer other than 5xx",
+            self.puhuri_last_success.clone(),
+        );
+        register(
+            r,
+            RETRIES,
+            "Retries scheduled by delay tier",
+            Described(self.retries.clone()),
+        );
+        register(
+            r,
+            RECONCILE_CYCLES,
+            "Reconcile cycles by result",
+            Described(self.reconcile_cycles.clone()),
+        );
+        register(
+            r,
+            RECONCILE_CALLS,
+            "Puhuri Core list calls of the reconciler",
+            self.reconcile_calls.clone(),
+        );
+        register(
+            r,
+            RECONCILE_ENQUEUED,
+            "Allocations enqueued by the reconciler",
+            self.reconcile_enqueued.clone(),
+        );
+        register(
+            r,
+            POLICY_RELOADS,
+            "Policies reloaded after start",
+            self.policy_reloads.clone(),
+        );
+        register(
+            r,
+            POLICY_RELOAD_FAILURES,
+            "Policy files refused; the running policy stayed",
+            self.policy_reload_failures.clone(),
+        );
+        register(
+            r,
+            POLICY_LOADED,
+            "1 while the workers run a policy",
+            self.policy_loaded.clone(),
+        );
+        register(
+            r,
+            BROKER_CONNECTED,
+            "1 while the broker connection is up",
+            self.broker_connected.clone(),
+        );
+        register(
+            r,
+            USAGE_RECORDS,
+            "Usage records settled by outcome",
+            Described(self.usage_records.clone()),
+        );
+        register(
+            r,
+            USAGE_REPORTS,
+            "set_usage calls that reported changed components",
+            self.usage_reports.clone(),
+        );
+        register(
+            r,
+            TEAM_EVENTS,
+            "Team events published by type",
+            Described(self.team_events.clone()),
+        );
+        self
     }
 
     /// The queue whose depths are read at scrape time.
     pub fn attach_broker(&self, broker: Broker) {
-        *self.broker.lock().unwrap_or_else(PoisonError::into_inner) = Some(broker);
-    }
-
-    fn add(&self, name: &'static str, values: &[&str], n: u64) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        *counters.entry((name, labels(values))).or_default() += n;
-    }
-
-    fn observe(&self, name: &'static str, values: &[&str], seconds: f64) {
-        let mut histograms = self
-            .histograms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        histograms
-            .entry((name, labels(values)))
-            .or_default()
-            .observe(seconds);
+        *lock(&self.broker) = Some(broker);
     }
 
     /// A notification answered: `outcome` and, for refusals, the problem cause.
     pub fn notification(&self, source: &str, outcome: &str, cause: &str) {
-        self.add(NOTIFICATIONS, &[source, outcome, cause], 1);
+        let labels = [
+            ("source", source.to_owned()),
+            ("outcome", outcome.to_owned()),
+            ("cause", cause.to_owned()),
+        ];
+        self.notifications.get_or_create(&labels).inc();
     }
 
     /// The time a publish took to be confirmed.
     pub fn confirm(&self, elapsed: Duration) {
-        self.observe(CONFIRM_SECONDS, &[], elapsed.as_secs_f64());
+        self.confirm_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// A delivery taken by a worker, with its notification's `received_at_ms`.
@@ -215,85 +447,99 @@ impl Metrics {
 
     /// A settled delivery: its disposition and, when decided, the action and rule.
     pub fn settled(&self, disposition: &str, decision: Option<(&str, &str)>) {
-        self.add(DELIVERIES, &[disposition], 1);
+        let labels = [("disposition", disposition.to_owned())];
+        self.deliveries.get_or_create(&labels).inc();
         if let Some((action, rule)) = decision {
-            self.add(DECISIONS, &[action, rule], 1);
+            let labels = [("action", action.to_owned()), ("rule", rule.to_owned())];
+            self.decisions.get_or_create(&labels).inc();
         }
     }
 
     /// A retry scheduled into delay tier `tier` (1-based).
     pub fn retry(&self, tier: u32) {
-        self.add(RETRIES, &[&tier.to_string()], 1);
+        self.retries
+            .get_or_create(&[("tier", tier.to_string())])
+            .inc();
     }
 
     /// One Puhuri Core call: the operation, its HTTP status (`None`: no answer) and time.
     pub fn puhuri_call(&self, endpoint: &str, status: Option<u16>, elapsed: Duration) {
         let status_label = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
-        self.add(PUHURI_REQUESTS, &[endpoint, &status_label], 1);
-        self.observe(PUHURI_SECONDS, &[endpoint], elapsed.as_secs_f64());
+        let labels = [("endpoint", endpoint.to_owned()), ("status", status_label)];
+        self.puhuri_requests.get_or_create(&labels).inc();
+        let [endpoint, _] = labels;
+        self.puhuri_seconds
+            .get_or_create(&[endpoint])
+            .observe(elapsed.as_secs_f64());
+        let now = now_ms();
         match status {
-            Some(code) if code < 500 => self.puhuri_ok_ms.store(now_ms(), Ordering::Relaxed),
-            _ => self.puhuri_failed_ms.store(now_ms(), Ordering::Relaxed),
+            Some(code) if code < 500 => {
+                self.puhuri_ok_ms.store(now, Ordering::Relaxed);
+                self.puhuri_last_success.set(now as f64 / 1000.0);
+            }
+            _ => self.puhuri_failed_ms.store(now, Ordering::Relaxed),
         }
     }
 
     /// One reconcile cycle: whether it succeeded, its list calls and what it enqueued.
     pub fn reconcile_cycle(&self, ok: bool, calls: usize, enqueued: usize) {
-        self.add(RECONCILE_CYCLES, &[if ok { "ok" } else { "error" }], 1);
-        self.add(RECONCILE_CALLS, &[], calls as u64);
-        self.add(RECONCILE_ENQUEUED, &[], enqueued as u64);
+        let result = if ok { "ok" } else { "error" };
+        self.reconcile_cycles
+            .get_or_create(&[("result", result.to_owned())])
+            .inc();
+        self.reconcile_calls.inc_by(calls as u64);
+        self.reconcile_enqueued.inc_by(enqueued as u64);
     }
 
     /// `n` usage records settled with `outcome`.
     pub fn usage_records(&self, outcome: &str, n: usize) {
-        self.add(USAGE_RECORDS, &[outcome], n as u64);
+        let labels = [("outcome", outcome.to_owned())];
+        self.usage_records.get_or_create(&labels).inc_by(n as u64);
     }
 
     /// One `set_usage` call that reported changed components.
     pub fn usage_report(&self) {
-        self.add(USAGE_REPORTS, &[], 1);
+        self.usage_reports.inc();
     }
 
     /// A team event published.
     pub fn team_event(&self, event_type: &str) {
-        self.add(TEAM_EVENTS, &[event_type], 1);
+        let labels = [("type", event_type.to_owned())];
+        self.team_events.get_or_create(&labels).inc();
     }
 
     /// A policy reload attempt after start.
     pub fn policy_reload(&self, ok: bool) {
-        let counter = if ok {
-            &self.policy_reloads
+        if ok {
+            self.policy_reloads.inc();
         } else {
-            &self.policy_reload_failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            self.policy_reload_failures.inc();
+        }
     }
 
     /// The workers of this process run a policy.
     pub fn policy_loaded(&self) {
-        self.policy_loaded.store(1, Ordering::Relaxed);
+        self.policy_loaded.set(1);
     }
 
     /// This process runs workers: readiness checks the policy and Puhuri Core.
     pub fn expect_workers(&self) {
-        self.runs_workers.store(1, Ordering::Relaxed);
+        self.runs_workers.store(true, Ordering::Relaxed);
     }
 
     pub fn runs_workers(&self) -> bool {
-        self.runs_workers.load(Ordering::Relaxed) == 1
+        self.runs_workers.load(Ordering::Relaxed)
     }
 
     /// Whether the attached broker is connected (`false` when none is attached).
     pub fn broker_connected(&self) -> bool {
-        self.broker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.broker)
             .as_ref()
             .is_some_and(Broker::is_connected)
     }
 
     pub fn is_policy_loaded(&self) -> bool {
-        self.policy_loaded.load(Ordering::Relaxed) == 1
+        self.policy_loaded.get() == 1
     }
 
     /// `false` when the last Puhuri Core call failed and no good answer came within
@@ -304,199 +550,56 @@ impl Metrics {
         failed == 0 || ok >= failed || now_ms() - ok <= PUHURI_RECENT.as_millis() as i64
     }
 
-    /// Refreshes the scrape-time gauges from the queue, then renders everything.
+    /// Reads the scrape-time gauges from the attached queue, then renders everything.
     pub async fn scrape(&self) -> String {
-        let broker = self
-            .broker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut gauges: Vec<(&'static str, f64)> = Vec::new();
-        if let Some(broker) = broker {
-            let connected = broker.is_connected();
-            gauges.push((BROKER_CONNECTED, if connected { 1.0 } else { 0.0 }));
-            if connected {
-                let work = broker.work_depth().await.ok();
-                if let Some(depth) = work {
-                    gauges.push((QUEUE_DEPTH, depth as f64));
-                }
-                if let Ok(depth) = broker.dead_depth().await {
-                    gauges.push((DEAD_LETTER_DEPTH, depth as f64));
-                }
-                let oldest = match broker.oldest_pending_ms().await {
-                    Ok(Some(at)) => Some(at),
-                    // RabbitMQ: the last delivered message's age stands in while the
-                    // queue is not empty.
-                    Ok(None) if broker.is_embedded() => None,
-                    _ => match self.last_delivered_received_ms.load(Ordering::Relaxed) {
-                        0 => None,
-                        _ if work == Some(0) => None,
-                        at => Some(at),
-                    },
-                };
-                let age = oldest.map_or(0.0, |at| ((now_ms() - at).max(0)) as f64 / 1000.0);
-                gauges.push((QUEUE_OLDEST_AGE, age));
-            }
+        let broker = lock(&self.broker).clone();
+        let reading = match broker {
+            Some(broker) => self.read_queue(&broker).await,
+            None => QueueReading::default(),
+        };
+        let _one_scrape = lock(&self.scraping);
+        self.broker_connected.set(reading.connected);
+        self.queue_depth.set(reading.depth);
+        self.dead_letter_depth.set(reading.dead);
+        self.queue_oldest_age.set(reading.oldest_age);
+        self.render()
+    }
+
+    /// Broker state always; depths and the oldest pending age only while connected.
+    async fn read_queue(&self, broker: &Broker) -> QueueReading {
+        let connected = broker.is_connected();
+        let mut reading = QueueReading {
+            connected: Some(u64::from(connected)),
+            ..QueueReading::default()
+        };
+        if !connected {
+            return reading;
         }
-        self.render(&gauges)
+        reading.depth = broker.work_depth().await.ok();
+        reading.dead = broker.dead_depth().await.ok();
+        let oldest = match broker.oldest_pending_ms().await {
+            Ok(Some(at)) => Some(at),
+            // RabbitMQ: the last delivered message's age stands in while the queue is
+            // not empty.
+            Ok(None) if broker.is_embedded() => None,
+            _ => match self.last_delivered_received_ms.load(Ordering::Relaxed) {
+                0 => None,
+                _ if reading.depth == Some(0) => None,
+                at => Some(at),
+            },
+        };
+        reading.oldest_age =
+            Some(oldest.map_or(0.0, |at| ((now_ms() - at).max(0)) as f64 / 1000.0));
+        reading
     }
 
-    fn render(&self, gauges: &[(&'static str, f64)]) -> String {
-        let mut out = String::new();
-        let counters = self
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let histograms = self
-            .histograms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let plain = [
-            (
-                POLICY_RELOADS,
-                "counter",
-                self.policy_reloads.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                POLICY_RELOAD_FAILURES,
-                "counter",
-                self.policy_reload_failures.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                POLICY_LOADED,
-                "gauge",
-                self.policy_loaded.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                PUHURI_LAST_SUCCESS,
-                "gauge",
-                self.puhuri_ok_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-            ),
-        ];
-        for name in METRIC_NAMES {
-            let (kind, help, label_names) = describe(name);
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            if let Some((_, _, value)) = plain.iter().find(|(n, _, _)| n == name) {
-                let _ = writeln!(out, "{name} {}", number(*value));
-            }
-            for (gauge, value) in gauges.iter().filter(|(n, _)| n == name) {
-                let _ = writeln!(out, "{gauge} {}", number(*value));
-            }
-            for ((_, values), n) in counters.iter().filter(|((n, _), _)| n == name) {
-                let _ = writeln!(out, "{name}{} {n}", label_set(label_names, values, None));
-            }
-            for ((_, values), h) in histograms.iter().filter(|((n, _), _)| n == name) {
-                for (bound, n) in BUCKETS.iter().zip(&h.buckets) {
-                    let le = number(*bound);
-                    let set = label_set(label_names, values, Some(&le));
-                    let _ = writeln!(out, "{name}_bucket{set} {n}");
-                }
-                let set = label_set(label_names, values, Some("+Inf"));
-                let _ = writeln!(out, "{name}_bucket{set} {}", h.count);
-                let set = label_set(label_names, values, None);
-                let _ = writeln!(out, "{name}_sum{set} {}", number(h.sum));
-                let _ = writeln!(out, "{name}_count{set} {}", h.count);
-            }
+    /// The registry in the Prometheus text format 0.0.4.
+    fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_text::encode(&mut text, &self.registry).is_err() {
+            tracing::error!("metrics could not be rendered");
         }
-        out
-    }
-}
-
-/// Type, help text and label names of each metric.
-fn describe(name: &str) -> (&'static str, &'static str, &'static [&'static str]) {
-    match name {
-        NOTIFICATIONS => (
-            "counter",
-            "Notifications answered by source, outcome and refusal cause.",
-            &["source", "outcome", "cause"],
-        ),
-        CONFIRM_SECONDS => ("histogram", "Seconds from publish to durable confirm.", &[]),
-        QUEUE_DEPTH => ("gauge", "Messages waiting in the work queue.", &[]),
-        QUEUE_OLDEST_AGE => (
-            "gauge",
-            "Age in seconds of the oldest pending message (RabbitMQ: of the last delivered one while the queue is not empty).",
-            &[],
-        ),
-        DEAD_LETTER_DEPTH => ("gauge", "Messages in the dead-letter queue.", &[]),
-        USAGE_RECORDS => ("counter", "Usage records settled by outcome.", &["outcome"]),
-        USAGE_REPORTS => (
-            "counter",
-            "set_usage calls that reported changed components.",
-            &[],
-        ),
-        TEAM_EVENTS => ("counter", "Team events published by type.", &["type"]),
-        DECISIONS => (
-            "counter",
-            "Decisions by action and policy rule.",
-            &["action", "rule"],
-        ),
-        DELIVERIES => (
-            "counter",
-            "Deliveries settled by disposition.",
-            &["disposition"],
-        ),
-        PUHURI_REQUESTS => (
-            "counter",
-            "Puhuri Core calls by endpoint and HTTP status (error: no answer).",
-            &["endpoint", "status"],
-        ),
-        PUHURI_SECONDS => (
-            "histogram",
-            "Latency of Puhuri Core calls by endpoint.",
-            &["endpoint"],
-        ),
-        PUHURI_LAST_SUCCESS => (
-            "gauge",
-            "Unix time of the last Puhuri Core answer other than 5xx.",
-            &[],
-        ),
-        RETRIES => ("counter", "Retries scheduled by delay tier.", &["tier"]),
-        RECONCILE_CYCLES => ("counter", "Reconcile cycles by result.", &["result"]),
-        RECONCILE_CALLS => ("counter", "Puhuri Core list calls of the reconciler.", &[]),
-        RECONCILE_ENQUEUED => ("counter", "Allocations enqueued by the reconciler.", &[]),
-        POLICY_RELOADS => ("counter", "Policies reloaded after start.", &[]),
-        POLICY_RELOAD_FAILURES => (
-            "counter",
-            "Policy files refused; the running policy stayed.",
-            &[],
-        ),
-        POLICY_LOADED => ("gauge", "1 while the workers run a policy.", &[]),
-        BROKER_CONNECTED => ("gauge", "1 while the broker connection is up.", &[]),
-        _ => ("untyped", "", &[]),
-    }
-}
-
-fn number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{}", value as i64)
-    } else {
-        format!("{value}")
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn label_set(names: &[&str], values: &[String], le: Option<&str>) -> String {
-    let mut pairs: Vec<String> = names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect();
-    if let Some(le) = le {
-        pairs.push(format!("le=\"{le}\""));
-    }
-    if pairs.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", pairs.join(","))
+        text
     }
 }
 
@@ -517,18 +620,54 @@ mod tests {
         metrics.notification("sim", "rejected", "bad-signature");
         metrics.notification("a\"b", "accepted", "");
         metrics.confirm(Duration::from_millis(3));
-        let text = metrics.render(&[]);
+        metrics.reconcile_cycle(true, 2, 1);
+        metrics.team_event("team.changed");
+        let text = metrics.render();
         assert!(text.contains(
-            "puhuri_approver_notifications_total{source=\"sim\",outcome=\"rejected\",cause=\"bad-signature\"} 2"
+            "puhuri_approver_notifications_total{source=\"sim\",outcome=\"rejected\",cause=\"bad-signature\"} 2\n"
         ));
         assert!(text.contains("source=\"a\\\"b\""));
-        assert!(text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"0.0025\"} 0"));
-        assert!(text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"+Inf\"} 1"));
-        assert!(text.contains("puhuri_approver_confirm_duration_seconds_count 1"));
-        for name in METRIC_NAMES {
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        assert!(
+            text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"0.0025\"} 0\n")
+        );
+        assert!(text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"10\"} 1\n"));
+        assert!(text.contains("puhuri_approver_confirm_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("puhuri_approver_confirm_duration_seconds_count 1\n"));
+        assert!(text.contains("puhuri_approver_reconcile_cycles_total{result=\"ok\"} 1\n"));
+        assert!(text.contains("puhuri_approver_reconcile_calls_total 2\n"));
+        assert!(text.contains("puhuri_approver_team_events_total{type=\"team.changed\"} 1\n"));
+        assert!(text.contains(
+            "# HELP puhuri_approver_notifications_total Notifications answered by source, outcome and refusal cause.\n"
+        ));
+    }
+
+    #[test]
+    fn describes_every_name_in_order_before_any_sample() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        let types: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .collect();
+        let names: Vec<&str> = types.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, METRIC_NAMES);
+        for (name, kind) in types {
+            let expected = if HISTOGRAMS.contains(&name) {
+                "histogram"
+            } else if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert_eq!(kind, expected, "{name}");
         }
+        // Nothing was read from a queue: the scrape-time gauges have no sample.
+        for name in [QUEUE_DEPTH, DEAD_LETTER_DEPTH, BROKER_CONNECTED] {
+            assert!(!text.contains(&format!("\n{name} ")), "{name}");
+        }
+        assert!(text.contains("\npuhuri_approver_policy_loaded 0\n"));
     }
 
     #[test]

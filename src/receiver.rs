@@ -248,7 +248,7 @@ async fn metrics_response(metrics: &Metrics) -> Response {
     let mut response = metrics.scrape().await.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
 }

@@ -1,8 +1,12 @@
 //! Every exported metric moves when its event happens: scrape `/metrics`, act, scrape
-//! again and compare. Also `/readyz`'s checks and the metrics listener of `work`.
+//! again and compare. Each body is read with a Prometheus text-format parser
+//! (`prometheus-parse`) and must describe every name of `METRIC_NAMES` with its type.
+//! Also `/readyz`'s checks and the metrics listener of `work`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use prometheus_parse::{LineInfo, Sample, SampleType, Scrape, Value as Parsed};
 use puhuri_approver::app::{self, Roles};
 use puhuri_approver::config::Config;
 use puhuri_approver::metrics::{self, METRIC_NAMES};
@@ -16,7 +20,83 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{Backend, Options, SECRET, TestApp, spawn_app, temp_dir};
 use crate::on_both_backends;
 
-async fn scrape(app: &TestApp) -> String {
+/// One `/metrics` body, checked line by line with a Prometheus text-format parser.
+struct Exposition {
+    text: String,
+    /// The `# TYPE` of each family (histograms by their base name).
+    types: HashMap<String, SampleType>,
+    /// The `# HELP` text of each family.
+    helps: HashMap<String, String>,
+    samples: Vec<Sample>,
+}
+
+impl std::fmt::Display for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The family a sample belongs to: itself, or the histogram of a `_bucket`, `_sum` or
+/// `_count` series.
+fn family<'a>(types: &HashMap<String, SampleType>, name: &'a str) -> &'a str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| {
+            let base = name.strip_suffix(suffix)?;
+            (types.get(base) == Some(&SampleType::Histogram)).then_some(base)
+        })
+        .unwrap_or(name)
+}
+
+/// Parses a whole exposition: every line must be a `# HELP`, a `# TYPE` or a sample with a
+/// number (or an empty line); each family is described once, before its samples.
+fn parse(text: String) -> Exposition {
+    let mut types = HashMap::new();
+    let mut helps = HashMap::new();
+    for line in text.lines() {
+        match LineInfo::parse(line) {
+            LineInfo::Doc { metric_name, doc } => {
+                let earlier = helps.insert(metric_name.to_owned(), doc.to_owned());
+                assert!(earlier.is_none(), "a second HELP: {line}");
+            }
+            LineInfo::Type {
+                metric_name,
+                metric_alias,
+                sample_type,
+            } => {
+                let name = metric_alias.unwrap_or(metric_name);
+                assert!(
+                    helps.contains_key(&name),
+                    "a TYPE without a HELP before it: {line}"
+                );
+                let earlier = types.insert(name, sample_type);
+                assert!(earlier.is_none(), "a second TYPE: {line}");
+            }
+            LineInfo::Sample {
+                metric_name, value, ..
+            } => {
+                let base = family(&types, metric_name);
+                assert!(types.contains_key(base), "a sample of no TYPE: {line}");
+                let number = match value {
+                    "+Inf" | "-Inf" | "NaN" => true,
+                    v => v.parse::<f64>().is_ok(),
+                };
+                assert!(number, "not a number: {line}");
+            }
+            LineInfo::Empty => {}
+            LineInfo::Ignored => panic!("not a metrics line: {line:?}"),
+        }
+    }
+    let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).expect("parses");
+    Exposition {
+        types,
+        helps,
+        samples: scrape.samples,
+        text,
+    }
+}
+
+async fn scrape(app: &TestApp) -> Exposition {
     let response = app
         .http
         .get(app.url("/metrics"))
@@ -30,21 +110,77 @@ async fn scrape(app: &TestApp) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    response.text().await.expect("metrics text")
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    parse(response.text().await.expect("metrics text"))
 }
 
-/// The value of one series (`name` or `name{labels}` exactly as rendered), 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(series)?;
-            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+/// The type a name in `METRIC_NAMES` is exported as, by the naming convention.
+fn expected_type(name: &str) -> SampleType {
+    if name.ends_with("_total") {
+        SampleType::Counter
+    } else if name.ends_with("_duration_seconds") {
+        SampleType::Histogram
+    } else {
+        SampleType::Gauge
+    }
+}
+
+/// Every name in `METRIC_NAMES` is described with its type and a help text.
+fn assert_describes_every_metric(exposition: &Exposition) {
+    for name in METRIC_NAMES {
+        assert_eq!(
+            exposition.types.get(*name),
+            Some(&expected_type(name)),
+            "TYPE of {name}"
+        );
+        let help = exposition.helps.get(*name).map(String::as_str);
+        assert!(help.is_some_and(|h| !h.is_empty()), "HELP of {name}");
+    }
+    assert_eq!(exposition.types.len(), METRIC_NAMES.len(), "{exposition}");
+}
+
+/// The value of one series, `name` or `name{label="value",...}` with every label, as the
+/// parser read it (a counter must have been read as a counter, a gauge as a gauge); 0 when
+/// absent. A histogram's `_bucket{le="…"}` is looked up among its parsed buckets.
+fn value(exposition: &Exposition, series: &str) -> f64 {
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}').expect("closing brace")),
+        None => (series, ""),
+    };
+    let mut wanted: HashMap<&str, &str> = labels
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').expect("label=value");
+            (key, value.trim_matches('"'))
         })
-        .unwrap_or(0.0)
+        .collect();
+    let base = family(&exposition.types, name);
+    let bucket = (name.ends_with("_bucket") && base != name)
+        .then(|| wanted.remove("le").expect("a bucket's le"));
+    let metric = if bucket.is_some() { base } else { name };
+    let Some(sample) = exposition.samples.iter().find(|sample| {
+        sample.metric == metric
+            && sample.labels.len() == wanted.len()
+            && wanted.iter().all(|(k, v)| sample.labels.get(k) == Some(*v))
+    }) else {
+        return 0.0;
+    };
+    match (&sample.value, expected_type(base)) {
+        (Parsed::Histogram(buckets), SampleType::Histogram) => {
+            let le: f64 = match bucket.expect("a bucket series") {
+                "+Inf" => f64::INFINITY,
+                le => le.parse().expect("le"),
+            };
+            buckets
+                .iter()
+                .find(|b| b.less_than == le)
+                .map_or(0.0, |b| b.count)
+        }
+        (Parsed::Untyped(v), SampleType::Histogram) => *v,
+        (Parsed::Counter(v), SampleType::Counter) | (Parsed::Gauge(v), SampleType::Gauge) => *v,
+        (other, _) => panic!("{series} was read as {other:?}"),
+    }
 }
 
 fn notifications(source: &str, outcome: &str, cause: &str) -> String {
@@ -72,12 +208,7 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     })
     .await;
     let before = scrape(&app).await;
-    for name in METRIC_NAMES {
-        assert!(
-            before.contains(&format!("# TYPE {name} ")),
-            "{name} missing"
-        );
-    }
+    assert_describes_every_metric(&before);
     assert_eq!(value(&before, metrics::BROKER_CONNECTED), 1.0);
     assert_eq!(value(&before, metrics::POLICY_LOADED), 1.0);
 
@@ -142,6 +273,7 @@ async fn every_metric_moves_with_its_event(backend: Backend) {
     );
 
     let after = scrape(&app).await;
+    assert_describes_every_metric(&after);
     let moved = |series: &str| value(&after, series) - value(&before, series);
     assert_eq!(moved(&notifications("relay", "accepted", "")), 3.0);
     assert_eq!(moved(&notifications("relay", "duplicate", "")), 1.0);
@@ -425,14 +557,16 @@ async fn a_work_only_process_serves_metrics_on_metrics_listen() {
     assert_eq!(running.addr, None);
     let addr = running.metrics_addr.expect("metrics listener");
     let http = reqwest::Client::new();
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("answer")
-        .text()
-        .await
-        .expect("text");
+    let text = parse(
+        http.get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("answer")
+            .text()
+            .await
+            .expect("text"),
+    );
+    assert_describes_every_metric(&text);
     assert_eq!(value(&text, metrics::POLICY_LOADED), 1.0);
     assert_eq!(value(&text, metrics::BROKER_CONNECTED), 1.0);
     let health = http
