@@ -968,6 +968,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_database_from_before_kinds_gets_each_message_s_kind_once() {
+        let dir = temp();
+        {
+            let old = Connection::open(dir.join("queue.sqlite3")).expect("open");
+            old.execute_batch(
+                "CREATE TABLE messages (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL,
+                     message_id TEXT NOT NULL, body BLOB NOT NULL,
+                     attempts INTEGER NOT NULL DEFAULT 0, reasons TEXT NOT NULL DEFAULT '[]',
+                     available_at INTEGER NOT NULL, lease_until INTEGER, lease_token INTEGER,
+                     deliveries INTEGER NOT NULL DEFAULT 0, enqueued_at INTEGER NOT NULL);
+                 INSERT INTO messages (lane, message_id, body, available_at, enqueued_at)
+                   VALUES ('work', 'n1', CAST('{\"v\":\"1\",\"id\":\"n1\"}' AS BLOB), 0, 0),
+                          ('work', 'u1', CAST('{\"backend_id\":\"b\",\"amount\":\"1\"}' AS BLOB), 0, 0);",
+            )
+            .expect("old schema");
+        }
+        for _ in 0..2 {
+            // Opening twice migrates once and keeps the kinds.
+            let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
+            let claimed = queue.claim(10).await.expect("claim");
+            let kinds: Vec<(String, Option<Kind>)> = claimed
+                .iter()
+                .map(|c| (c.message_id.clone(), c.kind))
+                .collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    ("n1".to_owned(), Some(Kind::Allocation)),
+                    ("u1".to_owned(), Some(Kind::Usage))
+                ]
+            );
+            for c in &claimed {
+                queue
+                    .reschedule(c, Lane::Work, 0, &[], Duration::ZERO)
+                    .await
+                    .expect("release");
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_published_message_is_claimed_once_and_acked() {
         let dir = temp();
         let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
