@@ -65,17 +65,34 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).unwrap_or(text).matches('\n').count() + 1
 }
 
-fn parse_now(text: &str, line: usize) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|_| format!("line {line}: `now`: `{text}` is not an RFC 3339 timestamp"))
+/// Why a cases file cannot be read, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CasesError {
+    #[error("line {line}: {message}")]
+    Syntax { line: usize, message: String },
+    #[error("line {line}: `now`: `{value}` is not an RFC 3339 timestamp")]
+    BadNow { line: usize, value: String },
+    #[error(
+        "line {line}: case `{case}` has no `now`; set it in the case or at the top of the file"
+    )]
+    NoNow { line: usize, case: String },
+    #[error("the file has no `[[case]]`")]
+    NoCases,
+}
+
+fn parse_now(text: &str, line: usize) -> Result<OffsetDateTime, CasesError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|_| CasesError::BadNow {
+        line,
+        value: text.to_owned(),
+    })
 }
 
 impl Cases {
     /// Parses a cases file; errors carry the line.
-    pub fn parse(text: &str) -> Result<Cases, String> {
-        let file: CasesFile = toml::from_str(text).map_err(|error| {
-            let line = error.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-            format!("line {line}: {}", error.message().trim_end())
+    pub fn parse(text: &str) -> Result<Cases, CasesError> {
+        let file: CasesFile = toml::from_str(text).map_err(|error| CasesError::Syntax {
+            line: error.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: error.message().trim_end().to_owned(),
         })?;
         let default_now = match &file.now {
             Some(now) => Some(parse_now(now, 1)?),
@@ -89,16 +106,16 @@ impl Cases {
                 (Some(now), _) => parse_now(now, line)?,
                 (None, Some(now)) => now,
                 (None, None) => {
-                    return Err(format!(
-                        "line {line}: case `{}` has no `now`; set it in the case or at the top of the file",
-                        case.name
-                    ));
+                    return Err(CasesError::NoNow {
+                        line,
+                        case: case.name,
+                    });
                 }
             };
             cases.push((line, case, now));
         }
         if cases.is_empty() {
-            return Err("the file has no `[[case]]`".into());
+            return Err(CasesError::NoCases);
         }
         Ok(Cases { cases })
     }

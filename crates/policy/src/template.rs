@@ -133,16 +133,46 @@ impl Template {
     }
 }
 
+/// Why a template path names nothing the allocation has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("unknown field `{path}`; known: {}", known.join(", "))]
+    UnknownTopLevel {
+        path: String,
+        known: Vec<&'static str>,
+    },
+    #[error("unknown field `{walked}.{part}`; `{walked}` has {}", fields.join(", "))]
+    UnknownField {
+        walked: String,
+        part: String,
+        fields: Vec<&'static str>,
+    },
+    #[error("unknown component `{walked}.{part}`; the policy's components are {}", components.join(", "))]
+    UnknownComponent {
+        walked: String,
+        part: String,
+        components: Vec<String>,
+    },
+    #[error("`{walked}` is {kind} and has no field `{part}`")]
+    NotAnObject {
+        walked: String,
+        kind: &'static str,
+        part: String,
+    },
+    #[error("`{0}` is an object; name one of its fields")]
+    AnObject(String),
+}
+
 /// Checks a dotted path against the schema: objects must name a known field, `limits`
 /// a policy component, `attributes` any key; the path must end at a value.
-pub fn check_path(path: &str, components: &[String]) -> Result<(), String> {
+pub fn check_path(path: &str, components: &[String]) -> Result<(), PathError> {
     let mut parts = path.split('.');
     let first = parts.next().unwrap_or_default();
     let Some(mut ty) = top_level(first) else {
-        return Err(format!(
-            "unknown field `{path}`; known: {}",
-            top_level_names().join(", ")
-        ));
+        return Err(PathError::UnknownTopLevel {
+            path: path.to_owned(),
+            known: top_level_names(),
+        });
     };
     let mut walked = first.to_owned();
     for part in parts {
@@ -150,39 +180,36 @@ pub fn check_path(path: &str, components: &[String]) -> Result<(), String> {
             FieldType::Object(fields) => match fields.iter().find(|(n, _)| *n == part) {
                 Some((_, t)) => ty = *t,
                 None => {
-                    return Err(format!(
-                        "unknown field `{walked}.{part}`; `{walked}` has {}",
-                        fields
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
+                    return Err(PathError::UnknownField {
+                        walked,
+                        part: part.to_owned(),
+                        fields: fields.iter().map(|(n, _)| *n).collect(),
+                    });
                 }
             },
             FieldType::Limits => {
                 if !components.iter().any(|c| c == part) {
-                    return Err(format!(
-                        "unknown component `{walked}.{part}`; the policy's components are {}",
-                        components.join(", ")
-                    ));
+                    return Err(PathError::UnknownComponent {
+                        walked,
+                        part: part.to_owned(),
+                        components: components.to_vec(),
+                    });
                 }
                 ty = FieldType::Number;
             }
             FieldType::OpenMap => return Ok(()),
             other => {
-                return Err(format!(
-                    "`{walked}` is {} and has no field `{part}`",
-                    other.describe()
-                ));
+                return Err(PathError::NotAnObject {
+                    walked,
+                    kind: other.describe(),
+                    part: part.to_owned(),
+                });
             }
         }
         walked = format!("{walked}.{part}");
     }
     match ty {
-        FieldType::Object(_) | FieldType::Limits => {
-            Err(format!("`{path}` is an object; name one of its fields"))
-        }
+        FieldType::Object(_) | FieldType::Limits => Err(PathError::AnObject(path.to_owned())),
         _ => Ok(()),
     }
 }
