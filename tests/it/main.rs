@@ -10,6 +10,7 @@ mod faults;
 mod helpers;
 mod ingress;
 mod metrics;
+mod ops;
 mod policy;
 mod spine;
 mod telemetry;
