@@ -913,14 +913,26 @@ fn addresses(
         Some(addr) => addr,
         None => SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
-    let metrics_listen = address(
+    let metrics_addr = address(
         at,
         metrics_listen,
         "metrics_listen",
         "PUHURI_APPROVER_METRICS_LISTEN",
         env,
     )?;
-    Ok((listen, metrics_listen))
+    if metrics_addr == Some(listen) && listen.port() != 0 {
+        let message = format!("must differ from `listen` ({listen}): both are served at once");
+        return Err(
+            match (env.get("PUHURI_APPROVER_METRICS_LISTEN"), metrics_listen) {
+                (None, Some(value)) => at.invalid(value.span(), "metrics_listen", &message),
+                _ => ConfigError::Env {
+                    var: "PUHURI_APPROVER_METRICS_LISTEN".into(),
+                    message,
+                },
+            },
+        );
+    }
+    Ok((listen, metrics_addr))
 }
 
 fn address(
@@ -1676,6 +1688,12 @@ mod tests {
         assert_eq!(
             probe_address("", "t.toml", &env).expect("env"),
             "10.0.0.5:9191".parse().expect("addr")
+        );
+        let error = parse("listen = \"0.0.0.0:8080\"\nmetrics_listen = \"0.0.0.0:8080\"\n")
+            .expect_err("one port for both");
+        assert_eq!(
+            error.to_string(),
+            "test.toml:2: `metrics_listen`: must differ from `listen` (0.0.0.0:8080): both are served at once"
         );
         let error = probe("\nmetrics_listen = \"nine\"\n").expect_err("bad");
         assert_eq!(
