@@ -44,6 +44,16 @@ impl Roles {
         work: true,
     };
 
+    /// The command that runs these roles, for messages.
+    pub fn command(self) -> &'static str {
+        match (self.receive, self.work) {
+            (true, true) => "serve",
+            (true, false) => "receive",
+            (false, true) => "work",
+            (false, false) => "puhuri-approver",
+        }
+    }
+
     /// What these roles need from the configuration (the policy file is the caller's:
     /// [`start`] takes a compiled policy).
     pub fn needs(self) -> Needs {
@@ -191,7 +201,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     // What the roles need is checked before anything is opened or created.
     config.require(
-        role_command(roles),
+        roles.command(),
         Needs {
             policy: false,
             ..roles.needs()
@@ -337,16 +347,6 @@ pub async fn start(
         shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,
     })
-}
-
-/// The command that runs these roles, for messages.
-fn role_command(roles: Roles) -> &'static str {
-    match (roles.receive, roles.work) {
-        (true, true) => "serve",
-        (true, false) => "receive",
-        (false, true) => "work",
-        (false, false) => "puhuri-approver",
-    }
 }
 
 /// Opens the configured queue backend (RabbitMQ starts its supervisor, tied to `stop`).

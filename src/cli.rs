@@ -572,27 +572,16 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|| "none".into())
     );
     // A file may be meant for one role only; say which commands it cannot run yet.
-    for (command, roles) in [
-        ("serve", Roles::ALL),
-        (
-            "receive",
-            Roles {
-                receive: true,
-                work: false,
-            },
-        ),
-        (
-            "work",
-            Roles {
-                receive: false,
-                work: true,
-            },
-        ),
-    ] {
+    for (receive, work) in [(true, true), (true, false), (false, true)] {
+        let roles = Roles { receive, work };
         let missing = config.missing(roles.needs());
         if !missing.is_empty() {
             let keys: Vec<String> = missing.iter().map(|m| format!("`{}`", m.key)).collect();
-            println!("  `{command}` would also need {}", keys.join(", "));
+            println!(
+                "  `{}` would also need {}",
+                roles.command(),
+                keys.join(", ")
+            );
         }
     }
     Ok(())
@@ -612,12 +601,7 @@ fn resolve_relative(config_path: &Path, path: &Path) -> PathBuf {
 async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     // Before anything is opened or created: every missing setting, at once.
-    let command = match (roles.receive, roles.work) {
-        (true, true) => "serve",
-        (true, false) => "receive",
-        _ => "work",
-    };
-    config.require(command, roles.needs())?;
+    config.require(roles.command(), roles.needs())?;
     let policy_path = config
         .policy_file
         .as_ref()

@@ -178,6 +178,20 @@ async fn work_and_serve_without_a_usable_config_name_what_is_missing_and_create_
     assert!(!stderr.contains("`puhuri.url`"), "{stderr}");
     assert!(stderr.contains("`puhuri.token`"), "{stderr}");
 
+    // `config check` says the same without starting anything.
+    let mut cli = approver();
+    cli.arg("config")
+        .arg("check")
+        .arg(&config)
+        .current_dir(&dir);
+    let output = run(cli).await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("`work` would also need `puhuri.token`, `policy.file`"),
+        "{stdout}"
+    );
+
     // `receive` needs sources.
     let mut cli = approver();
     cli.arg("receive")
