@@ -1,12 +1,19 @@
-//! Wiring: starts the roles a command asks for (receiver, workers) around one supervised
-//! broker connection, and shuts them down in order.
+//! Wiring and supervision: starts the roles a command asks for (receiver, workers,
+//! reconciler, team watcher, metrics listener, policy reloader) around one broker
+//! connection, supervises them as named tasks, and shuts them down in order.
 //!
 //! INVARIANT: on shutdown the receiver stops accepting and finishes its requests, workers
 //! finish the deliveries they started, and only then is the broker connection closed, so
 //! every started publish and ack completes.
+//! INVARIANT: a role that ends before shutdown was asked for, returns an error or panics
+//! is logged with its name (`role=...`) and stops every other role, in the same order as
+//! SIGTERM; [`Running::wait`] then returns a [`RoleFailed`] naming it, so the process
+//! exits non-zero instead of running on without one of its roles.
 
+use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,10 +21,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, QueueChoice};
+use crate::config::{Config, Needs, QueueChoice};
 use crate::metrics::Metrics;
 use crate::receiver::{self, ReceiverStats};
 use crate::reconciler::Reconciler;
+use crate::reload::PolicyFile;
 use crate::team::TeamWatcher;
 use crate::worker::Worker;
 use puhuri_policy::Policy;
@@ -35,6 +43,134 @@ impl Roles {
         receive: true,
         work: true,
     };
+
+    /// The command that runs these roles, for messages.
+    pub fn command(self) -> &'static str {
+        match (self.receive, self.work) {
+            (true, true) => "serve",
+            (true, false) => "receive",
+            (false, true) => "work",
+            (false, false) => "puhuri-approver",
+        }
+    }
+
+    /// What these roles need from the configuration (the policy file is the caller's:
+    /// [`start`] takes a compiled policy).
+    pub fn needs(self) -> Needs {
+        Needs {
+            puhuri: self.work,
+            policy: self.work,
+            sources: self.receive,
+        }
+    }
+}
+
+/// A supervised task of the process, named in logs (`role=...`) and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The HTTP server of notifications on `listen`.
+    Receiver,
+    /// `/metrics`, `/healthz` and `/readyz` on `metrics_listen`.
+    Metrics,
+    /// The worker loop, with the usage reporter it feeds.
+    Worker,
+    Reconciler,
+    TeamWatcher,
+    PolicyReloader,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Receiver => "receiver",
+            Role::Metrics => "metrics",
+            Role::Worker => "worker",
+            Role::Reconciler => "reconciler",
+            Role::TeamWatcher => "team-watcher",
+            Role::PolicyReloader => "policy-reloader",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A role that ended on its own: it returned early, failed or panicked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("role `{role}` failed: {reason}; every other role was stopped")]
+pub struct RoleFailed {
+    pub role: Role,
+    pub reason: String,
+}
+
+/// Runs the roles as named tasks; the first that ends on its own fires `stop`.
+#[derive(Clone)]
+struct Supervisor {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    failure: Arc<Mutex<Option<RoleFailed>>>,
+}
+
+impl Supervisor {
+    fn new(stop: CancellationToken) -> Supervisor {
+        Supervisor {
+            stop,
+            tracker: TaskTracker::new(),
+            failure: Arc::default(),
+        }
+    }
+
+    fn spawn<F>(&self, role: Role, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        // The role runs in a task of its own, so that a panic ends only that task and is
+        // seen here as a `JoinError`.
+        let handle = tokio::spawn(task);
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let reason = match handle.await {
+                Ok(Ok(())) if this.stop.is_cancelled() => return,
+                Ok(Ok(())) => "it ended before shutdown was asked for".to_owned(),
+                Ok(Err(error)) => format!("{error:#}"),
+                Err(error) if error.is_panic() => {
+                    format!("it panicked: {}", panic_message(error.into_panic()))
+                }
+                Err(error) => format!("it was cancelled: {error}"),
+            };
+            this.fail(role, reason);
+        });
+    }
+
+    fn fail(&self, role: Role, reason: String) {
+        tracing::error!(role = %role, error = %reason, "role failed; stopping every role");
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if failure.is_none() {
+            *failure = Some(RoleFailed { role, reason });
+        }
+        drop(failure);
+        self.stop.cancel();
+    }
+
+    fn failure(&self) -> Option<RoleFailed> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(text) => (*text).to_owned(),
+            Err(_) => "(no message)".to_owned(),
+        },
+    }
 }
 
 /// A started service.
@@ -44,18 +180,18 @@ pub struct Running {
     pub broker: Broker,
     pub stats: Arc<ReceiverStats>,
     pub metrics: Arc<Metrics>,
-    /// Where the metrics listener of a process without a receiver listens.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served apart from the receiver
+    /// (`metrics_listen`), when configured.
     pub metrics_addr: Option<SocketAddr>,
     pub worker: Option<Arc<Worker>>,
     pub reconciler: Option<Arc<Reconciler>>,
-    stop: CancellationToken,
+    supervisor: Supervisor,
     shutdown_deadline: Duration,
     broker_stop: CancellationToken,
-    tracker: TaskTracker,
 }
 
 /// Starts the roles. `listener` is used by the receiver; when `None` and the receiver
-/// runs, `config.listen` is bound.
+/// runs, `config.listen` is bound. `stop` stops every role; a failing role fires it too.
 pub async fn start(
     config: &Config,
     roles: Roles,
@@ -63,10 +199,49 @@ pub async fn start(
     listener: Option<TcpListener>,
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
+    // What the roles need is checked before anything is opened or created.
+    config.require(
+        roles.command(),
+        Needs {
+            policy: false,
+            ..roles.needs()
+        },
+    )?;
+    let client = if roles.work {
+        Some(config.puhuri.client()?)
+    } else {
+        None
+    };
+    // Addresses are bound before the queue is opened: a port in use leaves nothing behind.
+    let receiver_listener = match (roles.receive, listener) {
+        (false, _) => None,
+        (true, Some(listener)) => Some(listener),
+        (true, None) => Some(
+            TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (listen)", config.listen))?,
+        ),
+    };
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(listen) => Some(
+            TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (metrics_listen)"))?,
+        ),
+    };
+    let addr = receiver_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let broker_stop = CancellationToken::new();
     let broker = open_queue(config, broker_stop.clone())?;
     tracing::info!(queue = %broker.describe(), "queue backend");
-    let tracker = TaskTracker::new();
+    let supervisor = Supervisor::new(stop.clone());
     let stats = Arc::new(ReceiverStats::default());
     let metrics = Arc::new(Metrics::new());
     metrics.attach_broker(broker.clone());
@@ -74,51 +249,32 @@ pub async fn start(
         metrics.expect_workers();
     }
 
-    let mut addr = None;
-    if roles.receive {
-        let listener = match listener {
-            Some(listener) => listener,
-            None => TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?,
-        };
-        addr = Some(listener.local_addr()?);
+    let header_timeout = config.receiver.request_timeout;
+    if let Some(listener) = receiver_listener {
         let router = receiver::router(config, broker.clone(), stats.clone(), metrics.clone());
-        let header_timeout = config.receiver.request_timeout;
         let server_stop = stop.clone();
-        tracker.spawn(async move {
-            if let Err(error) =
-                receiver::serve(listener, router, header_timeout, server_stop.clone()).await
-            {
-                tracing::error!(error = %error, "receiver failed; stopping");
-                server_stop.cancel();
-            }
+        supervisor.spawn(Role::Receiver, async move {
+            receiver::serve(listener, router, header_timeout, server_stop)
+                .await
+                .context("the HTTP server stopped")
         });
         tracing::info!(listen = ?addr, sources = config.sources.len(), "receiver listening");
     }
-    let mut metrics_addr = None;
-    if let (false, Some(listen)) = (roles.receive, config.metrics_listen) {
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} (metrics_listen)"))?;
-        metrics_addr = Some(listener.local_addr()?);
+    if let Some(listener) = metrics_listener {
         let router = receiver::ops_router(metrics.clone());
-        let header_timeout = config.receiver.request_timeout;
         let server_stop = stop.clone();
-        tracker.spawn(async move {
-            if let Err(error) = receiver::serve(listener, router, header_timeout, server_stop).await
-            {
-                tracing::error!(error = %error, "metrics listener failed");
-            }
+        supervisor.spawn(Role::Metrics, async move {
+            receiver::serve(listener, router, header_timeout, server_stop)
+                .await
+                .context("the HTTP server stopped")
         });
-        tracing::info!(listen = ?metrics_addr, "metrics listening");
+        tracing::info!(listen = ?metrics_addr, "metrics, health and readiness listening");
     }
 
     let mut worker = None;
     let mut reconciler = None;
-    if roles.work {
-        config.require_token()?;
-        let client = config.puhuri.client()?.with_observer(metrics.clone());
+    if let Some(client) = client {
+        let client = client.with_observer(metrics.clone());
         let r = Arc::new(
             Reconciler::new(
                 client.clone(),
@@ -131,7 +287,10 @@ pub async fn start(
         reconciler = Some(r.clone());
         if let Some(interval) = config.reconcile.interval {
             let reconcile_stop = stop.clone();
-            tracker.spawn(async move { r.run(reconcile_stop).await });
+            supervisor.spawn(Role::Reconciler, async move {
+                r.run(reconcile_stop).await;
+                Ok(())
+            });
             tracing::info!(interval_secs = interval.as_secs(), "reconciler started");
         }
         let w = Arc::new(
@@ -155,15 +314,26 @@ pub async fn start(
                 metrics.clone(),
             ));
             let watch_stop = stop.clone();
-            tracker.spawn(async move { watcher.run(watch_stop).await });
+            supervisor.spawn(Role::TeamWatcher, async move {
+                watcher.run(watch_stop).await;
+                Ok(())
+            });
             tracing::info!(period_secs = period.as_secs(), "team watcher started");
         }
         worker = Some(w.clone());
         let worker_stop = stop.clone();
-        tracker.spawn(async move { w.run(worker_stop).await });
-        tracing::info!(api = ?config.puhuri.api, puhuri = %config.puhuri.url, shadow = config.policy_shadow, "workers started");
+        supervisor.spawn(Role::Worker, async move {
+            w.run(worker_stop).await;
+            Ok(())
+        });
+        tracing::info!(
+            api = ?config.puhuri.api,
+            puhuri = config.puhuri.url.as_deref().unwrap_or_default(),
+            shadow = config.policy_shadow,
+            "workers started"
+        );
     }
-    tracker.close();
+    supervisor.tracker.close();
 
     Ok(Running {
         addr,
@@ -173,10 +343,9 @@ pub async fn start(
         metrics_addr,
         worker,
         reconciler,
-        stop,
+        supervisor,
         shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,
-        tracker,
     })
 }
 
@@ -193,6 +362,38 @@ pub fn open_queue(config: &Config, stop: CancellationToken) -> anyhow::Result<Br
 }
 
 impl Running {
+    /// Runs `task` as one more supervised role: when it ends before shutdown, fails or
+    /// panics, every role stops and [`Running::wait`] reports it.
+    pub fn supervise<F>(&self, role: Role, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.supervisor.spawn(role, task);
+    }
+
+    /// Reloads the workers' policy from `file` on SIGHUP and when it changes, as the
+    /// supervised `policy-reloader` role. Without workers there is nothing to reload.
+    pub fn watch_policy(&self, file: PolicyFile) {
+        if let Some(worker) = self.worker.clone() {
+            let stop = self.supervisor.stop.clone();
+            self.supervise(Role::PolicyReloader, async move {
+                crate::reload::watch(
+                    file,
+                    worker.policy_handle().clone(),
+                    worker.metrics().clone(),
+                    stop,
+                )
+                .await;
+                Ok(())
+            });
+        }
+    }
+
+    /// The first role that ended on its own, if any.
+    pub fn failure(&self) -> Option<RoleFailed> {
+        self.supervisor.failure()
+    }
+
     /// Asks every role to stop, waits for in-flight work (up to the deadline), then closes
     /// the broker connection.
     pub async fn shutdown(self) {
@@ -203,8 +404,8 @@ impl Running {
     /// Stops the receiver and workers and waits for their in-flight work, keeping the
     /// broker connection open (for tooling that still needs it).
     pub async fn stop_roles(&self) {
-        self.stop.cancel();
-        if tokio::time::timeout(self.shutdown_deadline, self.tracker.wait())
+        self.supervisor.stop.cancel();
+        if tokio::time::timeout(self.shutdown_deadline, self.supervisor.tracker.wait())
             .await
             .is_err()
         {
@@ -214,10 +415,18 @@ impl Running {
         }
     }
 
-    /// Waits until something (a signal handler, a failed role) fires the stop token, then
-    /// shuts down in order.
-    pub async fn wait(self) {
-        self.stop.cancelled().await;
+    /// Runs until `interrupt` completes (a signal) or a role ends on its own, then shuts
+    /// down in order. Returns the failed role, if one ended the run.
+    pub async fn wait(self, interrupt: impl Future<Output = ()>) -> Result<(), RoleFailed> {
+        tokio::select! {
+            () = interrupt => tracing::info!("shutting down"),
+            () = self.supervisor.stop.cancelled() => {}
+        }
+        let supervisor = self.supervisor.clone();
         self.shutdown().await;
+        match supervisor.failure() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
 use crate::config::{Config, ProcessEnv};
-use crate::reload::{self, PolicyFile};
+use crate::reload::PolicyFile;
 use crate::work::Work;
 use puhuri_auth::signature::{self, GithubSecret, WebhookSecret};
 use puhuri_client::{Fetched, Resource};
@@ -22,7 +22,13 @@ use puhuri_policy::{Action, Allocation, Policy};
 
 /// Event-driven, policy-driven approval of Puhuri Core allocation requests.
 #[derive(Debug, Parser)]
-#[command(name = "puhuri-approver", version, about)]
+#[command(
+    name = "puhuri-approver",
+    version,
+    about,
+    after_help = "The Puhuri Core simulator and the benchmark are programs of their own: \
+                  `puhuri-sim` and `puhuri-bench`."
+)]
 pub struct Cli {
     /// Log format: `text` (default) or `json`.
     #[arg(
@@ -42,16 +48,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// The production commands first, in the order an operator meets them; tools last.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run every role in one process: receiver, workers and reconciler.
+    /// Run every role in one process: receiver, workers, reconciler and team watcher.
+    ///
+    /// Needs `puhuri.url`, `puhuri.token`, `policy.file` and `[[sources]]`; every missing
+    /// one is named before anything is opened or created.
     Serve(ServiceArgs),
     /// Run the receiver only (HTTP in, the queue out).
+    ///
+    /// Needs `[[sources]]`.
     Receive(ServiceArgs),
-    /// Run the workers and the reconciler only (the queue in, Puhuri Core out).
+    /// Run the workers, reconciler and team watcher only (the queue in, Puhuri Core out).
+    ///
+    /// Needs `puhuri.url`, `puhuri.token` and `policy.file`; every missing one is named
+    /// before anything is opened or created.
     Work(ServiceArgs),
-    /// Print signature headers for a body, to send a test notification with curl.
-    Sign(SignArgs),
+    /// Ask a running service whether it is ready (`GET /readyz`): exit 0 on 200, else 1.
+    ///
+    /// For container health checks. Prints one line either way.
+    Healthcheck(HealthcheckArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -64,10 +81,30 @@ pub enum Command {
     Team(TeamArgs),
     /// Usage reporting tools.
     Usage(UsageArgs),
-    /// Show the whole product on this machine: the simulator, the service on the embedded
-    /// queue with an example policy, and a stream of allocation requests.
+    /// Print signature headers for a body, to send a test notification with curl.
+    Sign(SignArgs),
+    /// (tool) Show the whole product on this machine with the simulator.
+    ///
+    /// Runs the Puhuri Core simulator, the service on the embedded queue with an example
+    /// policy, and a stream of allocation requests. Built only with the default `tools`
+    /// feature.
     #[cfg(feature = "tools")]
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    /// The readiness URL to ask. Default: `/readyz` on `metrics_listen` of the
+    /// configuration when set, else on `listen` (`0.0.0.0` and `::` mean this machine).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The configuration file the address is read from (only `listen` and
+    /// `metrics_listen`, and their environment variables, are read).
+    #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +202,8 @@ pub enum DlqCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ServiceArgs {
-    /// The configuration file (TOML). Without it, defaults and environment variables apply.
+    /// The configuration file (TOML). Without it, defaults and environment variables
+    /// apply; what the command needs and is not set is listed before anything starts.
     #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -312,6 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Healthcheck(args) => healthcheck(args).await,
         Command::Sign(args) => sign(args),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Dlq(args) => dlq(args).await,
@@ -531,8 +570,21 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             .policy_file
             .as_ref()
             .map(|p| format!("`{}`", p.display()))
-            .unwrap_or_else(|| "none: every allocation is held".into())
+            .unwrap_or_else(|| "none".into())
     );
+    // A file may be meant for one role only; say which commands it cannot run yet.
+    for (receive, work) in [(true, true), (true, false), (false, true)] {
+        let roles = Roles { receive, work };
+        let missing = config.missing(roles.needs());
+        if !missing.is_empty() {
+            let keys: Vec<String> = missing.iter().map(|m| format!("`{}`", m.key)).collect();
+            println!(
+                "  `{}` would also need {}",
+                roles.command(),
+                keys.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 
@@ -549,6 +601,8 @@ fn resolve_relative(config_path: &Path, path: &Path) -> PathBuf {
 
 async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
+    // Before anything is opened or created: every missing setting, at once.
+    config.require(roles.command(), roles.needs())?;
     let policy_path = config
         .policy_file
         .as_ref()
@@ -568,28 +622,61 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
             );
             policy
         }
-        None => {
-            if roles.work {
-                tracing::warn!("no policy file configured: every allocation is held for a human");
-            }
-            Policy::hold_everything()
-        }
+        None => Policy::hold_everything(),
     };
     let stop = CancellationToken::new();
     let watched = policy_path.map(|path| PolicyFile::new(path, &policy));
-    let running = app::start(&config, roles, policy, None, stop.clone()).await?;
-    if let (Some(file), Some(worker)) = (watched, running.worker.clone()) {
-        tokio::spawn(reload::watch(
-            file,
-            worker.policy_handle().clone(),
-            worker.metrics().clone(),
-            stop.clone(),
-        ));
+    let running = app::start(&config, roles, policy, None, stop).await?;
+    if let Some(file) = watched {
+        running.watch_policy(file);
     }
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown().await;
+    running.wait(shutdown_signal()).await?;
     Ok(())
+}
+
+/// `healthcheck`: one line on stdout when ready (exit 0), the reason as the error
+/// otherwise (exit 1).
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let url = match args.url {
+        Some(url) => url,
+        None => {
+            let addr = match &args.config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("{}: cannot read", path.display()))?;
+                    crate::config::probe_address(&text, &path.display().to_string(), &ProcessEnv)?
+                }
+                None => crate::config::probe_address("", crate::config::NO_FILE, &ProcessEnv)?,
+            };
+            format!("http://{addr}/readyz")
+        }
+    };
+    let shown = crate::config::redacted_url(&url);
+    let timeout = std::time::Duration::from_secs(args.timeout.max(1));
+    match crate::healthcheck::probe(&url, timeout).await {
+        Ok(answer) => {
+            println!("ready: {shown} answered {answer}");
+            Ok(())
+        }
+        Err(crate::healthcheck::NotReady::Answered(answer)) => {
+            bail!("not ready: {shown} answered {answer}")
+        }
+        Err(crate::healthcheck::NotReady::Unreachable(error)) => {
+            bail!("not ready: {shown}: {}", error_chain(error.as_ref()))
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn shutdown_signal() {
@@ -693,7 +780,13 @@ async fn connect_broker(
 
 async fn team(args: TeamArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
-    config.require_token()?;
+    config.require(
+        "team",
+        crate::config::Needs {
+            puhuri: true,
+            ..Default::default()
+        },
+    )?;
     let client = config.puhuri.client()?;
     let allocation = match crate::notification::WaldurUuid::parse(&args.resource) {
         Some(uuid) => crate::usage::ResourceRef::Uuid(uuid),

@@ -5,10 +5,15 @@
 //! [`Secret`] or [`WebhookSecret`] so that no `Debug` output can show them.
 //!
 //! Environment overrides (each documented in `README.md`):
-//! `PUHURI_APPROVER_LISTEN`, `PUHURI_APPROVER_AMQP_URL`, `PUHURI_APPROVER_PUHURI_URL`,
+//! `PUHURI_APPROVER_LISTEN`, `PUHURI_APPROVER_METRICS_LISTEN`, `PUHURI_APPROVER_DATA_DIR`,
+//! `PUHURI_APPROVER_AMQP_URL`, `PUHURI_APPROVER_PUHURI_URL`,
 //! `PUHURI_APPROVER_PUHURI_TOKEN`, `PUHURI_APPROVER_POLICY`, and
 //! `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS` (comma-separated; `<NAME>` is the source name in
 //! upper case with `-` replaced by `_`) or `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS_FILE`.
+//!
+//! Nothing points at a Puhuri Core by default: `puhuri.url` (like the token and the policy
+//! file) must be given to the roles that need it, which [`Config::require`] checks before
+//! anything starts, naming every missing key at once.
 //!
 //! INVARIANT: a notification source fails closed at load: it names an authentication
 //! scheme with at least one strong secret, or declares `auth = "none"` together with
@@ -53,13 +58,73 @@ pub enum ConfigError {
     },
     #[error("environment variable `{var}`: {message}")]
     Env { var: String, message: String },
+    #[error("{}", missing_message(origin, command, missing))]
+    Missing {
+        /// The file the configuration came from (or [`NO_FILE`]).
+        origin: String,
+        command: String,
+        missing: Vec<Missing>,
+    },
+}
+
+/// The origin of a configuration read without a file (defaults and the environment).
+pub const NO_FILE: &str = "<defaults>";
+
+/// A setting a command needs that the configuration does not give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// The key in the file, e.g. `puhuri.url`.
+    pub key: &'static str,
+    /// The environment variable that can give it instead, if any.
+    pub env: Option<&'static str>,
+    /// What it is.
+    pub what: &'static str,
+}
+
+fn missing_message(origin: &str, command: &str, missing: &[Missing]) -> String {
+    let origin = if origin == NO_FILE {
+        "no configuration file (`--config FILE` or `PUHURI_APPROVER_CONFIG`)".to_owned()
+    } else {
+        origin.to_owned()
+    };
+    let mut text = format!("{origin}: `{command}` needs settings that are not set:");
+    for m in missing {
+        text.push_str(&format!("\n  `{}`", m.key));
+        if let Some(env) = m.env {
+            text.push_str(&format!(" (or env `{env}`)"));
+        }
+        text.push_str(&format!(": {}", m.what));
+    }
+    text
+}
+
+/// What a command needs from the configuration beyond valid values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Puhuri Core: `puhuri.url` and `puhuri.token` (`work`, `serve`, `team`).
+    pub puhuri: bool,
+    /// A policy file (`work`, `serve`).
+    pub policy: bool,
+    /// At least one notification source (`receive`, `serve`).
+    pub sources: bool,
+}
+
+/// Why a Puhuri Core client cannot be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("`puhuri.url` (or env `PUHURI_APPROVER_PUHURI_URL`) is not set")]
+    NoUrl,
+    #[error(transparent)]
+    Build(#[from] puhuri_client::BuildError),
 }
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the configuration came from (the file's path, or [`NO_FILE`]), for messages.
+    pub origin: String,
     pub listen: SocketAddr,
-    /// Where `work`-only processes serve `/metrics`, `/healthz` and `/readyz`.
+    /// Where every role serves `/metrics`, `/healthz` and `/readyz` apart from `listen`.
     pub metrics_listen: Option<SocketAddr>,
     /// Which queue backend runs.
     pub queue: QueueChoice,
@@ -199,7 +264,8 @@ pub use puhuri_client::ApiGeneration;
 
 #[derive(Debug, Clone)]
 pub struct PuhuriConfig {
-    pub url: String,
+    /// The API base, ending in `/api/`; required by every role that talks to Puhuri Core.
+    pub url: Option<String>,
     pub token: Secret,
     pub api: ApiGeneration,
     pub timeout: Duration,
@@ -208,15 +274,16 @@ pub struct PuhuriConfig {
 
 impl PuhuriConfig {
     /// The client for this configuration.
-    pub fn client(&self) -> Result<puhuri_client::PuhuriClient, puhuri_client::BuildError> {
-        puhuri_client::PuhuriClient::new(
+    pub fn client(&self) -> Result<puhuri_client::PuhuriClient, ClientSetupError> {
+        let url = self.url.clone().ok_or(ClientSetupError::NoUrl)?;
+        Ok(puhuri_client::PuhuriClient::new(
             &puhuri_client::ClientConfig {
-                url: self.url.clone(),
+                url,
                 api: self.api,
                 timeout: self.timeout,
             },
             self.token.expose(),
-        )
+        )?)
     }
 }
 
@@ -320,6 +387,13 @@ struct FileConfig {
     receiver: FileReceiver,
     #[serde(default)]
     sources: Vec<Spanned<FileSource>>,
+}
+
+/// The two addresses `healthcheck` reads; every other key is left to the service.
+#[derive(Debug, Default, Deserialize)]
+struct ProbeFile {
+    listen: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,7 +519,7 @@ impl Config {
 
     /// Defaults plus the environment, for running without a file.
     pub fn from_env(env: &dyn Environment) -> Result<Config, ConfigError> {
-        Self::parse("", "<defaults>", env)
+        Self::parse("", NO_FILE, env)
     }
 
     /// Parses config text; `path` is only used in messages. Relative paths in the file
@@ -457,39 +531,7 @@ impl Config {
         })?;
         let at = Locator { text, path };
 
-        let listen = match env.get("PUHURI_APPROVER_LISTEN") {
-            Some(value) => value.parse().map_err(|_| ConfigError::Env {
-                var: "PUHURI_APPROVER_LISTEN".into(),
-                message: "expected an address such as `0.0.0.0:8080`".into(),
-            })?,
-            None => match &file.listen {
-                Some(value) => value.get_ref().parse().map_err(|_| {
-                    at.invalid(
-                        value.span(),
-                        "listen",
-                        "expected an address such as `0.0.0.0:8080`",
-                    )
-                })?,
-                None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            },
-        };
-
-        let metrics_listen = match env.get("PUHURI_APPROVER_METRICS_LISTEN") {
-            Some(value) => Some(value.parse().map_err(|_| ConfigError::Env {
-                var: "PUHURI_APPROVER_METRICS_LISTEN".into(),
-                message: "expected an address such as `0.0.0.0:9090`".into(),
-            })?),
-            None => match &file.metrics_listen {
-                Some(value) => Some(value.get_ref().parse().map_err(|_| {
-                    at.invalid(
-                        value.span(),
-                        "metrics_listen",
-                        "expected an address such as `0.0.0.0:9090`",
-                    )
-                })?),
-                None => None,
-            },
-        };
+        let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
 
         let amqp_configured =
             env.get("PUHURI_APPROVER_AMQP_URL").is_some() || file.amqp.url.is_some();
@@ -689,14 +731,16 @@ impl Config {
         };
 
         let puhuri_url = match env.get("PUHURI_APPROVER_PUHURI_URL") {
-            Some(url) => normalize_api_url(&url).map_err(|message| ConfigError::Env {
+            Some(url) => Some(normalize_api_url(&url).map_err(|message| ConfigError::Env {
                 var: "PUHURI_APPROVER_PUHURI_URL".into(),
                 message,
-            })?,
+            })?),
             None => match &file.puhuri.url {
-                Some(url) => normalize_api_url(url.get_ref())
-                    .map_err(|message| at.invalid(url.span(), "puhuri.url", &message))?,
-                None => "http://127.0.0.1:8090/api/".to_owned(),
+                Some(url) => Some(
+                    normalize_api_url(url.get_ref())
+                        .map_err(|message| at.invalid(url.span(), "puhuri.url", &message))?,
+                ),
+                None => None,
             },
         };
         let token = match env.get("PUHURI_APPROVER_PUHURI_TOKEN") {
@@ -765,6 +809,7 @@ impl Config {
         }
 
         Ok(Config {
+            origin: path.to_owned(),
             listen,
             metrics_listen,
             queue,
@@ -799,17 +844,137 @@ impl Config {
         })
     }
 
-    /// Problems that do not stop `receive` but stop a role that needs the value.
-    pub fn require_token(&self) -> Result<(), ConfigError> {
-        if self.puhuri.token.is_empty() {
-            return Err(ConfigError::Env {
-                var: "PUHURI_APPROVER_PUHURI_TOKEN".into(),
-                message: "workers need a Puhuri Core token: set `puhuri.token` or this variable"
-                    .into(),
+    /// Every setting `needs` asks for that this configuration does not give.
+    pub fn missing(&self, needs: Needs) -> Vec<Missing> {
+        let mut missing = Vec::new();
+        if needs.puhuri && self.puhuri.url.is_none() {
+            missing.push(Missing {
+                key: "puhuri.url",
+                env: Some("PUHURI_APPROVER_PUHURI_URL"),
+                what: "Puhuri Core's API base URL, ending in `/api/`",
             });
         }
-        Ok(())
+        if needs.puhuri && self.puhuri.token.is_empty() {
+            missing.push(Missing {
+                key: "puhuri.token",
+                env: Some("PUHURI_APPROVER_PUHURI_TOKEN"),
+                what: "the API token of the provider's integration user",
+            });
+        }
+        if needs.policy && self.policy_file.is_none() {
+            missing.push(Missing {
+                key: "policy.file",
+                env: Some("PUHURI_APPROVER_POLICY"),
+                what: "the policy file (a policy whose `[default]` holds decides nothing automatically)",
+            });
+        }
+        if needs.sources && self.sources.is_empty() {
+            missing.push(Missing {
+                key: "sources",
+                env: None,
+                what: "at least one `[[sources]]` table: the notification sources the receiver accepts",
+            });
+        }
+        missing
     }
+
+    /// Fails, naming every missing setting at once, unless `command` has what it needs.
+    pub fn require(&self, command: &str, needs: Needs) -> Result<(), ConfigError> {
+        let missing = self.missing(needs);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Missing {
+            origin: self.origin.clone(),
+            command: command.to_owned(),
+            missing,
+        })
+    }
+}
+
+/// `listen` and `metrics_listen`, from the environment or else the file.
+fn addresses(
+    at: &Locator<'_>,
+    listen: &Option<Spanned<String>>,
+    metrics_listen: &Option<Spanned<String>>,
+    env: &dyn Environment,
+) -> Result<(SocketAddr, Option<SocketAddr>), ConfigError> {
+    let listen = match address(at, listen, "listen", "PUHURI_APPROVER_LISTEN", env)? {
+        Some(addr) => addr,
+        None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let metrics_addr = address(
+        at,
+        metrics_listen,
+        "metrics_listen",
+        "PUHURI_APPROVER_METRICS_LISTEN",
+        env,
+    )?;
+    if metrics_addr == Some(listen) && listen.port() != 0 {
+        let message = format!("must differ from `listen` ({listen}): both are served at once");
+        return Err(
+            match (env.get("PUHURI_APPROVER_METRICS_LISTEN"), metrics_listen) {
+                (None, Some(value)) => at.invalid(value.span(), "metrics_listen", &message),
+                _ => ConfigError::Env {
+                    var: "PUHURI_APPROVER_METRICS_LISTEN".into(),
+                    message,
+                },
+            },
+        );
+    }
+    Ok((listen, metrics_addr))
+}
+
+fn address(
+    at: &Locator<'_>,
+    value: &Option<Spanned<String>>,
+    key: &str,
+    var: &str,
+    env: &dyn Environment,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let example = if key == "listen" {
+        "expected an address such as `0.0.0.0:8080`"
+    } else {
+        "expected an address such as `0.0.0.0:9090`"
+    };
+    if let Some(text) = env.get(var) {
+        return text.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+            var: var.to_owned(),
+            message: example.into(),
+        });
+    }
+    match value {
+        Some(text) => text
+            .get_ref()
+            .parse()
+            .map(Some)
+            .map_err(|_| at.invalid(text.span(), key, example)),
+        None => Ok(None),
+    }
+}
+
+/// Where a running service answers `/readyz`, for `healthcheck`: `metrics_listen` when
+/// set, else `listen` (file and environment as for the service; no other key is read).
+/// An unspecified host (`0.0.0.0`, `::`) becomes the loopback address of its family.
+pub fn probe_address(
+    text: &str,
+    path: &str,
+    env: &dyn Environment,
+) -> Result<SocketAddr, ConfigError> {
+    let file: ProbeFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: error.to_string().trim_end().to_owned(),
+    })?;
+    let at = Locator { text, path };
+    let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
+    let mut addr = metrics_listen.unwrap_or(listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
 }
 
 /// The span of the last source named `name` (for duplicate-name errors).
@@ -1431,5 +1596,99 @@ mod tests {
             "{error}"
         );
         std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn names_every_missing_setting_at_once() {
+        let config = parse("").expect("defaults");
+        assert_eq!(config.puhuri.url, None, "no default Puhuri Core");
+        let serve = Needs {
+            puhuri: true,
+            policy: true,
+            sources: true,
+        };
+        let keys: Vec<&str> = config.missing(serve).iter().map(|m| m.key).collect();
+        assert_eq!(
+            keys,
+            ["puhuri.url", "puhuri.token", "policy.file", "sources"]
+        );
+        let error = config.require("serve", serve).expect_err("missing");
+        let text = error.to_string();
+        assert!(text.starts_with("test.toml: `serve` needs"), "{text}");
+        assert!(text.contains("`PUHURI_APPROVER_PUHURI_TOKEN`"), "{text}");
+        let error = Config::from_env(&HashMap::new())
+            .expect("defaults")
+            .require("work", serve)
+            .expect_err("missing");
+        assert!(
+            error.to_string().starts_with("no configuration file"),
+            "{error}"
+        );
+        let config = parse(
+            "[puhuri]\nurl = \"https://puhuri.example.org/api\"\ntoken = \"t\"\n[policy]\nfile = \"p.toml\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.puhuri.url.as_deref(),
+            Some("https://puhuri.example.org/api/")
+        );
+        assert_eq!(
+            config.missing(Needs {
+                puhuri: true,
+                policy: true,
+                sources: false
+            }),
+            vec![]
+        );
+        assert!(
+            config
+                .require(
+                    "receive",
+                    Needs {
+                        sources: true,
+                        ..Needs::default()
+                    }
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn probes_metrics_listen_else_listen_on_loopback() {
+        let none = HashMap::new();
+        let probe = |text: &str| probe_address(text, "t.toml", &none);
+        assert_eq!(
+            probe("").expect("default"),
+            "127.0.0.1:8080".parse().expect("addr")
+        );
+        assert_eq!(
+            probe("listen = \"0.0.0.0:8081\"\n[puhuri]\nwhatever = 1\n").expect("listen"),
+            "127.0.0.1:8081".parse().expect("addr")
+        );
+        assert_eq!(
+            probe("listen = \"0.0.0.0:8081\"\nmetrics_listen = \"[::]:9090\"\n").expect("metrics"),
+            "[::1]:9090".parse().expect("addr")
+        );
+        let env: HashMap<String, String> = [(
+            "PUHURI_APPROVER_METRICS_LISTEN".to_owned(),
+            "10.0.0.5:9191".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            probe_address("", "t.toml", &env).expect("env"),
+            "10.0.0.5:9191".parse().expect("addr")
+        );
+        let error = parse("listen = \"0.0.0.0:8080\"\nmetrics_listen = \"0.0.0.0:8080\"\n")
+            .expect_err("one port for both");
+        assert_eq!(
+            error.to_string(),
+            "test.toml:2: `metrics_listen`: must differ from `listen` (0.0.0.0:8080): both are served at once"
+        );
+        let error = probe("\nmetrics_listen = \"nine\"\n").expect_err("bad");
+        assert_eq!(
+            error.to_string(),
+            "t.toml:2: `metrics_listen`: expected an address such as `0.0.0.0:9090`"
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod decision;
 pub mod demo;
 pub mod facts;
 pub mod failure;
+pub mod healthcheck;
 pub mod limits;
 pub mod metrics;
 pub mod notification;

@@ -1,7 +1,9 @@
 //! The deployment artifacts agree with the code: every metric name the Grafana dashboard,
 //! the alert rules, the Kubernetes manifests and the operations guide mention is one the
 //! service exports (a renamed metric breaks this test), the dashboard shows every metric,
-//! and the RabbitMQ definitions declare the topology the service uses.
+//! the RabbitMQ definitions declare the topology the service uses, and the image, the
+//! compose stack and the manifests run commands the binary has, check health with
+//! `healthcheck` or `/readyz`, and scrape `metrics_listen`.
 //! (`promtool check rules` and `systemd-analyze verify` run in `.ci/run`.)
 
 use std::collections::BTreeSet;
@@ -105,9 +107,10 @@ fn the_dashboard_parses_and_shows_every_metric() {
 
 #[test]
 fn the_kubernetes_manifests_probe_and_scrape_the_served_endpoints() {
-    for (path, port) in [
-        ("deploy/k8s/receiver.yaml", "8080"),
-        ("deploy/k8s/worker.yaml", "9090"),
+    // Receivers and workers alike: probes and scrapes on metrics_listen (9090).
+    for (path, role) in [
+        ("deploy/k8s/receiver.yaml", "receive"),
+        ("deploy/k8s/worker.yaml", "work"),
     ] {
         let text = read(path);
         for needle in [
@@ -116,18 +119,170 @@ fn the_kubernetes_manifests_probe_and_scrape_the_served_endpoints() {
             "path: /healthz",
             "path: /readyz",
             "prometheus.io/path: /metrics",
+            "prometheus.io/port: \"9090\"",
+            "- name: metrics\n              containerPort: 9090",
             "runAsNonRoot: true",
         ] {
             assert!(text.contains(needle), "{path} lacks `{needle}`");
         }
+        assert_eq!(
+            text.matches("port: metrics").count(),
+            2,
+            "{path}: both probes on the metrics port"
+        );
+        let args =
+            format!("args: [\"{role}\", \"--config\", \"/etc/puhuri-approver/config.toml\"]");
+        assert!(text.contains(&args), "{path} lacks `{args}`");
         assert!(
-            text.contains(&format!("prometheus.io/port: \"{port}\"")),
+            text.contains("mountPath: /etc/puhuri-approver/config.toml"),
             "{path}"
+        );
+        assert_parses(
+            path,
+            &[role, "--config", "/etc/puhuri-approver/config.toml"],
         );
     }
     let config = read("deploy/k8s/configmap.yaml");
     assert!(config.contains("metrics_listen = \"0.0.0.0:9090\""));
     assert!(config.contains("listen = \"0.0.0.0:8080\""));
+}
+
+/// The service's command line accepts `args` (a command an artifact runs).
+fn assert_parses(artifact: &str, args: &[&str]) {
+    use clap::Parser;
+    let argv = std::iter::once("puhuri-approver").chain(args.iter().copied());
+    if let Err(error) = puhuri_approver::cli::Cli::try_parse_from(argv) {
+        panic!(
+            "{artifact} runs `puhuri-approver {}`: {error}",
+            args.join(" ")
+        );
+    }
+}
+
+/// The quoted strings of a JSON-style list on the line after `key` (`["a", "b"]`).
+fn exec_list(line: &str) -> Vec<String> {
+    let Some(start) = line.find('[') else {
+        return Vec::new();
+    };
+    let end = line.rfind(']').unwrap_or(line.len());
+    line[start + 1..end]
+        .split(',')
+        .map(|item| item.trim().trim_matches('"').to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_image_builds_the_production_binary_and_checks_its_health() {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect();
+    let text = lines.join("\n");
+    // The production binary without the tools (no simulator, no demo); the simulator apart.
+    assert!(
+        text.contains("-p puhuri-approver --no-default-features --bin puhuri-approver"),
+        "{text}"
+    );
+    assert!(text.contains("-p puhuri-sim --bin puhuri-sim"), "{text}");
+    assert!(
+        text.contains("AS sim"),
+        "a `sim` target for the compose stack"
+    );
+    // The configuration at the documented path, read through PUHURI_APPROVER_CONFIG.
+    assert!(
+        text.contains("PUHURI_APPROVER_CONFIG=/etc/puhuri-approver/config.toml"),
+        "{text}"
+    );
+    // The default target is the last stage: its command, entrypoint and health check.
+    let last_stage = text.rsplit("\nFROM ").next().unwrap_or_default();
+    assert!(
+        last_stage.contains("/usr/local/bin/puhuri-approver"),
+        "{last_stage}"
+    );
+    let line_of = |prefix: &str| {
+        last_stage
+            .lines()
+            // An instruction, not the continuation line of another (`  CMD` of HEALTHCHECK).
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("the runtime stage has no `{prefix}`"))
+            .to_owned()
+    };
+    let from_healthcheck = &last_stage[last_stage.find("HEALTHCHECK").expect("HEALTHCHECK")..];
+    let healthcheck_line = from_healthcheck
+        .lines()
+        .find(|line| line.contains("CMD"))
+        .expect("HEALTHCHECK CMD");
+    let healthcheck = exec_list(healthcheck_line);
+    assert_eq!(
+        healthcheck,
+        ["/usr/local/bin/puhuri-approver", "healthcheck"],
+        "the HEALTHCHECK"
+    );
+    assert_parses("the HEALTHCHECK", &["healthcheck"]);
+    let command = exec_list(&line_of("CMD"));
+    let args: Vec<&str> = command.iter().map(String::as_str).collect();
+    assert_eq!(args, ["serve"], "the default command");
+    assert_parses("the default command", &args);
+    assert_eq!(
+        exec_list(&line_of("ENTRYPOINT")),
+        ["/usr/local/bin/puhuri-approver"]
+    );
+    // No policy is shipped: nothing is decided by an example policy by mistake.
+    assert!(!text.contains("policy.toml"), "{text}");
+}
+
+#[test]
+fn the_compose_stack_runs_the_simulator_binary_and_checks_health() {
+    let compose = read("deploy/compose/compose.yaml");
+    let section = |name: &str| -> String {
+        let header = format!("  {name}:");
+        let mut lines = compose.lines().skip_while(|line| *line != header).skip(1);
+        let mut body = String::new();
+        for line in lines.by_ref() {
+            if !(line.is_empty() || line.starts_with("    ")) {
+                break;
+            }
+            body.push_str(line);
+            body.push('\n');
+        }
+        assert!(!body.is_empty(), "no `{name}` service");
+        body
+    };
+    // The approver services share the anchor holding the health check.
+    let anchor = compose
+        .split("x-approver: &approver")
+        .nth(1)
+        .and_then(|rest| rest.split("\nservices:").next())
+        .expect("the x-approver anchor");
+    assert!(
+        anchor.contains(r#"test: ["CMD", "/usr/local/bin/puhuri-approver", "healthcheck"]"#),
+        "{anchor}"
+    );
+    assert!(
+        anchor.contains("/etc/puhuri-approver/config.toml:ro"),
+        "the configuration at the image's path: {anchor}"
+    );
+    for (service, role) in [("receiver", "receive"), ("worker", "work")] {
+        let body = section(service);
+        assert!(body.contains("<<: *approver"), "{service}");
+        let command = body
+            .lines()
+            .find(|line| line.trim_start().starts_with("command:"))
+            .map(exec_list)
+            .unwrap_or_default();
+        assert_eq!(command, [role], "{service}");
+        assert_parses(service, &[role]);
+    }
+    let sim = section("sim");
+    assert!(sim.contains("target: sim"), "{sim}");
+    assert!(
+        !sim.contains("*approver"),
+        "the simulator is not the service: {sim}"
+    );
+    let config = read("deploy/compose/puhuri-approver.toml");
+    assert!(config.contains("metrics_listen = \"0.0.0.0:9090\""));
 }
 
 #[test]
@@ -227,9 +382,18 @@ fn the_shipped_configurations_and_policy_are_valid() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    use puhuri_approver::app::Roles;
     let compose = read("deploy/compose/puhuri-approver.toml");
     let config = Config::parse(&compose, "compose.toml", &env).expect("compose config");
     assert!(config.metrics_listen.is_some());
+    config
+        .require("serve", Roles::ALL.needs())
+        .expect("the compose config runs every role");
+    let local = read("deploy/local/puhuri-approver.toml");
+    let config = Config::parse(&local, "local.toml", &env).expect("local config");
+    config
+        .require("serve", Roles::ALL.needs())
+        .expect("the local config runs every role");
     let configmap = read("deploy/k8s/configmap.yaml");
     let config = Config::parse(
         &yaml_block(&configmap, "puhuri-approver.toml"),
@@ -240,8 +404,11 @@ fn the_shipped_configurations_and_policy_are_valid() {
     assert_eq!(
         config.metrics_listen.map(|a| a.port()),
         Some(9090),
-        "the worker's probes and scrape port"
+        "the probes' and scrapes' port"
     );
+    config
+        .require("serve", Roles::ALL.needs())
+        .expect("the ConfigMap's config runs every role");
     puhuri_policy::Policy::parse(&yaml_block(&configmap, "policy.toml")).expect("ConfigMap policy");
 }
 

@@ -11,6 +11,7 @@ mod helpers;
 mod ingress;
 mod layers;
 mod metrics;
+mod ops;
 mod policy;
 mod spine;
 mod telemetry;

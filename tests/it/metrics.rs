@@ -531,7 +531,8 @@ async fn readiness_reports_puhuri_core_unreachable_until_it_answers() {
     app.stop().await;
 }
 
-/// A `work`-only process serves `/metrics`, `/healthz` and `/readyz` on `metrics_listen`.
+/// A `work`-only process serves `/metrics`, `/healthz` and `/readyz` on `metrics_listen`
+/// (it has no other port).
 #[tokio::test]
 async fn a_work_only_process_serves_metrics_on_metrics_listen() {
     let dir = temp_dir("metrics-listen");
@@ -584,6 +585,98 @@ async fn a_work_only_process_serves_metrics_on_metrics_listen() {
         .await
         .expect("json");
     assert_eq!(ready["checks"]["policy"], "ok", "{ready}");
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `receive`-only process serves `/metrics`, `/healthz` and `/readyz` on
+/// `metrics_listen` too, and still on its public port.
+#[tokio::test]
+async fn a_receive_only_process_serves_metrics_on_metrics_listen() {
+    let dir = temp_dir("metrics-listen-receive");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [queue]\nbackend = \"embedded\"\ndata_dir = \"{}\"\n\
+         [[sources]]\nname = \"relay\"\nformat = \"allocation\"\nauth = \"standard-webhooks\"\nsecrets = [\"{SECRET}\"]\n",
+        dir.display()
+    );
+    let config = Config::parse(
+        &text,
+        "test.toml",
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .expect("config");
+    let roles = Roles {
+        receive: true,
+        work: false,
+    };
+    let running = app::start(
+        &config,
+        roles,
+        Policy::hold_everything(),
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("starts");
+    let public = running.addr.expect("receiver");
+    let addr = running.metrics_addr.expect("metrics listener");
+    assert_ne!(public, addr);
+    let http = reqwest::Client::new();
+
+    // A notification on the public port is counted on the metrics port.
+    let body = br#"{"type":"allocation.created","order_uuid":"6e675515b2b34e1f9e4f2bb6f0a1c2d3"}"#;
+    let secret = puhuri_auth::signature::WebhookSecret::parse(SECRET).expect("secret");
+    let timestamp = crate::helpers::now();
+    let answer = http
+        .post(format!("http://{public}/v1/notifications/relay"))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_metrics_listen_receive")
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            secret.sign("msg_metrics_listen_receive", timestamp, body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), 202);
+
+    let response = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let text = parse(response.text().await.expect("text"));
+    assert_eq!(value(&text, metrics::BROKER_CONNECTED), 1.0);
+    assert_eq!(
+        value(&text, &notifications("relay", "accepted", "")),
+        1.0,
+        "{text}"
+    );
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(health.status(), 200);
+    let ready = http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(ready["checks"]["policy"], "not-applicable", "{ready}");
+    // The public port serves them as well.
+    let public_metrics = http
+        .get(format!("http://{public}/metrics"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(public_metrics.status(), 200);
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

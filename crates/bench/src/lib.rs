@@ -897,7 +897,7 @@ fn ms(summary: &Option<Summary>) -> String {
 fn print_report(report: &BenchReport) {
     println!();
     println!(
-        "puhuri-approver bench: phases of {:.0} s, prefetch {}, ingest concurrency {}",
+        "puhuri-bench: phases of {:.0} s, prefetch {}, ingest concurrency {}",
         report.options.duration_secs, report.options.prefetch, report.options.concurrency
     );
     if let Some(b) = &report.baseline {

@@ -1,0 +1,381 @@
+//! The operator surface of the binary: `healthcheck`, what `serve`/`work`/`receive` refuse
+//! to start without, `--help`, and the supervisor that stops every role when one fails.
+
+use puhuri_approver::app::{Role, RoleFailed, Roles};
+use std::process::{Command, Output};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Options, WAIT, spawn_app, temp_dir};
+
+/// The service binary with no `PUHURI_APPROVER_*` variable of the test's environment.
+fn approver() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PUHURI_APPROVER_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// Runs a command off the async runtime (the app under test answers meanwhile).
+async fn run(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run the binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A port on which nobody listens (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_when_ready_and_1_when_nobody_answers() {
+    let app = spawn_app(Options {
+        backend: crate::helpers::Backend::Embedded,
+        ..Options::default()
+    })
+    .await;
+
+    // An explicit URL.
+    let mut command = approver();
+    command
+        .arg("healthcheck")
+        .arg("--url")
+        .arg(app.url("/readyz"));
+    let output = run(command).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("ready: "), "{stdout}");
+    assert!(stdout.contains("200"), "{stdout}");
+
+    // The address from a configuration file: `listen` (all interfaces means this machine).
+    let dir = temp_dir("healthcheck");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"0.0.0.0:{}\"\n[puhuri]\nurl = \"http://x/api/\"\n",
+            app.addr.port()
+        ),
+    )
+    .expect("write config");
+    let mut command = approver();
+    command.arg("healthcheck").arg("--config").arg(&config);
+    let output = run(command).await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+
+    // `metrics_listen` wins over `listen`; nobody listens there.
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n",
+            app.addr.port()
+        ),
+    )
+    .expect("write config");
+    let mut command = approver();
+    command
+        .arg("healthcheck")
+        .env("PUHURI_APPROVER_CONFIG", &config);
+    let output = run(command).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("not ready: http://127.0.0.1:{port}/readyz")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_when_the_service_answers_not_ready() {
+    // RabbitMQ on a port nobody listens on: the receiver runs, the broker check fails.
+    let app = spawn_app(Options {
+        roles: Roles {
+            receive: true,
+            work: false,
+        },
+        amqp_url: Some(format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port())),
+        expect_broker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut command = approver();
+    command
+        .arg("healthcheck")
+        .arg("--url")
+        .arg(app.url("/readyz"));
+    let output = run(command).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("503"), "{stderr}");
+    assert!(stderr.contains("disconnected"), "{stderr}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn work_and_serve_without_a_usable_config_name_what_is_missing_and_create_nothing() {
+    let dir = temp_dir("unconfigured");
+    for command in ["work", "serve"] {
+        let mut cli = approver();
+        cli.arg(command).current_dir(&dir);
+        let output = run(cli).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        for key in ["puhuri.url", "puhuri.token", "policy.file"] {
+            assert!(stderr.contains(&format!("`{key}`")), "{command}: {stderr}");
+        }
+        assert_eq!(
+            stderr.contains("`sources`"),
+            command == "serve",
+            "{command}: {stderr}"
+        );
+        assert!(stderr.contains("no configuration file"), "{stderr}");
+    }
+
+    // A file that sets part of it: the rest is named with the file.
+    let config = dir.join("work.toml");
+    std::fs::write(
+        &config,
+        "[queue]\nbackend = \"embedded\"\n[puhuri]\nurl = \"https://puhuri.example.org/api/\"\n",
+    )
+    .expect("write config");
+    let mut cli = approver();
+    cli.arg("work")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(&dir);
+    let output = run(cli).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("work.toml: `work` needs"), "{stderr}");
+    assert!(!stderr.contains("`puhuri.url`"), "{stderr}");
+    assert!(stderr.contains("`puhuri.token`"), "{stderr}");
+
+    // `config check` says the same without starting anything.
+    let mut cli = approver();
+    cli.arg("config")
+        .arg("check")
+        .arg(&config)
+        .current_dir(&dir);
+    let output = run(cli).await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("`work` would also need `puhuri.token`, `policy.file`"),
+        "{stdout}"
+    );
+
+    // `receive` needs sources.
+    let mut cli = approver();
+    cli.arg("receive")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(&dir);
+    let output = run(cli).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`sources`"), "{stderr}");
+    assert!(!stderr.contains("puhuri.token"), "{stderr}");
+
+    // Nothing was created: no data folder, no SQLite file.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("work.toml")]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn help_lists_the_production_commands_first_and_the_demo_as_a_tool() {
+    let output = approver().arg("--help").output().expect("help");
+    let help = text(&output.stdout);
+    assert!(output.status.success(), "{help}");
+    let position = |name: &str| {
+        help.lines()
+            .position(|line| line.starts_with(&format!("  {name} ")))
+            .unwrap_or_else(|| panic!("`{name}` is not listed:\n{help}"))
+    };
+    let production = [
+        "serve",
+        "receive",
+        "work",
+        "healthcheck",
+        "config",
+        "policy",
+        "dlq",
+        "team",
+        "usage",
+        "sign",
+    ];
+    let positions: Vec<usize> = production.iter().map(|name| position(name)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{help}");
+    let demo = position("demo");
+    assert!(demo > positions[positions.len() - 1], "{help}");
+    assert!(
+        help.lines()
+            .nth(demo)
+            .is_some_and(|line| line.contains("(tool)"))
+    );
+    assert!(!help.contains("\n  sim "), "{help}");
+    assert!(help.contains("puhuri-sim"), "{help}");
+}
+
+/// Whether something accepts connections at `addr`.
+async fn accepts(addr: std::net::SocketAddr) -> bool {
+    TcpStream::connect(addr).await.is_ok()
+}
+
+/// Log lines written on this thread (the test's runtime runs every task on it).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failing_role_stops_every_role_and_is_named() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
+
+    let mut app = spawn_app(Options {
+        backend: crate::helpers::Backend::Embedded,
+        ..Options::default()
+    })
+    .await;
+    let running = app.running.take().expect("running");
+    let addr = running.addr.expect("receiver");
+    assert!(accepts(addr).await);
+
+    // A role that returns an error while nobody asked for shutdown.
+    running.supervise(Role::Reconciler, async {
+        anyhow::bail!("Puhuri Core answered 401 to every list call")
+    });
+    let result = tokio::time::timeout(WAIT, running.wait(std::future::pending()))
+        .await
+        .expect("the failure ends the run");
+    let failure = result.expect_err("the run fails");
+    assert_eq!(failure.role, Role::Reconciler);
+    let message = failure.to_string();
+    assert!(message.contains("`reconciler`"), "{message}");
+    assert!(message.contains("401 to every list call"), "{message}");
+    // The receiver stopped with it.
+    assert!(!accepts(addr).await, "the receiver still accepts");
+    let logs = String::from_utf8_lossy(
+        &captured
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("role failed"))
+        .unwrap_or_else(|| panic!("no error line names the role:\n{logs}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("role=reconciler"), "{line}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_or_ending_role_fails_the_run() {
+    for (role, panics) in [(Role::PolicyReloader, true), (Role::TeamWatcher, false)] {
+        let mut app = spawn_app(Options {
+            backend: crate::helpers::Backend::Embedded,
+            roles: Roles {
+                receive: false,
+                work: true,
+            },
+            ..Options::default()
+        })
+        .await;
+        let running = app.running.take().expect("running");
+        let worker = running.worker.clone().expect("worker");
+        running.supervise(role, async move {
+            if panics {
+                panic!("policy file watcher lost its inotify handle");
+            }
+            Ok(())
+        });
+        let failure: RoleFailed = tokio::time::timeout(WAIT, running.wait(std::future::pending()))
+            .await
+            .expect("the failure ends the run")
+            .expect_err("the run fails");
+        assert_eq!(failure.role, role);
+        if panics {
+            assert!(failure.reason.contains("panicked"), "{failure}");
+            assert!(failure.reason.contains("inotify"), "{failure}");
+        } else {
+            assert!(
+                failure.reason.contains("ended before shutdown"),
+                "{failure}"
+            );
+        }
+        // `wait` returned after the roles ended: the worker loop holds no clone of itself.
+        assert_eq!(
+            std::sync::Arc::strong_count(&worker),
+            1,
+            "the worker runs on"
+        );
+        app.stop().await;
+    }
+}
+
+/// A signal (here: the interrupt future) is not a failure: the run ends cleanly.
+#[tokio::test]
+async fn an_interrupt_shuts_down_without_an_error() {
+    let mut app = spawn_app(Options {
+        backend: crate::helpers::Backend::Embedded,
+        ..Options::default()
+    })
+    .await;
+    let running = app.running.take().expect("running");
+    let addr = running.addr.expect("receiver");
+    let result = tokio::time::timeout(WAIT, running.wait(async {})).await;
+    assert_eq!(result.expect("shut down in time"), Ok(()));
+    assert!(!accepts(addr).await);
+    app.stop().await;
+}
