@@ -313,7 +313,7 @@ pub fn init_logging(cli: &Cli) {
                 Command::Serve(_) | Command::Receive(_) | Command::Work(_)
             )
         })
-        .map(crate::otel::layer);
+        .and_then(crate::otel::layer);
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let registry = tracing_subscriber::registry().with(otlp).with(filter);

@@ -721,7 +721,9 @@ async fn accept(
     };
 
     let id = verified_id.unwrap_or_else(|| derived_id(&source.name, &body));
-    tracing::Span::current().record("id", id.as_str());
+    let span = tracing::Span::current();
+    span.record("id", id.as_str());
+    crate::otel::join_notification_trace(&span, &id);
     let reservation = match state.replay.reserve(&source.name, &id, Instant::now()) {
         Reserve::Fresh(reservation) => reservation,
         Reserve::Duplicate => {

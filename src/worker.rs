@@ -314,9 +314,11 @@ impl Worker {
             "notification",
             id = %item.id,
             source = %item.source,
-            attempt = delivery.attempts + 1,
+            // Signed: OpenTelemetry attributes have no unsigned integers.
+            attempt = i64::from(delivery.attempts) + 1,
             redelivered = delivery.redelivered,
         );
+        crate::otel::join_notification_trace(&span, &item.id);
         async move {
             let key = item.hint.key();
             let lock = self.locks.lock_for(&key);

@@ -1,5 +1,7 @@
-//! OpenTelemetry export from a real `serve` process: the receiver's and the worker's spans
-//! of one notification share a trace, and each Puhuri Core call is a child span.
+//! OpenTelemetry export from a real `serve` process, as its OTLP/HTTP JSON requests
+//! arrive at a collector-shaped receiver: the receiver's and the worker's spans of one
+//! notification share the trace id derived from its id, and each Puhuri Core call is a
+//! child span of the worker's.
 
 use std::time::Duration;
 
@@ -19,6 +21,11 @@ fn spans(bodies: &[Value]) -> Vec<Value> {
         .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
         .flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default())
         .collect()
+}
+
+/// A span without a parent.
+fn is_root(span: &Value) -> bool {
+    span["parentSpanId"].as_str().unwrap_or_default().is_empty()
 }
 
 fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
@@ -92,6 +99,8 @@ async fn spans_of_one_notification_form_one_trace_across_receiver_and_worker() {
                 format!("http://{collector_addr}"),
             )
             .env("OTEL_SERVICE_NAME", "approver-under-test")
+            // Batches every 100 ms rather than every 5 s.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -115,10 +124,10 @@ async fn spans_of_one_notification_form_one_trace_across_receiver_and_worker() {
 
     let created = app.create(json!({"cpu_k_hours": 100})).await;
     assert_eq!(app.notify("msg_otel_1", &created).await.status(), 202);
-    let trace = trace_id_for("msg_otel_1")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let trace = trace_id_for("msg_otel_1");
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(b"puhuri-approver:msg_otel_1");
+    let derived: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(trace, derived);
 
     // Wait until the receiver's and the worker's spans and a Puhuri Core call arrived.
     let mut received = Vec::new();
@@ -142,7 +151,7 @@ async fn spans_of_one_notification_form_one_trace_across_receiver_and_worker() {
                     .iter()
                     .any(|c| attribute(c, "operation") == Some(&json!({"stringValue": "approve"})))
                 {
-                    return ((*receiver).clone(), (*worker).clone(), calls.len());
+                    return ((*receiver).clone(), (*worker).clone());
                 }
             }
             match bodies.recv().await {
@@ -151,7 +160,7 @@ async fn spans_of_one_notification_form_one_trace_across_receiver_and_worker() {
             }
         }
     };
-    let (receiver, worker, calls) = tokio::time::timeout(WAIT, wait)
+    let (receiver, worker) = tokio::time::timeout(WAIT, wait)
         .await
         .unwrap_or_else(|_| panic!("spans of msg_otel_1 did not arrive: {:?}", spans(&received)));
     assert_eq!(
@@ -167,14 +176,41 @@ async fn spans_of_one_notification_form_one_trace_across_receiver_and_worker() {
         Some(&json!({"intValue": "1"}))
     );
     assert_ne!(receiver["spanId"], worker["spanId"]);
+    assert!(is_root(&receiver), "{receiver}");
+    assert!(is_root(&worker), "{worker}");
+    // Every Puhuri Core call of the notification is a child of the worker's span.
+    let all = spans(&received);
+    let calls: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["name"] == "puhuri" && s["traceId"] == trace)
+        .collect();
     assert!(
-        calls >= 3,
-        "fetch, set_backend_id and approve are spans: {calls}"
+        calls.len() >= 3,
+        "fetch, set_backend_id and approve are spans: {calls:?}"
     );
-    assert_eq!(
-        received[0]["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
-        "approver-under-test"
-    );
+    for call in &calls {
+        assert_eq!(call["parentSpanId"], worker["spanId"], "{call}");
+        let status = attribute(call, "status").and_then(|v| v["intValue"].as_str());
+        assert!(status.is_some_and(|s| s.starts_with('2')), "{call}");
+    }
+    // Other root spans have traces of their own.
+    for span in all
+        .iter()
+        .filter(|s| is_root(s) && s["name"] != "notification")
+    {
+        assert_ne!(span["traceId"], trace, "{span}");
+    }
+    for body in &received {
+        let service = body["resourceSpans"][0]["resource"]["attributes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["key"] == "service.name"))
+            .map(|a| &a["value"]);
+        assert_eq!(
+            service,
+            Some(&json!({"stringValue": "approver-under-test"})),
+            "{body}"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
 }

@@ -396,7 +396,8 @@ impl PuhuriClient {
         let span = tracing::info_span!("puhuri", operation, status = tracing::field::Empty);
         let sent = request.send().instrument(span.clone()).await;
         if let Ok(response) = &sent {
-            span.record("status", response.status().as_u16());
+            // Signed: OpenTelemetry attributes have no unsigned integers.
+            span.record("status", i64::from(response.status().as_u16()));
         }
         let response = sent.map_err(|error| {
             self.record(operation, None, started);
