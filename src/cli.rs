@@ -15,6 +15,7 @@ use crate::app::{self, Roles};
 use crate::config::{Config, ProcessEnv};
 use crate::reload::PolicyFile;
 use crate::work::Work;
+use puhuri_auth::secret::read_secret;
 use puhuri_auth::signature::{self, GithubSecret, WebhookSecret};
 use puhuri_client::{Fetched, Resource};
 use puhuri_policy::cases::Cases;
@@ -233,24 +234,6 @@ pub struct SignArgs {
 pub enum SignScheme {
     StandardWebhooks,
     Github,
-}
-
-/// Reads a secret from `file` (one line; surrounding whitespace ignored) or else from the
-/// environment variable `var`. `None` when neither is set.
-pub fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let value = text.trim();
-        if value.is_empty() {
-            bail!("{}: the file is empty", path.display());
-        }
-        return Ok(Some(value.to_owned()));
-    }
-    Ok(std::env::var(var)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -703,6 +686,7 @@ async fn shutdown_signal() {
 fn sign(args: SignArgs) -> anyhow::Result<()> {
     let secret = read_secret(args.secret_file.as_deref(), "PUHURI_APPROVER_SIGN_SECRET")?
         .context("`--secret-file` or `PUHURI_APPROVER_SIGN_SECRET` is required")?;
+    let secret = secret.expose();
     let body = if args.body == Path::new("-") {
         let mut body = Vec::new();
         std::io::stdin()
@@ -720,8 +704,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         bail!("--id: expected 1 to 256 printable ASCII characters without spaces");
     }
     if let SignScheme::Github = args.scheme {
-        let secret =
-            GithubSecret::parse(&secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
+        let secret = GithubSecret::parse(secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
         let value = secret.sign(&body);
         let (delivery, signature) = (
             signature::HEADER_GITHUB_DELIVERY,
@@ -735,7 +718,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let secret = WebhookSecret::parse(&secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
+    let secret = WebhookSecret::parse(secret).map_err(|e| anyhow::anyhow!("the secret: {e}"))?;
     let timestamp = match args.timestamp {
         Some(ts) => ts,
         None => SystemTime::now()

@@ -6,6 +6,7 @@
 //! use at the one place they need the bytes (an HTTP header, an HMAC key).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
@@ -46,6 +47,42 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
     }
+}
+
+/// Why a secret could not be read from its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadSecretError {
+    #[error("{}: cannot read", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: the file is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// Reads a secret from `file` (surrounding whitespace ignored) or else from the
+/// environment variable `var`. `None` when neither is set. Secrets never come from argv.
+pub fn read_secret(file: Option<&Path>, var: &str) -> Result<Option<Secret>, ReadSecretError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ReadSecretError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(ReadSecretError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        return Ok(Some(Secret::new(value)));
+    }
+    Ok(std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .map(Secret::new))
 }
 
 #[cfg(test)]

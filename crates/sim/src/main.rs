@@ -2,11 +2,12 @@
 //! and benchmarks. Tests start it in-process through the library instead.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use puhuri_auth::Secret;
+use puhuri_auth::secret::read_secret;
 use puhuri_auth::signature::WebhookSecret;
 use puhuri_sim::{HookFormat, HookTarget, Sim, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -63,7 +64,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let token = read_secret(args.token_file.as_deref(), "PUHURI_SIM_TOKEN")?
-        .unwrap_or_else(|| "sim-token".to_owned());
+        .unwrap_or_else(|| Secret::new("sim-token"));
     let hook = match args.hook_url {
         None => None,
         Some(url) => {
@@ -72,7 +73,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 SimHookFormat::Allocation => {
                     let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?
                         .context("`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks")?;
-                    let secret = WebhookSecret::parse(&secret)
+                    let secret = WebhookSecret::parse(secret.expose())
                         .map_err(|e| anyhow::anyhow!("the hook secret: {e}"))?;
                     HookFormat::Allocation { secret }
                 }
@@ -85,7 +86,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(SimConfig {
-        tokens: vec![Secret::new(token)],
+        tokens: vec![token],
         hook,
         seed: !args.no_seed,
         public_url: Some(format!("http://{addr}")),
@@ -97,23 +98,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stop.cancel();
     server.await??;
     Ok(())
-}
-
-/// A secret from a file (trimmed, not empty) or else from an environment variable.
-fn read_secret(file: Option<&Path>, var: &str) -> anyhow::Result<Option<String>> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let value = text.trim();
-        if value.is_empty() {
-            bail!("{}: the file is empty", path.display());
-        }
-        return Ok(Some(value.to_owned()));
-    }
-    Ok(std::env::var(var)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty()))
 }
 
 async fn shutdown_signal() {
