@@ -820,7 +820,7 @@ async fn usage_push(
             parsed.errors.push(file::LineError {
                 line: *line,
                 field: "month".into(),
-                message,
+                message: message.into(),
             });
         }
     }

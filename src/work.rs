@@ -8,7 +8,7 @@
 use puhuri_queue::{Broker, DeadLetter, Delivery, Kind, PublishError};
 
 use crate::notification::{Envelope, WorkItem};
-use crate::usage::UsageRecord;
+use crate::usage::{RecordDecodeError, UsageRecord};
 
 /// One work message, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +26,9 @@ pub enum DecodeError {
     UnknownKind,
     #[error("undecodable message: {0}")]
     Envelope(#[source] serde_json::Error),
-    #[error("{0}")]
-    Usage(String),
+    /// Not a usage record, or an invalid one (the message names the field).
+    #[error(transparent)]
+    Usage(RecordDecodeError),
 }
 
 /// Decodes a body of the given kind.

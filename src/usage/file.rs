@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{RawRecord, UsageRecord};
+use super::{Invalid, MonthNotOpen, RawRecord, UsageRecord};
 
 /// The file's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,8 +30,57 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
     pub line: usize,
+    /// The field or column, or `record` or `header` for the line as a whole.
     pub field: String,
-    pub message: String,
+    pub message: Problem,
+}
+
+/// What is wrong on a line. The message names neither line nor field: [`LineError`] does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// A field of the record is invalid.
+    #[error(transparent)]
+    Record(#[from] Invalid),
+    /// The record's month cannot be reported now.
+    #[error(transparent)]
+    Month(#[from] MonthNotOpen),
+    /// A JSON line is not a record (serde's message).
+    #[error("{0}")]
+    Json(String),
+    /// A CSV line cannot be split into fields.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    /// The CSV `users` column is not `name=amount;...`.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("unknown column (expected some of: {})", COLUMNS.join(", "))]
+    UnknownColumn,
+    #[error("the column appears twice")]
+    DuplicateColumn,
+    #[error("required column missing")]
+    MissingColumn,
+    #[error("{found} fields, but the header has {expected}")]
+    FieldCount { found: usize, expected: usize },
+}
+
+/// Why a CSV line cannot be split into fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CsvError {
+    #[error("a quote inside an unquoted field")]
+    QuoteInUnquoted,
+    #[error("text after a closing quote")]
+    TextAfterQuote,
+    #[error("a quoted field is not closed on this line")]
+    Unclosed,
+}
+
+/// Why a CSV `users` column is not `alice=6;bob=4.5`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsersError {
+    #[error("`{0}` is not username=amount")]
+    NotAPair(String),
+    #[error("user `{0}` appears twice")]
+    Twice(String),
 }
 
 /// A parsed file: the records with their line numbers, and every problem.
@@ -54,7 +103,7 @@ const COLUMNS: &[&str] = &[
     "users",
 ];
 
-fn error(line: usize, field: &str, message: impl Into<String>) -> LineError {
+fn error(line: usize, field: &str, message: impl Into<Problem>) -> LineError {
     LineError {
         line,
         field: field.to_owned(),
@@ -97,7 +146,7 @@ pub fn parse(text: &str, format: Format) -> Parsed {
 fn validate(line: usize, raw: RawRecord, parsed: &mut Parsed) {
     match raw.validate() {
         Ok(record) => parsed.records.push((line, record)),
-        Err(e) => parsed.errors.push(error(line, e.field, e.message)),
+        Err(e) => parsed.errors.push(error(line, e.field, e.invalid)),
     }
 }
 
@@ -118,14 +167,16 @@ fn parse_jsonl(text: &str, parsed: &mut Parsed) {
                     .filter(|_| message.contains("field"))
                     .unwrap_or("record")
                     .to_owned();
-                parsed.errors.push(error(number, &field, message));
+                parsed
+                    .errors
+                    .push(error(number, &field, Problem::Json(message)));
             }
         }
     }
 }
 
 /// Splits one CSV line into fields.
-fn split_csv(line: &str) -> Result<Vec<String>, String> {
+fn split_csv(line: &str) -> Result<Vec<String>, CsvError> {
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut chars = line.chars().peekable();
@@ -147,34 +198,34 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
                 fields.push(std::mem::take(&mut field));
                 was_quoted = false;
             }
-            (false, '"') => return Err("a quote inside an unquoted field".into()),
+            (false, '"') => return Err(CsvError::QuoteInUnquoted),
             (false, c) => {
                 if was_quoted {
-                    return Err("text after a closing quote".into());
+                    return Err(CsvError::TextAfterQuote);
                 }
                 field.push(c);
             }
         }
     }
     if quoted {
-        return Err("a quoted field is not closed on this line".into());
+        return Err(CsvError::Unclosed);
     }
     fields.push(field);
     Ok(fields)
 }
 
-fn parse_users(text: &str) -> Result<BTreeMap<String, Value>, String> {
+fn parse_users(text: &str) -> Result<BTreeMap<String, Value>, UsersError> {
     let mut users = BTreeMap::new();
     for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, amount) = part
             .split_once('=')
-            .ok_or_else(|| format!("`{part}` is not username=amount"))?;
+            .ok_or_else(|| UsersError::NotAPair(part.to_owned()))?;
         let name = name.trim();
         if users
             .insert(name.to_owned(), Value::String(amount.trim().to_owned()))
             .is_some()
         {
-            return Err(format!("user `{name}` appears twice"));
+            return Err(UsersError::Twice(name.to_owned()));
         }
     }
     Ok(users)
@@ -202,16 +253,14 @@ fn parse_csv(text: &str, parsed: &mut Parsed) {
     let mut bad_header = false;
     for (i, column) in columns.iter().enumerate() {
         if !COLUMNS.contains(&column.as_str()) {
-            parsed.errors.push(error(
-                header_line,
-                column,
-                format!("unknown column (expected some of: {})", COLUMNS.join(", ")),
-            ));
+            parsed
+                .errors
+                .push(error(header_line, column, Problem::UnknownColumn));
             bad_header = true;
         } else if columns[..i].contains(column) {
             parsed
                 .errors
-                .push(error(header_line, column, "the column appears twice"));
+                .push(error(header_line, column, Problem::DuplicateColumn));
             bad_header = true;
         }
     }
@@ -219,7 +268,7 @@ fn parse_csv(text: &str, parsed: &mut Parsed) {
         if !columns.iter().any(|c| c == required) {
             parsed
                 .errors
-                .push(error(header_line, required, "required column missing"));
+                .push(error(header_line, required, Problem::MissingColumn));
             bad_header = true;
         }
     }
@@ -239,11 +288,10 @@ fn parse_csv(text: &str, parsed: &mut Parsed) {
             parsed.errors.push(error(
                 number,
                 "record",
-                format!(
-                    "{} fields, but the header has {}",
-                    fields.len(),
-                    columns.len()
-                ),
+                Problem::FieldCount {
+                    found: fields.len(),
+                    expected: columns.len(),
+                },
             ));
             continue;
         }

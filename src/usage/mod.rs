@@ -14,8 +14,12 @@
 //! readings do not go down); such a reading is stale and skipped.
 //!
 //! Rounding: Puhuri Core stores usage with at most 2 decimal places. Amounts are kept
-//! exactly (up to 9 decimal places) until they are sent, then rounded half up to the
-//! cent: 0.004 → 0.00, 0.005 → 0.01.
+//! exactly as `rust_decimal` decimals (up to 9 decimal places, at most 18 digits before
+//! the point) until they are sent, then rounded half up to the cent: 0.004 → 0.00,
+//! 0.005 → 0.01.
+//!
+//! Errors keep their kind: [`AmountError`], [`NotAMonth`], [`MonthNotOpen`], and
+//! [`RecordError`] (the field, and what is [`Invalid`] in it).
 //!
 //! Months: Puhuri Core files every `set_usage` under the current billing month (UTC), so
 //! a reading for an earlier month can never be accepted: it is refused as closed.
@@ -27,6 +31,7 @@ pub mod report;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -35,95 +40,113 @@ use crate::notification::WaldurUuid;
 
 /// Decimal places kept before rounding.
 const SCALE: u32 = 9;
-const NANOS: i128 = 1_000_000_000;
-/// Waldur's `DecimalField(max_digits=20, decimal_places=2)`: at most 18 integer digits.
+/// Digits before the decimal point: Waldur's `DecimalField(max_digits=20,
+/// decimal_places=2)` holds at most 18.
+const MAX_WHOLE_DIGITS: usize = 18;
+/// The largest total Waldur can store, in cents.
 const MAX_CENTS: i128 = 100_000_000_000_000_000_000 - 1;
 
-/// A non-negative quantity, exact to 9 decimal places.
+/// A non-negative quantity, exact to 9 decimal places, with at most 18 digits before the
+/// decimal point; kept as a [`rust_decimal::Decimal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Amount {
-    nanos: i128,
+pub struct Amount(Decimal);
+
+/// Why a text or JSON value is not an [`Amount`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("`{0}` is negative; usage cannot be")]
+    Negative(String),
+    /// Not digits with at most one decimal point (a sign, an exponent, `.5`, `1.`, text).
+    #[error("`{0}` is not a plain decimal number (like 12 or 12.25)")]
+    NotPlain(String),
+    #[error("`{0}` has more than {max} decimal places", max = SCALE)]
+    TooPrecise(String),
+    #[error("`{0}` has more than {max} digits before the decimal point", max = MAX_WHOLE_DIGITS)]
+    TooLarge(String),
+    /// A JSON number that is not written as a plain decimal (`1e3`, `-1`).
+    #[error("`{0}` is not a plain decimal number; send it as a string like \"12.25\"")]
+    NumberNotPlain(String),
+    /// Neither a string nor a number; names the JSON type found.
+    #[error("expected a number, found {0}")]
+    NotANumber(&'static str),
 }
 
 impl Amount {
-    pub const ZERO: Amount = Amount { nanos: 0 };
+    pub const ZERO: Amount = Amount(Decimal::ZERO);
 
     /// Parses a plain decimal (`12`, `12.5`, `0.125`): no sign, no exponent, at most 9
-    /// decimal places.
-    pub fn parse(text: &str) -> Result<Amount, String> {
+    /// decimal places, at most 18 digits before the point.
+    pub fn parse(text: &str) -> Result<Amount, AmountError> {
         let text = text.trim();
         if text.starts_with('-') {
-            return Err(format!("`{text}` is negative; usage cannot be"));
+            return Err(AmountError::Negative(text.to_owned()));
         }
         let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
         if whole.is_empty() || !digits(whole) || !digits(fraction) || text.ends_with('.') {
-            return Err(format!(
-                "`{text}` is not a plain decimal number (like 12 or 12.25)"
-            ));
+            return Err(AmountError::NotPlain(text.to_owned()));
         }
         if fraction.len() > SCALE as usize {
-            return Err(format!("`{text}` has more than {SCALE} decimal places"));
+            return Err(AmountError::TooPrecise(text.to_owned()));
         }
         let whole = whole.trim_start_matches('0');
-        if whole.len() > 18 {
-            return Err(format!(
-                "`{text}` has more than 18 digits before the decimal point"
-            ));
+        if whole.len() > MAX_WHOLE_DIGITS {
+            return Err(AmountError::TooLarge(text.to_owned()));
         }
-        let whole: i128 = if whole.is_empty() {
-            0
-        } else {
-            whole
-                .parse()
-                .map_err(|_| format!("`{text}` is too large"))?
-        };
-        let mut frac: i128 = 0;
-        for (i, b) in fraction.bytes().enumerate() {
-            frac += i128::from(b - b'0') * 10i128.pow(SCALE - 1 - i as u32);
-        }
-        Ok(Amount {
-            nanos: whole * NANOS + frac,
-        })
+        // At most 27 digits: well within the 96-bit mantissa of a `Decimal`.
+        let mantissa = whole
+            .bytes()
+            .chain(fraction.bytes())
+            .fold(0i128, |m, b| m * 10 + i128::from(b - b'0'));
+        Decimal::try_from_i128_with_scale(mantissa, fraction.len() as u32)
+            .map(Amount)
+            .map_err(|_| AmountError::TooLarge(text.to_owned()))
     }
 
     /// From a JSON string or number.
-    pub fn from_json(value: &Value) -> Result<Amount, String> {
+    pub fn from_json(value: &Value) -> Result<Amount, AmountError> {
         match value {
             Value::String(s) => Amount::parse(s),
-            Value::Number(n) => Amount::parse(&n.to_string()).map_err(|_| {
-                format!("`{n}` is not a plain decimal number; send it as a string like \"12.25\"")
-            }),
-            other => Err(format!("expected a number, found {}", json_kind(other))),
+            Value::Number(n) => Amount::parse(&n.to_string())
+                .map_err(|_| AmountError::NumberNotPlain(n.to_string())),
+            other => Err(AmountError::NotANumber(json_kind(other))),
         }
     }
 
     /// Rounded half up to the cent.
+    fn rounded(self) -> Decimal {
+        let mut rounded = self
+            .0
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+        // At most 20 digits at scale 2: always representable.
+        rounded.rescale(2);
+        rounded
+    }
+
+    /// Rounded half up to the cent, in cents.
     pub fn cents(self) -> i128 {
-        (self.nanos + NANOS / 200) / (NANOS / 100)
+        self.rounded().mantissa()
     }
 
     /// Rounded to the cent and rendered as Puhuri Core takes it (`"12.35"`).
     pub fn to_cents_string(self) -> String {
-        format_cents(self.cents())
+        self.rounded().to_string()
     }
 
+    /// The exact sum, or `None` when it has more than 18 digits before the point.
     pub fn checked_add(self, other: Amount) -> Option<Amount> {
-        self.nanos
-            .checked_add(other.nanos)
-            .map(|nanos| Amount { nanos })
+        let limit = Decimal::from(10i64.pow(MAX_WHOLE_DIGITS as u32));
+        self.0
+            .checked_add(other.0)
+            .filter(|sum| *sum < limit)
+            .map(Amount)
     }
 }
 
 impl fmt::Display for Amount {
+    /// Without trailing zeros: `12.5`, `12`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.nanos / NANOS;
-        let frac = self.nanos % NANOS;
-        if frac == 0 {
-            return write!(f, "{whole}");
-        }
-        let frac = format!("{frac:09}");
-        write!(f, "{whole}.{}", frac.trim_end_matches('0'))
+        write!(f, "{}", self.0.normalize())
     }
 }
 
@@ -137,6 +160,25 @@ pub fn parse_cents(value: &Value) -> Option<i128> {
     Amount::from_json(value).ok().map(Amount::cents)
 }
 
+/// A text that is not a month written as `YYYY-MM`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a month written as YYYY-MM")]
+pub struct NotAMonth(pub String);
+
+/// Why a month cannot be reported now: Puhuri Core files usage only under the current
+/// billing month (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MonthNotOpen {
+    /// An earlier month: it can never be reported.
+    #[error(
+        "month {month} is closed: Puhuri Core takes usage only for the current billing month ({current}, UTC)"
+    )]
+    Closed { month: Month, current: Month },
+    /// A later month.
+    #[error("month {month} has not started (the current billing month is {current}, UTC)")]
+    NotStarted { month: Month, current: Month },
+}
+
 /// A calendar month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Month {
@@ -145,9 +187,9 @@ pub struct Month {
 }
 
 impl Month {
-    /// `YYYY-MM`.
-    pub fn parse(text: &str) -> Result<Month, String> {
-        let bad = || format!("`{text}` is not a month written as YYYY-MM");
+    /// `YYYY-MM`, from 2000 on.
+    pub fn parse(text: &str) -> Result<Month, NotAMonth> {
+        let bad = || NotAMonth(text.to_owned());
         let (year, month) = text.trim().split_once('-').ok_or_else(bad)?;
         if year.len() != 4 || month.len() != 2 {
             return Err(bad());
@@ -221,19 +263,96 @@ pub struct RawRecord {
     pub description: Option<String>,
 }
 
-/// Why a record can never be accepted, naming the field.
+/// What is wrong with one field of a record; [`Invalid::field`] names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct RecordError {
-    pub field: &'static str,
-    pub message: String,
+pub enum Invalid {
+    #[error("give either resource_uuid or backend_id, not both")]
+    BothAllocations,
+    #[error("name the allocation by resource_uuid or backend_id")]
+    NoAllocation,
+    #[error("`{0}` is not a uuid")]
+    NotAUuid(String),
+    #[error("must be 1 to 255 characters, not blank")]
+    BackendId,
+    #[error("`{0}` is not a component type (letters, digits, `_`, `-`, `.`)")]
+    Component(String),
+    #[error(transparent)]
+    Amount(AmountError),
+    /// Rounds to more than Waldur's 18 digits before the point.
+    #[error("is larger than Puhuri Core can store")]
+    AmountTooLarge,
+    #[error(transparent)]
+    Month(NotAMonth),
+    #[error("usernames must be 1 to 150 characters")]
+    Username,
+    #[error("user `{user}`: {error}")]
+    UserAmount {
+        user: String,
+        #[source]
+        error: AmountError,
+    },
+    #[error("the split is too large")]
+    SplitTooLarge,
+    #[error("the users' usage adds up to {split}, more than the amount {amount}")]
+    SplitAboveAmount { split: Amount, amount: Amount },
+    #[error("`{0}` is not an RFC 3339 time")]
+    MeasuredAt(String),
+    #[error("is longer than 1000 characters")]
+    Description,
+    #[error("must be 1 to 200 characters")]
+    Id,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RecordError {
-    RecordError {
-        field,
-        message: message.into(),
+impl Invalid {
+    /// The wire field the problem is in.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Invalid::BothAllocations | Invalid::NoAllocation | Invalid::NotAUuid(_) => {
+                "resource_uuid"
+            }
+            Invalid::BackendId => "backend_id",
+            Invalid::Component(_) => "component",
+            Invalid::Amount(_) | Invalid::AmountTooLarge => "amount",
+            Invalid::Month(_) => "month",
+            Invalid::Username
+            | Invalid::UserAmount { .. }
+            | Invalid::SplitTooLarge
+            | Invalid::SplitAboveAmount { .. } => "users",
+            Invalid::MeasuredAt(_) => "measured_at",
+            Invalid::Description => "description",
+            Invalid::Id => "id",
+        }
     }
+}
+
+/// Why a record can never be accepted, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {invalid}")]
+pub struct RecordError {
+    pub field: &'static str,
+    #[source]
+    pub invalid: Invalid,
+}
+
+impl From<Invalid> for RecordError {
+    fn from(invalid: Invalid) -> RecordError {
+        RecordError {
+            field: invalid.field(),
+            invalid,
+        }
+    }
+}
+
+/// Why a queued body is not a usage record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordDecodeError {
+    /// Not JSON of the record's shape (serde's message: a syntax error, a missing or
+    /// unknown field, a wrong type).
+    #[error("not a usage record: {0}")]
+    Shape(String),
+    /// The shape is right but a field's value is not.
+    #[error("invalid usage record: {0}")]
+    Invalid(#[source] RecordError),
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -260,82 +379,61 @@ impl RawRecord {
     pub fn validate(self) -> Result<UsageRecord, RecordError> {
         let allocation = match (self.resource_uuid, self.backend_id) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "resource_uuid",
-                    "give either resource_uuid or backend_id, not both",
-                ));
+                return Err(Invalid::BothAllocations.into());
             }
             (Some(uuid), None) => ResourceRef::Uuid(
-                WaldurUuid::parse(&uuid)
-                    .ok_or_else(|| invalid("resource_uuid", format!("`{uuid}` is not a uuid")))?,
+                WaldurUuid::parse(&uuid).ok_or_else(|| Invalid::NotAUuid(uuid.clone()))?,
             ),
             (None, Some(backend_id)) => {
                 let trimmed = backend_id.trim();
                 if trimmed.is_empty() || trimmed.len() > 255 {
-                    return Err(invalid(
-                        "backend_id",
-                        "must be 1 to 255 characters, not blank",
-                    ));
+                    return Err(Invalid::BackendId.into());
                 }
                 ResourceRef::BackendId(trimmed.to_owned())
             }
             (None, None) => {
-                return Err(invalid(
-                    "resource_uuid",
-                    "name the allocation by resource_uuid or backend_id",
-                ));
+                return Err(Invalid::NoAllocation.into());
             }
         };
         if !valid_component(&self.component) {
-            return Err(invalid(
-                "component",
-                format!(
-                    "`{}` is not a component type (letters, digits, `_`, `-`, `.`)",
-                    self.component
-                ),
-            ));
+            return Err(Invalid::Component(self.component).into());
         }
-        let amount = Amount::from_json(&self.amount).map_err(|m| invalid("amount", m))?;
+        let amount = Amount::from_json(&self.amount).map_err(Invalid::Amount)?;
         if amount.cents() > MAX_CENTS {
-            return Err(invalid("amount", "is larger than Puhuri Core can store"));
+            return Err(Invalid::AmountTooLarge.into());
         }
-        let month = Month::parse(&self.month).map_err(|m| invalid("month", m))?;
+        let month = Month::parse(&self.month).map_err(Invalid::Month)?;
         let mut users = BTreeMap::new();
         let mut split = Amount::ZERO;
         for (username, value) in self.users.unwrap_or_default() {
             if username.trim().is_empty() || username.len() > 150 {
-                return Err(invalid("users", "usernames must be 1 to 150 characters"));
+                return Err(Invalid::Username.into());
             }
-            let share = Amount::from_json(&value)
-                .map_err(|m| invalid("users", format!("user `{username}`: {m}")))?;
-            split = split
-                .checked_add(share)
-                .ok_or_else(|| invalid("users", "the split is too large"))?;
+            let share = Amount::from_json(&value).map_err(|error| Invalid::UserAmount {
+                user: username.clone(),
+                error,
+            })?;
+            split = split.checked_add(share).ok_or(Invalid::SplitTooLarge)?;
             users.insert(username, share);
         }
         if split > amount {
-            return Err(invalid(
-                "users",
-                format!("the users' usage adds up to {split}, more than the amount {amount}"),
-            ));
+            return Err(Invalid::SplitAboveAmount { split, amount }.into());
         }
         let measured_at = match self.measured_at {
             None => None,
             Some(text) => Some(
                 OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| {
-                        invalid("measured_at", format!("`{text}` is not an RFC 3339 time"))
-                    })?,
+                    .map_err(|_| Invalid::MeasuredAt(text.clone()))?,
             ),
         };
         let description = self.description.unwrap_or_default();
         if description.chars().count() > 1000 {
-            return Err(invalid("description", "is longer than 1000 characters"));
+            return Err(Invalid::Description.into());
         }
         if let Some(id) = &self.id
             && (id.is_empty() || id.len() > 200)
         {
-            return Err(invalid("id", "must be 1 to 200 characters"));
+            return Err(Invalid::Id.into());
         }
         Ok(UsageRecord {
             id: self.id,
@@ -352,11 +450,10 @@ impl RawRecord {
 
 impl UsageRecord {
     /// Decodes and validates a queued record.
-    pub fn decode(body: &[u8]) -> Result<UsageRecord, String> {
+    pub fn decode(body: &[u8]) -> Result<UsageRecord, RecordDecodeError> {
         let raw: RawRecord =
-            serde_json::from_slice(body).map_err(|e| format!("not a usage record: {e}"))?;
-        raw.validate()
-            .map_err(|e| format!("invalid usage record: {e}"))
+            serde_json::from_slice(body).map_err(|e| RecordDecodeError::Shape(e.to_string()))?;
+        raw.validate().map_err(RecordDecodeError::Invalid)
     }
 
     /// The wire form, for queueing.
@@ -393,16 +490,12 @@ impl UsageRecord {
 }
 
 /// Whether a record's month can still be reported in `now`'s billing month.
-pub fn check_month(month: Month, now: OffsetDateTime) -> Result<(), String> {
+pub fn check_month(month: Month, now: OffsetDateTime) -> Result<(), MonthNotOpen> {
     let current = Month::of(now);
     if month < current {
-        Err(format!(
-            "month {month} is closed: Puhuri Core takes usage only for the current billing month ({current}, UTC)"
-        ))
+        Err(MonthNotOpen::Closed { month, current })
     } else if month > current {
-        Err(format!(
-            "month {month} has not started (the current billing month is {current}, UTC)"
-        ))
+        Err(MonthNotOpen::NotStarted { month, current })
     } else {
         Ok(())
     }
@@ -510,8 +603,8 @@ mod tests {
     use serde_json::json;
 
     fn record(value: Value) -> Result<UsageRecord, RecordError> {
-        serde_json::from_value::<RawRecord>(value)
-            .map_err(|e| invalid("json", e.to_string()))?
+        serde_json::from_value::<RawRecord>(value.clone())
+            .unwrap_or_else(|e| panic!("{value}: {e}"))
             .validate()
     }
 
@@ -554,6 +647,159 @@ mod tests {
     }
 
     #[test]
+    fn errors_keep_their_kind_and_their_text() {
+        let text = |r: Result<Amount, AmountError>| r.err().map(|e| e.to_string());
+        assert_eq!(
+            Amount::parse(" -1 "),
+            Err(AmountError::Negative("-1".into()))
+        );
+        assert_eq!(
+            text(Amount::parse("-1")).as_deref(),
+            Some("`-1` is negative; usage cannot be")
+        );
+        assert_eq!(
+            text(Amount::parse("1e3")).as_deref(),
+            Some("`1e3` is not a plain decimal number (like 12 or 12.25)")
+        );
+        assert_eq!(
+            text(Amount::parse("1.0000000001")).as_deref(),
+            Some("`1.0000000001` has more than 9 decimal places")
+        );
+        assert_eq!(
+            text(Amount::parse("1234567890123456789")).as_deref(),
+            Some("`1234567890123456789` has more than 18 digits before the decimal point")
+        );
+        assert_eq!(
+            text(Amount::from_json(&json!(1e300))).as_deref(),
+            Some("`1e+300` is not a plain decimal number; send it as a string like \"12.25\"")
+        );
+        assert_eq!(
+            Amount::from_json(&json!(-1)),
+            Err(AmountError::NumberNotPlain("-1".into()))
+        );
+        assert_eq!(
+            text(Amount::from_json(&json!(null))).as_deref(),
+            Some("expected a number, found null")
+        );
+        assert_eq!(
+            Month::parse("November").map_err(|e| e.to_string()),
+            Err("`November` is not a month written as YYYY-MM".into())
+        );
+        let decoded = UsageRecord::decode(
+            br#"{"backend_id":"b","component":"c","amount":"-1","month":"2026-11"}"#,
+        );
+        assert_eq!(
+            decoded.as_ref().map_err(ToString::to_string),
+            Err("invalid usage record: amount: `-1` is negative; usage cannot be".to_owned())
+        );
+        assert!(
+            matches!(
+                &decoded,
+                Err(RecordDecodeError::Invalid(RecordError {
+                    field: "amount",
+                    invalid: Invalid::Amount(AmountError::Negative(_)),
+                }))
+            ),
+            "{decoded:?}"
+        );
+        let split = record(json!({"backend_id": "b", "component": "c", "amount": "1.5",
+            "month": "2026-11", "users": {"a": "1", "b": "0.75"}}));
+        assert_eq!(
+            split.map_err(|e| e.to_string()),
+            Err("users: the users' usage adds up to 1.75, more than the amount 1.5".into())
+        );
+        let user = record(json!({"backend_id": "b", "component": "c", "amount": "1",
+            "month": "2026-11", "users": {"a": "x"}}));
+        assert_eq!(
+            user.map_err(|e| e.to_string()),
+            Err("users: user `a`: `x` is not a plain decimal number (like 12 or 12.25)".into())
+        );
+        let too_large = record(json!({"backend_id": "b", "component": "c",
+            "amount": "999999999999999999.995", "month": "2026-11"}));
+        assert_eq!(
+            too_large.map_err(|e| e.to_string()),
+            Err("amount: is larger than Puhuri Core can store".into())
+        );
+        let now = OffsetDateTime::parse(
+            "2026-11-15T00:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let october = Month {
+            year: 2026,
+            month: 10,
+        };
+        assert_eq!(
+            check_month(october, now).map_err(|e| e.to_string()),
+            Err("month 2026-10 is closed: Puhuri Core takes usage only for the current billing month (2026-11, UTC)".into())
+        );
+    }
+
+    #[test]
+    fn sums_stay_exact_and_within_18_digits() {
+        let a = |text: &str| Amount::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(
+            a("0.000000001").checked_add(a("12.5")),
+            Some(a("12.500000001"))
+        );
+        assert_eq!(
+            a("999999999999999999.999999998").checked_add(a("0.000000001")),
+            Some(a("999999999999999999.999999999"))
+        );
+        assert_eq!(
+            a("999999999999999999.999999999").checked_add(a("0.000000001")),
+            None
+        );
+        assert_eq!(a("12.50").to_string(), "12.5");
+        assert_eq!(a("12.50"), a("12.5"));
+        assert_eq!(a("007.10").to_string(), "7.1");
+        assert_eq!(a("0.000").to_string(), "0");
+        assert_eq!(Amount::ZERO.to_cents_string(), "0.00");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any amount survives its display, and rounds to the cent as integer arithmetic on
+            /// its billionths does (half up).
+            #[test]
+            fn amounts_round_trip_and_round_half_up(
+                (whole, places, fraction) in (0u64..1_000_000_000_000_000_000, 0u32..=9)
+                    .prop_flat_map(|(whole, places)| (
+                        Just(whole),
+                        Just(places),
+                        0u64..10u64.pow(places),
+                    )),
+            ) {
+                let text = if places == 0 {
+                    whole.to_string()
+                } else {
+                    format!("{whole}.{fraction:0width$}", width = places as usize)
+                };
+                let amount = Amount::parse(&text)
+                    .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+                prop_assert_eq!(Amount::parse(&amount.to_string()), Ok(amount));
+
+                let nanos = i128::from(whole) * 1_000_000_000
+                    + i128::from(fraction) * 10i128.pow(9 - places);
+                let shown = match nanos % 1_000_000_000 {
+                    0 => whole.to_string(),
+                    frac => format!("{whole}.{}", format!("{frac:09}").trim_end_matches('0')),
+                };
+                prop_assert_eq!(amount.to_string(), shown);
+                let cents = (nanos + 5_000_000) / 10_000_000;
+                prop_assert_eq!(amount.cents(), cents);
+                prop_assert_eq!(
+                    amount.to_cents_string(),
+                    format!("{}.{:02}", cents / 100, cents % 100)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn months_parse_and_close() {
         assert_eq!(
             Month::parse("2026-11"),
@@ -585,7 +831,10 @@ mod tests {
             now,
         );
         assert!(
-            closed.as_ref().is_err_and(|e| e.contains("closed")),
+            closed
+                .as_ref()
+                .is_err_and(|e| matches!(e, MonthNotOpen::Closed { .. })
+                    && e.to_string().contains("closed")),
             "{closed:?}"
         );
         let future = check_month(
@@ -596,7 +845,10 @@ mod tests {
             now,
         );
         assert!(
-            future.as_ref().is_err_and(|e| e.contains("not started")),
+            future
+                .as_ref()
+                .is_err_and(|e| matches!(e, MonthNotOpen::NotStarted { .. })
+                    && e.to_string().contains("not started")),
             "{future:?}"
         );
         assert_eq!(
@@ -666,7 +918,10 @@ mod tests {
             br#"{"backend_id":"b","component":"c","amount":1,"month":"2026-11","colour":"red"}"#,
         );
         assert!(
-            unknown.as_ref().is_err_and(|e| e.contains("colour")),
+            unknown
+                .as_ref()
+                .is_err_and(|e| matches!(e, RecordDecodeError::Shape(_))
+                    && e.to_string().contains("colour")),
             "{unknown:?}"
         );
     }
