@@ -335,7 +335,7 @@ fn row(event: &Settled, sent: &mut HashMap<String, Sent>) -> Option<(String, Dur
     let rule = match (&event.result, &event.rule) {
         (Err(reason), _) => format!(
             "dead letter: {}",
-            reason.chars().take(36).collect::<String>()
+            reason.to_string().chars().take(36).collect::<String>()
         ),
         (_, Some(rule)) => rule.clone(),
         (_, None) => "(default)".into(),

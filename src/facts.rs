@@ -3,9 +3,7 @@
 //! This is the one place where the client's wire types meet the policy's `Allocation`:
 //! the client knows nothing of the policy, the policy nothing of the wire.
 
-use std::collections::BTreeMap;
-
-use puhuri_client::{Customer, Fetched, GrantedResource};
+use puhuri_client::{Customer, Fetched, GrantedResource, numeric_limits};
 use puhuri_policy::GrantedFacts;
 use puhuri_policy::allocation::{
     Allocation, CustomerFacts, OfferingFacts, OrderFacts, PlanFacts, ProjectFacts, ResourceFacts,
@@ -29,14 +27,7 @@ pub fn allocation(fetched: &Fetched, customer: Option<&Customer>) -> Allocation 
         .as_ref()
         .filter(|l| !l.is_empty())
         .or_else(|| o.and_then(|o| o.limits.as_ref()));
-    let limits: BTreeMap<String, f64> = limits_source
-        .map(|limits| {
-            limits
-                .iter()
-                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let limits = limits_source.map(numeric_limits).unwrap_or_default();
     let attributes = o
         .and_then(|o| o.attributes.clone())
         .filter(|a| !a.is_empty())

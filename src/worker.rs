@@ -71,7 +71,7 @@ impl Outcome {
 }
 
 /// What became of one delivery; sent to [`Worker::subscribe`] receivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settled {
     /// The notification id.
     pub id: String,
@@ -79,8 +79,8 @@ pub struct Settled {
     pub attempt: u32,
     /// The allocation the notification named.
     pub hint: AllocationHint,
-    /// The outcome, or the failure's reason.
-    pub result: Result<Outcome, String>,
+    /// The outcome, or why it failed.
+    pub result: Result<Outcome, Arc<ProcessError>>,
     /// The policy rule that decided, when one did.
     pub rule: Option<String>,
     pub disposition: Disposition,
@@ -412,7 +412,7 @@ impl Worker {
                         Disposition::LeftToBroker
                     }
                 };
-                (Err(reason), disposition)
+                (Err(Arc::new(error)), disposition)
             }
             Err(error) => {
                 let reason = error.to_string();
@@ -424,7 +424,7 @@ impl Worker {
                         Disposition::LeftToBroker
                     }
                 };
-                (Err(reason), disposition)
+                (Err(Arc::new(error)), disposition)
             }
         };
         let disposition_name = match disposition {

@@ -116,6 +116,14 @@ pub struct ResourceSummary {
     pub offering_uuid: Option<String>,
 }
 
+/// The numeric entries of a `limits` object, per component (others are left out).
+pub fn numeric_limits(limits: &Map<String, Value>) -> BTreeMap<String, f64> {
+    limits
+        .iter()
+        .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+        .collect()
+}
+
 /// An allocation the provider granted already: its project and its limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrantedResource {
@@ -849,12 +857,7 @@ impl PuhuriClient {
                 let limits = item
                     .get("limits")
                     .and_then(Value::as_object)
-                    .map(|limits| {
-                        limits
-                            .iter()
-                            .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
-                            .collect()
-                    })
+                    .map(numeric_limits)
                     .unwrap_or_default();
                 Some(GrantedResource {
                     uuid,
