@@ -733,12 +733,12 @@ impl Config {
         let puhuri_url = match env.get("PUHURI_APPROVER_PUHURI_URL") {
             Some(url) => Some(normalize_api_url(&url).map_err(|message| ConfigError::Env {
                 var: "PUHURI_APPROVER_PUHURI_URL".into(),
-                message,
+                message: message.to_owned(),
             })?),
             None => match &file.puhuri.url {
                 Some(url) => Some(
                     normalize_api_url(url.get_ref())
-                        .map_err(|message| at.invalid(url.span(), "puhuri.url", &message))?,
+                        .map_err(|message| at.invalid(url.span(), "puhuri.url", message))?,
                 ),
                 None => None,
             },
@@ -1338,10 +1338,10 @@ fn millis(
 }
 
 /// Puhuri Core's base URL must be http(s) and end with `/api/`; a missing final slash is added.
-fn normalize_api_url(url: &str) -> Result<String, String> {
+fn normalize_api_url(url: &str) -> Result<String, &'static str> {
     let url = url.trim();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err("expected an `http://` or `https://` URL ending in `/api/`".into());
+        return Err("expected an `http://` or `https://` URL ending in `/api/`");
     }
     let url = if url.ends_with('/') {
         url.to_owned()
@@ -1349,7 +1349,7 @@ fn normalize_api_url(url: &str) -> Result<String, String> {
         format!("{url}/")
     };
     if !url.ends_with("/api/") {
-        return Err("expected the API base URL, ending in `/api/`".into());
+        return Err("expected the API base URL, ending in `/api/`");
     }
     Ok(url)
 }

@@ -1002,9 +1002,8 @@ fn order_uuid<'a>(fetched: &'a Fetched, operation: &'static str) -> Result<&'a s
         .order
         .as_ref()
         .map(|o| o.uuid.as_str())
-        .ok_or_else(|| PuhuriError::Permanent {
+        .ok_or_else(|| PuhuriError::Unusable {
             operation,
-            status: 0,
             detail: "the allocation has no creation order".into(),
         })
 }
