@@ -5,8 +5,20 @@
 //! CSV columns (any order; `component`, `amount`, `month` and one of `resource_uuid` or
 //! `backend_id` are required): `id`, `resource_uuid`, `backend_id`, `component`,
 //! `amount`, `month`, `measured_at`, `description`, `users`. `users` is the per-user
-//! split as `alice=6;bob=4.5`. Fields may be quoted (`"..."`, `""` for a quote); a
-//! quoted field cannot span lines.
+//! split as `alice=6;bob=4.5`.
+//!
+//! The csv crate reads the CSV (comma-separated, RFC 4180 with the crate's leniency):
+//! - a UTF-8 BOM at the start is ignored; column names are matched ignoring ASCII case;
+//! - records end at `\n`, `\r\n` or a lone `\r`; empty lines and lines of spaces are
+//!   skipped; spaces around column names and values are trimmed, inside quotes too;
+//! - fields may be quoted (`"..."`, `""` for a quote, commas kept). A quote inside an
+//!   unquoted field is kept as text (`5" disk`), and text after a closing quote is
+//!   joined to the field (`"a"b` reads as `ab`);
+//! - a quoted field is read across lines, but a value holding a line break is refused:
+//!   no usage field takes one, and it is what a missing closing quote looks like (the
+//!   field then runs on over the next lines, which are not reported apart);
+//! - a record is numbered by the line it starts on, lines counted at `\n` (records ended
+//!   by a lone `\r` share a number).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +39,7 @@ pub enum Format {
 }
 
 /// One problem in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct LineError {
     pub line: usize,
     /// The field or column, or `record` or `header` for the line as a whole.
@@ -36,7 +48,7 @@ pub struct LineError {
 }
 
 /// What is wrong on a line. The message names neither line nor field: [`LineError`] does.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Problem {
     /// A field of the record is invalid.
     #[error(transparent)]
@@ -47,9 +59,14 @@ pub enum Problem {
     /// A JSON line is not a record (serde's message).
     #[error("{0}")]
     Json(String),
-    /// A CSV line cannot be split into fields.
-    #[error(transparent)]
-    Csv(#[from] CsvError),
+    /// The csv crate cannot read the record (it reads any UTF-8 text, so this is not
+    /// expected from [`parse`]). Its error, the source, names the line itself.
+    #[error("the record cannot be read as CSV")]
+    Csv(#[from] csv::Error),
+    /// A CSV value holds a line break: a quoted field spans lines, as when its closing
+    /// quote is missing and the field runs on over the records after it.
+    #[error("the value spans lines (is a closing quote missing?)")]
+    LineBreak,
     /// The CSV `users` column is not `name=amount;...`.
     #[error(transparent)]
     Users(#[from] UsersError),
@@ -61,17 +78,6 @@ pub enum Problem {
     MissingColumn,
     #[error("{found} fields, but the header has {expected}")]
     FieldCount { found: usize, expected: usize },
-}
-
-/// Why a CSV line cannot be split into fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CsvError {
-    #[error("a quote inside an unquoted field")]
-    QuoteInUnquoted,
-    #[error("text after a closing quote")]
-    TextAfterQuote,
-    #[error("a quoted field is not closed on this line")]
-    Unclosed,
 }
 
 /// Why a CSV `users` column is not `alice=6;bob=4.5`.
@@ -175,45 +181,6 @@ fn parse_jsonl(text: &str, parsed: &mut Parsed) {
     }
 }
 
-/// Splits one CSV line into fields.
-fn split_csv(line: &str) -> Result<Vec<String>, CsvError> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => field.push(c),
-            (false, '"') if field.is_empty() && !was_quoted => {
-                quoted = true;
-                was_quoted = true;
-            }
-            (false, ',') => {
-                fields.push(std::mem::take(&mut field));
-                was_quoted = false;
-            }
-            (false, '"') => return Err(CsvError::QuoteInUnquoted),
-            (false, c) => {
-                if was_quoted {
-                    return Err(CsvError::TextAfterQuote);
-                }
-                field.push(c);
-            }
-        }
-    }
-    if quoted {
-        return Err(CsvError::Unclosed);
-    }
-    fields.push(field);
-    Ok(fields)
-}
-
 fn parse_users(text: &str) -> Result<BTreeMap<String, Value>, UsersError> {
     let mut users = BTreeMap::new();
     for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
@@ -231,22 +198,76 @@ fn parse_users(text: &str) -> Result<BTreeMap<String, Value>, UsersError> {
     Ok(users)
 }
 
+/// The records of a CSV file as the csv crate reads them, each with the line it starts
+/// on; records that hold nothing (lines of spaces) are left out. A record that cannot be
+/// read comes as its error.
+struct Records<'a> {
+    reader: csv::Reader<&'a [u8]>,
+    bytes: &'a [u8],
+}
+
+impl<'a> Records<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        // A BOM before the header is no part of the first column's name.
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(bytes);
+        Records { reader, bytes }
+    }
+
+    /// The line of the record read at `position`. The crate's position is where it began
+    /// to look for the record, so the empty lines it skipped on the way are added.
+    fn line(&self, position: Option<&csv::Position>) -> usize {
+        let position = position.unwrap_or(self.reader.position());
+        let start =
+            usize::try_from(position.byte()).map_or(self.bytes.len(), |b| b.min(self.bytes.len()));
+        let skipped = self.bytes[start..]
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .filter(|&&b| b == b'\n')
+            .count();
+        usize::try_from(position.line())
+            .unwrap_or(usize::MAX)
+            .saturating_add(skipped)
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = (usize, Result<csv::StringRecord, csv::Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut record = csv::StringRecord::new();
+        loop {
+            return match self.reader.read_record(&mut record) {
+                Ok(false) => None,
+                Ok(true) if record.len() == 1 && record[0].is_empty() => continue,
+                Ok(true) => Some((self.line(record.position()), Ok(record))),
+                Err(e) => Some((self.line(e.position()), Err(e))),
+            };
+        }
+    }
+}
+
 fn parse_csv(text: &str, parsed: &mut Parsed) {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((header_index, header)) = lines.next() else {
+    read_csv(text.as_bytes(), parsed);
+}
+
+/// [`parse_csv`] on bytes, so that the tests can hand it a record that is not UTF-8.
+fn read_csv(bytes: &[u8], parsed: &mut Parsed) {
+    let mut records = Records::new(bytes);
+    let Some((header_line, header)) = records.next() else {
         return;
     };
-    let header_line = header_index + 1;
-    let columns = match split_csv(header.trim_start_matches('\u{feff}')) {
-        Ok(columns) => columns
-            .into_iter()
-            .map(|c| c.trim().to_ascii_lowercase())
+    let columns = match header {
+        Ok(header) => header
+            .iter()
+            .map(str::to_ascii_lowercase)
             .collect::<Vec<_>>(),
-        Err(message) => {
-            parsed.errors.push(error(header_line, "header", message));
+        Err(e) => {
+            parsed.errors.push(error(header_line, "header", e));
             return;
         }
     };
@@ -275,15 +296,19 @@ fn parse_csv(text: &str, parsed: &mut Parsed) {
     if bad_header {
         return;
     }
-    for (index, line) in lines {
-        let number = index + 1;
-        let fields = match split_csv(line) {
+    for (number, fields) in records {
+        let fields = match fields {
             Ok(fields) => fields,
-            Err(message) => {
-                parsed.errors.push(error(number, "record", message));
+            Err(e) => {
+                parsed.errors.push(error(number, "record", e));
                 continue;
             }
         };
+        if let Some(i) = fields.iter().position(|f| f.contains(['\n', '\r'])) {
+            let field = columns.get(i).map_or("record", String::as_str);
+            parsed.errors.push(error(number, field, Problem::LineBreak));
+            continue;
+        }
         if fields.len() != columns.len() {
             parsed.errors.push(error(
                 number,
@@ -297,8 +322,8 @@ fn parse_csv(text: &str, parsed: &mut Parsed) {
         }
         let mut raw = RawRecord::default();
         let mut ok = true;
-        for (column, value) in columns.iter().zip(fields) {
-            let value = value.trim().to_owned();
+        for (column, value) in columns.iter().zip(&fields) {
+            let value = value.to_owned();
             let present = (!value.is_empty()).then(|| value.clone());
             match column.as_str() {
                 "id" => raw.id = present,
@@ -354,6 +379,87 @@ mod tests {
             errors,
             [(4, "amount"), (5, "month"), (6, "users"), (7, "record")]
         );
+    }
+
+    #[test]
+    fn csv_with_a_bom_crlf_spaces_blank_lines_and_lenient_quotes() {
+        let text = "\u{feff}Backend_ID , component,amount,month,description\r\n\
+            \r\n\
+            \x20  \r\n\
+            \x20proj_a , cpu , 1 ,2026-11, 5\" disk \r\n\
+            \r\n\
+            proj_b,cpu,2,2026-11,\"a\"b\r\n\
+            proj_c,cpu,x,2026-11,\r\n";
+        let parsed = parse(text, Format::Csv);
+        let records: Vec<(usize, &str, &str)> = parsed
+            .records
+            .iter()
+            .map(|(line, r)| (*line, r.component.as_str(), r.description.as_str()))
+            .collect();
+        assert_eq!(records, [(4, "cpu", "5\" disk"), (6, "cpu", "ab")]);
+        let errors: Vec<(usize, &str)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.line, e.field.as_str()))
+            .collect();
+        assert_eq!(errors, [(7, "amount")]);
+    }
+
+    #[test]
+    fn a_quoted_field_is_read_across_lines_but_a_value_may_not_hold_a_line_break() {
+        let text = "backend_id,component,amount,month,description\n\
+            a,cpu,1,2026-11,\"two\n\
+            lines\"\n\
+            b,cpu,1,2026-11,\"fine, quoted\"\n\
+            c,cpu,x,2026-11,bad amount\n\
+            d,cpu,1,2026-11,\"unclosed\n\
+            e,cpu,1,2026-11,swallowed\n\
+            f,cpu,1,2026-11,swallowed too\n";
+        let parsed = parse(text, Format::Csv);
+        let records: Vec<(usize, &str)> = parsed
+            .records
+            .iter()
+            .map(|(line, r)| (*line, r.description.as_str()))
+            .collect();
+        assert_eq!(records, [(4, "fine, quoted")]);
+        let errors: Vec<(usize, &str, String)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.line, e.field.as_str(), e.message.to_string()))
+            .collect();
+        let spans = Problem::LineBreak.to_string();
+        assert_eq!(
+            errors,
+            [
+                (2, "description", spans.clone()),
+                (5, "amount", parsed.errors[1].message.to_string()),
+                (6, "description", spans),
+            ]
+        );
+        assert!(matches!(parsed.errors[1].message, Problem::Record(_)));
+    }
+
+    #[test]
+    fn a_record_the_csv_reader_cannot_read_is_listed_and_the_rest_still_read() {
+        let mut parsed = Parsed::default();
+        read_csv(
+            b"backend_id,component,amount,month\na,cpu,1,2026-11\n\nb,cpu,\xff,2026-11\nc,cpu,x,2026-11\n",
+            &mut parsed,
+        );
+        assert_eq!(parsed.records.len(), 1);
+        assert_eq!(parsed.records[0].0, 2);
+        let errors: Vec<(usize, &str)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.line, e.field.as_str()))
+            .collect();
+        assert_eq!(errors, [(4, "record"), (5, "amount")]);
+        let Problem::Csv(e) = &parsed.errors[0].message else {
+            panic!("{:?}", parsed.errors[0]);
+        };
+        assert!(matches!(e.kind(), csv::ErrorKind::Utf8 { .. }), "{e}");
+        let source = std::error::Error::source(&parsed.errors[0].message);
+        assert_eq!(source.map(ToString::to_string), Some(e.to_string()));
     }
 
     #[test]
