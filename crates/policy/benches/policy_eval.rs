@@ -1,5 +1,5 @@
 //! Prints the cost of one policy evaluation against a policy of 1,000 rules, where the
-//! last rule matches (the worst case: every condition runs). `cargo bench --bench policy_eval`.
+//! last rule matches (the worst case: every condition runs). `cargo bench -p puhuri-policy --bench policy_eval`.
 
 use std::hint::black_box;
 use std::time::Instant;
