@@ -328,7 +328,7 @@ pub async fn start(
         });
         tracing::info!(
             api = ?config.puhuri.api,
-            puhuri = config.puhuri.url.as_deref().unwrap_or_default(),
+            puhuri = crate::config::redacted_url(config.puhuri.url.as_deref().unwrap_or_default()),
             shadow = config.policy_shadow,
             "workers started"
         );

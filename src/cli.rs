@@ -392,7 +392,10 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
         let lines: Vec<String> = errors
             .0
             .iter()
-            .map(|e| format!("{}:{}: {}: {}", path.display(), e.line, e.rule, e.message))
+            .map(|e| {
+                let place = e.position();
+                format!("{}:{place}: {}: {}", path.display(), e.rule, e.message)
+            })
             .collect();
         anyhow::anyhow!("{}", lines.join("\n"))
     })

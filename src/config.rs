@@ -1,8 +1,15 @@
 //! Configuration: documented defaults, one TOML file, environment overrides.
 //!
 //! The file's serde form ([`FileConfig`]) is parsed and validated once into [`Config`],
-//! with errors that name the file, the line and the key. Secrets are wrapped in
+//! with errors that name the file, the line, the column and the key. Secrets are wrapped in
 //! [`Secret`] or [`WebhookSecret`] so that no `Debug` output can show them.
+//!
+//! INVARIANT: no error quotes the file's text. The TOML parser's `Display` prints the
+//! offending line (which may be the line holding a secret), so parse errors are built by
+//! [`puhuri_policy::toml_error::locate`] from the span and the message with quoted values
+//! removed; keys are named only from [`KEYS`]; a validation message repeats no free-form
+//! value from the file (only validated source names, parsed addresses and file paths). The
+//! serde form holding the raw secrets has no `Debug`.
 //!
 //! Environment overrides (each documented in `README.md`):
 //! `PUHURI_APPROVER_LISTEN`, `PUHURI_APPROVER_METRICS_LISTEN`, `PUHURI_APPROVER_DATA_DIR`,
@@ -47,12 +54,22 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Syntax { path: String, message: String },
-    #[error("{path}:{line}: `{key}`: {message}")]
+    /// The TOML syntax, a type or an unknown key: the place and the parser's message,
+    /// never the text of the line.
+    #[error("{path}:{line}:{column}: {}{message}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        /// `None` when the place is under no key this service knows.
+        key: Option<String>,
+        message: String,
+    },
+    #[error("{path}:{line}:{column}: `{key}`: {message}")]
     Invalid {
         path: String,
         line: usize,
+        column: usize,
         key: String,
         message: String,
     },
@@ -65,6 +82,84 @@ pub enum ConfigError {
         command: String,
         missing: Vec<Missing>,
     },
+}
+
+/// Every table and key name of the file: the only names a syntax error may quote from it
+/// (anything else at a key's place could be a pasted secret).
+pub const KEYS: &[&str] = &[
+    // top level and tables
+    "listen",
+    "metrics_listen",
+    "amqp",
+    "queue",
+    "worker",
+    "reconcile",
+    "team",
+    "usage",
+    "puhuri",
+    "policy",
+    "receiver",
+    "sources",
+    // [amqp]
+    "url",
+    "prefix",
+    "publish_channels",
+    "confirm_timeout_ms",
+    "declare",
+    // [queue]
+    "backend",
+    "data_dir",
+    "lease_secs",
+    // [worker]
+    "prefetch",
+    "max_attempts",
+    "retry_delays_ms",
+    "retry_jitter",
+    "shutdown_deadline_ms",
+    // [reconcile], [team], [usage]
+    "interval_secs",
+    "recheck_secs",
+    "snapshot_on_approval",
+    "watch_secs",
+    "linger_ms",
+    "max_batch",
+    // [puhuri]
+    "token",
+    "api",
+    "timeout_ms",
+    "offerings",
+    // [policy]
+    "file",
+    "shadow",
+    // [receiver]
+    "trust_forwarded_for",
+    "request_timeout_ms",
+    "replay_cache_entries",
+    // [[sources]]
+    "name",
+    "format",
+    "auth",
+    "secrets",
+    "secrets_file",
+    "tolerance_secs",
+    "insecure_no_auth",
+    "allowed_networks",
+    "rate_limit_per_sec",
+    "rate_limit_burst",
+    "replay_window_secs",
+];
+
+/// A TOML error as a [`ConfigError::Syntax`]: never the parser's `Display`, which quotes
+/// the offending line.
+fn syntax_error(text: &str, path: &str, error: &toml::de::Error) -> ConfigError {
+    let located = puhuri_policy::toml_error::locate(text, error, Some(KEYS));
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        line: located.line,
+        column: located.column,
+        key: located.key,
+        message: located.message,
+    }
 }
 
 /// The origin of a configuration read without a file (defaults and the environment).
@@ -362,7 +457,9 @@ pub struct SourceConfig {
 
 // ---- the file's serde form -------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+// No `Debug` here and below where a field holds a secret (`amqp.url`, `puhuri.token`,
+// `sources.secrets`): the raw strings are wrapped only after validation.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<Spanned<String>>,
@@ -404,7 +501,7 @@ struct FileReceiver {
     replay_cache_entries: Option<Spanned<usize>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAmqp {
     url: Option<Spanned<String>>,
@@ -453,7 +550,7 @@ struct FileUsage {
     max_batch: Option<Spanned<usize>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePuhuri {
     url: Option<Spanned<String>>,
@@ -471,7 +568,7 @@ struct FilePolicy {
     shadow: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSource {
     name: Spanned<String>,
@@ -525,10 +622,8 @@ impl Config {
     /// Parses config text; `path` is only used in messages. Relative paths in the file
     /// (the policy file) are kept as written.
     pub fn parse(text: &str, path: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: error.to_string().trim_end().to_owned(),
-        })?;
+        let file: FileConfig =
+            toml::from_str(text).map_err(|error| syntax_error(text, path, &error))?;
         let at = Locator { text, path };
 
         let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
@@ -561,11 +656,11 @@ impl Config {
         {
             Some(("rabbitmq", _)) => QueueChoice::RabbitMq,
             Some(("embedded", _)) => embedded_choice(&at, &file.queue, env)?,
-            Some((other, span)) => {
+            Some((_, span)) => {
                 return Err(at.invalid(
                     span,
                     "queue.backend",
-                    &format!("unknown backend `{other}`; expected `embedded` or `rabbitmq`"),
+                    "unknown backend; expected `embedded` or `rabbitmq`",
                 ));
             }
             None if amqp_configured => QueueChoice::RabbitMq,
@@ -961,10 +1056,7 @@ pub fn probe_address(
     path: &str,
     env: &dyn Environment,
 ) -> Result<SocketAddr, ConfigError> {
-    let file: ProbeFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: error.to_string().trim_end().to_owned(),
-    })?;
+    let file: ProbeFile = toml::from_str(text).map_err(|error| syntax_error(text, path, &error))?;
     let at = Locator { text, path };
     let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
     let mut addr = metrics_listen.unwrap_or(listen);
@@ -1198,14 +1290,12 @@ fn source_config(
             }
             SourceAuth::None
         }
-        other => {
+        _ => {
+            // The value is not repeated: a secret pasted at the wrong key would be.
             return Err(at.invalid(
                 source.auth.span(),
                 "sources.auth",
-                &format!(
-                    "unknown scheme `{}`; expected `standard-webhooks`, `github`, `path-secret` or `none`",
-                    other.chars().take(40).collect::<String>()
-                ),
+                "unknown scheme; expected `standard-webhooks`, `github`, `path-secret` or `none`",
             ));
         }
     };
@@ -1219,13 +1309,14 @@ fn source_config(
                 "an empty list would refuse everything; omit the key to allow any network",
             ));
         }
-        for entry in list.get_ref() {
+        for (index, entry) in list.get_ref().iter().enumerate() {
             allowed_networks.push(parse_network(entry).ok_or_else(|| {
                 at.invalid(
                     list.span(),
                     "sources.allowed_networks",
                     &format!(
-                        "`{entry}` is not an address or a CIDR network such as `192.0.2.0/24`"
+                        "entry #{} is not an address or a CIDR network such as `192.0.2.0/24`",
+                        index + 1
                     ),
                 )
             })?);
@@ -1309,13 +1400,11 @@ impl Locator<'_> {
     }
 
     fn invalid(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
-        let line = self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1;
+        let (line, column) = puhuri_policy::toml_error::line_column(self.text, span.start);
         ConfigError::Invalid {
             path: self.path.to_owned(),
             line,
+            column,
             key: key.to_owned(),
             message: message.to_owned(),
         }
@@ -1420,17 +1509,84 @@ mod tests {
             parse("listen = \"127.0.0.1:0\"\n\n[worker]\nprefetch = 0\n").expect_err("invalid");
         assert_eq!(
             error.to_string(),
-            "test.toml:4: `worker.prefetch`: expected at least 1"
+            "test.toml:4:12: `worker.prefetch`: expected at least 1"
         );
     }
 
     #[test]
     fn names_an_unknown_key() {
+        // The unknown key is placed, not quoted (it might be a pasted secret).
         let error = parse("[amqp]\nurll = \"x\"\n").expect_err("unknown key");
         let text = error.to_string();
-        assert!(text.starts_with("test.toml: "), "{text}");
-        assert!(text.contains("line 2"), "{text}");
-        assert!(text.contains("urll"), "{text}");
+        assert!(
+            text.starts_with("test.toml:2:1: `amqp`: unknown field, expected one of `url`, "),
+            "{text}"
+        );
+        assert!(!text.contains("urll"), "{text}");
+    }
+
+    #[test]
+    fn every_key_of_the_file_is_known() {
+        // serde lists a table's fields after an unknown one: each must be in `KEYS`, or a
+        // syntax error under it would not be named.
+        for table in [
+            "",
+            "[amqp]\n",
+            "[queue]\n",
+            "[worker]\n",
+            "[reconcile]\n",
+            "[team]\n",
+            "[usage]\n",
+            "[puhuri]\n",
+            "[policy]\n",
+            "[receiver]\n",
+            "[[sources]]\n",
+        ] {
+            let error = parse(&format!("{table}zzz = 1\n")).expect_err("unknown key");
+            let ConfigError::Syntax { message, .. } = &error else {
+                panic!("{error}");
+            };
+            let (_, expected) = message.split_once("expected").expect("a list");
+            let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(!names.is_empty(), "{message}");
+            for name in names {
+                assert!(KEYS.contains(&name), "`{name}` ({table:?}) is not in KEYS");
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_place_the_key_without_quoting_the_line() {
+        let cases = [
+            (
+                "[puhuri]\ntoken = \"t0ken-value\n",
+                "test.toml:2:21: `puhuri.token`: ",
+            ),
+            (
+                "[[sources]]\nsecrets = \"whsec_value\"\n",
+                "test.toml:2:11: `sources.secrets`: invalid type: string, expected a sequence",
+            ),
+            (
+                "[[sources]]\nsecrets = [\"whsec_value\" \"whsec_other\"]\n",
+                "test.toml:2:26: `sources.secrets`: missing comma",
+            ),
+            (
+                "[puhuri]\ntoken = \"t0ken\"\ntoken = \"t0ken\"\n",
+                "test.toml:3:1: `puhuri.token`: duplicate key",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).expect_err("malformed");
+            let message = error.to_string();
+            assert!(message.starts_with(expected), "{message}");
+            for secret in ["t0ken", "whsec_value", "whsec_other"] {
+                assert!(!message.contains(secret), "{message}");
+            }
+            let probe = probe_address(text, "test.toml", &HashMap::new());
+            if let Err(error) = probe {
+                assert!(error.to_string().starts_with(expected), "{error}");
+            }
+        }
     }
 
     #[test]
@@ -1439,7 +1595,7 @@ mod tests {
         let error = parse(text).expect_err("short secret");
         let message = error.to_string();
         assert!(
-            message.starts_with("test.toml:5: `sources.secrets`"),
+            message.starts_with("test.toml:5:11: `sources.secrets`"),
             "{message}"
         );
         assert!(!message.contains("c2hvcnRzZWNyZXQ"), "{message}");
@@ -1500,13 +1656,13 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .starts_with("test.toml:5: `sources.secrets`"),
+                .starts_with("test.toml:5:11: `sources.secrets`"),
             "{error}"
         );
         assert!(!error.to_string().contains("short\""), "{error}");
         let error = parse(&source("auth = \"hmac\"\nsecrets = [\"x\"]")).expect_err("unknown");
         assert!(
-            error.to_string().contains("unknown scheme `hmac`"),
+            error.to_string().contains("unknown scheme; expected"),
             "{error}"
         );
     }
@@ -1555,7 +1711,10 @@ mod tests {
             "auth = \"none\"\ninsecure_no_auth = true\nallowed_networks = [\"192.0.2.0/33\"]",
         ))
         .expect_err("bad cidr");
-        assert!(error.to_string().contains("`192.0.2.0/33`"), "{error}");
+        assert!(
+            error.to_string().contains("entry #1 is not an address"),
+            "{error}"
+        );
         let error = parse(&format!(
             "{}\nreplay_window_secs = 100\n",
             "[[sources]]\nname = \"relay\"\nformat = \"allocation\"\nauth = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]"
@@ -1683,12 +1842,12 @@ mod tests {
             .expect_err("one port for both");
         assert_eq!(
             error.to_string(),
-            "test.toml:2: `metrics_listen`: must differ from `listen` (0.0.0.0:8080): both are served at once"
+            "test.toml:2:18: `metrics_listen`: must differ from `listen` (0.0.0.0:8080): both are served at once"
         );
         let error = probe("\nmetrics_listen = \"nine\"\n").expect_err("bad");
         assert_eq!(
             error.to_string(),
-            "t.toml:2: `metrics_listen`: expected an address such as `0.0.0.0:9090`"
+            "t.toml:2:18: `metrics_listen`: expected an address such as `0.0.0.0:9090`"
         );
     }
 }

@@ -144,7 +144,7 @@ impl PolicyFile {
                             format!(
                                 "{}:{}: {}: {}",
                                 self.path.display(),
-                                e.line,
+                                e.position(),
                                 e.rule,
                                 e.message
                             )

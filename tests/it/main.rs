@@ -13,5 +13,6 @@ mod layers;
 mod metrics;
 mod ops;
 mod policy;
+mod secrets;
 mod spine;
 mod telemetry;

@@ -68,8 +68,14 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Why a cases file cannot be read, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CasesError {
-    #[error("line {line}: {message}")]
-    Syntax { line: usize, message: String },
+    /// The TOML syntax or a type: the place and the parser's message, never the line's text.
+    #[error("line {line}:{column}: {}{message}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Syntax {
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
     #[error("line {line}: `now`: `{value}` is not an RFC 3339 timestamp")]
     BadNow { line: usize, value: String },
     #[error(
@@ -90,9 +96,14 @@ fn parse_now(text: &str, line: usize) -> Result<OffsetDateTime, CasesError> {
 impl Cases {
     /// Parses a cases file; errors carry the line.
     pub fn parse(text: &str) -> Result<Cases, CasesError> {
-        let file: CasesFile = toml::from_str(text).map_err(|error| CasesError::Syntax {
-            line: error.span().map(|s| line_of(text, s.start)).unwrap_or(1),
-            message: error.message().trim_end().to_owned(),
+        let file: CasesFile = toml::from_str(text).map_err(|error| {
+            let located = crate::toml_error::locate(text, &error, None);
+            CasesError::Syntax {
+                line: located.line,
+                column: located.column,
+                key: located.key,
+                message: located.message,
+            }
         })?;
         let default_now = match &file.now {
             Some(now) => Some(parse_now(now, 1)?),
@@ -199,4 +210,19 @@ fn check(policy: &Policy, case: &Case, now: OffsetDateTime) -> Vec<String> {
         failures.push(format!("reasons: {}", verdict.reasons.join("; ")));
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_gives_line_column_and_key_but_not_the_line() {
+        let error =
+            Cases::parse("[[case]]\nname = \"unterminated-case-name\n").expect_err("syntax");
+        assert_eq!(
+            error.to_string(),
+            "line 2:31: `case.name`: invalid basic string, expected `\"`"
+        );
+    }
 }

@@ -17,6 +17,7 @@ pub mod allocation;
 pub mod cases;
 mod check;
 pub mod template;
+pub mod toml_error;
 
 use std::fmt;
 use std::sync::Arc;
@@ -116,9 +117,21 @@ pub struct PolicyErrors(pub Vec<PolicyError>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
     pub line: usize,
+    /// The column, for errors of the TOML syntax or types (which point at a character).
+    pub column: Option<usize>,
     /// The rule (`rule \`name\``), or the place (`default`, `file`, `components`).
     pub rule: String,
     pub message: String,
+}
+
+impl PolicyError {
+    /// `line` or `line:column`, for `file:position: place: message`.
+    pub fn position(&self) -> String {
+        match self.column {
+            Some(column) => format!("{}:{column}", self.line),
+            None => self.line.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for PolicyErrors {
@@ -127,7 +140,13 @@ impl fmt::Display for PolicyErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "line {}: {}: {}", error.line, error.rule, error.message)?;
+            write!(
+                f,
+                "line {}: {}: {}",
+                error.position(),
+                error.rule,
+                error.message
+            )?;
         }
         Ok(())
     }
@@ -326,12 +345,17 @@ impl Policy {
 
     /// Compiles policy text, reporting every problem found.
     pub fn parse(text: &str) -> Result<Policy, PolicyErrors> {
+        // Never the parser's `Display`: it quotes the offending line.
         let file: FilePolicy = toml::from_str(text).map_err(|error| {
-            let line = error.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            let located = toml_error::locate(text, &error, None);
             PolicyErrors(vec![PolicyError {
-                line,
-                rule: "file".into(),
-                message: error.message().trim_end().to_owned(),
+                line: located.line,
+                column: Some(located.column),
+                rule: located
+                    .key
+                    .map(|key| format!("`{key}`"))
+                    .unwrap_or_else(|| "file".into()),
+                message: located.message,
             }])
         })?;
         let mut errors = Vec::new();
@@ -342,6 +366,7 @@ impl Policy {
                     if !is_identifier(component) {
                         errors.push(PolicyError {
                             line: line_of(text, list.span().start),
+                            column: None,
                             rule: "components".into(),
                             message: format!(
                                 "`{component}` is not a component name (letters, digits and `_`)"
@@ -363,6 +388,7 @@ impl Policy {
                 Err(error) => {
                     errors.push(PolicyError {
                         line,
+                        column: None,
                         rule: format!("rule #{}", index + 1),
                         message: error.message().trim_end().to_owned(),
                     });
@@ -373,6 +399,7 @@ impl Policy {
             let mut fail = |line: usize, message: String| {
                 errors.push(PolicyError {
                     line,
+                    column: None,
                     rule: place.clone(),
                     message,
                 })
@@ -452,6 +479,7 @@ impl Policy {
                         for message in problems {
                             errors.push(PolicyError {
                                 line,
+                                column: None,
                                 rule: "default".into(),
                                 message,
                             });
