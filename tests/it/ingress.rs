@@ -1091,6 +1091,11 @@ async fn row_unknown_source_segment_is_logged_escaped() {
                 .with_span_list(true)
                 .with_writer(move || json_writer.clone()),
         );
+    // tracing caches each callsite's interest. While a single dispatcher is registered it
+    // asks only the calling thread's default, so a callsite first hit on another test's
+    // thread would stay disabled for this thread-local subscriber. A second live
+    // dispatcher makes every interest the union over all registered dispatchers.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     // Scoped to this test's thread, on which the current-thread runtime runs the receiver.
     let _logs = tracing::subscriber::set_default(subscriber);
 
