@@ -217,7 +217,8 @@ pub struct SignArgs {
     /// Signature scheme: `standard-webhooks` (`whsec_...` secret) or `github`.
     #[arg(long, default_value = "standard-webhooks")]
     pub scheme: SignScheme,
-    /// The notification id (`webhook-id` or `X-GitHub-Delivery`); a fresh one when omitted.
+    /// The notification id (`webhook-id`), or GitHub's `X-GitHub-Delivery` (a label only: the
+    /// receiver keys GitHub-style notifications on the body); a fresh one when omitted.
     #[arg(long)]
     pub id: Option<String>,
     /// Unix seconds (`webhook-timestamp`, Standard Webhooks only); now when omitted.

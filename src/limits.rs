@@ -1,6 +1,9 @@
 //! The receiver's in-memory guards: a per-source token bucket ([`TokenBucket`]) and the
 //! replay cache ([`ReplayCache`]) that de-duplicates verified notifications on
-//! `(source, id)`. No IO, no HTTP: time is passed in, so both are tested exactly.
+//! `(source, id)`, where the id is derived only from bytes the source's authentication
+//! covers (the signed `webhook-id`, else a digest of the body: see
+//! `receiver::authenticate`). No IO, no HTTP: time is passed in, so both are tested
+//! exactly.
 //!
 //! INVARIANT: the replay cache is bounded: at most `capacity` remembered pairs (the
 //! oldest go first when it is full, counted in [`ReplayCache::evicted`]) plus the
@@ -12,8 +15,9 @@
 //! ([`Reserve::InFlight`]) and not published: two identical requests never both publish.
 //!
 //! Each receiver process has its own cache. With several replicas a replay can reach
-//! another replica and be queued again; workers are idempotent, which is the real
-//! guarantee (see `docs/ingress.md`).
+//! another replica and be queued again; that is harmless because workers re-fetch the
+//! allocation and every write is guarded by its state, which is the real guarantee (see
+//! `docs/ingress.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

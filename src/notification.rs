@@ -282,13 +282,26 @@ fn truncate(value: &str) -> String {
 /// A deterministic id for payloads that carry none (Waldur's hooks): the same body from
 /// the same source always gets the same id, so identical deliveries share a message id.
 pub fn derived_id(source: &str, body: &[u8]) -> String {
+    body_digest_id("wh_", source, body)
+}
+
+/// The id of a GitHub-style notification: the signature covers only the body, so the id
+/// (and replay key) is a digest of source and raw body, not the unsigned
+/// `X-GitHub-Delivery`. Distinct bodies get distinct ids; a redelivery, or a replay under
+/// a fresh delivery id, gets the same one.
+pub fn github_id(source: &str, body: &[u8]) -> String {
+    body_digest_id("gh_", source, body)
+}
+
+/// `prefix` + the first 128 bits of `sha256(source 0x00 body)` in hex.
+fn body_digest_id(prefix: &str, source: &str, body: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(source.as_bytes());
     hasher.update([0]);
     hasher.update(body);
     let digest = hasher.finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("wh_{hex}")
+    format!("{prefix}{hex}")
 }
 
 /// The queue message, versioned so that old and new workers can coexist during a deploy.
@@ -444,6 +457,9 @@ mod tests {
         assert_eq!(derived_id("a", b"x"), derived_id("a", b"x"));
         assert_ne!(derived_id("a", b"x"), derived_id("b", b"x"));
         assert_ne!(derived_id("a", b"x"), derived_id("a", b"y"));
+        assert_eq!(github_id("a", b"x"), github_id("a", b"x"));
+        assert_ne!(github_id("a", b"x"), github_id("a", b"y"));
+        assert!(github_id("a", b"x").starts_with("gh_"));
     }
 
     #[test]

@@ -13,8 +13,13 @@
 //! INVARIANT: every refusal is `application/problem+json` with a stable `type` per cause,
 //! counted by cause ([`ReceiverStats::refusals`]), nothing is enqueued for it, and it is
 //! logged with its cause only: no secret, no path secret, no body.
+//! INVARIANT: a log line carries only validated text: a configured source name, a
+//! verified id, or an escaped, length-capped form of anything else ([`log_safe`]); never
+//! a raw path segment, header value or body field of an unauthenticated request.
 //! INVARIANT: a verified `(source, id)` is published at most once per replay window and
-//! receiver process; a replay is answered `200 duplicate`.
+//! receiver process; a replay is answered `200 duplicate`. The id is derived only from
+//! bytes the source's authentication covers (see [`authenticate`]), so changing an
+//! unsigned header does not make a replay new.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -38,7 +43,7 @@ use tracing::Instrument;
 use crate::config::{Config, ReceiverConfig, SourceAuth, SourceConfig};
 use crate::limits::{ReplayCache, Reserve, TokenBucket};
 use crate::metrics::Metrics;
-use crate::notification::{Parsed, WorkItem, derived_id, parse_payload};
+use crate::notification::{Parsed, WorkItem, derived_id, github_id, parse_payload};
 use puhuri_auth::signature::{self, GithubHeaders, SignedHeaders, VerifyError};
 use puhuri_queue::{Broker, PublishError};
 
@@ -404,7 +409,7 @@ pub fn client_ip(
     trusted_proxies: usize,
 ) -> Option<IpAddr> {
     if trusted_proxies == 0 {
-        return peer;
+        return peer.map(|ip| ip.to_canonical());
     }
     let forwarded = headers.get_all("x-forwarded-for").iter().next_back()?;
     let forwarded = forwarded.to_str().ok()?;
@@ -412,7 +417,59 @@ pub fn client_ip(
     if hops.len() < trusted_proxies {
         return None;
     }
-    hops[hops.len() - trusted_proxies].parse().ok()
+    hops[hops.len() - trusted_proxies]
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// Whether `client` is in one of `networks`. An IPv4-mapped IPv6 address
+/// (`::ffff:192.0.2.7`, as a `[::]` listener sees an IPv4 client) is the IPv4 address it
+/// maps, and matches IPv4 networks; it still matches an IPv6 network written in the
+/// mapped form (`::ffff:192.0.2.0/120`).
+pub fn network_allows(networks: &[ipnet::IpNet], client: IpAddr) -> bool {
+    let canonical = client.to_canonical();
+    let mapped = match canonical {
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        IpAddr::V6(_) => canonical,
+    };
+    networks
+        .iter()
+        .any(|net| net.contains(&canonical) || net.contains(&mapped))
+}
+
+/// The longest unknown path segment whose content is logged, in bytes: shorter than any
+/// path secret ([`signature::MIN_PATH_SECRET_LEN`]), so that not one character of a
+/// secret sent in place of a source name reaches the log.
+pub const MAX_LOGGED_SEGMENT: usize = 24;
+const _: () = assert!(MAX_LOGGED_SEGMENT < signature::MIN_PATH_SECRET_LEN);
+
+/// `value` made safe for a log line of any format: cut at the first `/` (a decoded `%2F`
+/// and whatever follows, e.g. a path secret, is shown as `/…`); longer than `max` bytes,
+/// only its length is shown (`…(41 bytes)`), never a prefix; otherwise every byte outside
+/// `A-Z a-z 0-9 - _ .` is percent-encoded (`%0A`, `%1B`, `%C3%A9`). No control byte, no
+/// quote, no space and nothing non-ASCII from `value` reaches the log.
+pub fn log_safe(value: &str, max: usize) -> String {
+    let (head, cut_at_slash) = match value.split_once('/') {
+        Some((head, _)) => (head, true),
+        None => (value, false),
+    };
+    let mut out = String::new();
+    if head.len() > max {
+        out.push_str(&format!("…({} bytes)", head.len()));
+    } else {
+        for byte in head.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
+                out.push(char::from(byte));
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    if cut_at_slash {
+        out.push_str("/…");
+    }
+    out
 }
 
 async fn receive_notification(
@@ -432,13 +489,25 @@ async fn receive_notification(
         Err(_) => (String::new(), None),
     };
     let started = Instant::now();
+    // The path segment is logged as a source name only when it is one; anything else is
+    // `unknown`, with an escaped, capped form of the segment cut before any `/`.
+    let known = state.sources.contains_key(&source_name);
+    let (source_label, segment) = if known {
+        (source_name.as_str(), None)
+    } else {
+        ("unknown", Some(log_safe(&source_name, MAX_LOGGED_SEGMENT)))
+    };
     // One span per notification; `id` is recorded once authenticated, and the worker's
     // span for the same notification carries the same id.
     let span = tracing::info_span!(
         "notification",
-        source = %truncated(&source_name),
+        source = source_label,
+        segment = tracing::field::Empty,
         id = tracing::field::Empty,
     );
+    if let Some(segment) = &segment {
+        span.record("segment", segment.as_str());
+    }
     let accepted = accept(
         &state,
         &source_name,
@@ -454,22 +523,19 @@ async fn receive_notification(
         Ok(response) => response,
         Err(problem) => {
             state.stats.count_refusal(&problem);
-            let label = if state.sources.contains_key(&source_name) {
-                source_name.as_str()
-            } else {
-                "unknown"
-            };
             let outcome = if problem.status == StatusCode::SERVICE_UNAVAILABLE {
                 "unavailable"
             } else {
                 "rejected"
             };
-            state.metrics.notification(label, outcome, problem.cause);
-            // The source name is user input (truncated); the path secret, the headers
-            // and the body are never logged.
+            state
+                .metrics
+                .notification(source_label, outcome, problem.cause);
+            // A configured source name or `unknown` (the span adds the escaped segment);
+            // the path secret, the headers and the body are never logged.
             tracing::info!(
-                source = %truncated(&source_name),
-                peer = ?peer,
+                source = source_label,
+                peer = ?peer.map(|ip| ip.to_canonical()),
                 status = problem.status.as_u16(),
                 cause = problem.cause,
                 "notification refused"
@@ -477,10 +543,6 @@ async fn receive_notification(
             problem.into_response()
         }
     }
-}
-
-fn truncated(value: &str) -> String {
-    value.chars().take(64).collect()
 }
 
 fn check_headers(headers: &HeaderMap) -> Result<(), Problem> {
@@ -580,48 +642,92 @@ async fn read_body(headers: &HeaderMap, body: Body, deadline: Instant) -> Result
     }
 }
 
-/// Authenticates the raw request; returns the verified notification id, if the scheme
-/// carries one.
+/// What authentication established about a request.
+struct Verified {
+    /// The notification id and replay key, from signed bytes only: the signed
+    /// `webhook-id` (Standard Webhooks), else a digest of source and raw body.
+    id: String,
+    /// GitHub's `X-GitHub-Delivery`: validated (printable ASCII, at most 256 bytes) but
+    /// not signed, so a label for logs only, never a key.
+    delivery: Option<String>,
+}
+
+/// A signature header's value: `None` when absent, a problem when present but not
+/// visible ASCII (which no scheme's header may be).
+fn signature_header<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, Problem> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(Some).map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-header-value",
+                "Invalid header value",
+                format!("the `{name}` header is not visible ASCII"),
+            )
+        }),
+    }
+}
+
+/// Authenticates the raw request and derives the notification id from what the
+/// authentication covers:
+///
+/// - `standard-webhooks`: the `webhook-id`, which the signature covers
+///   (`{id}.{timestamp}.{body}`);
+/// - `github`: the signature covers the body only, so the id is
+///   `gh_` + a digest of source and raw body; `X-GitHub-Delivery` is kept as a label;
+/// - `path-secret` and `none`: nothing in the request is signed; the id is `wh_` + a
+///   digest of source and raw body.
 fn authenticate(
     source: &SourceConfig,
     headers: &HeaderMap,
     path_secret: Option<&str>,
     body: &[u8],
-) -> Result<Option<String>, Problem> {
-    let id = match &source.auth {
+) -> Result<Verified, Problem> {
+    let verified = match &source.auth {
         SourceAuth::StandardWebhooks {
             secrets,
             tolerance_secs,
         } => {
             let signed = SignedHeaders {
-                id: header_str(headers, signature::HEADER_ID),
-                timestamp: header_str(headers, signature::HEADER_TIMESTAMP),
-                signature: header_str(headers, signature::HEADER_SIGNATURE),
+                id: signature_header(headers, signature::HEADER_ID)?,
+                timestamp: signature_header(headers, signature::HEADER_TIMESTAMP)?,
+                signature: signature_header(headers, signature::HEADER_SIGNATURE)?,
             };
-            Some(
-                signature::verify(secrets, signed, body, now_secs(), *tolerance_secs)
-                    .map_err(signature_problem)?
-                    .to_owned(),
-            )
+            let id = signature::verify(secrets, signed, body, now_secs(), *tolerance_secs)
+                .map_err(signature_problem)?;
+            Verified {
+                id: id.to_owned(),
+                delivery: None,
+            }
         }
         SourceAuth::Github { secrets } => {
             let signed = GithubHeaders {
-                delivery: header_str(headers, signature::HEADER_GITHUB_DELIVERY),
-                signature: header_str(headers, signature::HEADER_GITHUB_SIGNATURE),
+                delivery: signature_header(headers, signature::HEADER_GITHUB_DELIVERY)?,
+                signature: signature_header(headers, signature::HEADER_GITHUB_SIGNATURE)?,
             };
-            Some(
-                signature::verify_github(secrets, signed, body)
-                    .map_err(signature_problem)?
-                    .to_owned(),
-            )
+            let delivery =
+                signature::verify_github(secrets, signed, body).map_err(signature_problem)?;
+            Verified {
+                id: github_id(&source.name, body),
+                delivery: Some(delivery.to_owned()),
+            }
         }
         SourceAuth::PathSecret { secrets } => {
             signature::verify_path_secret(secrets, path_secret).map_err(signature_problem)?;
-            None
+            Verified {
+                id: derived_id(&source.name, body),
+                delivery: None,
+            }
         }
-        SourceAuth::None => None,
+        SourceAuth::None => Verified {
+            id: derived_id(&source.name, body),
+            delivery: None,
+        },
     };
-    Ok(id)
+    Ok(verified)
 }
 
 fn unknown_source() -> Problem {
@@ -652,13 +758,7 @@ async fn accept(
 
     if !source.config.allowed_networks.is_empty() {
         let client = client_ip(peer, headers, state.settings.trust_forwarded_for);
-        let allowed = client.is_some_and(|ip| {
-            source
-                .config
-                .allowed_networks
-                .iter()
-                .any(|net| net.contains(&ip))
-        });
+        let allowed = client.is_some_and(|ip| network_allows(&source.config.allowed_networks, ip));
         if !allowed {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
@@ -690,7 +790,7 @@ async fn accept(
     check_content_type(headers)?;
     let body = read_body(headers, body, started + state.settings.request_timeout).await?;
     let source = &source.config;
-    let verified_id = authenticate(source, headers, path_secret, &body)?;
+    let Verified { id, delivery } = authenticate(source, headers, path_secret, &body)?;
 
     let parsed = parse_payload(source.format, &body).map_err(|error| {
         let status = if error.is_syntax() {
@@ -710,7 +810,11 @@ async fn accept(
         Parsed::Ignored { event_type } => {
             state.stats.ignored.fetch_add(1, Ordering::Relaxed);
             state.metrics.notification(&source.name, "ignored", "");
-            tracing::debug!(source = %source.name, event_type = %event_type, "notification ignored");
+            tracing::debug!(
+                source = %source.name,
+                event_type = %log_safe(&event_type, 64),
+                "notification ignored"
+            );
             return Ok((
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"status": "ignored", "event_type": event_type})),
@@ -720,7 +824,6 @@ async fn accept(
         Parsed::Allocation { event_type, hint } => (event_type, hint),
     };
 
-    let id = verified_id.unwrap_or_else(|| derived_id(&source.name, &body));
     let span = tracing::Span::current();
     span.record("id", id.as_str());
     crate::otel::join_notification_trace(&span, &id);
@@ -729,7 +832,12 @@ async fn accept(
         Reserve::Duplicate => {
             state.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             state.metrics.notification(&source.name, "duplicate", "");
-            tracing::info!(id = %id, source = %source.name, "duplicate notification not queued again");
+            tracing::info!(
+                id = %id,
+                delivery = delivery.as_deref(),
+                source = %source.name,
+                "duplicate notification not queued again"
+            );
             return Ok((
                 StatusCode::OK,
                 axum::Json(json!({"status": "duplicate", "id": id})),
@@ -794,7 +902,12 @@ async fn accept(
     }
     state.stats.queued.fetch_add(1, Ordering::Relaxed);
     state.metrics.notification(&source.name, "accepted", "");
-    tracing::info!(id = %id, source = %source.name, "notification queued");
+    tracing::info!(
+        id = %id,
+        delivery = delivery.as_deref(),
+        source = %source.name,
+        "notification queued"
+    );
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"status": "queued", "id": id})),
@@ -905,6 +1018,60 @@ mod tests {
         assert_eq!(client_ip(peer, &headers, 4), None);
         assert_eq!(client_ip(peer, &HeaderMap::new(), 1), None);
         assert_eq!(client_ip(peer, &forwarded("not-an-ip"), 1), None);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_client_matches_ipv4_networks() {
+        let networks: Vec<ipnet::IpNet> = ["192.0.2.0/24", "2001:db8::/32"]
+            .iter()
+            .map(|n| n.parse().expect("network"))
+            .collect();
+        let mapped: IpAddr = "::ffff:192.0.2.10".parse().expect("address");
+        assert!(network_allows(&networks, mapped));
+        assert!(network_allows(&networks, "192.0.2.10".parse().expect("ip")));
+        assert!(network_allows(
+            &networks,
+            "2001:db8::1".parse().expect("ip")
+        ));
+        assert!(!network_allows(
+            &networks,
+            "::ffff:198.51.100.1".parse().expect("ip")
+        ));
+        assert!(!network_allows(
+            &networks,
+            "::c000:20a".parse().expect("ip")
+        ));
+        // A network written in the mapped form still matches both forms.
+        let mapped_net: Vec<ipnet::IpNet> = vec!["::ffff:192.0.2.0/120".parse().expect("net")];
+        assert!(network_allows(&mapped_net, mapped));
+        assert!(network_allows(
+            &mapped_net,
+            "192.0.2.10".parse().expect("ip")
+        ));
+        // The peer and a trusted `X-Forwarded-For` hop come out as IPv4.
+        let v4: Option<IpAddr> = "192.0.2.10".parse().ok();
+        assert_eq!(client_ip(Some(mapped), &HeaderMap::new(), 0), v4);
+        assert_eq!(
+            client_ip(None, &forwarded("::ffff:192.0.2.10, 10.0.0.1"), 2),
+            v4
+        );
+    }
+
+    #[test]
+    fn log_safe_escapes_caps_and_cuts_at_a_slash() {
+        assert_eq!(log_safe("relay", 24), "relay");
+        assert_eq!(log_safe("\nforged\u{1b}[31m", 24), "%0Aforged%1B%5B31m");
+        assert_eq!(
+            log_safe("waldur/waldur-path-secret-0123456789", 24),
+            "waldur/…"
+        );
+        assert_eq!(log_safe(&"a".repeat(40), 24), "…(40 bytes)");
+        assert_eq!(log_safe(&"a".repeat(24), 24), "a".repeat(24));
+        assert_eq!(log_safe("é \"=%", 24), "%C3%A9%20%22%3D%25");
+        assert_eq!(log_safe("\u{7f}\u{9b}x", 24), "%7F%C2%9Bx");
+        for long in ["\u{7f}\u{9b}\n".repeat(20), "\u{1b}".repeat(25)] {
+            assert!(!log_safe(&long, 24).chars().any(char::is_control));
+        }
     }
 
     #[test]

@@ -672,6 +672,186 @@ async fn row_broker_unavailable() {
     app.stop().await;
 }
 
+/// GitHub-style headers for `body` under `delivery`, signed with the test secret.
+fn github_signed(delivery: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let signature = GithubSecret::parse(GITHUB_SECRET)
+        .expect("secret")
+        .sign(body);
+    vec![
+        ("content-type", "application/json".to_owned()),
+        ("x-github-delivery", delivery.to_owned()),
+        ("x-hub-signature-256", signature),
+    ]
+}
+
+#[tokio::test]
+async fn row_github_replay_with_a_fresh_delivery_id_is_a_duplicate() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let first = post(
+        &app,
+        "/v1/notifications/gh",
+        &github_signed("d-original", &body),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.expect("json");
+    // The captured request replayed with a fresh (unsigned) delivery id.
+    let replay = post(
+        &app,
+        "/v1/notifications/gh",
+        &github_signed("d-forged-fresh", &body),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(replay.status(), 200);
+    let replay: Value = replay.json().await.expect("json");
+    assert_eq!(
+        replay,
+        json!({"status": "duplicate", "id": first["id"].clone()})
+    );
+    assert_eq!(app.work_queue_depth().await, 1);
+    // A distinct body, even under the first delivery id, is a distinct notification with
+    // an id of its own.
+    let other = json!({"type": "allocation.pending", "order_uuid": ORDER})
+        .to_string()
+        .into_bytes();
+    let response = post(
+        &app,
+        "/v1/notifications/gh",
+        &github_signed("d-original", &other),
+        other,
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.expect("json");
+    assert_ne!(answer["id"], first["id"]);
+    assert_eq!(app.work_queue_depth().await, 2);
+    let stats = &app.running.as_ref().expect("running").stats;
+    assert_eq!(
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    app.stop().await;
+}
+
+/// Posts with header values given as raw bytes (reqwest refuses non-ASCII `&str` values).
+async fn post_raw_headers(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&'static str, Vec<u8>)],
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut request = app.http.post(app.url(path));
+    for (name, value) in headers {
+        let value = reqwest::header::HeaderValue::from_bytes(value).expect("header value");
+        request = request.header(*name, value);
+    }
+    request.body(body).send().await.expect("receiver answers")
+}
+
+#[tokio::test]
+async fn row_signature_header_not_ascii() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    // A webhook-id with a non-ASCII byte: present, not missing.
+    let mut headers: Vec<(&'static str, Vec<u8>)> = signed("msg_1", &body)
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect();
+    headers[1].1 = "msg_\u{e9}".as_bytes().to_vec();
+    let response = post_raw_headers(&app, "/v1/notifications/relay", &headers, body.clone()).await;
+    assert_refused(&app, response, 400, "invalid-header-value").await;
+    // The same for the GitHub scheme's delivery id and signature.
+    for at in [1, 2] {
+        let mut headers: Vec<(&'static str, Vec<u8>)> = github_signed("d-1", &body)
+            .into_iter()
+            .map(|(name, value)| (name, value.into_bytes()))
+            .collect();
+        headers[at].1.extend_from_slice("\u{e9}".as_bytes());
+        let response = post_raw_headers(&app, "/v1/notifications/gh", &headers, body.clone()).await;
+        assert_refused(&app, response, 400, "invalid-header-value").await;
+    }
+    app.stop().await;
+}
+
+/// A publisher that keeps what it is given, for a receiver served without a broker.
+#[derive(Default)]
+struct Kept(Mutex<Vec<puhuri_approver::notification::WorkItem>>);
+
+impl puhuri_approver::receiver::Publisher for Kept {
+    fn publish<'a>(
+        &'a self,
+        item: &'a puhuri_approver::notification::WorkItem,
+    ) -> puhuri_approver::receiver::PublishFuture<'a> {
+        Box::pin(async move {
+            self.0.lock().expect("kept lock").push(item.clone());
+            Ok(())
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn row_ipv4_mapped_peer_matches_ipv4_networks() {
+    use puhuri_approver::config::{
+        PayloadFormat, RateLimit, ReceiverConfig, SourceAuth, SourceConfig,
+    };
+    let source = |name: &str, network: &str| SourceConfig {
+        name: name.to_owned(),
+        format: PayloadFormat::Allocation,
+        auth: SourceAuth::None,
+        allowed_networks: vec![network.parse().expect("network")],
+        rate_limit: RateLimit {
+            per_sec: 50,
+            burst: 100,
+        },
+        replay_window: std::time::Duration::from_secs(3600),
+    };
+    let sources = [
+        source("loopback", "127.0.0.0/8"),
+        source("far", "192.0.2.0/24"),
+    ];
+    let kept = Arc::new(Kept::default());
+    let router = puhuri_approver::receiver::router_with(
+        &ReceiverConfig::default(),
+        &sources,
+        kept.clone(),
+        Arc::default(),
+    );
+    // A dual-stack `[::]` listener: an IPv4 client arrives as `::ffff:127.0.0.1`.
+    let listener = tokio::net::TcpListener::bind("[::]:0")
+        .await
+        .expect("bind [::]");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(puhuri_approver::receiver::serve(
+        listener,
+        router,
+        std::time::Duration::from_secs(5),
+        stop.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let send = |source: &str| {
+        http.post(format!("http://127.0.0.1:{port}/v1/notifications/{source}"))
+            .header("content-type", "application/json")
+            .body(allocation(ORDER))
+            .send()
+    };
+    let allowed = send("loopback").await.expect("answer");
+    assert_eq!(allowed.status(), 202, "{:?}", allowed.text().await);
+    // Still refused when the mapped address is outside the IPv4 network.
+    let refused = send("far").await.expect("answer");
+    assert_eq!(refused.status(), 403);
+    assert_eq!(kept.0.lock().expect("kept lock").len(), 1);
+    stop.cancel();
+    served.await.expect("serve task").expect("serve");
+}
+
 // ---- the accepted schemes end to end ------------------------------------------------
 
 #[tokio::test]
@@ -714,9 +894,13 @@ async fn github_vector_authenticates_and_a_flipped_one_does_not() {
     let response = post(&app, "/v1/notifications/gh", &headers(&signature), body).await;
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.expect("json");
-    assert_eq!(
-        answer,
-        json!({"status": "queued", "id": "72d3162e-cc78-11e3-81ab-4c9367dc0958"})
+    assert_eq!(answer["status"], json!("queued"));
+    // The id is derived from the signed body, not from the unsigned delivery id.
+    assert!(
+        answer["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("gh_")),
+        "{answer}"
     );
     assert_eq!(app.work_queue_depth().await, 1);
     app.stop().await;
@@ -867,6 +1051,116 @@ async fn no_secret_or_token_appears_in_the_logs() {
                 .replace(secret, "<the secret>")
         );
     }
+}
+
+/// Every string inside a JSON value, keys included.
+fn json_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(text) => out.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| json_strings(item, out)),
+        Value::Object(map) => {
+            for (key, item) in map {
+                out.push(key.clone());
+                json_strings(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An unknown source segment with a newline, a terminal escape or a path secret behind an
+/// encoded `/` is logged as `unknown` with an escaped, capped, cut form: no forged line,
+/// no escape, no secret, in text and in JSON logs.
+#[tokio::test]
+async fn row_unknown_source_segment_is_logged_escaped() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let text = Captured::default();
+    let json_log = Captured::default();
+    let (text_writer, json_writer) = (text.clone(), json_log.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("debug"))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || text_writer.clone()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(move || json_writer.clone()),
+        );
+    // tracing caches each callsite's interest. While a single dispatcher is registered it
+    // asks only the calling thread's default, so a callsite first hit on another test's
+    // thread would stay disabled for this thread-local subscriber. A second live
+    // dispatcher makes every interest the union over all registered dispatchers.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    // Scoped to this test's thread, on which the current-thread runtime runs the receiver.
+    let _logs = tracing::subscriber::set_default(subscriber);
+
+    let app = receiver().await;
+    let json_only = [("content-type", "application/json".to_owned())];
+    for path in [
+        "/v1/notifications/%0Aforged%1B[31m".to_owned(),
+        format!("/v1/notifications/waldur%2F{PATH_SECRET}"),
+        format!("/v1/notifications/{PATH_SECRET}"),
+    ] {
+        let response = post(&app, &path, &json_only, allocation(ORDER)).await;
+        assert_refused(&app, response, 404, "unknown-source").await;
+    }
+    app.stop().await;
+
+    let text = String::from_utf8(text.0.lock().expect("capture lock").clone()).expect("utf-8");
+    let json_text =
+        String::from_utf8(json_log.0.lock().expect("capture lock").clone()).expect("utf-8");
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("notification refused"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{text}");
+    assert!(
+        refusals
+            .iter()
+            .all(|line| line.contains("source=\"unknown\"") || line.contains("source=unknown")),
+        "{refusals:#?}"
+    );
+    assert!(
+        text.contains("%0Aforged%1B%5B31m")
+            && text.contains("waldur/…")
+            && text.contains("…(41 bytes)"),
+        "the escaped segments are logged: {text}"
+    );
+    for line in text.lines() {
+        assert!(!line.starts_with("forged"), "a forged log line: {line:?}");
+        assert!(!line.contains('\u{1b}'), "a terminal escape: {line:?}");
+    }
+    for (format, captured) in [("text", &text), ("json", &json_text)] {
+        // Not even a prefix of it (`waldur-path-secret-0`).
+        for secret in [PATH_SECRET, &PATH_SECRET[..20]] {
+            assert!(
+                !captured.contains(secret),
+                "the path secret is in the {format} log"
+            );
+        }
+    }
+    let mut lines = 0;
+    for line in json_text.lines() {
+        let value: Value = serde_json::from_str(line).expect("every JSON log line is JSON");
+        let mut strings = Vec::new();
+        json_strings(&value, &mut strings);
+        for string in strings {
+            assert!(
+                !string.chars().any(char::is_control),
+                "a control character in a JSON log value: {string:?}"
+            );
+        }
+        lines += 1;
+    }
+    assert!(
+        json_text.matches("notification refused").count() == 3 && lines > 3,
+        "{json_text}"
+    );
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //!
 //! - Standard Webhooks v1: HMAC-SHA256 over `{id}.{timestamp}.{raw body}`, several
 //!   `v1,<base64>` signatures, a two-sided timestamp tolerance;
-//! - GitHub style: `X-Hub-Signature-256: sha256=<hex>` over the raw body, the id from
-//!   `X-GitHub-Delivery` (no timestamp: replays are caught by the receiver's replay cache);
+//! - GitHub style: `X-Hub-Signature-256: sha256=<hex>` over the raw body; the
+//!   `X-GitHub-Delivery` id is required and checked for shape but not signed, so the
+//!   receiver keys replays on the body, not on it (no timestamp either);
 //! - path secrets ([`PathSecret`]): a high-entropy token in the URL path, for senders that
 //!   cannot sign (Waldur's own hooks).
 //!
@@ -303,7 +304,8 @@ fn hex_digit(byte: u8) -> Option<u8> {
     }
 }
 
-/// Checks a GitHub-style request against every secret. Returns the verified delivery id.
+/// Checks a GitHub-style request against every secret. Returns the delivery id, checked
+/// for shape only: the signature does not cover it.
 pub fn verify_github<'a>(
     secrets: &[GithubSecret],
     headers: GithubHeaders<'a>,
