@@ -399,7 +399,7 @@ pub enum SourceAuth {
         secrets: Vec<WebhookSecret>,
         tolerance_secs: i64,
     },
-    /// `X-Hub-Signature-256` over the body, id from `X-GitHub-Delivery`.
+    /// `X-Hub-Signature-256` over the body; the id (and replay key) is a digest of the body, `X-GitHub-Delivery` only a label.
     Github { secrets: Vec<GithubSecret> },
     /// A secret path segment: `POST /v1/notifications/{source}/{secret}`.
     PathSecret { secrets: Vec<PathSecret> },
