@@ -279,6 +279,9 @@ async fn a_failing_role_stops_every_role_and_is_named() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // A second live dispatcher: tracing then computes each callsite's interest over all
+    // dispatchers, not only the thread that first reaches it (see tests/it/ingress.rs).
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _logs = tracing::subscriber::set_default(subscriber);
 
     let mut app = spawn_app(Options {
