@@ -279,13 +279,22 @@ impl<I: AsyncWrite + Unpin> Guarded<I> {
                 append: true,
             };
         }
-        if let Answer::Writing { bytes, written, .. } = &mut self.answer {
+        if let Answer::Writing {
+            bytes,
+            written,
+            append,
+        } = &mut self.answer
+        {
             while *written < bytes.len() {
                 let n = ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*written..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 *written += n;
+            }
+            if *append {
+                // Bytes that passed unchanged are written: back to passing.
+                self.answer = Answer::Pass;
             }
         }
         Poll::Ready(Ok(()))
@@ -380,6 +389,80 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves a `200 ok` service on one end of a pipe; returns the other end and the count
+    /// of refusals answered.
+    fn served() -> (tokio::io::DuplexStream, Arc<AtomicUsize>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let counted = refusals.clone();
+        let refuse: Refuse = Arc::new(move |status| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            format!(
+                "HTTP/1.1 {status} Refused\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused"
+            )
+            .into_bytes()
+        });
+        let service = hyper::service::service_fn(|_request| async {
+            Ok::<_, Infallible>(Response::new(axum::body::Body::from("ok")))
+        });
+        tokio::spawn(serve(
+            server,
+            service,
+            refuse,
+            Duration::from_secs(5),
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        (client, refusals)
+    }
+
+    async fn read_until(client: &mut tokio::io::DuplexStream, end: &[u8]) -> String {
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !bytes.ends_with(end) {
+            let n = client.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&bytes));
+            bytes.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn hypers_own_refusal_is_replaced() {
+        let (mut client, refusals) = served();
+        client
+            .write_all(b"GET / HTTP/1.1 and more\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_until(&mut client, b"refused").await;
+        assert!(answer.starts_with("HTTP/1.1 400 Refused\r\n"), "{answer}");
+        assert_eq!(refusals.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_pass_and_a_later_refusal_on_the_connection_is_replaced() {
+        let (mut client, refusals) = served();
+        for _ in 0..2 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let answer = read_until(&mut client, b"ok").await;
+            assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        }
+        let extra: String = (0..MAX_HEADER_LINES + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        client
+            .write_all(format!("GET / HTTP/1.1\r\n{extra}\r\n").as_bytes())
+            .await
+            .expect("write");
+        let answer = read_until(&mut client, b"refused").await;
+        assert!(answer.starts_with("HTTP/1.1 431 Refused\r\n"), "{answer}");
+        assert_eq!(refusals.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn reads_the_status_of_hypers_refusals() {
