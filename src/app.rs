@@ -252,11 +252,21 @@ pub async fn start(
     let header_timeout = config.receiver.request_timeout;
     if let Some(listener) = receiver_listener {
         let router = receiver::router(config, broker.clone(), stats.clone(), metrics.clone());
+        let counters = receiver::Counters {
+            stats: stats.clone(),
+            metrics: metrics.clone(),
+        };
         let server_stop = stop.clone();
         supervisor.spawn(Role::Receiver, async move {
-            receiver::serve(listener, router, header_timeout, server_stop)
-                .await
-                .context("the HTTP server stopped")
+            receiver::serve(
+                listener,
+                router,
+                Some(counters),
+                header_timeout,
+                server_stop,
+            )
+            .await
+            .context("the HTTP server stopped")
         });
         tracing::info!(listen = ?addr, sources = config.sources.len(), "receiver listening");
     }
@@ -264,7 +274,7 @@ pub async fn start(
         let router = receiver::ops_router(metrics.clone());
         let server_stop = stop.clone();
         supervisor.spawn(Role::Metrics, async move {
-            receiver::serve(listener, router, header_timeout, server_stop)
+            receiver::serve(listener, router, None, header_timeout, server_stop)
                 .await
                 .context("the HTTP server stopped")
         });

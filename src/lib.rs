@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod decision;
 #[cfg(feature = "tools")]
 pub mod demo;

@@ -94,14 +94,21 @@ pub fn problem_type(cause: &str) -> String {
     format!("urn:puhuri-approver:problem:{cause}")
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = json!({
+impl Problem {
+    /// The problem's JSON body.
+    pub fn json(&self) -> serde_json::Value {
+        json!({
             "type": problem_type(self.cause),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
-        });
+        })
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = self.json();
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -934,24 +941,23 @@ fn signature_problem(error: VerifyError) -> Problem {
     )
 }
 
-/// The largest read buffer of one connection, which bounds the request line and headers.
-pub const MAX_HEADER_BUFFER: usize = 64 * 1024;
+/// Where the HTTP layer's own refusals are counted, as the handler counts its: by cause in
+/// [`ReceiverStats::refusals`], and in the notifications metric with source `unknown`.
+#[derive(Clone)]
+pub struct Counters {
+    pub stats: Arc<ReceiverStats>,
+    pub metrics: Arc<Metrics>,
+}
 
-/// Serves the receiver's router on `listener` until `stop` fires, then lets every
-/// connection finish its request in flight.
-///
-/// INVARIANT: a client gets at most `header_timeout` to send the request line and headers
-/// (slow-header clients cannot hold connections open), and at most `MAX_HEADER_BUFFER`
-/// bytes of them; the handler's own timeout then covers the body.
+/// Serves `router` on `listener` until `stop` fires, then lets every connection finish its
+/// request in flight. Each connection is [`serve_connection`]'s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    counters: Option<Counters>,
     header_timeout: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -966,33 +972,107 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let service =
-            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEADER_BUFFER)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(error = %error, "connection ended with an error");
-                    }
-                }
-                () = stop.cancelled() => {
-                    // Finish the request in flight, accept no further ones on this connection.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            router.clone(),
+            counters.clone(),
+            header_timeout,
+            stop.clone(),
+        ));
     }
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Serves `router` on one connection from `peer` until it ends or `stop` fires
+/// ([`crate::connection::serve`]: at most `header_timeout` and
+/// [`crate::connection::MAX_HEAD_BYTES`] for the request head). What hyper refuses itself
+/// (a malformed head, too many header lines, a head or target too long) is answered with
+/// a [`Problem`] like the handler's (`400 malformed-request`, `431 headers-too-large`,
+/// `414 uri-too-long`), counted into `counters` and logged with the peer and cause only.
+pub async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    counters: Option<Counters>,
+    header_timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(
+        router.layer(axum::Extension(ConnectInfo(peer))),
+    );
+    let refuse: crate::connection::Refuse = Arc::new(move |status| {
+        let problem = http_layer_refusal(status);
+        if let Some(counters) = &counters {
+            counters.stats.count_refusal(&problem);
+            counters
+                .metrics
+                .notification("unknown", "rejected", problem.cause);
+        }
+        tracing::info!(
+            peer = %peer.ip(),
+            status = problem.status.as_u16(),
+            cause = problem.cause,
+            "request refused by the HTTP layer"
+        );
+        closing_answer(&problem)
+    });
+    crate::connection::serve(io, service, refuse, header_timeout, stop).await;
+}
+
+// The HTTP layer reads more than the handler accepts, so that the handler's own checks
+// answer first wherever they can.
+const _: () = assert!(
+    crate::connection::MAX_HEADER_LINES > MAX_HEADERS
+        && crate::connection::MAX_HEAD_BYTES >= crate::connection::MAX_URI_BYTES + MAX_HEADER_BYTES
+);
+
+/// The problem for a status hyper answered itself.
+fn http_layer_refusal(status: u16) -> Problem {
+    use crate::connection::{MAX_HEAD_BYTES, MAX_HEADER_LINES, MAX_URI_BYTES};
+    match status {
+        414 => Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "URI too long",
+            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
+        ),
+        431 => Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!(
+                "at most {MAX_HEADER_LINES} header lines and {MAX_HEAD_BYTES} bytes of request line and headers are read"
+            ),
+        ),
+        other => Problem::new(
+            StatusCode::from_u16(other)
+                .ok()
+                .filter(StatusCode::is_client_error)
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            "malformed-request",
+            "Malformed request",
+            "the request line, a header or the message framing is not valid HTTP/1.1",
+        ),
+    }
+}
+
+/// `problem` as a whole HTTP/1.1 answer that closes the connection.
+fn closing_answer(problem: &Problem) -> Vec<u8> {
+    let body = problem.json().to_string();
+    let mut bytes = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        problem.status.as_u16(),
+        problem.status.canonical_reason().unwrap_or(""),
+        body.len(),
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
 }
 
 #[cfg(test)]
@@ -1071,6 +1151,27 @@ mod tests {
         assert_eq!(log_safe("\u{7f}\u{9b}x", 24), "%7F%C2%9Bx");
         for long in ["\u{7f}\u{9b}\n".repeat(20), "\u{1b}".repeat(25)] {
             assert!(!log_safe(&long, 24).chars().any(char::is_control));
+        }
+    }
+
+    #[test]
+    fn the_http_layers_refusals_are_problems_with_their_cause() {
+        for (status, cause) in [
+            (400, "malformed-request"),
+            (414, "uri-too-long"),
+            (431, "headers-too-large"),
+        ] {
+            let problem = http_layer_refusal(status);
+            assert_eq!(problem.status.as_u16(), status);
+            assert_eq!(problem.cause, cause);
+            let text = String::from_utf8(closing_answer(&problem)).expect("utf-8");
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+            assert!(head.contains("\r\ncontent-type: application/problem+json\r\n"));
+            assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
+            assert!(head.ends_with("\r\nconnection: close"), "{head}");
+            let json: serde_json::Value = serde_json::from_str(body).expect("json");
+            assert_eq!(json["type"], problem_type(cause).as_str());
         }
     }
 

@@ -832,6 +832,7 @@ async fn row_ipv4_mapped_peer_matches_ipv4_networks() {
     let served = tokio::spawn(puhuri_approver::receiver::serve(
         listener,
         router,
+        None,
         std::time::Duration::from_secs(5),
         stop.clone(),
     ));
@@ -1196,5 +1197,246 @@ async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
         started.elapsed()
     );
     assert_eq!(app.work_queue_depth().await, 0);
+    app.stop().await;
+}
+
+// ---- refusals by the HTTP layer, over a raw socket -----------------------------------
+// Clients refuse to send these requests, so they are written byte by byte. Each answer
+// must be a problem like the handler's, not hyper's bare status.
+
+/// One answer read from a raw connection.
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Whether `bytes` hold a whole answer: its head and `content-length` bytes of body.
+fn whole_answer(bytes: &[u8]) -> Option<usize> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (bytes.len() >= end + length).then_some(end)
+}
+
+/// Sends `request` as it is on a new connection and reads the first answer.
+async fn send_raw(app: &TestApp, request: &[u8]) -> RawAnswer {
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // The receiver may answer and close before it read all of a refused request.
+    let _ = stream.write_all(request).await;
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(crate::helpers::WAIT, async {
+        let mut buffer = [0u8; 8192];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            }
+            if let Some(end) = whole_answer(&bytes) {
+                return Some(end);
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let end = read
+        .expect("an answer in time")
+        .unwrap_or_else(|| panic!("no whole answer before the connection ended: {text:?}"));
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {text:?}"));
+    RawAnswer {
+        status,
+        head: text[..end].to_ascii_lowercase(),
+        body: text[end..].to_owned(),
+    }
+}
+
+/// Asserts a problem answer read from a raw connection, then that nothing was queued and
+/// that the refusal was counted by its cause.
+async fn assert_raw_refused(app: &TestApp, answer: RawAnswer, status: u16, cause: &str) {
+    assert_eq!(answer.status, status, "{}{}", answer.head, answer.body);
+    assert!(
+        answer
+            .head
+            .contains("content-type: application/problem+json\r\n"),
+        "{}",
+        answer.head
+    );
+    let body: Value = serde_json::from_str(&answer.body).expect("problem json");
+    assert_eq!(
+        body["type"],
+        json!(format!("urn:puhuri-approver:problem:{cause}")),
+        "{body}"
+    );
+    assert_eq!(body["status"], json!(status));
+    assert_eq!(app.work_queue_depth().await, 0, "nothing is queued");
+    let counted = app
+        .running
+        .as_ref()
+        .expect("running")
+        .stats
+        .refusals()
+        .into_iter()
+        .any(|(c, n)| c == cause && n >= 1);
+    assert!(counted, "`{cause}` is counted");
+}
+
+/// A signed request for `relay` with `extra` header lines, as raw bytes.
+fn raw_request(target: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut head = format!("POST {target} HTTP/1.1\r\nhost: receiver\r\n");
+    for (name, value) in signed("msg_raw", body) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(extra);
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+#[tokio::test]
+async fn row_more_header_lines_than_the_http_layer_reads() {
+    let app = receiver().await;
+    let extra: String = (0..150).map(|i| format!("x-extra-{i}: 1\r\n")).collect();
+    let answer = send_raw(
+        &app,
+        &raw_request("/v1/notifications/relay", &extra, &allocation(ORDER)),
+    )
+    .await;
+    assert_raw_refused(&app, answer, 431, "headers-too-large").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_head_over_the_http_layer_bound() {
+    let app = receiver().await;
+    // 80 KiB in one header: just over the 80 KiB bound on request line and headers
+    // together; 128 KiB: also over what the connection's read buffer once let through.
+    for padding in [80 * 1024, 128 * 1024] {
+        let extra = format!("x-padding: {}\r\n", "a".repeat(padding));
+        let answer = send_raw(
+            &app,
+            &raw_request("/v1/notifications/relay", &extra, &allocation(ORDER)),
+        )
+        .await;
+        assert_raw_refused(&app, answer, 431, "headers-too-large").await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_uri_too_long() {
+    let app = receiver().await;
+    let target = format!("/v1/notifications/relay?pad={}", "a".repeat(70 * 1024));
+    let answer = send_raw(&app, &raw_request(&target, "", &allocation(ORDER))).await;
+    assert_raw_refused(&app, answer, 414, "uri-too-long").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_malformed_request() {
+    let app = receiver().await;
+    let body = allocation(ORDER);
+    let malformed: Vec<Vec<u8>> = vec![
+        // A request line that is not `method target version`.
+        b"POST /v1/notifications/relay HTTP/1.1 and more\r\nhost: receiver\r\n\r\n".to_vec(),
+        b"P@ST /v1/notifications/relay HTTP/1.1\r\nhost: receiver\r\n\r\n".to_vec(),
+        b"POST /v1/notifications/relay HTTP/7.0\r\nhost: receiver\r\n\r\n".to_vec(),
+        // A header name with a space, a header line without a colon.
+        raw_request("/v1/notifications/relay", "bad header: 1\r\n", &body),
+        raw_request("/v1/notifications/relay", "no-colon\r\n", &body),
+        // Framing: an invalid length, two different lengths.
+        b"POST /v1/notifications/relay HTTP/1.1\r\nhost: receiver\r\ncontent-length: ten\r\n\r\n"
+            .to_vec(),
+        raw_request("/v1/notifications/relay", "content-length: 3\r\n", &body),
+    ];
+    for request in malformed {
+        let answer = send_raw(&app, &request).await;
+        assert_raw_refused(&app, answer, 400, "malformed-request").await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_bad_chunked_framing() {
+    let app = receiver().await;
+    let request = b"POST /v1/notifications/relay HTTP/1.1\r\nhost: receiver\r\n\
+        content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+        zz\r\n{}\r\n0\r\n\r\n";
+    let answer = send_raw(&app, request).await;
+    assert_raw_refused(&app, answer, 400, "unreadable-body").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn row_chunked_body_too_large() {
+    let app = receiver().await;
+    // No `Content-Length`: the limit is found while the body streams in.
+    let mut request = b"POST /v1/notifications/relay HTTP/1.1\r\nhost: receiver\r\n\
+        content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    let chunk = vec![b' '; 16 * 1024];
+    for _ in 0..17 {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let answer = send_raw(&app, &request).await;
+    assert_raw_refused(&app, answer, 413, "body-too-large").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_after_an_answer_on_the_same_connection_is_a_problem_too() {
+    let app = receiver().await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // A good request, then (on the same kept-alive connection) a malformed one.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: receiver\r\n\r\n")
+        .await
+        .expect("write");
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 8192];
+    tokio::time::timeout(crate::helpers::WAIT, async {
+        loop {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "the connection stays open");
+            bytes.extend_from_slice(&buffer[..n]);
+            if whole_answer(&bytes).is_some() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the first answer");
+    assert!(bytes.starts_with(b"HTTP/1.1 200 "), "{bytes:?}");
+    stream
+        .write_all(b"POST /v1/notifications/relay HTTP/1.1 and more\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    tokio::time::timeout(crate::helpers::WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the second answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&rest).into_owned();
+    let end = whole_answer(&rest).unwrap_or_else(|| panic!("a whole answer: {text:?}"));
+    let answer = RawAnswer {
+        status: text[9..12].parse().expect("status"),
+        head: text[..end].to_ascii_lowercase(),
+        body: text[end..].to_owned(),
+    };
+    assert_raw_refused(&app, answer, 400, "malformed-request").await;
     app.stop().await;
 }
