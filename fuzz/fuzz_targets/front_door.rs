@@ -37,55 +37,9 @@ use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const GITHUB_SECRET: &str = "It's a Secret to Everybody";
-const PATH_SECRET: &str = "fuzz-path-secret-0123456789abcdefghij";
-
-const CONFIG: &str = r#"
-[receiver]
-replay_cache_entries = 1000
-
-[[sources]]
-name = "sw"
-format = "allocation"
-auth = "standard-webhooks"
-secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "gh"
-format = "allocation"
-auth = "github"
-secrets = ["It's a Secret to Everybody"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "hook"
-format = "waldur-hook"
-auth = "path-secret"
-secrets = ["fuzz-path-secret-0123456789abcdefghij"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "open"
-format = "waldur-hook"
-auth = "none"
-insecure_no_auth = true
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "lan"
-format = "allocation"
-auth = "none"
-insecure_no_auth = true
-allowed_networks = ["192.0.2.0/24"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-"#;
+#[path = "common/receiver.rs"]
+mod common;
+use common::{CONFIG, GITHUB_SECRET, PATH_SECRET, WEBHOOK_SECRET};
 
 const METHODS: &[&str] = &[
     "POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "P@ST",
@@ -267,7 +221,11 @@ fn build(method: &str, path: &str, headers: &[Vec<u8>], body: &[u8], flags: u8) 
             // The delivery id is not signed: a replay comes with a fresh one, and must
             // still be a duplicate (the replay key is the body's digest).
             let replayed = headers.iter().any(|line| line == b"x-replayed: 1");
-            let delivery = if replayed { format!("{id}-again") } else { id.clone() };
+            let delivery = if replayed {
+                format!("{id}-again")
+            } else {
+                id.clone()
+            };
             let secret = GithubSecret::parse(GITHUB_SECRET).expect("secret");
             let signature = secret.sign(body);
             request.extend_from_slice(

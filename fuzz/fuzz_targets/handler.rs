@@ -23,53 +23,9 @@ use puhuri_approver::receiver::{self, MemoryPublisher, ReceiverStats};
 use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use tower::ServiceExt;
 
-const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const GITHUB_SECRET: &str = "It's a Secret to Everybody";
-const PATH_SECRET: &str = "fuzz-path-secret-0123456789abcdefghij";
-
-const CONFIG: &str = r#"
-[receiver]
-replay_cache_entries = 1000
-
-[[sources]]
-name = "sw"
-format = "allocation"
-auth = "standard-webhooks"
-secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "gh"
-format = "allocation"
-auth = "github"
-secrets = ["It's a Secret to Everybody"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "hook"
-format = "waldur-hook"
-auth = "path-secret"
-secrets = ["fuzz-path-secret-0123456789abcdefghij"]
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "open"
-format = "waldur-hook"
-auth = "none"
-insecure_no_auth = true
-rate_limit_per_sec = 100000
-rate_limit_burst = 1000000
-
-[[sources]]
-name = "lan"
-format = "allocation"
-auth = "none"
-insecure_no_auth = true
-allowed_networks = ["192.0.2.0/24"]
-"#;
+#[path = "common/receiver.rs"]
+mod common;
+use common::{CONFIG, GITHUB_SECRET, PATH_SECRET, WEBHOOK_SECRET};
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
