@@ -59,7 +59,7 @@ pub enum Command {
     Serve(ServiceArgs),
     /// Run the receiver only (HTTP in, the queue out).
     ///
-    /// Needs `[[sources]]`.
+    /// Needs `[[sources]]` only: the policy is neither read nor required.
     Receive(ServiceArgs),
     /// Run the workers, reconciler and team watcher only (the queue in, Puhuri Core out).
     ///
@@ -590,9 +590,12 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     // Before anything is opened or created: every missing setting, at once.
     config.require(roles.command(), roles.needs())?;
+    // Only workers decide: `receive` neither reads nor compiles the policy, so a bad
+    // policy edit never keeps a receiver from (re)starting.
     let policy_path = config
         .policy_file
         .as_ref()
+        .filter(|_| roles.work)
         .map(|policy| match &args.config {
             Some(config_path) => resolve_relative(config_path, policy),
             None => policy.clone(),

@@ -382,3 +382,109 @@ async fn an_interrupt_shuts_down_without_an_error() {
     assert!(!accepts(addr).await);
     app.stop().await;
 }
+
+/// Sends SIGTERM to one process, by its (positive) pid.
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", "--"])
+        .arg(pid.to_string())
+        .status();
+}
+
+/// `receive` never reads the policy: with `policy.file` naming a file that does not exist,
+/// or one that does not compile, it starts and its `/readyz` answers 200.
+#[tokio::test]
+async fn receive_starts_and_is_ready_whatever_the_policy_file_holds() {
+    let dir = temp_dir("receive-no-policy");
+    let broken = dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[[rule]]\nname = \"x\"\nwhen = 'limits.cpu_k_hours <='\naction = \"teleport\"\n",
+    )
+    .expect("write broken policy");
+    let cases = [
+        ("missing", dir.join("does-not-exist.toml")),
+        ("broken", broken),
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("client");
+    for (case, policy) in cases {
+        let (listen, metrics) = (free_port(), free_port());
+        let config = dir.join(format!("receive-{case}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen = "127.0.0.1:{listen}"
+metrics_listen = "127.0.0.1:{metrics}"
+
+[queue]
+backend = "embedded"
+data_dir = "{data}"
+
+[policy]
+file = "{policy}"
+
+[[sources]]
+name = "relay"
+format = "allocation"
+auth = "standard-webhooks"
+secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
+"#,
+                data = dir.join(format!("queue-{case}")).display(),
+                policy = policy.display(),
+            ),
+        )
+        .expect("write config");
+        let log = dir.join(format!("receive-{case}.log"));
+        let mut child = approver()
+            .arg("receive")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start receive");
+        let url = format!("http://127.0.0.1:{metrics}/readyz");
+        let deadline = std::time::Instant::now() + WAIT;
+        let ready = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!(
+                    "{case}: receive exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            match client.get(&url).send().await {
+                Ok(answer) if answer.status() == 200 => break true,
+                _ if std::time::Instant::now() >= deadline => break false,
+                // Not listening yet, or not ready yet: ask again shortly.
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        terminate(child.id());
+        let exited = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    return Some(status);
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .await
+        .expect("join");
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(ready, "{case}: /readyz never answered 200: {logged}");
+        let status = exited.unwrap_or_else(|| panic!("{case}: no exit on SIGTERM: {logged}"));
+        assert!(status.success(), "{case}: {status}: {logged}");
+        assert!(!logged.contains("policy loaded"), "{case}: {logged}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
