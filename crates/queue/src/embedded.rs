@@ -194,8 +194,7 @@ impl EmbeddedQueue {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let path = dir.join("queue.sqlite3");
-        let connection = Connection::open(&path).map_err(|e| open_error(e.to_string()))?;
-        initialize(&connection).map_err(|e| open_error(e.to_string()))?;
+        let connection = open_initialized(&path).map_err(|e| open_error(e.to_string()))?;
         let (ops, receiver) = mpsc::channel();
         let lease_ms = lease.as_millis() as i64;
         std::thread::Builder::new()
@@ -354,6 +353,35 @@ impl EmbeddedQueue {
     pub async fn purge_everything(&self) -> Result<(), StorageError> {
         self.call(|reply| Op::Purge { reply }).await
     }
+}
+
+/// Opens and sets up the database, retrying with a bounded backoff (about 10 s in all)
+/// while another process holds the lock: processes started together on a new folder race
+/// for `journal_mode = WAL`, which does not always wait for `busy_timeout`.
+fn open_initialized(path: &Path) -> rusqlite::Result<Connection> {
+    const BUDGET: Duration = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let attempt = Connection::open(path).and_then(|connection| {
+            initialize(&connection)?;
+            Ok(connection)
+        });
+        match attempt {
+            Err(error) if is_busy(&error) && started.elapsed() + pause < BUDGET => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn initialize(connection: &Connection) -> rusqlite::Result<()> {
@@ -958,6 +986,27 @@ impl Settle for EmbeddedSettle {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn many_processes_opening_a_new_folder_at_once_all_succeed() {
+        for _round in 0..4 {
+            let dir = temp();
+            let start = Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (dir, start) = (dir.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        EmbeddedQueue::open(&dir, Duration::from_secs(5)).map(|_| ())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().expect("join").expect("open");
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
     use super::*;
 
     fn temp() -> PathBuf {
