@@ -22,24 +22,22 @@
 //! a replay is never queued a second time.
 #![no_main]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use libfuzzer_sys::fuzz_target;
-use puhuri_approver::config::Config;
 use puhuri_approver::notification::WorkItem;
-use puhuri_approver::receiver::{self, MemoryPublisher, ReceiverStats};
+use puhuri_approver::receiver::{self, MemoryPublisher};
 use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 #[path = "common/receiver.rs"]
 mod common;
-use common::{CONFIG, GITHUB_SECRET, PATH_SECRET, WEBHOOK_SECRET};
+use common::{GITHUB_SECRET, Harness, PATH_SECRET, WEBHOOK_SECRET};
 
 const METHODS: &[&str] = &[
     "POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "P@ST",
@@ -67,35 +65,9 @@ const STATUSES: &[u16] = &[
     200, 202, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 422, 429, 431, 503,
 ];
 
-struct Harness {
-    runtime: tokio::runtime::Runtime,
-    router: Router,
-    publisher: Arc<MemoryPublisher>,
-}
-
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
-    HARNESS.get_or_init(|| {
-        let config = Config::parse(CONFIG, "fuzz.toml", &HashMap::<String, String>::new())
-            .expect("fuzz config");
-        let publisher = Arc::new(MemoryPublisher::default());
-        let router = receiver::router_with(
-            &config.receiver,
-            &config.sources,
-            publisher.clone(),
-            Arc::new(ReceiverStats::default()),
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
-        Harness {
-            runtime,
-            router,
-            publisher,
-        }
-    })
+    HARNESS.get_or_init(|| Harness::new(true))
 }
 
 /// One answer read back.

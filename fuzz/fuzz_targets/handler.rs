@@ -10,51 +10,22 @@
 //! `application/problem+json`, and only a `202 queued` adds to the queue.
 #![no_main]
 
-use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use puhuri_approver::config::Config;
-use puhuri_approver::receiver::{self, MemoryPublisher, ReceiverStats};
 use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use tower::ServiceExt;
 
 #[path = "common/receiver.rs"]
 mod common;
-use common::{CONFIG, GITHUB_SECRET, PATH_SECRET, WEBHOOK_SECRET};
-
-struct Harness {
-    runtime: tokio::runtime::Runtime,
-    router: Router,
-    publisher: Arc<MemoryPublisher>,
-}
+use common::{GITHUB_SECRET, Harness, PATH_SECRET, WEBHOOK_SECRET};
 
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
-    HARNESS.get_or_init(|| {
-        let config = Config::parse(CONFIG, "fuzz.toml", &HashMap::<String, String>::new())
-            .expect("fuzz config");
-        let publisher = Arc::new(MemoryPublisher::default());
-        let router = receiver::router_with(
-            &config.receiver,
-            &config.sources,
-            publisher.clone(),
-            Arc::new(ReceiverStats::default()),
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        Harness {
-            runtime,
-            router,
-            publisher,
-        }
-    })
+    HARNESS.get_or_init(|| Harness::new(false))
 }
 
 const PATHS: &[&str] = &[

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         for format in [Format::Csv, Format::Jsonl] {
             let parsed = parse(text, format);
             for error in &parsed.errors {
-                assert!((1..=lines).contains(&error.line), "line {} of {lines}", error.line);
+                assert!(
+                    (1..=lines).contains(&error.line),
+                    "line {} of {lines}",
+                    error.line
+                );
             }
             for (line, _) in &parsed.records {
                 assert!((1..=lines).contains(line));

@@ -50,3 +50,42 @@ allowed_networks = ["192.0.2.0/24"]
 rate_limit_per_sec = 100000
 rate_limit_burst = 1000000
 "#;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use puhuri_approver::config::Config;
+use puhuri_approver::receiver::{self, MemoryPublisher, ReceiverStats};
+
+/// The router over the shared sources, publishing into memory, and a current-thread runtime
+/// (its clock paused when `paused`, so timeouts pass as soon as nothing else can happen).
+pub struct Harness {
+    pub runtime: tokio::runtime::Runtime,
+    pub router: Router,
+    pub publisher: Arc<MemoryPublisher>,
+}
+
+impl Harness {
+    pub fn new(paused: bool) -> Harness {
+        let config = Config::parse(CONFIG, "fuzz.toml", &HashMap::<String, String>::new())
+            .expect("fuzz config");
+        let publisher = Arc::new(MemoryPublisher::default());
+        let router = receiver::router_with(
+            &config.receiver,
+            &config.sources,
+            publisher.clone(),
+            Arc::new(ReceiverStats::default()),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(paused)
+            .build()
+            .expect("runtime");
+        Harness {
+            runtime,
+            router,
+            publisher,
+        }
+    }
+}
