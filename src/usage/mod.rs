@@ -150,11 +150,6 @@ impl fmt::Display for Amount {
     }
 }
 
-/// `1250` → `"12.50"`.
-pub fn format_cents(cents: i128) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
-}
-
 /// Parses Waldur's rendering of a stored usage (`"12.50"`, `12.5`) into cents.
 pub fn parse_cents(value: &Value) -> Option<i128> {
     Amount::from_json(value).ok().map(Amount::cents)
