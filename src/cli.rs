@@ -84,6 +84,9 @@ pub enum Command {
     Usage(UsageArgs),
     /// Print signature headers for a body, to send a test notification with curl.
     Sign(SignArgs),
+    /// Secret tools.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// (tool) Show the whole product on this machine with the simulator.
     ///
     /// Runs the Puhuri Core simulator, the service on the embedded queue with an example
@@ -238,6 +241,27 @@ pub enum SignScheme {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a new random secret (256 bits) in the form a source's `auth` expects.
+    ///
+    /// It goes to standard output only: redirect it into the secret file, e.g.
+    /// `puhuri-approver secret generate --kind path-secret > /etc/puhuri-approver/hook-path`.
+    Generate {
+        /// `path-secret` (43 URL-safe characters), `standard-webhooks` (`whsec_` and
+        /// base64) or `github` (64 hexadecimal digits).
+        #[arg(long, value_enum)]
+        kind: SecretKindArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SecretKindArg {
+    PathSecret,
+    StandardWebhooks,
+    Github,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a configuration file (and the policy file it names).
     Check {
@@ -336,6 +360,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::Sign(args) => sign(args),
+        Command::Secret(SecretCommand::Generate { kind }) => generate_secret(kind),
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Dlq(args) => dlq(args).await,
         Command::Team(args) => team(args).await,
@@ -375,6 +400,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => explain_policy(&file, &allocation, now.as_deref(), json),
         Command::Policy(PolicyCommand::Test { file, cases }) => test_policy(&file, &cases),
     }
+}
+
+/// Prints a new secret of `kind`, from the operating system's random source.
+fn generate_secret(kind: SecretKindArg) -> anyhow::Result<()> {
+    use puhuri_auth::generate::{SECRET_BYTES, SecretKind, encode};
+    let kind = match kind {
+        SecretKindArg::PathSecret => SecretKind::PathSecret,
+        SecretKindArg::StandardWebhooks => SecretKind::StandardWebhooks,
+        SecretKindArg::Github => SecretKind::Github,
+    };
+    let mut random = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut random)
+        .map_err(|error| anyhow::anyhow!("the operating system gave no random bytes: {error}"))?;
+    println!("{}", encode(kind, &random));
+    Ok(())
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

@@ -488,3 +488,52 @@ secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `secret generate` prints one fresh secret per run, and `config check` accepts it for
+/// the source kind it was made for.
+#[test]
+fn generated_secrets_are_fresh_and_accepted_by_their_source_kind() {
+    let dir = temp_dir("secret-generate");
+    for kind in ["path-secret", "standard-webhooks", "github"] {
+        let generate = || {
+            let output = approver()
+                .args(["secret", "generate", "--kind", kind])
+                .output()
+                .expect("run secret generate");
+            assert!(output.status.success(), "{kind}: {}", text(&output.stderr));
+            assert!(output.stderr.is_empty(), "{kind}: {}", text(&output.stderr));
+            text(&output.stdout)
+        };
+        let (first, second) = (generate(), generate());
+        assert_eq!(first.lines().count(), 1, "{kind}: {first:?}");
+        assert_ne!(first, second, "{kind}: two runs printed the same secret");
+        let secrets = dir.join(format!("{kind}.secret"));
+        std::fs::write(&secrets, &first).expect("write secret file");
+        let config = dir.join(format!("{kind}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[[sources]]\nname = \"hooks\"\nformat = \"allocation\"\nauth = \"{kind}\"\nsecrets_file = \"{}\"\n",
+                secrets.display()
+            ),
+        )
+        .expect("write config");
+        let check = approver()
+            .args(["config", "check"])
+            .arg(&config)
+            .output()
+            .expect("run config check");
+        assert!(
+            check.status.success(),
+            "{kind}: config check refused a generated secret: {}{}",
+            text(&check.stdout),
+            text(&check.stderr)
+        );
+        let printed = format!("{}{}", text(&check.stdout), text(&check.stderr));
+        assert!(
+            !printed.contains(first.trim()),
+            "{kind}: the secret was printed"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

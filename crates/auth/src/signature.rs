@@ -40,7 +40,7 @@ pub const MAX_SIGNATURES: usize = 8;
 /// The longest notification id accepted.
 pub const MAX_ID_LEN: usize = 256;
 
-const SECRET_PREFIX: &str = "whsec_";
+pub(crate) const SECRET_PREFIX: &str = "whsec_";
 const MIN_SECRET_BYTES: usize = 24;
 const MAX_SECRET_BYTES: usize = 64;
 
