@@ -100,6 +100,12 @@ pub struct HookTarget {
     pub format: HookFormat,
 }
 
+/// A Waldur-hook target: the receiver's path secret as the URL's last segment (Waldur's
+/// hooks cannot sign, so the secret is the credential).
+pub fn url_with_path_secret(url: &str, secret: &str) -> String {
+    format!("{}/{secret}", url.trim_end_matches('/'))
+}
+
 /// The shape of an announcement.
 #[derive(Clone, Debug)]
 pub enum HookFormat {

@@ -24,14 +24,16 @@ struct Args {
     /// otherwise env `PUHURI_SIM_TOKEN`, otherwise `sim-token`.
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Announce each created allocation to this URL.
+    /// Announce each created allocation to this URL. For `waldur-hook`, the receiver's
+    /// path secret is appended as the last path segment from `--hook-secret-file` (or env
+    /// `PUHURI_SIM_HOOK_SECRET`), so it never stands on the command line.
     #[arg(long)]
     hook_url: Option<String>,
     /// Format of the announcement: Waldur's unsigned hook or a signed `allocation` notification.
     #[arg(long, default_value = "allocation")]
     hook_format: SimHookFormat,
-    /// File holding the secret that signs `allocation` announcements (`whsec_...`);
-    /// otherwise env `PUHURI_SIM_HOOK_SECRET`.
+    /// File holding the secret that signs `allocation` announcements (`whsec_...`), or the
+    /// path secret appended to a `waldur-hook` URL; otherwise env `PUHURI_SIM_HOOK_SECRET`.
     #[arg(long, value_name = "PATH")]
     hook_secret_file: Option<PathBuf>,
     /// Start with an empty catalogue instead of the default offerings and organisations.
@@ -68,14 +70,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hook = match args.hook_url {
         None => None,
         Some(url) => {
-            let format = match args.hook_format {
-                SimHookFormat::WaldurHook => HookFormat::WaldurHook,
+            let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?;
+            let (url, format) = match args.hook_format {
+                SimHookFormat::WaldurHook => match secret {
+                    // Waldur's hooks cannot sign: the receiver's path secret ends the URL.
+                    Some(secret) => (
+                        puhuri_sim::url_with_path_secret(&url, secret.expose()),
+                        HookFormat::WaldurHook,
+                    ),
+                    None => (url, HookFormat::WaldurHook),
+                },
                 SimHookFormat::Allocation => {
-                    let secret = read_secret(args.hook_secret_file.as_deref(), "PUHURI_SIM_HOOK_SECRET")?
-                        .context("`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks")?;
+                    let secret = secret.context(
+                        "`--hook-secret-file` or `PUHURI_SIM_HOOK_SECRET` is required for `allocation` hooks",
+                    )?;
                     let secret = WebhookSecret::parse(secret.expose())
                         .map_err(|e| anyhow::anyhow!("the hook secret: {e}"))?;
-                    HookFormat::Allocation { secret }
+                    (url, HookFormat::Allocation { secret })
                 }
             };
             Some(HookTarget { url, format })

@@ -1683,3 +1683,15 @@ async fn submit_report_validates_like_the_report_serializer() {
         json!([{"header": "Access", "body": "ssh lumi"}])
     );
 }
+
+#[test]
+fn a_path_secret_ends_the_waldur_hook_url() {
+    assert_eq!(
+        crate::url_with_path_secret("http://127.0.0.1:8080/v1/notifications/puhuri/", "s3cr3t"),
+        "http://127.0.0.1:8080/v1/notifications/puhuri/s3cr3t"
+    );
+    assert_eq!(
+        crate::url_with_path_secret("http://h/v1/notifications/puhuri", "s3cr3t"),
+        "http://h/v1/notifications/puhuri/s3cr3t"
+    );
+}
