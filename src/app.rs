@@ -268,7 +268,9 @@ pub async fn start(
             .await
             .context("the HTTP server stopped")
         });
-        tracing::info!(listen = ?addr, sources = config.sources.len(), "receiver listening");
+        if let Some(addr) = addr {
+            tracing::info!(listen = %addr, sources = config.sources.len(), "receiver listening");
+        }
     }
     if let Some(listener) = metrics_listener {
         let router = receiver::ops_router(metrics.clone());
@@ -278,7 +280,9 @@ pub async fn start(
                 .await
                 .context("the HTTP server stopped")
         });
-        tracing::info!(listen = ?metrics_addr, "metrics, health and readiness listening");
+        if let Some(addr) = metrics_addr {
+            tracing::info!(listen = %addr, "metrics, health and readiness listening");
+        }
     }
 
     let mut worker = None;
@@ -337,7 +341,7 @@ pub async fn start(
             Ok(())
         });
         tracing::info!(
-            api = ?config.puhuri.api,
+            api = %config.puhuri.api,
             puhuri = crate::config::redacted_url(config.puhuri.url.as_deref().unwrap_or_default()),
             shadow = config.policy_shadow,
             "workers started"

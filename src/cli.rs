@@ -402,6 +402,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `1 source`, `2 sources`.
+pub fn plural(count: usize, one: &str, many: &str) -> String {
+    if count == 1 {
+        format!("{count} {one}")
+    } else {
+        format!("{count} {many}")
+    }
+}
+
+/// Left-aligned columns as wide as their widest value; the last column is not padded.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `text` when it has at most `max` characters; otherwise cut at the last space before
+/// `max` (mid-word only when there is none) and ended with `…`.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    let at_word = match cut.rfind(' ') {
+        Some(space) if space > max / 2 => cut[..space].trim_end(),
+        _ => cut.as_str(),
+    };
+    format!("{at_word}…")
+}
+
 /// Prints a new secret of `kind`, from the operating system's random source.
 fn generate_secret(kind: SecretKindArg) -> anyhow::Result<()> {
     use puhuri_auth::generate::{SECRET_BYTES, SecretKind, encode};
@@ -589,9 +638,9 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         load_policy(&policy_path)?;
     }
     println!(
-        "{}: ok ({} sources, API `{:?}`, policy {})",
+        "{}: ok ({}, API `{}`, policy {})",
         path.display(),
-        config.sources.len(),
+        plural(config.sources.len(), "source", "sources"),
         config.puhuri.api,
         config
             .policy_file
@@ -832,21 +881,26 @@ async fn team(args: TeamArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());
     }
-    println!(
-        "{:<32} {:<8} {:<28} {:<32} EXPIRES",
-        "USERNAME", "ROLE", "FULL NAME", "EMAIL"
+    let rows = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.username.clone(),
+                m.role.clone().unwrap_or_else(|| "-".into()),
+                m.full_name.clone(),
+                m.email.clone(),
+                m.expiration_time.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["USERNAME", "ROLE", "FULL NAME", "EMAIL", "EXPIRES"], rows)
     );
-    for m in &members {
-        println!(
-            "{:<32} {:<8} {:<28} {:<32} {}",
-            m.username,
-            m.role.as_deref().unwrap_or("-"),
-            m.full_name,
-            m.email,
-            m.expiration_time.as_deref().unwrap_or("-")
-        );
-    }
-    println!("{} member(s) of allocation {uuid}", members.len());
+    println!(
+        "{} of allocation {uuid}",
+        plural(members.len(), "member", "members")
+    );
     Ok(())
 }
 
@@ -880,9 +934,9 @@ async fn usage_push(
             eprintln!("... and {} more", parsed.errors.len() - 50);
         }
         bail!(
-            "{}: {} invalid record(s); nothing was queued",
+            "{}: {}; nothing was queued",
             file.display(),
-            parsed.errors.len()
+            plural(parsed.errors.len(), "invalid record", "invalid records")
         );
     }
     if parsed.records.is_empty() {
@@ -897,22 +951,26 @@ async fn usage_push(
     let allocations: std::collections::BTreeSet<_> =
         parsed.records.iter().map(|(_, r)| r.key()).collect();
     println!(
-        "{}: {} record(s) read ({format:?}), {} queued in {:.2} s ({rate:.0}/s) on {}",
+        "{}: {} read ({format}), {} queued in {:.2} s ({rate:.0}/s) on {}",
         file.display(),
-        parsed.records.len(),
+        plural(parsed.records.len(), "record", "records"),
         summary.queued,
         summary.elapsed.as_secs_f64(),
         broker.describe()
     );
     println!(
-        "  {} allocation-month(s); the workers report each changed total to Puhuri Core once",
-        allocations.len()
+        "  {}; the workers report each changed total to Puhuri Core once",
+        plural(allocations.len(), "allocation-month", "allocation-months")
     );
     if let Some((line, error)) = summary.failed {
         bail!(
-            "{}:{line}: not queued: {error}; {} record(s) were not queued (pushing the file again is safe: records are month-to-date readings)",
+            "{}:{line}: not queued: {error}; {} not queued (pushing the file again is safe: records are month-to-date readings)",
             file.display(),
-            parsed.records.len() - summary.queued
+            plural(
+                parsed.records.len() - summary.queued,
+                "record was",
+                "records were"
+            )
         );
     }
     Ok(())
@@ -928,29 +986,37 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
             if letters.is_empty() {
                 println!("the dead-letter queue is empty ({})", broker.describe());
             } else {
-                println!(
-                    "{:<40} {:>8}  {:<34} LAST REASON",
-                    "ID", "ATTEMPTS", "ALLOCATION"
+                let rows = letters
+                    .iter()
+                    .map(|letter| {
+                        let allocation = match crate::work::dead(letter) {
+                            Ok(Work::Allocation(item)) => item.hint.to_string(),
+                            Ok(Work::Usage(record)) => {
+                                format!("usage of {} for {}", record.allocation, record.month)
+                            }
+                            Err(_) => "(undecodable)".into(),
+                        };
+                        let reason = letter
+                            .reasons
+                            .last()
+                            .map(|r| shorten(r, 100))
+                            .unwrap_or_default();
+                        vec![
+                            letter.message_id.clone(),
+                            letter.attempts.to_string(),
+                            allocation,
+                            reason,
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["ID", "ATTEMPTS", "ALLOCATION", "LAST REASON"], rows)
                 );
-                for letter in &letters {
-                    let allocation = match crate::work::dead(letter) {
-                        Ok(Work::Allocation(item)) => item.hint.key(),
-                        Ok(Work::Usage(record)) => {
-                            format!("usage {} {}", record.allocation, record.month)
-                        }
-                        Err(_) => "(undecodable)".into(),
-                    };
-                    let reason: String = letter
-                        .reasons
-                        .last()
-                        .map(|r| r.chars().take(80).collect())
-                        .unwrap_or_default();
-                    println!(
-                        "{:<40} {:>8}  {:<34} {}",
-                        letter.message_id, letter.attempts, allocation, reason
-                    );
-                }
-                println!("{} dead letter(s) shown", letters.len());
+                println!(
+                    "{} shown (`dlq show ID` prints every reason in full)",
+                    plural(letters.len(), "dead letter", "dead letters")
+                );
             }
             Ok(())
         }
@@ -1007,11 +1073,14 @@ async fn settle_dead(
     match (done, id) {
         (0, Some(id)) => Err(anyhow::anyhow!("no dead letter has id `{id}`")),
         (n, _) if replay => {
-            println!("replayed {n} dead letter(s) to the work queue");
+            println!(
+                "replayed {} to the work queue",
+                plural(n, "dead letter", "dead letters")
+            );
             Ok(())
         }
         (n, _) => {
-            println!("purged {n} dead letter(s)");
+            println!("purged {}", plural(n, "dead letter", "dead letters"));
             Ok(())
         }
     }
@@ -1033,5 +1102,46 @@ fn progress_line(verb: &'static str) -> impl FnMut(usize, usize) {
 fn finish_progress() {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plural, shorten, table};
+
+    #[test]
+    fn columns_stay_aligned_for_long_values() {
+        let out = table(
+            &["ID", "N", "LAST"],
+            vec![
+                vec![
+                    "a-much-longer-identifier-than-the-header".into(),
+                    "1".into(),
+                    "x".into(),
+                ],
+                vec!["b".into(), "12345".into(), "y y".into()],
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let column = |line: &str, text: &str| line.find(text).expect("present");
+        assert_eq!(column(lines[0], "N"), column(lines[1], "1"));
+        assert_eq!(column(lines[0], "N"), column(lines[2], "12345"));
+        assert_eq!(column(lines[0], "LAST"), column(lines[2], "y y"));
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{out}");
+    }
+
+    #[test]
+    fn long_reasons_are_cut_between_words() {
+        assert_eq!(shorten("short", 10), "short");
+        let cut = shorten("Puhuri Core answered 503 Service Unavailable", 30);
+        assert_eq!(cut, "Puhuri Core answered 503…");
+        assert_eq!(shorten("abcdefghijklmnopqrstuvwxyz", 10), "abcdefghi…");
+    }
+
+    #[test]
+    fn counts_have_plurals() {
+        assert_eq!(plural(1, "source", "sources"), "1 source");
+        assert_eq!(plural(0, "source", "sources"), "0 sources");
+        assert_eq!(plural(3, "dead letter", "dead letters"), "3 dead letters");
     }
 }

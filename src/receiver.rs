@@ -542,7 +542,9 @@ async fn receive_notification(
             // the path secret, the headers and the body are never logged.
             tracing::info!(
                 source = source_label,
-                peer = ?peer.map(|ip| ip.to_canonical()),
+                peer = %peer
+                    .map(|ip| ip.to_canonical().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
                 status = problem.status.as_u16(),
                 cause = problem.cause,
                 "notification refused"

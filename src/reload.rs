@@ -246,6 +246,13 @@ pub async fn watch(
             }
             _ = tick.tick() => false,
         };
-        apply(&mut file, &policy, &metrics, force);
+        let applied = apply(&mut file, &policy, &metrics, force);
+        if force && applied == Applied::Unchanged {
+            tracing::info!(
+                policy = %file.path().display(),
+                version = %policy.version(),
+                "policy unchanged"
+            );
+        }
     }
 }

@@ -38,6 +38,16 @@ pub enum Format {
     Jsonl,
 }
 
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Auto => "format guessed",
+            Format::Csv => "CSV",
+            Format::Jsonl => "JSON lines",
+        })
+    }
+}
+
 /// One problem in the file.
 #[derive(Debug)]
 pub struct LineError {

@@ -54,7 +54,7 @@ pub struct Amount(Decimal);
 /// Why a text or JSON value is not an [`Amount`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
-    #[error("`{0}` is negative; usage cannot be")]
+    #[error("`{0}` is negative: usage is never below 0")]
     Negative(String),
     /// Not digits with at most one decimal point (a sign, an exponent, `.5`, `1.`, text).
     #[error("`{0}` is not a plain decimal number (like 12 or 12.25)")]
@@ -650,7 +650,7 @@ mod tests {
         );
         assert_eq!(
             text(Amount::parse("-1")).as_deref(),
-            Some("`-1` is negative; usage cannot be")
+            Some("`-1` is negative: usage is never below 0")
         );
         assert_eq!(
             text(Amount::parse("1e3")).as_deref(),
@@ -685,7 +685,9 @@ mod tests {
         );
         assert_eq!(
             decoded.as_ref().map_err(ToString::to_string),
-            Err("invalid usage record: amount: `-1` is negative; usage cannot be".to_owned())
+            Err(
+                "invalid usage record: amount: `-1` is negative: usage is never below 0".to_owned()
+            )
         );
         assert!(
             matches!(

@@ -249,10 +249,17 @@ impl UsageReporter {
             Ok(mut report) => {
                 let invalid: HashMap<usize, String> =
                     std::mem::take(&mut report.invalid).into_iter().collect();
+                let unchanged = report.unchanged.join(", ");
+                let stale = report.stale.join(", ");
                 if !report.reported.is_empty() {
-                    tracing::info!(reported = ?report.reported, unchanged = ?report.unchanged, stale = ?report.stale, "usage reported");
+                    let reported: Vec<String> = report
+                        .reported
+                        .iter()
+                        .map(|(component, amount)| format!("{component}={amount}"))
+                        .collect();
+                    tracing::info!(reported = %reported.join(", "), %unchanged, %stale, "usage reported");
                 } else {
-                    tracing::info!(unchanged = ?report.unchanged, stale = ?report.stale, "usage unchanged; nothing sent");
+                    tracing::info!(%unchanged, %stale, "usage unchanged; nothing sent");
                 }
                 let reported: Vec<&str> = report.reported.iter().map(|(c, _)| c.as_str()).collect();
                 for (index, delivery) in deliveries.into_iter().enumerate() {

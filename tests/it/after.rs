@@ -577,7 +577,7 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("2 invalid record(s); nothing was queued"),
+        stderr.contains("2 invalid records; nothing was queued"),
         "{stderr}"
     );
     assert_eq!(app.work_queue_depth().await, 0);
@@ -605,7 +605,7 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("1000 record(s) read"), "{stdout}");
+    assert!(stdout.contains("1000 records read"), "{stdout}");
     assert!(stdout.contains("1000 queued"), "{stdout}");
     usage_settled(&mut settled, 1000).await;
     assert_eq!(

@@ -131,6 +131,17 @@ pub struct AllocationHint {
     pub resource_uuid: Option<ResourceUuid>,
 }
 
+/// `resource <uuid>`, `order <uuid>`, or `no allocation` — for people, not keys.
+impl std::fmt::Display for AllocationHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.resource_uuid, &self.order_uuid) {
+            (Some(resource), _) => write!(f, "resource {resource}"),
+            (None, Some(order)) => write!(f, "order {order}"),
+            (None, None) => f.write_str("no allocation"),
+        }
+    }
+}
+
 impl AllocationHint {
     /// The key under which work on one allocation is serialized within a worker.
     pub fn key(&self) -> String {

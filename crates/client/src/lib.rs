@@ -36,6 +36,22 @@ pub enum ApiGeneration {
     Resources,
 }
 
+impl ApiGeneration {
+    /// The name used in the configuration (`puhuri.api`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiGeneration::Orders => "orders",
+            ApiGeneration::Resources => "resources",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiGeneration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where Puhuri Core is and how to talk to it. The token is given to [`PuhuriClient::new`]
 /// apart, so that this can be printed.
 #[derive(Debug, Clone)]
