@@ -113,7 +113,8 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct TeamArgs {
-    /// The configuration file (for the Puhuri Core URL and token).
+    /// The configuration the service runs with; else env `PUHURI_APPROVER_CONFIG`, else
+    /// `/etc/puhuri-approver/puhuri-approver.toml` when it exists. `[[sources]]` are not read.
     #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
     pub config: Option<PathBuf>,
     /// The allocation: its resource uuid or its backend_id.
@@ -125,7 +126,8 @@ pub struct TeamArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UsageArgs {
-    /// The configuration file (for the queue).
+    /// The configuration the service runs with; else env `PUHURI_APPROVER_CONFIG`, else
+    /// `/etc/puhuri-approver/puhuri-approver.toml` when it exists. `[[sources]]` are not read.
     #[arg(long, short, env = "PUHURI_APPROVER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
@@ -166,7 +168,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
-    /// The configuration file (for the RabbitMQ URL and prefix).
+    /// The configuration the service runs with; else env `PUHURI_APPROVER_CONFIG`, else
+    /// `/etc/puhuri-approver/puhuri-approver.toml` when it exists. `[[sources]]` are not read.
     #[arg(long, short, env = "PUHURI_APPROVER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
@@ -838,11 +841,71 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_broker(
+/// Where the tools (`dlq`, `team`, `usage push`) look for the deployment's configuration
+/// when neither `--config` nor `PUHURI_APPROVER_CONFIG` names one: the file the systemd
+/// unit runs with.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/puhuri-approver/puhuri-approver.toml";
+
+/// The configuration of a tool: `--config` (or `PUHURI_APPROVER_CONFIG`), else
+/// [`DEFAULT_CONFIG_PATH`] when it exists, else defaults and environment variables. The
+/// same environment overrides as `serve` apply; `[[sources]]` and their secrets are not
+/// read, since no tool receives notifications.
+fn tool_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    Ok(match path {
+        Some(path) => Config::load_without_sources(path, &ProcessEnv)?,
+        None if default.exists() => {
+            eprintln!("reading {DEFAULT_CONFIG_PATH} (`--config FILE` reads another)");
+            Config::load_without_sources(default, &ProcessEnv)?
+        }
+        None => Config::from_env_without_sources(&ProcessEnv)?,
+    })
+}
+
+/// The deployment's queue, as it is: an embedded queue must exist already (a tool never
+/// creates one, so a wrong folder is an error rather than an empty queue), and RabbitMQ's
+/// exchanges and queues are only checked (passive declarations), never declared.
+async fn open_existing_queue(
     config: &Config,
     stop: &CancellationToken,
 ) -> anyhow::Result<puhuri_queue::Broker> {
-    let broker = app::open_queue(config, stop.clone())?;
+    let mut config = config.clone();
+    match &config.queue {
+        crate::config::QueueChoice::Embedded { data_dir, .. } => {
+            if !puhuri_queue::embedded::exists(data_dir) {
+                let origin = if config.origin == crate::config::NO_FILE {
+                    format!(
+                        "the default, as no configuration was named (`--config FILE`, \
+                         `PUHURI_APPROVER_CONFIG`) and {DEFAULT_CONFIG_PATH} does not exist"
+                    )
+                } else {
+                    format!("from {}", config.origin)
+                };
+                bail!(
+                    "no embedded queue in `{}` ({origin}, or env `PUHURI_APPROVER_DATA_DIR`); \
+                     name the configuration the service runs with; nothing was created",
+                    data_dir.display()
+                );
+            }
+        }
+        crate::config::QueueChoice::RabbitMq => {
+            config.amqp.declare = false;
+            puhuri_queue::rabbitmq::check_declared(
+                &config.amqp,
+                config.worker.retry_delays.clone(),
+            )
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "RabbitMQ at {}: {error}; the exchanges and queues of prefix `{}` are \
+                         declared by a worker when it starts, never by this command",
+                    crate::config::redacted_url(config.amqp.url.expose()),
+                    config.amqp.prefix
+                )
+            })?;
+        }
+    }
+    let broker = app::open_queue(&config, stop.clone())?;
     let connected = tokio::time::timeout(
         std::time::Duration::from_secs(15),
         broker.wait_connected(stop),
@@ -850,15 +913,18 @@ async fn connect_broker(
     .await;
     if connected != Ok(true) {
         bail!(
-            "cannot reach RabbitMQ at {} within 15 s",
-            crate::config::redacted_url(config.amqp.url.expose())
+            "cannot use RabbitMQ at {} within 15 s: it is unreachable, or the exchanges and \
+             queues of prefix `{}` are not declared there (a worker declares them when it \
+             starts; the warnings above name what is missing)",
+            crate::config::redacted_url(config.amqp.url.expose()),
+            config.amqp.prefix
         );
     }
     Ok(broker)
 }
 
 async fn team(args: TeamArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_deref())?;
+    let config = tool_config(args.config.as_deref())?;
     config.require(
         "team",
         crate::config::Needs {
@@ -942,9 +1008,9 @@ async fn usage_push(
     if parsed.records.is_empty() {
         bail!("{}: no usage records in the file", file.display());
     }
-    let config = load_config(config)?;
+    let config = tool_config(config)?;
     let stop = CancellationToken::new();
-    let broker = connect_broker(&config, &stop).await?;
+    let broker = open_existing_queue(&config, &stop).await?;
     let summary = crate::usage::push::push(&broker, &parsed.records).await;
     stop.cancel();
     let rate = summary.queued as f64 / summary.elapsed.as_secs_f64().max(0.001);
@@ -977,9 +1043,9 @@ async fn usage_push(
 }
 
 async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_deref())?;
+    let config = tool_config(args.config.as_deref())?;
     let stop = CancellationToken::new();
-    let broker = connect_broker(&config, &stop).await?;
+    let broker = open_existing_queue(&config, &stop).await?;
     let result = match args.command {
         DlqCommand::List { limit } => {
             let letters = broker.dead_letters(limit).await?;

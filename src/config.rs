@@ -619,9 +619,34 @@ impl Config {
         Self::parse("", NO_FILE, env)
     }
 
+    /// Reads a config file for a tool that never receives notifications (`dlq`, `team`,
+    /// `usage push`): every setting is validated as for `serve` except `[[sources]]`,
+    /// which are skipped, so the tools need none of the webhook secrets.
+    pub fn load_without_sources(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse_parts(&text, &path.display().to_string(), env, false)
+    }
+
+    /// Defaults plus the environment, without `[[sources]]` (see [`Config::load_without_sources`]).
+    pub fn from_env_without_sources(env: &dyn Environment) -> Result<Config, ConfigError> {
+        Self::parse_parts("", NO_FILE, env, false)
+    }
+
     /// Parses config text; `path` is only used in messages. Relative paths in the file
     /// (the policy file) are kept as written.
     pub fn parse(text: &str, path: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
+        Self::parse_parts(text, path, env, true)
+    }
+
+    fn parse_parts(
+        text: &str,
+        path: &str,
+        env: &dyn Environment,
+        with_sources: bool,
+    ) -> Result<Config, ConfigError> {
         let file: FileConfig =
             toml::from_str(text).map_err(|error| syntax_error(text, path, &error))?;
         let at = Locator { text, path };
@@ -870,7 +895,12 @@ impl Config {
 
         let receiver = receiver_config(&at, &file.receiver)?;
         let mut sources: Vec<SourceConfig> = Vec::new();
-        for source in &file.sources {
+        let file_sources = if with_sources {
+            file.sources.as_slice()
+        } else {
+            &[]
+        };
+        for source in file_sources {
             let source = source_config(&at, env, source)?;
             if sources.iter().any(|s| s.name == source.name) {
                 return Err(at.invalid(

@@ -16,3 +16,4 @@ mod policy;
 mod secrets;
 mod spine;
 mod telemetry;
+mod tools;

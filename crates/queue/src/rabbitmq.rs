@@ -714,6 +714,27 @@ fn exchanges(topology: &Topology) -> [(String, ExchangeKind); 4] {
     ]
 }
 
+/// One connection that checks, with passive declarations only, that every exchange and
+/// queue of `config.prefix` exists, and says which one does not: for tools, which must
+/// neither declare anything nor wait for a broker that is not there.
+pub async fn check_declared(
+    config: &AmqpConfig,
+    retry_delays: Vec<Duration>,
+) -> Result<(), QueueError> {
+    let connect = Connection::connect(config.url.expose(), ConnectionProperties::default());
+    let connection = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| QueueError::Unreachable)??;
+    let channel = connection.create_channel().await?;
+    let topology = Topology {
+        prefix: config.prefix.clone(),
+        retry_delays,
+    };
+    let checked = check_topology(&channel, &topology).await;
+    let _ = connection.close(200, "checked".into()).await;
+    Ok(checked?)
+}
+
 /// Passive declarations of every exchange and queue (`amqp.declare = false`): the
 /// topology was pre-declared by an operator (`deploy/rabbitmq/definitions.json`); a
 /// missing one fails the connection attempt, which is logged and retried with backoff.
