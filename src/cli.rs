@@ -266,11 +266,38 @@ pub enum SecretKindArg {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a configuration file (and the policy file it names).
+    /// Validate a configuration file as `serve` (or `--role`) would before it starts:
+    /// every setting the role needs, the policy file it names, the Puhuri Core client.
     Check {
         /// The configuration file.
         file: PathBuf,
+        /// The command the file is for: `serve` (default), `receive` or `work`.
+        #[arg(long, value_enum, default_value = "serve")]
+        role: RoleArg,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Serve,
+    Receive,
+    Work,
+}
+
+impl RoleArg {
+    fn roles(self) -> Roles {
+        match self {
+            RoleArg::Serve => Roles::ALL,
+            RoleArg::Receive => Roles {
+                receive: true,
+                work: false,
+            },
+            RoleArg::Work => Roles {
+                receive: false,
+                work: true,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,7 +391,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::Sign(args) => sign(args),
         Command::Secret(SecretCommand::Generate { kind }) => generate_secret(kind),
-        Command::Config(ConfigCommand::Check { file }) => check_config(&file),
+        Command::Config(ConfigCommand::Check { file, role }) => check_config(&file, role.roles()),
         Command::Dlq(args) => dlq(args).await,
         Command::Team(args) => team(args).await,
         Command::Usage(UsageArgs {
@@ -475,6 +502,30 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         None => Config::from_env(&ProcessEnv)?,
     };
     Ok(config)
+}
+
+/// The policy file the configuration names (relative to the configuration file), read
+/// and compiled; a file that cannot be read is traced to the line that names it.
+fn load_named_policy(
+    config: &Config,
+    config_path: Option<&Path>,
+) -> anyhow::Result<Option<(PathBuf, Policy)>> {
+    let Some(policy) = &config.policy_file else {
+        return Ok(None);
+    };
+    let path = match config_path {
+        Some(config_path) => resolve_relative(config_path, policy),
+        None => policy.clone(),
+    };
+    if let Err(error) = std::fs::File::open(&path) {
+        let from = config
+            .policy_file_from
+            .clone()
+            .unwrap_or_else(|| "`policy.file`".into());
+        bail!("{from}: {}: cannot read: {error}", path.display());
+    }
+    let compiled = load_policy(&path)?;
+    Ok(Some((path, compiled)))
 }
 
 /// Reads and compiles a policy file; errors name the file and every line.
@@ -634,32 +685,40 @@ fn test_policy(file: &Path, cases_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_config(path: &Path) -> anyhow::Result<()> {
+fn check_config(path: &Path, roles: Roles) -> anyhow::Result<()> {
     let config = load_config(Some(path))?;
-    if let Some(policy) = &config.policy_file {
-        let policy_path = resolve_relative(path, policy);
-        load_policy(&policy_path)?;
+    // What the role checks before it opens anything, in the same order.
+    config.require(roles.command(), roles.needs())?;
+    if roles.work {
+        load_named_policy(&config, Some(path))?;
+        config
+            .puhuri
+            .client()
+            .map_err(|error| anyhow::anyhow!("{}: Puhuri Core client: {error}", path.display()))?;
     }
     println!(
-        "{}: ok ({}, API `{}`, policy {})",
+        "{}: ok for `{}` ({}, API `{}`, policy {})",
         path.display(),
+        roles.command(),
         plural(config.sources.len(), "source", "sources"),
         config.puhuri.api,
-        config
-            .policy_file
-            .as_ref()
-            .map(|p| format!("`{}`", p.display()))
-            .unwrap_or_else(|| "none".into())
+        match (&config.policy_file, roles.work) {
+            (Some(policy), true) => format!("`{}`", policy.display()),
+            (Some(_), false) => "not read by this role".into(),
+            (None, _) => "none".into(),
+        }
     );
-    // A file may be meant for one role only; say which commands it cannot run yet.
-    for (receive, work) in [(true, true), (true, false), (false, true)] {
-        let roles = Roles { receive, work };
-        let missing = config.missing(roles.needs());
+    // A shared file may serve other roles too; say which ones it cannot run yet.
+    for other in [Roles::ALL, RoleArg::Receive.roles(), RoleArg::Work.roles()] {
+        if other == roles {
+            continue;
+        }
+        let missing = config.missing(other.needs());
         if !missing.is_empty() {
             let keys: Vec<String> = missing.iter().map(|m| format!("`{}`", m.key)).collect();
             println!(
                 "  `{}` would also need {}",
-                roles.command(),
+                other.command(),
                 keys.join(", ")
             );
         }
@@ -684,17 +743,14 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
     config.require(roles.command(), roles.needs())?;
     // Only workers decide: `receive` neither reads nor compiles the policy, so a bad
     // policy edit never keeps a receiver from (re)starting.
-    let policy_path = config
-        .policy_file
-        .as_ref()
-        .filter(|_| roles.work)
-        .map(|policy| match &args.config {
-            Some(config_path) => resolve_relative(config_path, policy),
-            None => policy.clone(),
-        });
-    let policy = match &policy_path {
-        Some(path) => {
-            let policy = load_policy(path)?;
+    let named = if roles.work {
+        load_named_policy(&config, args.config.as_deref())?
+    } else {
+        None
+    };
+    let policy_path = named.as_ref().map(|(path, _)| path.clone());
+    let policy = match named {
+        Some((path, policy)) => {
             tracing::info!(
                 policy = %path.display(),
                 rules = policy.rule_count(),

@@ -48,7 +48,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// An error that points at the offending place in a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         path: String,
         #[source]
@@ -230,6 +230,9 @@ pub struct Config {
     pub usage: UsageConfig,
     pub puhuri: PuhuriConfig,
     pub policy_file: Option<PathBuf>,
+    /// Where `policy_file` was named (`FILE:LINE:COLUMN: \`policy.file\`` or the
+    /// environment variable), for errors about the policy file.
+    pub policy_file_from: Option<String>,
     /// Decide and publish decisions, but write nothing to Puhuri Core.
     pub policy_shadow: bool,
     pub receiver: ReceiverConfig,
@@ -564,7 +567,7 @@ struct FilePuhuri {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePolicy {
-    file: Option<String>,
+    file: Option<Spanned<String>>,
     shadow: Option<bool>,
 }
 
@@ -875,10 +878,22 @@ impl Config {
         };
         let timeout = millis(&at, &file.puhuri.timeout_ms, "puhuri.timeout_ms", 10_000)?;
 
-        let policy_file = env
-            .get("PUHURI_APPROVER_POLICY")
-            .or(file.policy.file)
-            .map(PathBuf::from);
+        let (policy_file, policy_file_from) =
+            match (env.get("PUHURI_APPROVER_POLICY"), &file.policy.file) {
+                (Some(from_env), _) => (
+                    Some(PathBuf::from(from_env)),
+                    Some("env `PUHURI_APPROVER_POLICY`".to_owned()),
+                ),
+                (None, Some(named)) => {
+                    let (line, column) =
+                        puhuri_policy::toml_error::line_column(text, named.span().start);
+                    (
+                        Some(PathBuf::from(named.get_ref())),
+                        Some(format!("{path}:{line}:{column}: `policy.file`")),
+                    )
+                }
+                (None, None) => (None, None),
+            };
         let policy_shadow = match env.get("PUHURI_APPROVER_POLICY_SHADOW") {
             Some(value) => match value.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => true,
@@ -963,6 +978,7 @@ impl Config {
                 offerings: file.puhuri.offerings,
             },
             policy_file,
+            policy_file_from,
             policy_shadow,
             receiver,
             sources,

@@ -178,19 +178,27 @@ async fn work_and_serve_without_a_usable_config_name_what_is_missing_and_create_
     assert!(!stderr.contains("`puhuri.url`"), "{stderr}");
     assert!(stderr.contains("`puhuri.token`"), "{stderr}");
 
-    // `config check` says the same without starting anything.
+    // `config check --role work` says the same without starting anything, and plain
+    // `config check` what `serve` would say.
     let mut cli = approver();
-    cli.arg("config")
-        .arg("check")
+    cli.args(["config", "check", "--role", "work"])
         .arg(&config)
         .current_dir(&dir);
     let output = run(cli).await;
-    let stdout = text(&output.stdout);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(
-        stdout.contains("`work` would also need `puhuri.token`, `policy.file`"),
-        "{stdout}"
-    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("work.toml: `work` needs"), "{stderr}");
+    assert!(stderr.contains("`puhuri.token`"), "{stderr}");
+    assert!(stderr.contains("`policy.file`"), "{stderr}");
+    assert!(!stderr.contains("`sources`"), "{stderr}");
+    let mut cli = approver();
+    cli.args(["config", "check"]).arg(&config).current_dir(&dir);
+    let output = run(cli).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("work.toml: `serve` needs"), "{stderr}");
+    assert!(stderr.contains("`sources`"), "{stderr}");
+    assert_eq!(stderr.matches("`puhuri.token`").count(), 1, "{stderr}");
 
     // `receive` needs sources.
     let mut cli = approver();
@@ -519,7 +527,7 @@ fn generated_secrets_are_fresh_and_accepted_by_their_source_kind() {
         )
         .expect("write config");
         let check = approver()
-            .args(["config", "check"])
+            .args(["config", "check", "--role", "receive"])
             .arg(&config)
             .output()
             .expect("run config check");
@@ -535,5 +543,52 @@ fn generated_secrets_are_fresh_and_accepted_by_their_source_kind() {
             "{kind}: the secret was printed"
         );
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `config check` runs what `serve` runs before it starts: a policy file that cannot be
+/// read is traced to the configuration line naming it, and a missing configuration file
+/// is reported once.
+#[test]
+fn config_check_traces_a_missing_policy_file_to_its_line_and_says_each_error_once() {
+    let dir = temp_dir("config-check");
+    let config = dir.join("service.toml");
+    std::fs::write(
+        &config,
+        "[puhuri]\nurl = \"https://puhuri.example.org/api/\"\ntoken = \"t0ken-t0ken-t0ken\"\n\n[policy]\nfile = \"missing-policy.toml\"\n\n[[sources]]\nname = \"a\"\nformat = \"allocation\"\nauth = \"github\"\nsecrets = [\"0123456789abcdef0123456789abcdef\"]\n",
+    )
+    .expect("write config");
+    let output = approver()
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .expect("run config check");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:6:8: `policy.file`: {}: cannot read",
+            config.display(),
+            dir.join("missing-policy.toml").display()
+        )),
+        "{stderr}"
+    );
+    // `receive` does not read the policy, so the same file is fine for it.
+    let output = approver()
+        .args(["config", "check", "--role", "receive"])
+        .arg(&config)
+        .output()
+        .expect("run config check");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let missing = dir.join("no-such-config.toml");
+    let output = approver()
+        .args(["config", "check"])
+        .arg(&missing)
+        .output()
+        .expect("run config check");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -303,7 +303,9 @@ fn a_valid_config_with_secrets_is_checked_without_printing_them() {
         ),
     )
     .expect("write");
-    let output = run(approver().arg("config").arg("check").arg(&path));
+    let output = run(approver()
+        .args(["config", "check", "--role", "receive"])
+        .arg(&path));
     assert_no_secret("config check of a valid file", &output);
     assert!(
         output.status.success(),
