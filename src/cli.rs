@@ -302,10 +302,17 @@ impl RoleArg {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy file and list every problem with its line.
+    /// Validate a policy file and list every problem with its line. With `--config`, also
+    /// what the configuration lets production fill: fields nothing fills are refused
+    /// (`customer.country` without `policy.customers_file`), and `erred` rules that are
+    /// written as a reject for some offering types are warned about.
     Check {
         /// The policy file.
         file: PathBuf,
+        /// The service's configuration file. Without it the current API is assumed and
+        /// the fields only a customers file fills are warned about rather than refused.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Show how a policy decides one allocation: every rule, matched or not and why, the
     /// action, and the rendered backend_id, reason or note.
@@ -412,8 +419,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Policy(PolicyCommand::Check { file }) => {
+        Command::Policy(PolicyCommand::Check { file, config }) => {
             let policy = load_policy(&file)?;
+            let checked = match &config {
+                Some(path) => {
+                    let config = load_config(Some(path))?;
+                    if let Some(customers) = &config.policy_customers_file {
+                        crate::customers::CustomerDirectory::load(customers)?;
+                    }
+                    crate::customers::check_policy(&policy, &config)
+                }
+                // Without the configuration, what it must provide is a warning.
+                None => {
+                    let api = crate::config::ApiGeneration::Orders;
+                    let mut warnings =
+                        match crate::customers::check_policy_with(&policy, false, api) {
+                            Ok(warnings) => warnings,
+                            Err(problems) => problems,
+                        };
+                    if let Ok(more) = crate::customers::check_policy_with(&policy, true, api) {
+                        warnings.extend(more);
+                    }
+                    warnings.dedup();
+                    Ok(warnings)
+                }
+            };
+            report_policy_context(&file, checked)?;
             println!(
                 "{}: ok ({} rules, version {})",
                 file.display(),
@@ -498,7 +529,14 @@ fn generate_secret(kind: SecretKindArg) -> anyhow::Result<()> {
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let config = match path {
-        Some(path) => Config::load(path, &ProcessEnv)?,
+        Some(path) => {
+            let mut config = Config::load(path, &ProcessEnv)?;
+            // Like the policy file, the customers file is relative to the config's folder.
+            config.policy_customers_file = config
+                .policy_customers_file
+                .map(|customers| resolve_relative(path, &customers));
+            config
+        }
         None => Config::from_env(&ProcessEnv)?,
     };
     Ok(config)
@@ -563,7 +601,10 @@ fn read_allocation(path: &Path) -> anyhow::Result<Allocation> {
         let resource: Resource = serde_json::from_value(value)
             .map_err(|e| anyhow::anyhow!("{}: not a Puhuri Core resource: {e}", path.display()))?;
         let order = resource.creation_order.clone();
-        return Ok(crate::facts::allocation(&Fetched { resource, order }, None));
+        return Ok(crate::facts::allocation(
+            &Fetched { resource, order },
+            &crate::facts::CustomerExtras::default(),
+        ));
     }
     serde_json::from_value(value)
         .map_err(|e| anyhow::anyhow!("{}: not an allocation object: {e}", path.display()))
@@ -685,12 +726,43 @@ fn test_policy(file: &Path, cases_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the warnings of a policy checked against its configuration; the refused fields
+/// are the error, each naming the policy file.
+fn report_policy_context(
+    file: &Path,
+    checked: Result<Vec<String>, Vec<String>>,
+) -> anyhow::Result<()> {
+    match checked {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
+            Ok(())
+        }
+        Err(problems) => {
+            let lines: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {p}", file.display()))
+                .collect();
+            bail!("{}", lines.join("\n"))
+        }
+    }
+}
+
 fn check_config(path: &Path, roles: Roles) -> anyhow::Result<()> {
     let config = load_config(Some(path))?;
     // What the role checks before it opens anything, in the same order.
     config.require(roles.command(), roles.needs())?;
     if roles.work {
-        load_named_policy(&config, Some(path))?;
+        if let Some(customers) = &config.policy_customers_file {
+            crate::customers::CustomerDirectory::load(customers)?;
+        }
+        if let Some((policy_path, policy)) = load_named_policy(&config, Some(path))? {
+            report_policy_context(
+                &policy_path,
+                crate::customers::check_policy(&policy, &config),
+            )?;
+        }
         config
             .puhuri
             .client()
