@@ -417,7 +417,8 @@ country = "SE"
         let error =
             CustomerDirectory::parse("[customers.uh]\nregion = \"north\"\n", "c.toml").unwrap_err();
         assert_eq!((error.path.as_str(), error.line), ("c.toml", 2), "{error}");
-        assert!(error.message.contains("region"), "{error}");
+        assert_eq!(error.key, "customers.uh.region", "{error}");
+        assert!(error.message.contains("unknown field"), "{error}");
         let error = CustomerDirectory::parse(
             "[customers.\"1f0c5b3e9a7d4f0e8b6a2c4d5e6f7a8b\"]\n[customers.\"1F0C5B3E-9A7D-4F0E-8B6A-2C4D5E6F7A8B\"]\n",
             "c.toml",
