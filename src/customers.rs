@@ -331,6 +331,18 @@ pub fn check_policy(policy: &Policy, config: &Config) -> Result<Vec<String>, Vec
     )
 }
 
+/// The fields `policy` reads that nothing fills, one message each: `customer.country` and
+/// `customer.tags` without a customers file.
+pub fn unfillable_fields(policy: &Policy, customers_file: bool) -> Vec<String> {
+    ["customer.country", "customer.tags"]
+        .into_iter()
+        .filter(|field| policy.reads(field) && !customers_file)
+        .map(|field| format!(
+            "`{field}` is never filled without a customers file: no Puhuri Core endpoint a provider may read has it; name one that maps organisations to it in `policy.customers_file`"
+        ))
+        .collect()
+}
+
 /// [`check_policy`] from its parts: whether a customers file is configured, and the API
 /// generation.
 pub fn check_policy_with(
@@ -338,14 +350,7 @@ pub fn check_policy_with(
     customers_file: bool,
     api: ApiGeneration,
 ) -> Result<Vec<String>, Vec<String>> {
-    let mut errors = Vec::new();
-    for field in ["customer.country", "customer.tags"] {
-        if policy.reads(field) && !customers_file {
-            errors.push(format!(
-                "`{field}` can never be filled: no Puhuri Core endpoint a provider may read has it; name a customers file (`policy.customers_file`) that maps organisations to it"
-            ));
-        }
-    }
+    let errors = unfillable_fields(policy, customers_file);
     if !errors.is_empty() {
         return Err(errors);
     }

@@ -312,7 +312,7 @@ async fn a_worker_refuses_a_policy_reading_the_country_without_a_customers_file(
     };
     let text = format!("{error:#}");
     assert!(
-        text.contains("`customer.country` can never be filled"),
+        text.contains("`customer.country` is never filled without a customers file"),
         "{text}"
     );
     assert!(text.contains("`customer.tags`"), "{text}");
@@ -367,7 +367,7 @@ fn policy_check_refuses_the_country_without_a_customers_file_and_warns_on_erred(
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "{country_path}: `customer.country` can never be filled"
+            "{country_path}: `customer.country` is never filled without a customers file"
         )),
         "{stderr}"
     );
@@ -392,5 +392,27 @@ fn policy_check_refuses_the_country_without_a_customers_file_and_warns_on_erred(
         stderr.contains("rule `no-capacity` (line 2): `erred` is written as a reject"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reloaded policy is held to the same rule as the one the worker started with.
+#[test]
+fn a_reloaded_policy_reading_the_country_needs_the_customers_file() {
+    use puhuri_approver::reload::{PolicyFile, Reload};
+    let dir = crate::helpers::temp_dir("reload-country");
+    let path = dir.join("policy.toml");
+    let running = puhuri_policy::Policy::parse(ERRED).expect("policy");
+    std::fs::write(&path, ERRED).expect("write");
+    let mut without = PolicyFile::new(path.clone(), &running);
+    let mut with = PolicyFile::new(path.clone(), &running).with_customers_file(true);
+    std::fs::write(&path, BY_COUNTRY).expect("write");
+    match without.check(true) {
+        Reload::Refused(reason) => assert!(
+            reason.contains("`customer.country` is never filled without a customers file"),
+            "{reason}"
+        ),
+        other => panic!("refused expected, got {other:?}"),
+    }
+    assert!(matches!(with.check(true), Reload::Compiled(_)));
     let _ = std::fs::remove_dir_all(&dir);
 }
