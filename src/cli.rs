@@ -835,7 +835,9 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
         None => Policy::hold_everything(),
     };
     let stop = CancellationToken::new();
-    let watched = policy_path.map(|path| PolicyFile::new(path, &policy));
+    let customers_file = config.policy_customers_file.is_some();
+    let watched =
+        policy_path.map(|path| PolicyFile::new(path, &policy).with_customers_file(customers_file));
     let running = app::start(&config, roles, policy, None, stop).await?;
     if let Some(file) = watched {
         running.watch_policy(file);

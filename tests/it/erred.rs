@@ -312,9 +312,107 @@ async fn a_worker_refuses_a_policy_reading_the_country_without_a_customers_file(
     };
     let text = format!("{error:#}");
     assert!(
-        text.contains("`customer.country` can never be filled"),
+        text.contains("`customer.country` is never filled without a customers file"),
         "{text}"
     );
     assert!(text.contains("`customer.tags`"), "{text}");
     assert!(text.contains("policy.customers_file"), "{text}");
+}
+
+/// `policy check` knows what production can fill from the configuration it is given.
+#[test]
+fn policy_check_refuses_the_country_without_a_customers_file_and_warns_on_erred() {
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("PUHURI_APPROVER_") {
+                command.env_remove(name);
+            }
+        }
+        let output = command.args(args).output().expect("run the binary");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let dir = crate::helpers::temp_dir("policy-check");
+    let country = dir.join("country.toml");
+    std::fs::write(&country, BY_COUNTRY).expect("write policy");
+    let erred = dir.join("erred.toml");
+    std::fs::write(&erred, ERRED).expect("write policy");
+    let bare = dir.join("bare.toml");
+    std::fs::write(
+        &bare,
+        "[puhuri]\nurl = \"http://127.0.0.1:9/api/\"\napi = \"orders\"\n",
+    )
+    .expect("write config");
+    let customers = dir.join("customers.toml");
+    std::fs::write(&customers, "[customers.uh]\ncountry = \"FI\"\n").expect("write customers");
+    let with_customers = dir.join("with-customers.toml");
+    std::fs::write(
+        &with_customers,
+        "[puhuri]\nurl = \"http://127.0.0.1:9/api/\"\n\n[policy]\ncustomers_file = \"customers.toml\"\n",
+    )
+    .expect("write config");
+
+    let country_path = country.display().to_string();
+    let (code, _, stderr) = run(&[
+        "policy",
+        "check",
+        &country_path,
+        "--config",
+        &bare.display().to_string(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{country_path}: `customer.country` is never filled without a customers file"
+        )),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(&[
+        "policy",
+        "check",
+        &country_path,
+        "--config",
+        &with_customers.display().to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // Without a configuration the missing file is a warning.
+    let (code, _, stderr) = run(&["policy", "check", &country_path]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("warning: `customer.country`"), "{stderr}");
+
+    let (code, _, stderr) = run(&["policy", "check", &erred.display().to_string()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("rule `no-capacity` (line 2): `erred` is written as a reject"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reloaded policy is held to the same rule as the one the worker started with.
+#[test]
+fn a_reloaded_policy_reading_the_country_needs_the_customers_file() {
+    use puhuri_approver::reload::{PolicyFile, Reload};
+    let dir = crate::helpers::temp_dir("reload-country");
+    let path = dir.join("policy.toml");
+    let running = puhuri_policy::Policy::parse(ERRED).expect("policy");
+    std::fs::write(&path, ERRED).expect("write");
+    let mut without = PolicyFile::new(path.clone(), &running);
+    let mut with = PolicyFile::new(path.clone(), &running).with_customers_file(true);
+    std::fs::write(&path, BY_COUNTRY).expect("write");
+    match without.check(true) {
+        Reload::Refused(reason) => assert!(
+            reason.contains("`customer.country` is never filled without a customers file"),
+            "{reason}"
+        ),
+        other => panic!("refused expected, got {other:?}"),
+    }
+    assert!(matches!(with.check(true), Reload::Compiled(_)));
+    let _ = std::fs::remove_dir_all(&dir);
 }
