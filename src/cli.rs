@@ -143,6 +143,10 @@ pub enum UsageCommand {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "auto")]
         format: crate::usage::file::Format,
+        /// Queue without first checking, in one paginated list from Puhuri Core, that
+        /// every allocation the file names takes usage (`OK`, `Updating`, `Terminating`).
+        #[arg(long)]
+        no_lookup: bool,
     },
 }
 
@@ -403,8 +407,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Team(args) => team(args).await,
         Command::Usage(UsageArgs {
             config,
-            command: UsageCommand::Push { file, format },
-        }) => usage_push(config.as_deref(), &file, format).await,
+            command:
+                UsageCommand::Push {
+                    file,
+                    format,
+                    no_lookup,
+                },
+        }) => usage_push(config.as_deref(), &file, format, !no_lookup).await,
         #[cfg(feature = "tools")]
         Command::Demo(args) => {
             crate::demo::run(
@@ -971,6 +980,58 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The records naming an allocation Puhuri Core takes no usage for, from one paginated
+/// list of the provider's allocations in `OK`, `Updating` or `Terminating`.
+async fn unknown_allocations(
+    config: &Config,
+    records: &[(usize, crate::usage::UsageRecord)],
+) -> anyhow::Result<Vec<crate::usage::file::LineError>> {
+    use puhuri_client::ResourceRef;
+    config
+        .require(
+            "usage push",
+            crate::config::Needs {
+                puhuri: true,
+                ..Default::default()
+            },
+        )
+        .context(
+            "the allocations are checked in Puhuri Core before queueing (`--no-lookup` skips it)",
+        )?;
+    let client = config.puhuri.client()?;
+    let allocations = client.list_reportable().await.context(
+        "cannot list the allocations in Puhuri Core to check the file (`--no-lookup` skips it)",
+    )?;
+    let uuids: std::collections::HashSet<&str> = allocations
+        .iter()
+        .map(|a| a.resource_uuid.as_str())
+        .collect();
+    let backend_ids: std::collections::HashSet<&str> = allocations
+        .iter()
+        .filter_map(|a| a.backend_id.as_deref())
+        .collect();
+    Ok(records
+        .iter()
+        .filter_map(|(line, record)| {
+            let (field, known, name) = match &record.allocation {
+                ResourceRef::Uuid(uuid) => (
+                    "resource_uuid",
+                    uuids.contains(uuid.as_str()),
+                    uuid.as_str(),
+                ),
+                ResourceRef::BackendId(id) => {
+                    ("backend_id", backend_ids.contains(id.as_str()), id.as_str())
+                }
+            };
+            (!known).then(|| crate::usage::file::LineError {
+                line: *line,
+                field: field.into(),
+                message: crate::usage::file::Problem::UnknownAllocation(name.to_owned()),
+            })
+        })
+        .collect())
+}
+
 /// Where the tools (`dlq`, `team`, `usage push`) look for the deployment's configuration
 /// when neither `--config` nor `PUHURI_APPROVER_CONFIG` names one: the file the systemd
 /// unit runs with.
@@ -1104,6 +1165,7 @@ async fn usage_push(
     config: Option<&Path>,
     file: &Path,
     format: crate::usage::file::Format,
+    lookup: bool,
 ) -> anyhow::Result<()> {
     use crate::usage::file;
     let text = std::fs::read_to_string(file)
@@ -1120,6 +1182,12 @@ async fn usage_push(
                 message: message.into(),
             });
         }
+    }
+    let config = tool_config(config)?;
+    if lookup && !parsed.records.is_empty() {
+        parsed
+            .errors
+            .extend(unknown_allocations(&config, &parsed.records).await?);
     }
     parsed.errors.sort_by_key(|e| e.line);
     if !parsed.errors.is_empty() {
@@ -1138,7 +1206,6 @@ async fn usage_push(
     if parsed.records.is_empty() {
         bail!("{}: no usage records in the file", file.display());
     }
-    let config = tool_config(config)?;
     let stop = CancellationToken::new();
     let broker = open_existing_queue(&config, &stop).await?;
     let summary = crate::usage::push::push(&broker, &parsed.records).await;

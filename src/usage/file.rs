@@ -88,6 +88,11 @@ pub enum Problem {
     MissingColumn,
     #[error("{found} fields, but the header has {expected}")]
     FieldCount { found: usize, expected: usize },
+    /// Puhuri Core has no allocation of the provider by that name that takes usage.
+    #[error(
+        "`{0}` names no allocation of this provider that takes usage (state OK, Updating or Terminating)"
+    )]
+    UnknownAllocation(String),
 }
 
 /// Why a CSV `users` column is not `alice=6;bob=4.5`.

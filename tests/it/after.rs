@@ -553,7 +553,7 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
     std::fs::write(
         &bad,
         format!(
-            "backend_id,component,amount,month\n{backend_id},cpu_k_hours,1,{month}\n{backend_id},cpu_k_hours,1.5.0,{month}\n{backend_id},cpu_k_hours,1,2020-01\n"
+            "backend_id,component,amount,month\n{backend_id},cpu_k_hours,1,{month}\n{backend_id},cpu_k_hours,1.5.0,{month}\n{backend_id},cpu_k_hours,1,2020-01\nnever-granted,cpu_k_hours,1,{month}\n"
         ),
     )
     .expect("write");
@@ -561,8 +561,8 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         .args(["usage", "push", "--config"])
         .arg(&config)
         .arg(&bad)
-        .output()
-        .expect("run usage push");
+        .spawn_output()
+        .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -576,11 +576,39 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         )),
         "{stderr}"
     );
+    // An allocation Puhuri Core does not have is refused before anything is queued.
     assert!(
-        stderr.contains("2 invalid records; nothing was queued"),
+        stderr.contains(&format!(
+            "{}:5: backend_id: `never-granted` names no allocation",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("3 invalid records; nothing was queued"),
         "{stderr}"
     );
     assert_eq!(app.work_queue_depth().await, 0);
+    // `--no-lookup` leaves that check to the workers.
+    let unknown = dir.join("unknown.csv");
+    std::fs::write(
+        &unknown,
+        format!("backend_id,component,amount,month\nnever-granted,cpu_k_hours,1,{month}\n"),
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"))
+        .args(["usage", "push", "--no-lookup", "--config"])
+        .arg(&config)
+        .arg(&unknown)
+        .spawn_output()
+        .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 queued"));
+    usage_settled(&mut settled, 1).await;
 
     // 1,000 hourly readings of one component: the last one is the month's total.
     let good = dir.join("usage.jsonl");
@@ -597,8 +625,8 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         .args(["usage", "push", "--config"])
         .arg(&config)
         .arg(&good)
-        .output()
-        .expect("run usage push");
+        .spawn_output()
+        .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -691,4 +719,23 @@ async fn an_older_reading_never_replaces_a_newer_one() {
     let description = app.sim.usages(&created.resource_uuid)[0]["description"].clone();
     assert_eq!(description, "(measured 2026-01-01T13:00:00Z)");
     app.stop().await;
+}
+
+/// Runs a command off the async runtime, whose simulator must answer it meanwhile.
+trait SpawnOutput {
+    async fn spawn_output(&mut self) -> std::process::Output;
+}
+
+impl SpawnOutput for std::process::Command {
+    async fn spawn_output(&mut self) -> std::process::Output {
+        let child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("join")
+            .expect("run the binary")
+    }
 }

@@ -903,8 +903,27 @@ impl PuhuriClient {
         &self,
         offering_uuid: Option<&str>,
     ) -> Result<(Vec<ResourceSummary>, usize), PuhuriError> {
+        self.list_summaries(&["OK", "Updating"], offering_uuid)
+            .await
+    }
+
+    /// The allocations Puhuri Core takes usage for (state `OK`, `Updating` or
+    /// `Terminating`) that the token sees. One paginated list.
+    pub async fn list_reportable(&self) -> Result<Vec<ResourceSummary>, PuhuriError> {
+        let (allocations, _) = self
+            .list_summaries(&["OK", "Updating", "Terminating"], None)
+            .await?;
+        Ok(allocations)
+    }
+
+    async fn list_summaries(
+        &self,
+        states: &[&str],
+        offering_uuid: Option<&str>,
+    ) -> Result<(Vec<ResourceSummary>, usize), PuhuriError> {
         let path = self.resources_path();
-        let mut pairs = vec![("state", "OK"), ("state", "Updating"), ("page_size", "100")];
+        let mut pairs: Vec<(&str, &str)> = states.iter().map(|state| ("state", *state)).collect();
+        pairs.push(("page_size", "100"));
         if let Some(offering) = offering_uuid {
             pairs.push(("offering_uuid", offering));
         }
