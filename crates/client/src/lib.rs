@@ -655,10 +655,26 @@ impl PuhuriClient {
         &self,
         offering_uuid: Option<&str>,
     ) -> Result<(Vec<AllocationHint>, usize), PuhuriError> {
+        let mut url = Some(self.pending_list_url(offering_uuid));
+        let mut hints = Vec::new();
+        let mut calls = 0;
+        while let Some(current) = url.take() {
+            let page = self.pending_page(&current).await?;
+            calls += 1;
+            hints.extend(page.items);
+            url = page.next.filter(|_| calls < 100_000);
+        }
+        Ok((hints, calls))
+    }
+
+    /// The first page of the allocations waiting for the provider, on one offering or
+    /// (`None`) on all the token can see; [`PuhuriClient::pending_page`] reads it and
+    /// names the next one.
+    pub fn pending_list_url(&self, offering_uuid: Option<&str>) -> String {
         let offering = offering_uuid
             .map(|o| format!("&offering_uuid={o}"))
             .unwrap_or_default();
-        let url = match self.api {
+        match self.api {
             ApiGeneration::Orders => format!(
                 "marketplace-orders/?state=pending-provider&type=Create&page_size=100{offering}\
                  &field=uuid&field=marketplace_resource_uuid"
@@ -666,10 +682,15 @@ impl PuhuriClient {
             ApiGeneration::Resources => {
                 format!("marketplace-resources/?state=Creating&page_size=100{offering}&field=uuid")
             }
-        };
-        let (items, calls): (Vec<Value>, usize) = self.list_all(url).await?;
+        }
+    }
+
+    /// One page of waiting allocations (a URL from [`PuhuriClient::pending_list_url`] or
+    /// a previous page's `next`).
+    pub async fn pending_page(&self, url: &str) -> Result<Page<AllocationHint>, PuhuriError> {
+        let page: Page<Value> = self.list_page(url).await?;
         let mut hints = Vec::new();
-        for item in items {
+        for item in page.items {
             let uuid = item
                 .get("uuid")
                 .and_then(Value::as_str)
@@ -691,7 +712,11 @@ impl PuhuriClient {
                 hints.push(hint);
             }
         }
-        Ok((hints, calls))
+        Ok(Page {
+            items: hints,
+            next: page.next,
+            total: page.total,
+        })
     }
 }
 

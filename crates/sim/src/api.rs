@@ -423,7 +423,12 @@ impl Sim {
             return (latency, Some(shared.faults.fail_status.unwrap_or(500)), 0);
         }
         let rate = shared.faults.error_rate;
-        if rate > 0.0 && shared.random() < rate {
+        let rated = shared
+            .faults
+            .error_path
+            .as_deref()
+            .is_none_or(|end| path.ends_with(end));
+        if rate > 0.0 && rated && shared.random() < rate {
             let count = shared.faults.error_statuses.len();
             let status = if count == 0 {
                 500
