@@ -11,11 +11,14 @@
 //! (with backoff, honouring `Retry-After`), what each page found is enqueued before the
 //! next page is read, and a pass that gives up on a page leaves a cursor there: the next
 //! pass resumes from that page.
+//! INVARIANT: after the first page, pages are read from the last one back, so that
+//! allocations decided during the pass (which leave pages already read) never push one
+//! still waiting past the reader.
 //! INVARIANT: a dead letter is removed only when its allocation was read from Puhuri Core
 //! and no longer waits; one that still waits, cannot be read, or is not about an
 //! allocation's decision stays.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,7 +56,7 @@ pub struct CycleReport {
     pub page_retries: usize,
     /// Whether the pass started from the page where the previous pass gave up.
     pub resumed: bool,
-    /// Allocations found waiting.
+    /// Allocations found waiting (each once, also when the pass read it twice).
     pub pending: usize,
     /// Allocations enqueued for the workers.
     pub enqueued: usize,
@@ -61,6 +64,13 @@ pub struct CycleReport {
     pub recently_enqueued: usize,
     /// Dead letters removed because their allocation no longer waits.
     pub dead_letters_resolved: usize,
+}
+
+/// A pass in progress: its report and the allocations it found.
+#[derive(Default)]
+struct Pass {
+    report: CycleReport,
+    seen: HashSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +83,12 @@ pub enum ReconcileError {
     Stopped,
 }
 
-/// Where the next pass starts: an offering (its index) and the page to read.
+/// Where the next pass starts: an offering (its index) and the pages of it still to read
+/// (none: from its first page).
 #[derive(Debug, Clone)]
 struct Cursor {
     scope: usize,
-    url: String,
+    pages: Vec<u64>,
 }
 
 /// The reconciler role.
@@ -89,6 +100,7 @@ pub struct Reconciler {
     recent: Mutex<HashMap<String, Instant>>,
     resume: Mutex<Option<Cursor>>,
     passes: AtomicU64,
+    last: Mutex<Option<CycleReport>>,
     metrics: Arc<Metrics>,
 }
 
@@ -107,6 +119,7 @@ impl Reconciler {
             recent: Mutex::new(HashMap::new()),
             resume: Mutex::new(None),
             passes: AtomicU64::new(0),
+            last: Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -122,6 +135,11 @@ impl Reconciler {
         self.passes.load(Ordering::Relaxed)
     }
 
+    /// What the last pass did, also when it stopped at a page.
+    pub fn last_report(&self) -> Option<CycleReport> {
+        lock(&self.last).clone()
+    }
+
     /// One pass over every configured offering (or everything the token sees), in a
     /// `reconcile` span, counted in the metrics.
     pub async fn run_cycle(&self) -> Result<CycleReport, ReconcileError> {
@@ -133,11 +151,12 @@ impl Reconciler {
         stop: &CancellationToken,
     ) -> Result<CycleReport, ReconcileError> {
         self.passes.fetch_add(1, Ordering::Relaxed);
-        let mut report = CycleReport::default();
+        let mut pass = Pass::default();
         let result = self
-            .cycle(&mut report, stop)
+            .cycle(&mut pass, stop)
             .instrument(tracing::info_span!("reconcile"))
             .await;
+        let mut report = pass.report;
         self.metrics
             .reconcile_cycle(result.is_ok(), report.calls, report.enqueued);
         self.metrics.reconcile_page_retries(report.page_retries);
@@ -156,6 +175,7 @@ impl Reconciler {
         if !stop.is_cancelled() {
             report.dead_letters_resolved = self.resolve_dead_letters().await;
         }
+        *lock(&self.last) = Some(report.clone());
         result.map(|()| report)
     }
 
@@ -167,11 +187,7 @@ impl Reconciler {
         }
     }
 
-    async fn cycle(
-        &self,
-        report: &mut CycleReport,
-        stop: &CancellationToken,
-    ) -> Result<(), ReconcileError> {
+    async fn cycle(&self, pass: &mut Pass, stop: &CancellationToken) -> Result<(), ReconcileError> {
         let now = Instant::now();
         self.with_recent(|recent| {
             recent.retain(|_, at| now.duration_since(*at) < self.config.recheck)
@@ -180,38 +196,103 @@ impl Reconciler {
         let cursor = lock(&self.resume)
             .take()
             .filter(|cursor| cursor.scope < scopes.len());
-        report.resumed = cursor.is_some();
-        let (first, mut resume_url) = match cursor {
-            Some(cursor) => (cursor.scope, Some(cursor.url)),
-            None => (0, None),
+        pass.report.resumed = cursor.is_some();
+        let (first, mut resume_pages) = match cursor {
+            Some(cursor) => (cursor.scope, cursor.pages),
+            None => (0, Vec::new()),
         };
         for (scope, offering) in scopes.iter().enumerate().skip(first) {
-            let mut next = Some(
-                resume_url
-                    .take()
-                    .unwrap_or_else(|| self.client.pending_list_url(*offering)),
-            );
-            while let Some(url) = next.take() {
-                let remember = |url: &str| {
-                    *lock(&self.resume) = Some(Cursor {
-                        scope,
-                        url: url.to_owned(),
-                    });
-                };
-                let page = match self.read_page(&url, report, stop).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        remember(&url);
-                        return Err(error);
-                    }
-                };
-                report.pending += page.items.len();
-                if let Err(error) = self.enqueue(page.items, report).await {
-                    remember(&url);
-                    return Err(error.into());
-                }
-                next = page.next;
+            let pages = std::mem::take(&mut resume_pages);
+            if let Err((pages, error)) = self.list_scope(*offering, pages, pass, stop).await {
+                *lock(&self.resume) = Some(Cursor { scope, pages });
+                return Err(error);
             }
+        }
+        Ok(())
+    }
+
+    /// Lists one offering (or everything) and enqueues each page as it is read. Without
+    /// `pages`, the first page is read, then the others from the last one back, then the
+    /// first again when the list shrank meanwhile: an allocation decided during the pass
+    /// leaves the list from a page already read, which moves later allocations only
+    /// towards pages still to read (the first page last), so none is skipped. On failure,
+    /// returns the pages still to read, the failed one first.
+    async fn list_scope(
+        &self,
+        offering: Option<&str>,
+        mut pages: Vec<u64>,
+        pass: &mut Pass,
+        stop: &CancellationToken,
+    ) -> Result<(), (Vec<u64>, ReconcileError)> {
+        // The count when the first page was read, while it is to be read again if the
+        // list shrinks.
+        let mut first_total = None;
+        if pages.is_empty() {
+            let url = self.client.pending_page_url(offering, 1);
+            let page = match self.read_page(&url, pass, stop).await {
+                Ok(page) => page,
+                Err(error) => return Err((Vec::new(), error)),
+            };
+            let (total, next) = (page.total, page.next.clone());
+            if let Err(error) = self.enqueue(page.items, pass).await {
+                return Err((Vec::new(), error.into()));
+            }
+            match (total, next) {
+                (Some(total), _) => {
+                    let last = total.div_ceil(puhuri_client::PENDING_PAGE_SIZE);
+                    pages = (2..=last).rev().collect();
+                    first_total = Some(total);
+                }
+                // No count: follow the links forward.
+                (None, Some(next)) => return self.follow(next, pass, stop).await,
+                (None, None) => {}
+            }
+        }
+        while let Some(&number) = pages.first() {
+            let url = self.client.pending_page_url(offering, number);
+            match self.read_page(&url, pass, stop).await {
+                Ok(page) => {
+                    if number == 2
+                        && let (Some(then), Some(now)) = (first_total, page.total)
+                        && now < then
+                    {
+                        pages.push(1);
+                    }
+                    if let Err(error) = self.enqueue(page.items, pass).await {
+                        return Err((pages, error.into()));
+                    }
+                }
+                // The list shrank below this page since it was counted.
+                Err(ReconcileError::List(PuhuriError::Permanent { status: 404, .. })) => {
+                    if number == 2 && first_total.take().is_some() {
+                        pages.push(1);
+                    }
+                }
+                Err(error) => return Err((pages, error)),
+            }
+            pages.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Follows `Link: rel="next"` from `url` to the end (a server that does not count).
+    async fn follow(
+        &self,
+        url: String,
+        pass: &mut Pass,
+        stop: &CancellationToken,
+    ) -> Result<(), (Vec<u64>, ReconcileError)> {
+        let mut next = Some(url);
+        while let Some(url) = next.take() {
+            let page = match self.read_page(&url, pass, stop).await {
+                Ok(page) => page,
+                Err(ReconcileError::List(PuhuriError::Permanent { status: 404, .. })) => break,
+                Err(error) => return Err((Vec::new(), error)),
+            };
+            if let Err(error) = self.enqueue(page.items, pass).await {
+                return Err((Vec::new(), error.into()));
+            }
+            next = page.next;
         }
         Ok(())
     }
@@ -221,13 +302,13 @@ impl Reconciler {
     async fn read_page(
         &self,
         url: &str,
-        report: &mut CycleReport,
+        pass: &mut Pass,
         stop: &CancellationToken,
     ) -> Result<Page<AllocationHint>, ReconcileError> {
         let mut backoff = PAGE_BACKOFF_FIRST;
         let mut attempt = 1;
         loop {
-            report.calls += 1;
+            pass.report.calls += 1;
             let error = match self.client.pending_page(url).await {
                 Ok(page) => return Ok(page),
                 Err(error) => error,
@@ -247,7 +328,7 @@ impl Reconciler {
                 error = %error,
                 "list page failed; trying it again"
             );
-            report.page_retries += 1;
+            pass.report.page_retries += 1;
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Err(ReconcileError::Stopped),
@@ -264,8 +345,9 @@ impl Reconciler {
     async fn enqueue(
         &self,
         hints: Vec<AllocationHint>,
-        report: &mut CycleReport,
+        pass: &mut Pass,
     ) -> Result<(), PublishError> {
+        let Pass { report, seen } = pass;
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -273,6 +355,10 @@ impl Reconciler {
         let mut items = Vec::new();
         for hint in hints {
             let key = hint.key();
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            report.pending += 1;
             if self.with_recent(|recent| recent.contains_key(&key)) {
                 report.recently_enqueued += 1;
                 continue;

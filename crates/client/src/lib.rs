@@ -301,6 +301,9 @@ pub struct Page<T> {
     pub total: Option<u64>,
 }
 
+/// Allocations per page of [`PuhuriClient::pending_page`].
+pub const PENDING_PAGE_SIZE: u64 = 100;
+
 /// The client. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct PuhuriClient {
@@ -676,13 +679,21 @@ impl PuhuriClient {
             .unwrap_or_default();
         match self.api {
             ApiGeneration::Orders => format!(
-                "marketplace-orders/?state=pending-provider&type=Create&page_size=100{offering}\
-                 &field=uuid&field=marketplace_resource_uuid"
+                "marketplace-orders/?state=pending-provider&type=Create\
+                 &page_size={PENDING_PAGE_SIZE}{offering}&field=uuid&field=marketplace_resource_uuid"
             ),
             ApiGeneration::Resources => {
-                format!("marketplace-resources/?state=Creating&page_size=100{offering}&field=uuid")
+                format!(
+                    "marketplace-resources/?state=Creating&page_size={PENDING_PAGE_SIZE}{offering}&field=uuid"
+                )
             }
         }
+    }
+
+    /// Page `page` (from 1) of the allocations waiting for the provider, of
+    /// [`PENDING_PAGE_SIZE`] each; see [`PuhuriClient::pending_list_url`].
+    pub fn pending_page_url(&self, offering_uuid: Option<&str>, page: u64) -> String {
+        format!("{}&page={page}", self.pending_list_url(offering_uuid))
     }
 
     /// One page of waiting allocations (a URL from [`PuhuriClient::pending_list_url`] or
