@@ -17,3 +17,4 @@ mod recon;
 mod secrets;
 mod spine;
 mod telemetry;
+mod usage_key;
