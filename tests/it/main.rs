@@ -13,6 +13,7 @@ mod layers;
 mod metrics;
 mod ops;
 mod policy;
+mod readiness;
 mod recon;
 mod secrets;
 mod spine;
