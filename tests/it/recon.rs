@@ -266,3 +266,61 @@ async fn dead_letters_of_decided_allocations_are_resolved(backend: Backend) {
 }
 
 on_both_backends!(dead_letters_of_decided_allocations_are_resolved);
+
+#[tokio::test]
+async fn a_pass_that_gives_up_on_a_page_is_resumed_from_that_page() {
+    let app = spawn_app(Options::default()).await;
+    // 250 allocations the policy holds: the list keeps its three pages.
+    for _ in 0..250 {
+        let request: NewAllocation =
+            serde_json::from_value(json!({"offering": "LUMI-G", "limits": {"gpu_k_hours": 10}}))
+                .expect("request");
+        app.sim.create_allocation(request).await.expect("created");
+    }
+    // Page 3 (the second read: page 1, then from the last page back) always fails.
+    app.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_path: Some("&page=3".into()),
+        ..Faults::default()
+    });
+    let reconciler = reconciler(&app);
+    assert!(reconciler.run_cycle().await.is_err());
+    let first = reconciler.last_report().expect("report");
+    // Page 1 once, page 3 at every attempt.
+    assert_eq!(
+        (
+            first.calls,
+            first.page_retries,
+            first.enqueued,
+            first.resumed
+        ),
+        (
+            1 + puhuri_approver::reconciler::PAGE_ATTEMPTS as usize,
+            7,
+            100,
+            false
+        ),
+        "{first:?}"
+    );
+    app.sim.set_faults(Faults::default());
+    // The next pass starts at page 3 and reads what is left: pages 3 and 2.
+    let second = reconciler.run_cycle().await.expect("pass");
+    assert_eq!(
+        (second.calls, second.enqueued, second.resumed),
+        (2, 150, true),
+        "{second:?}"
+    );
+    // And the one after is a whole pass again.
+    let third = reconciler.run_cycle().await.expect("pass");
+    assert_eq!(
+        (
+            third.calls,
+            third.pending,
+            third.recently_enqueued,
+            third.resumed
+        ),
+        (3, 250, 250, false),
+        "{third:?}"
+    );
+    app.stop().await;
+}

@@ -901,6 +901,20 @@ async fn error_path_limits_the_error_rate_to_paths_ending_with_it() {
         200
     );
     assert_eq!(s.get("/api/marketplace-provider-resources/").await.0, 200);
+    // Or one page of any list, by the end of its query.
+    s.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_path: Some("&page=2".into()),
+        ..Faults::default()
+    });
+    assert_eq!(
+        s.get("/api/marketplace-orders/?page_size=1&page=2").await.0,
+        500
+    );
+    assert_eq!(
+        s.get("/api/marketplace-orders/?page_size=1&page=1").await.0,
+        200
+    );
     s.sim.set_faults(Faults::default());
     assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
 }
