@@ -66,6 +66,10 @@ pub const RECONCILE_CYCLES: &str = "puhuri_approver_reconcile_cycles_total";
 pub const RECONCILE_CALLS: &str = "puhuri_approver_reconcile_calls_total";
 /// Allocations the reconciler enqueued.
 pub const RECONCILE_ENQUEUED: &str = "puhuri_approver_reconcile_enqueued_total";
+/// List pages the reconciler tried again within a pass after a transient failure.
+pub const RECONCILE_PAGE_RETRIES: &str = "puhuri_approver_reconcile_page_retries_total";
+/// Dead letters the reconciler removed because their allocation no longer waits.
+pub const DEAD_LETTERS_RESOLVED: &str = "puhuri_approver_dead_letters_resolved_total";
 /// Policies reloaded after start.
 pub const POLICY_RELOADS: &str = "puhuri_approver_policy_reloads_total";
 /// Policy files refused (the running policy stayed).
@@ -99,6 +103,8 @@ pub const METRIC_NAMES: &[&str] = &[
     RECONCILE_CYCLES,
     RECONCILE_CALLS,
     RECONCILE_ENQUEUED,
+    RECONCILE_PAGE_RETRIES,
+    DEAD_LETTERS_RESOLVED,
     POLICY_RELOADS,
     POLICY_RELOAD_FAILURES,
     POLICY_LOADED,
@@ -203,6 +209,8 @@ pub struct Metrics {
     reconcile_cycles: Family<Labels<1>, Counter>,
     reconcile_calls: Counter,
     reconcile_enqueued: Counter,
+    reconcile_page_retries: Counter,
+    dead_letters_resolved: Counter,
     policy_reloads: Counter,
     policy_reload_failures: Counter,
     policy_loaded: Gauge,
@@ -270,6 +278,8 @@ impl Metrics {
             reconcile_cycles: Family::default(),
             reconcile_calls: Counter::default(),
             reconcile_enqueued: Counter::default(),
+            reconcile_page_retries: Counter::default(),
+            dead_letters_resolved: Counter::default(),
             policy_reloads: Counter::default(),
             policy_reload_failures: Counter::default(),
             policy_loaded: Gauge::default(),
@@ -373,6 +383,18 @@ impl Metrics {
             RECONCILE_ENQUEUED,
             "Allocations enqueued by the reconciler",
             self.reconcile_enqueued.clone(),
+        );
+        register(
+            r,
+            RECONCILE_PAGE_RETRIES,
+            "List pages the reconciler tried again within a pass",
+            self.reconcile_page_retries.clone(),
+        );
+        register(
+            r,
+            DEAD_LETTERS_RESOLVED,
+            "Dead letters removed because their allocation no longer waits",
+            self.dead_letters_resolved.clone(),
         );
         register(
             r,
@@ -489,6 +511,16 @@ impl Metrics {
             .inc();
         self.reconcile_calls.inc_by(calls as u64);
         self.reconcile_enqueued.inc_by(enqueued as u64);
+    }
+
+    /// `n` list pages tried again within a reconcile pass.
+    pub fn reconcile_page_retries(&self, n: usize) {
+        self.reconcile_page_retries.inc_by(n as u64);
+    }
+
+    /// `n` dead letters removed because their allocation no longer waits.
+    pub fn dead_letters_resolved(&self, n: usize) {
+        self.dead_letters_resolved.inc_by(n as u64);
     }
 
     /// `n` usage records settled with `outcome`.

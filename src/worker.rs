@@ -310,7 +310,7 @@ impl Worker {
         let item = match crate::work::delivered(&delivery) {
             Ok(Work::Allocation(item)) => item,
             Ok(Work::Usage(record)) => {
-                self.usage.add(record, delivery);
+                self.usage.add(record, delivery).await;
                 return;
             }
             Err(error) => {

@@ -8,6 +8,9 @@
 //! so a retry never counts twice); a record that can never be accepted (closed month,
 //! unknown allocation, a component the offering does not bill by usage) goes to the
 //! dead-letter queue with the reason.
+//! INVARIANT: records are batched and locked by the allocation itself: a record naming
+//! it by `backend_id` is resolved to its resource uuid first, so one allocation and month
+//! is one batch and one `set_usage` call however the records name it.
 //! INVARIANT: within one process, one allocation and month is reported by one task at a
 //! time, so a later batch never overtakes an earlier one.
 
@@ -25,11 +28,15 @@ use super::{
 use crate::config::{UsageConfig, WorkerConfig};
 use crate::failure::ProcessError;
 use crate::metrics::Metrics;
-use puhuri_client::{OfferingComponent, PuhuriClient, PuhuriError, Resource, ResourceState};
+use puhuri_client::{
+    OfferingComponent, PuhuriClient, PuhuriError, Resource, ResourceState, WaldurUuid,
+};
 use puhuri_queue::{Delivery, Retried};
 
 /// How long an offering's components are remembered.
 const OFFERING_TTL: Duration = Duration::from_secs(300);
+/// How long the resource uuid of a `backend_id` is remembered.
+const BACKEND_ID_TTL: Duration = Duration::from_secs(300);
 
 type Key = (ResourceRef, Month);
 
@@ -80,6 +87,7 @@ pub struct UsageReporter {
     flushing_all: std::sync::atomic::AtomicBool,
     running: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     offerings: tokio::sync::Mutex<HashMap<String, (Instant, Vec<OfferingComponent>)>>,
+    backend_ids: Mutex<HashMap<String, (Instant, WaldurUuid)>>,
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Where `usage.reported` events go.
@@ -105,6 +113,7 @@ impl UsageReporter {
             flushing_all: std::sync::atomic::AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
             offerings: tokio::sync::Mutex::new(HashMap::new()),
+            backend_ids: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             broker,
@@ -119,7 +128,59 @@ impl UsageReporter {
     }
 
     /// Takes one record; it is reported with the others of its allocation and month.
-    pub fn add(self: &Arc<Self>, record: UsageRecord, delivery: Delivery) {
+    /// A record naming its allocation by `backend_id` is first resolved to the resource
+    /// uuid (remembered for a while), so that the batch and its lock are the allocation's
+    /// whatever the records call it; a record that cannot be resolved is settled here.
+    pub async fn add(self: &Arc<Self>, mut record: UsageRecord, delivery: Delivery) {
+        if let ResourceRef::BackendId(backend_id) = &record.allocation {
+            let key = record.key();
+            let resolved = match check_month(record.month, time::OffsetDateTime::now_utc()) {
+                // A closed month is refused in its batch, without a call.
+                Err(_) => None,
+                Ok(()) => match self.resolve_backend_id(backend_id).await {
+                    Ok(uuid) => Some(uuid),
+                    Err(error) => {
+                        let span = tracing::info_span!("usage", allocation = %key.0, month = %key.1, records = 1);
+                        self.settle_failed(&key, 1, vec![delivery], error)
+                            .instrument(span)
+                            .await;
+                        return;
+                    }
+                },
+            };
+            if let Some(uuid) = resolved {
+                record.allocation = ResourceRef::Uuid(uuid);
+            }
+        }
+        self.batch(record, delivery);
+    }
+
+    /// The resource uuid of the allocation with this `backend_id`.
+    async fn resolve_backend_id(&self, backend_id: &str) -> Result<WaldurUuid, ProcessError> {
+        if let Some((at, uuid)) = self
+            .backend_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(backend_id)
+            && at.elapsed() < BACKEND_ID_TTL
+        {
+            return Ok(uuid.clone());
+        }
+        let resource = self
+            .resolve(&ResourceRef::BackendId(backend_id.to_owned()))
+            .await?;
+        let uuid = WaldurUuid::parse(&resource.uuid).ok_or_else(|| {
+            ProcessError::refused(format!(
+                "the allocation with backend_id `{backend_id}` has no valid uuid"
+            ))
+        })?;
+        let mut cache = self.backend_ids.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (at, _)| at.elapsed() < BACKEND_ID_TTL);
+        cache.insert(backend_id.to_owned(), (Instant::now(), uuid.clone()));
+        Ok(uuid)
+    }
+
+    fn batch(self: &Arc<Self>, record: UsageRecord, delivery: Delivery) {
         let key = record.key();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let batch = pending.entry(key.clone()).or_insert_with(|| {
@@ -286,44 +347,69 @@ impl UsageReporter {
                 settled.unchanged = report.unchanged;
                 settled.stale = report.stale;
             }
-            Err(error) if !error.is_transient() => {
-                let reason = error.to_string();
-                tracing::error!(error = %reason, "usage records refused; dead-lettering");
-                for delivery in deliveries {
-                    self.dead_letter(delivery, &reason).await;
-                    settled.dead_lettered.push(reason.clone());
-                }
-            }
             Err(error) => {
-                let reason = error.to_string();
-                let retry_after = error.retry_after();
-                for delivery in deliveries {
-                    match delivery
-                        .retry_later(
-                            &reason,
-                            self.worker.max_attempts,
-                            retry_after,
-                            self.worker.retry_jitter,
-                        )
-                        .await
-                    {
-                        Ok(Retried::Scheduled { attempts, .. }) => {
-                            let tiers = self.worker.retry_delays.len().max(1) as u32;
-                            self.metrics.retry(attempts.clamp(1, tiers));
-                            self.metrics.usage_records("retried", 1);
-                        }
-                        Ok(Retried::DeadLettered { .. }) => {
-                            self.metrics.usage_records("dead-lettered", 1);
-                            settled.dead_lettered.push(reason.clone());
-                        }
-                        Err(error) => {
-                            tracing::warn!(error = %error, "cannot schedule a retry; the broker will redeliver");
-                        }
+                self.settle_failed(key, records.len(), deliveries, error)
+                    .await;
+                return;
+            }
+        }
+        let _ = self.settled.send(settled);
+    }
+
+    /// Settles records that failed before anything was reported: dead-lettered when the
+    /// failure is permanent, retried later when it is temporary.
+    async fn settle_failed(
+        &self,
+        key: &Key,
+        records: usize,
+        deliveries: Vec<Delivery>,
+        error: ProcessError,
+    ) {
+        let mut settled = UsageSettled {
+            allocation: key.0.clone(),
+            month: key.1,
+            records,
+            reported: Vec::new(),
+            unchanged: Vec::new(),
+            dead_lettered: Vec::new(),
+            retry: None,
+            stale: Vec::new(),
+        };
+        let reason = error.to_string();
+        if !error.is_transient() {
+            tracing::error!(error = %reason, "usage records refused; dead-lettering");
+            for delivery in deliveries {
+                self.dead_letter(delivery, &reason).await;
+                settled.dead_lettered.push(reason.clone());
+            }
+        } else {
+            let retry_after = error.retry_after();
+            for delivery in deliveries {
+                match delivery
+                    .retry_later(
+                        &reason,
+                        self.worker.max_attempts,
+                        retry_after,
+                        self.worker.retry_jitter,
+                    )
+                    .await
+                {
+                    Ok(Retried::Scheduled { attempts, .. }) => {
+                        let tiers = self.worker.retry_delays.len().max(1) as u32;
+                        self.metrics.retry(attempts.clamp(1, tiers));
+                        self.metrics.usage_records("retried", 1);
+                    }
+                    Ok(Retried::DeadLettered { .. }) => {
+                        self.metrics.usage_records("dead-lettered", 1);
+                        settled.dead_lettered.push(reason.clone());
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot schedule a retry; the broker will redeliver");
                     }
                 }
-                tracing::warn!(error = %reason, "usage not reported; retry scheduled");
-                settled.retry = Some(reason);
             }
+            tracing::warn!(error = %reason, "usage not reported; retry scheduled");
+            settled.retry = Some(reason);
         }
         let _ = self.settled.send(settled);
     }

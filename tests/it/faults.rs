@@ -51,8 +51,10 @@ async fn a_reconcile_cycle_lists_with_few_calls_and_skips_what_it_enqueued_recen
         .and_then(|r| r.reconciler.clone())
         .expect("reconciler");
     let first = reconciler.run_cycle().await.expect("cycle");
-    // 250 waiting orders, 100 per page: 3 list calls.
-    assert_eq!((first.pending, first.enqueued, first.calls), (250, 250, 3));
+    // 250 waiting orders, 100 per page: 3 list calls, and the first page once more when
+    // the workers shrank the list during the pass.
+    assert_eq!((first.pending, first.enqueued), (250, 250));
+    assert!((3..=4).contains(&first.calls), "{first:?}");
     let second = reconciler.run_cycle().await.expect("cycle");
     assert_eq!(second.enqueued, 0, "{second:?}");
     assert_eq!(second.recently_enqueued, second.pending);

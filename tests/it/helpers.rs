@@ -429,7 +429,7 @@ impl TestApp {
         for i in 0..count {
             let (request, expect) = match i % 3 {
                 0 => (
-                    json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 100 + i}}),
+                    json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 100 + i % 900}}),
                     Expect::Approve,
                 ),
                 1 => (

@@ -357,6 +357,9 @@ pub struct Page<T> {
     pub total: Option<u64>,
 }
 
+/// Allocations per page of [`PuhuriClient::pending_page`].
+pub const PENDING_PAGE_SIZE: u64 = 100;
+
 /// The client. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct PuhuriClient {
@@ -770,21 +773,50 @@ impl PuhuriClient {
         &self,
         offering_uuid: Option<&str>,
     ) -> Result<(Vec<AllocationHint>, usize), PuhuriError> {
+        let mut url = Some(self.pending_list_url(offering_uuid));
+        let mut hints = Vec::new();
+        let mut calls = 0;
+        while let Some(current) = url.take() {
+            let page = self.pending_page(&current).await?;
+            calls += 1;
+            hints.extend(page.items);
+            url = page.next.filter(|_| calls < 100_000);
+        }
+        Ok((hints, calls))
+    }
+
+    /// The first page of the allocations waiting for the provider, on one offering or
+    /// (`None`) on all the token can see; [`PuhuriClient::pending_page`] reads it and
+    /// names the next one.
+    pub fn pending_list_url(&self, offering_uuid: Option<&str>) -> String {
         let offering = offering_uuid
             .map(|o| format!("&offering_uuid={o}"))
             .unwrap_or_default();
-        let url = match self.api {
+        match self.api {
             ApiGeneration::Orders => format!(
-                "marketplace-orders/?state=pending-provider&type=Create&page_size=100{offering}\
-                 &field=uuid&field=marketplace_resource_uuid"
+                "marketplace-orders/?state=pending-provider&type=Create\
+                 &page_size={PENDING_PAGE_SIZE}{offering}&field=uuid&field=marketplace_resource_uuid"
             ),
             ApiGeneration::Resources => {
-                format!("marketplace-resources/?state=Creating&page_size=100{offering}&field=uuid")
+                format!(
+                    "marketplace-resources/?state=Creating&page_size={PENDING_PAGE_SIZE}{offering}&field=uuid"
+                )
             }
-        };
-        let (items, calls): (Vec<Value>, usize) = self.list_all(url).await?;
+        }
+    }
+
+    /// Page `page` (from 1) of the allocations waiting for the provider, of
+    /// [`PENDING_PAGE_SIZE`] each; see [`PuhuriClient::pending_list_url`].
+    pub fn pending_page_url(&self, offering_uuid: Option<&str>, page: u64) -> String {
+        format!("{}&page={page}", self.pending_list_url(offering_uuid))
+    }
+
+    /// One page of waiting allocations (a URL from [`PuhuriClient::pending_list_url`] or
+    /// a previous page's `next`).
+    pub async fn pending_page(&self, url: &str) -> Result<Page<AllocationHint>, PuhuriError> {
+        let page: Page<Value> = self.list_page(url).await?;
         let mut hints = Vec::new();
-        for item in items {
+        for item in page.items {
             let uuid = item
                 .get("uuid")
                 .and_then(Value::as_str)
@@ -806,7 +838,11 @@ impl PuhuriClient {
                 hints.push(hint);
             }
         }
-        Ok((hints, calls))
+        Ok(Page {
+            items: hints,
+            next: page.next,
+            total: page.total,
+        })
     }
 }
 

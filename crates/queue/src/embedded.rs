@@ -11,6 +11,12 @@
 //! that expires, and the message is delivered again (`redelivered`). Settling (ack, retry,
 //! dead letter) checks the lease token, so a worker whose lease expired cannot settle a
 //! message that has been handed to another.
+//! INVARIANT: the queue reports itself unavailable ([`EmbeddedQueue::is_writable`], the
+//! backend's `is_connected`) while it cannot commit: after a failed commit or write (disk
+//! full, read-only), until a probe write succeeds (tried every second); and for good,
+//! refusing every publish, once its files were deleted or replaced under it (the writer
+//! compares the files' device and inode with those it opened before every batch and every
+//! second): a commit into a file no longer at its path would vanish at the next start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +60,10 @@ pub enum StorageError {
     Closed,
     #[error("the lease on this message has expired; it was or will be delivered again")]
     LeaseLost,
+    #[error(
+        "the embedded queue's files at `{0}` were deleted or replaced while open; restart the process"
+    )]
+    Replaced(String),
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -161,6 +171,87 @@ struct Inner {
     /// Woken when work may be ready (a publish, a release).
     ready: Notify,
     path: PathBuf,
+    health: Arc<Health>,
+}
+
+/// Whether the queue can commit, as the writer last found.
+#[derive(Debug)]
+struct Health {
+    /// The last write or probe committed.
+    writable: std::sync::atomic::AtomicBool,
+    /// The files are no longer those opened.
+    replaced: std::sync::atomic::AtomicBool,
+}
+
+/// How often the writer checks its files, and probes while writes fail.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// The files of the database, by the identity (device, inode) they had when opened.
+struct Files {
+    paths: [PathBuf; 3],
+    opened: [Option<(u64, u64)>; 3],
+}
+
+impl Files {
+    fn new(db: &Path) -> Files {
+        let with = |suffix: &str| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let paths = [db.to_path_buf(), with("-wal"), with("-shm")];
+        let opened = [
+            identity(&paths[0]),
+            identity(&paths[1]),
+            identity(&paths[2]),
+        ];
+        Files { paths, opened }
+    }
+
+    /// The first file that is gone or another file than the one opened. The
+    /// write-ahead log and shared memory files are checked once they were seen.
+    fn changed(&mut self) -> Option<&Path> {
+        for (index, path) in self.paths.iter().enumerate() {
+            let now = identity(path);
+            match (self.opened[index], now) {
+                (Some(then), Some(now)) if then == now => {}
+                (None, Some(now)) if index > 0 => self.opened[index] = Some(now),
+                (None, None) if index > 0 => {}
+                _ => return Some(path),
+            }
+        }
+        None
+    }
+}
+
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|_| (0, 0))
+}
+
+/// Whether a failure means the database cannot be written (rather than one statement
+/// failing).
+fn is_unwritable(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            DiskFull
+                | ReadOnly
+                | SystemIoFailure
+                | CannotOpen
+                | DatabaseCorrupt
+                | NotADatabase
+                | PermissionDenied
+                | FileLockingProtocolFailed
+        )
+    )
 }
 
 /// A handle on the embedded queue. Cheap to clone.
@@ -195,23 +286,42 @@ impl EmbeddedQueue {
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let path = dir.join("queue.sqlite3");
         let connection = open_initialized(&path).map_err(|e| open_error(e.to_string()))?;
+        let files = Files::new(&path);
         let (ops, receiver) = mpsc::channel();
         let lease_ms = lease.as_millis() as i64;
+        let health = Arc::new(Health {
+            writable: std::sync::atomic::AtomicBool::new(true),
+            replaced: std::sync::atomic::AtomicBool::new(false),
+        });
+        let writer = Writer {
+            health: health.clone(),
+            files,
+            lease_ms,
+        };
         std::thread::Builder::new()
             .name("embedded-queue".into())
-            .spawn(move || run_writer(connection, receiver, lease_ms))
+            .spawn(move || writer.run(connection, receiver))
             .map_err(|e| open_error(e.to_string()))?;
         Ok(EmbeddedQueue {
             inner: Arc::new(Inner {
                 ops,
                 ready: Notify::new(),
                 path,
+                health,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Whether the queue can commit: its last write or probe committed, and its files
+    /// are those it opened.
+    pub fn is_writable(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.inner.health.writable.load(Ordering::Acquire)
+            && !self.inner.health.replaced.load(Ordering::Acquire)
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StorageError> {
@@ -409,6 +519,10 @@ fn initialize(connection: &Connection) -> rusqlite::Result<()> {
              routing_key TEXT NOT NULL,
              body BLOB NOT NULL,
              recorded_at INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS health (
+             id INTEGER PRIMARY KEY,
+             checked_at INTEGER NOT NULL
          );",
     );
     created?;
@@ -437,32 +551,148 @@ fn add_kind_column(connection: &Connection) -> rusqlite::Result<()> {
     transaction.commit()
 }
 
-fn run_writer(mut connection: Connection, ops: mpsc::Receiver<Op>, lease_ms: i64) {
-    let mut next_token: i64 = now_ms();
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// The writer thread: applies operations in batches and watches whether it can commit.
+struct Writer {
+    health: Arc<Health>,
+    files: Files,
+    lease_ms: i64,
+}
+
+impl Writer {
+    fn run(mut self, mut connection: Connection, ops: mpsc::Receiver<Op>) {
+        let mut next_token: i64 = now_ms();
+        let mut checked = std::time::Instant::now();
+        loop {
+            let first = match ops.recv_timeout(HEALTH_EVERY) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.check(&connection);
+                    checked = std::time::Instant::now();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
             }
+            if checked.elapsed() >= HEALTH_EVERY {
+                self.check(&connection);
+                checked = std::time::Instant::now();
+            } else {
+                self.check_files();
+            }
+            self.apply_batch(&mut connection, batch, &mut next_token);
         }
+    }
+
+    fn replaced(&self) -> bool {
+        self.health
+            .replaced
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the queue replaced when its files changed.
+    fn check_files(&mut self) {
+        if self.replaced() {
+            return;
+        }
+        if let Some(path) = self.files.changed() {
+            tracing::error!(
+                path = %path.display(),
+                "the embedded queue's file was deleted or replaced while open: nothing more is accepted; restart the process"
+            );
+            self.health
+                .replaced
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Checks the files and, while writes fail, probes with a write of its own.
+    fn check(&mut self, connection: &Connection) {
+        self.check_files();
+        if self.replaced()
+            || self
+                .health
+                .writable
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let probe = connection
+            .execute(
+                "INSERT INTO health (id, checked_at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                params![now_ms()],
+            )
+            .map(drop);
+        self.set_writable(probe.err().map(|e| e.to_string()));
+    }
+
+    fn set_writable(&self, failure: Option<String>) {
+        let writable = failure.is_none();
+        let was = self
+            .health
+            .writable
+            .swap(writable, std::sync::atomic::Ordering::AcqRel);
+        match (was, failure) {
+            (true, Some(error)) => tracing::error!(
+                error = %error,
+                "the embedded queue cannot commit: unavailable until a write succeeds"
+            ),
+            (false, None) => tracing::info!("the embedded queue commits again"),
+            _ => {}
+        }
+    }
+
+    fn apply_batch(&mut self, connection: &mut Connection, batch: Vec<Op>, next_token: &mut i64) {
         let transaction =
             match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
                 Ok(tx) => tx,
                 Err(error) => {
+                    if is_unwritable(&error) {
+                        self.set_writable(Some(error.to_string()));
+                    }
                     let error = StorageError::from(error);
                     for op in batch {
                         fail(op, error.clone());
                     }
-                    continue;
+                    return;
                 }
             };
+        let replaced = self.replaced();
         let mut replies: Vec<Answer> = Vec::with_capacity(batch.len());
+        let mut wrote = false;
+        let mut unwritable: Option<String> = None;
         for op in batch {
-            replies.push(apply(&transaction, op, lease_ms, &mut next_token));
+            let writes = matches!(op, Op::Publish { .. } | Op::Event { .. });
+            if writes && replaced {
+                fail(
+                    op,
+                    StorageError::Replaced(self.files.paths[0].display().to_string()),
+                );
+                continue;
+            }
+            wrote |= writes;
+            replies.push(apply(
+                &transaction,
+                op,
+                self.lease_ms,
+                next_token,
+                &mut unwritable,
+            ));
         }
-        let committed = transaction.commit().map_err(StorageError::from);
+        let committed = transaction.commit();
+        match (&committed, unwritable) {
+            (Err(error), _) => self.set_writable(Some(error.to_string())),
+            (Ok(()), Some(error)) => self.set_writable(Some(error)),
+            (Ok(()), None) if wrote => self.set_writable(None),
+            (Ok(()), None) => {}
+        }
+        let committed = committed.map_err(StorageError::from);
         for reply in replies {
             reply(committed.as_ref().err());
         }
@@ -487,7 +717,13 @@ fn fail(op: Op, error: StorageError) {
 
 /// Runs one operation inside the batch's transaction and returns how to answer it once
 /// the commit is known: a failed commit fails every operation of the batch.
-fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut i64) -> Answer {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: Op,
+    lease_ms: i64,
+    next_token: &mut i64,
+    unwritable: &mut Option<String>,
+) -> Answer {
     fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StorageError>) -> Answer {
         Box::new(move |commit_error| {
             let result = match commit_error {
@@ -516,7 +752,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
                     params![lane.as_str(), kind.as_str(), message_id, body, attempts, encode_reasons(&reasons), available_at, now],
                 )
                 .map(drop)
-                .map_err(StorageError::from);
+                .map_err(|error| {
+                    if is_unwritable(&error) {
+                        unwritable.get_or_insert_with(|| error.to_string());
+                    }
+                    StorageError::from(error)
+                });
             answer(reply, result)
         }
         Op::Claim { limit, reply } => {
@@ -783,7 +1024,7 @@ impl Backend for Embedded {
     }
 
     fn is_connected(&self) -> bool {
-        true
+        self.queue.is_writable()
     }
 
     fn is_embedded(&self) -> bool {
@@ -1204,6 +1445,99 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(claimed[0].attempts, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn publish_op(
+        message_id: &str,
+        body: Vec<u8>,
+    ) -> (Op, oneshot::Receiver<Result<(), StorageError>>) {
+        let (reply, answer) = oneshot::channel();
+        let op = Op::Publish {
+            lane: Lane::Work,
+            kind: Kind::Allocation,
+            message_id: message_id.to_owned(),
+            body,
+            attempts: 0,
+            reasons: Vec::new(),
+            available_at: 0,
+            reply,
+        };
+        (op, answer)
+    }
+
+    #[test]
+    fn a_full_database_is_unwritable_until_a_probe_commits() {
+        use std::sync::atomic::Ordering;
+        let dir = temp();
+        let path = dir.join("queue.sqlite3");
+        let mut connection = open_initialized(&path).expect("open");
+        let health = Arc::new(Health {
+            writable: std::sync::atomic::AtomicBool::new(true),
+            replaced: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut writer = Writer {
+            health: health.clone(),
+            files: Files::new(&path),
+            lease_ms: 1000,
+        };
+        let mut token = 0;
+        // No page more than the database has: a write fails as on a full disk.
+        let pages: i64 = connection
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .expect("page count");
+        connection
+            .pragma_update(None, "max_page_count", pages)
+            .expect("limit");
+        let (op, answer) = publish_op("m1", vec![7; 256 * 1024]);
+        writer.apply_batch(&mut connection, vec![op], &mut token);
+        assert!(answer.blocking_recv().expect("answered").is_err());
+        assert!(!health.writable.load(Ordering::Acquire));
+        // Space again: the next probe commits.
+        connection
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .expect("limit");
+        writer.check(&connection);
+        assert!(health.writable.load(Ordering::Acquire));
+        let (op, answer) = publish_op("m2", vec![7; 1024]);
+        writer.apply_batch(&mut connection, vec![op], &mut token);
+        assert!(answer.blocking_recv().expect("answered").is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_database_refuses_publishes_for_good() {
+        let dir = temp();
+        let queue = EmbeddedQueue::open(&dir, Duration::from_secs(5)).expect("open");
+        let publish = |id: &'static str| {
+            let queue = queue.clone();
+            async move {
+                queue
+                    .publish(
+                        Lane::Work,
+                        Kind::Allocation,
+                        id,
+                        b"{}",
+                        0,
+                        &[],
+                        Duration::ZERO,
+                    )
+                    .await
+            }
+        };
+        publish("m1").await.expect("published");
+        assert!(queue.is_writable());
+        let path = dir.join("queue.sqlite3");
+        std::fs::copy(&path, dir.join("copy")).expect("copy");
+        std::fs::rename(dir.join("copy"), &path).expect("replace");
+        assert!(matches!(
+            publish("m2").await,
+            Err(StorageError::Replaced(_))
+        ));
+        assert!(!queue.is_writable());
+        // Reads and settlements of what it holds go on.
+        assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 1);
+        assert!(publish("m3").await.is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

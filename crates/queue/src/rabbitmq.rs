@@ -624,6 +624,17 @@ impl RabbitBroker {
             }
         }
         let _ = channel.close(200, "settled".into()).await;
+        // The messages read past return asynchronously (see `read_dead_letters`): wait,
+        // briefly, until they are ready again, so that the next read finds them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let expected = present.saturating_sub(done);
+        while tokio::time::Instant::now() < deadline {
+            match self.queue_depth(&topology.dead_queue()).await {
+                Ok(ready) if ready as usize >= expected => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
+        }
         Ok(done)
     }
 }

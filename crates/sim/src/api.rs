@@ -380,7 +380,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
     );
     let body = to_bytes(request.into_body(), MAX_BODY).await;
 
-    let (latency, fault, slow) = sim.take_fault(&path);
+    let (latency, fault, slow) = sim.take_fault(&path, uri.query());
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
@@ -460,7 +460,7 @@ fn fault_response(status: u16) -> Response {
 impl Sim {
     /// Takes the injected latency, the failure status when one is due, and the delay
     /// added after a call that succeeds slowly.
-    fn take_fault(&self, path: &str) -> (u64, Option<u16>, u64) {
+    fn take_fault(&self, path: &str, query: Option<&str>) -> (u64, Option<u16>, u64) {
         let mut shared = self.lock();
         let latency = shared.faults.latency_ms;
         let targeted = shared
@@ -473,7 +473,10 @@ impl Sim {
             return (latency, Some(shared.faults.fail_status.unwrap_or(500)), 0);
         }
         let rate = shared.faults.error_rate;
-        if rate > 0.0 && shared.random() < rate {
+        let rated = shared.faults.error_path.as_deref().is_none_or(|end| {
+            path.ends_with(end) || query.is_some_and(|q| format!("{path}?{q}").ends_with(end))
+        });
+        if rate > 0.0 && rated && shared.random() < rate {
             let count = shared.faults.error_statuses.len();
             let status = if count == 0 {
                 500

@@ -281,6 +281,10 @@ pub struct Faults {
     pub fail_status: Option<u16>,
     /// 0..1: fraction of API calls answering an error at random.
     pub error_rate: f64,
+    /// When set, `error_rate` applies only to calls whose path, or path and query, ends
+    /// with this text (e.g. `/marketplace-orders/` for the order list, not one order;
+    /// `&page=3` for that page of any list); other calls pass.
+    pub error_path: Option<String>,
     /// The statuses `error_rate` picks from at random (default 500). A 429 carries
     /// `Retry-After: 1`.
     pub error_statuses: Vec<u16>,

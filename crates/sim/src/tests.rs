@@ -905,6 +905,42 @@ async fn error_rate_one_always_fails_with_an_html_500() {
     assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
 }
 
+#[tokio::test]
+async fn error_path_limits_the_error_rate_to_paths_ending_with_it() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    s.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_path: Some("/marketplace-orders/".into()),
+        ..Faults::default()
+    });
+    // The list fails; one order, and every other path, passes.
+    assert_eq!(s.get("/api/marketplace-orders/").await.0, 500);
+    assert_eq!(
+        s.get(&format!("/api/marketplace-orders/{}/", created.order_uuid))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.get("/api/marketplace-provider-resources/").await.0, 200);
+    // Or one page of any list, by the end of its query.
+    s.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_path: Some("&page=2".into()),
+        ..Faults::default()
+    });
+    assert_eq!(
+        s.get("/api/marketplace-orders/?page_size=1&page=2").await.0,
+        500
+    );
+    assert_eq!(
+        s.get("/api/marketplace-orders/?page_size=1&page=1").await.0,
+        200
+    );
+    s.sim.set_faults(Faults::default());
+    assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
+}
+
 // ----- teams, offerings, plan periods and usage -----
 
 impl Running {
