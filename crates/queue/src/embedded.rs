@@ -23,8 +23,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Kind, Progress, PublishError,
-    QueueError, Select, Settle, Topology,
+    Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Event, Kind, Progress,
+    PublishError, QueueError, Select, Settle, Topology,
 };
 
 /// Which queue a message is in.
@@ -109,6 +109,8 @@ enum Op {
     Ack {
         id: i64,
         token: i64,
+        /// An event recorded in the same transaction (routing key, body).
+        event: Option<(String, Vec<u8>)>,
         reply: Reply<()>,
     },
     Reschedule {
@@ -145,6 +147,10 @@ enum Op {
         routing_key: String,
         body: Vec<u8>,
         reply: Reply<()>,
+    },
+    Events {
+        limit: usize,
+        reply: Reply<Vec<(String, Vec<u8>)>>,
     },
     Purge {
         reply: Reply<()>,
@@ -260,7 +266,31 @@ impl EmbeddedQueue {
 
     /// Removes a leased message.
     pub async fn ack(&self, id: i64, token: i64) -> Result<(), StorageError> {
-        self.call(|reply| Op::Ack { id, token, reply }).await
+        self.call(|reply| Op::Ack {
+            id,
+            token,
+            event: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a leased message and records an event in the same transaction: both or
+    /// neither are committed.
+    pub async fn ack_with_event(
+        &self,
+        id: i64,
+        token: i64,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), StorageError> {
+        self.call(|reply| Op::Ack {
+            id,
+            token,
+            event: Some((routing_key.to_owned(), body.to_vec())),
+            reply,
+        })
+        .await
     }
 
     /// Moves a leased message to `lane`, visible after `delay`, with its history.
@@ -347,6 +377,11 @@ impl EmbeddedQueue {
             reply,
         })
         .await
+    }
+
+    /// The oldest `limit` recorded events kept, as (routing key, body) (tests and tooling).
+    pub async fn events(&self, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.call(|reply| Op::Events { limit, reply }).await
     }
 
     /// Deletes every message and event (tests and tooling).
@@ -477,6 +512,7 @@ fn fail(op: Op, error: StorageError) {
         | Op::Event { reply, .. }
         | Op::Purge { reply } => drop(reply.send(Err(error))),
         Op::Claim { reply, .. } => drop(reply.send(Err(error))),
+        Op::Events { reply, .. } => drop(reply.send(Err(error))),
         Op::NextDue { reply } => drop(reply.send(Err(error))),
         Op::Depth { reply, .. } => drop(reply.send(Err(error))),
         Op::OldestEnqueued { reply } => drop(reply.send(Err(error))),
@@ -523,20 +559,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
             let result = claim(tx, limit, now, lease_ms, next_token);
             answer(reply, result)
         }
-        Op::Ack { id, token, reply } => {
-            let result = tx
-                .execute(
-                    "DELETE FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
-                    params![id, token, now],
-                )
-                .map_err(StorageError::from)
-                .and_then(|n| {
-                    if n == 1 {
-                        Ok(())
-                    } else {
-                        Err(StorageError::LeaseLost)
-                    }
-                });
+        Op::Ack {
+            id,
+            token,
+            event,
+            reply,
+        } => {
+            let result = ack(tx, id, token, event, now);
             answer(reply, result)
         }
         Op::Reschedule {
@@ -622,19 +651,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
             body,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "INSERT INTO events (routing_key, body, recorded_at) VALUES (?1, ?2, ?3)",
-                    params![routing_key, body, now],
-                )
-                .and_then(|_| {
-                    tx.execute(
-                        "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
-                        params![EVENTS_KEPT],
-                    )
-                })
-                .map(drop)
-                .map_err(StorageError::from);
+            let result = record_event(tx, &routing_key, &body, now);
+            answer(reply, result)
+        }
+        Op::Events { limit, reply } => {
+            let result = events(tx, limit);
             answer(reply, result)
         }
         Op::Purge { reply } => {
@@ -644,6 +665,61 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
             answer(reply, result)
         }
     }
+}
+
+/// Removes a leased message, with its event when it has one. The lease is checked
+/// before anything is written, so a lost lease records no event; an event that cannot
+/// be recorded leaves the message in place.
+fn ack(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    token: i64,
+    event: Option<(String, Vec<u8>)>,
+    now: i64,
+) -> Result<(), StorageError> {
+    let leased: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
+        params![id, token, now],
+        |row| row.get(0),
+    )?;
+    if leased != 1 {
+        return Err(StorageError::LeaseLost);
+    }
+    if let Some((routing_key, body)) = event {
+        record_event(tx, &routing_key, &body, now)?;
+    }
+    tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Appends an event, keeping the newest [`EVENTS_KEPT`].
+fn record_event(
+    tx: &rusqlite::Transaction<'_>,
+    routing_key: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), StorageError> {
+    tx.execute(
+        "INSERT INTO events (routing_key, body, recorded_at) VALUES (?1, ?2, ?3)",
+        params![routing_key, body, now],
+    )?;
+    tx.execute(
+        "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+        params![EVENTS_KEPT],
+    )?;
+    Ok(())
+}
+
+fn events(
+    tx: &rusqlite::Transaction<'_>,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    let mut statement =
+        tx.prepare_cached("SELECT routing_key, body FROM events ORDER BY id LIMIT ?1")?;
+    let rows = statement.query_map(params![limit.min(i64::MAX as usize) as i64], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn claim(
@@ -756,6 +832,11 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// The queue itself (tests and tooling read its recorded events).
+    pub fn queue(&self) -> &EmbeddedQueue {
+        &self.queue
+    }
+
     /// Opens the queue in `dir` (see [`EmbeddedQueue::open`]).
     pub fn open(
         dir: &Path,
@@ -930,6 +1011,8 @@ impl Consumer for EmbeddedDeliveries {
 struct EmbeddedSettle {
     embedded: Embedded,
     claimed: Claimed,
+    /// Recorded in the ack's transaction.
+    event: Option<Event>,
     // Held until settled: it bounds the deliveries in flight.
     _permit: OwnedSemaphorePermit,
 }
@@ -948,6 +1031,7 @@ impl EmbeddedSettle {
             Box::new(EmbeddedSettle {
                 embedded,
                 claimed,
+                event: None,
                 _permit: permit,
             }),
         )
@@ -956,12 +1040,27 @@ impl EmbeddedSettle {
 
 #[async_trait]
 impl Settle for EmbeddedSettle {
+    /// Kept until the ack, which records it in its own transaction.
+    async fn stage_event(&mut self, event: Event) -> Result<(), QueueError> {
+        self.event = Some(event);
+        Ok(())
+    }
+
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        Ok(self
-            .embedded
-            .queue
-            .ack(self.claimed.id, self.claimed.token)
-            .await?)
+        let queue = &self.embedded.queue;
+        Ok(match &self.event {
+            Some(event) => {
+                queue
+                    .ack_with_event(
+                        self.claimed.id,
+                        self.claimed.token,
+                        &event.routing_key,
+                        &event.body,
+                    )
+                    .await?
+            }
+            None => queue.ack(self.claimed.id, self.claimed.token).await?,
+        })
     }
 
     /// The row itself moves: to the dead lane, or back to the work lane visible after
@@ -1090,6 +1189,60 @@ mod tests {
             .await
             .expect("ack");
         assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_event_is_recorded_with_the_ack_or_not_at_all() {
+        let dir = temp();
+        let queue = EmbeddedQueue::open(&dir, Duration::from_millis(50)).expect("open");
+        for id in ["m1", "m2"] {
+            queue
+                .publish(
+                    Lane::Work,
+                    Kind::Allocation,
+                    id,
+                    b"x",
+                    0,
+                    &[],
+                    Duration::ZERO,
+                )
+                .await
+                .expect("publish");
+        }
+        let claimed = queue.claim(2).await.expect("claim");
+        queue
+            .ack_with_event(
+                claimed[0].id,
+                claimed[0].token,
+                "allocation.approved",
+                b"e1",
+            )
+            .await
+            .expect("ack with event");
+        // The second lease runs out: its ack is refused and records nothing.
+        let mut again = Vec::new();
+        while again.is_empty() {
+            queue.wait_for_work(Duration::from_millis(20)).await;
+            again = queue.claim(1).await.expect("claim");
+        }
+        assert!(matches!(
+            queue
+                .ack_with_event(
+                    claimed[1].id,
+                    claimed[1].token,
+                    "allocation.approved",
+                    b"e2"
+                )
+                .await,
+            Err(StorageError::LeaseLost)
+        ));
+        let events = queue.events(10).await.expect("events");
+        assert_eq!(
+            events,
+            vec![("allocation.approved".to_owned(), b"e1".to_vec())]
+        );
+        assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 

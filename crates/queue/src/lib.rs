@@ -299,9 +299,23 @@ pub enum Destination {
     Dead,
 }
 
+/// An event that must be published before a delivery's ack (a decision event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    /// A stable id: every publish of the same event carries it, so consumers de-duplicate.
+    pub message_id: String,
+}
+
 /// How a backend settles one delivery.
 #[async_trait]
 pub trait Settle: Send {
+    /// Publishes `event` so that the ack that follows is never without it: RabbitMQ
+    /// publishes it now and returns after its confirm; the embedded queue keeps it and
+    /// records it in the same transaction as the ack. An error leaves the delivery
+    /// unsettled (it can still be retried or dead-lettered).
+    async fn stage_event(&mut self, event: Event) -> Result<(), QueueError>;
     /// Removes it from the queue.
     async fn ack(self: Box<Self>) -> Result<(), QueueError>;
     /// Stores a durable copy at `to` with this attempt history, then removes the original.
@@ -359,6 +373,14 @@ impl Delivery {
     /// Done: remove it from the queue.
     pub async fn ack(self) -> Result<(), QueueError> {
         self.settle.ack().await
+    }
+
+    /// Publishes an event that the ack must not go without (see [`Settle::stage_event`]):
+    /// after `Ok`, [`Delivery::ack`] removes the delivery only with the event published
+    /// (RabbitMQ: confirmed before; embedded: in the ack's transaction). After an error
+    /// the delivery can still be retried or dead-lettered.
+    pub async fn stage_event(&mut self, event: Event) -> Result<(), QueueError> {
+        self.settle.stage_event(event).await
     }
 
     /// Schedules another attempt, or dead-letters it when `max_attempts` are used up.
@@ -439,6 +461,11 @@ impl Broker {
     /// The RabbitMQ backend, for tooling that reads events or queues directly.
     pub fn as_rabbit(&self) -> Option<&RabbitBroker> {
         self.0.as_any().downcast_ref::<RabbitBroker>()
+    }
+
+    /// The embedded backend, for tooling that reads its recorded events.
+    pub fn as_embedded(&self) -> Option<&embedded::Embedded> {
+        self.0.as_any().downcast_ref::<embedded::Embedded>()
     }
 
     pub fn describe(&self) -> String {

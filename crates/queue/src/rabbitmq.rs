@@ -42,8 +42,8 @@ use async_trait::async_trait;
 use puhuri_auth::Secret;
 
 use super::{
-    AmqpConfig, Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Kind, Progress,
-    PublishError, QueueError, Select, Settle, Topology,
+    AmqpConfig, Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Event, Kind,
+    Progress, PublishError, QueueError, Select, Settle, Topology,
 };
 
 /// Header: the message's [`Kind`], on every copy the service publishes (retries and
@@ -482,14 +482,22 @@ impl RabbitBroker {
 
     /// Declares a queue bound to the events exchange with `binding` (e.g. `allocation.#`),
     /// for tests and tooling that read decision events with [`Broker::take_one`]. The
-    /// queue expires a minute after its last use.
+    /// queue is durable (events, persistent, survive a broker restart) and expires a
+    /// minute after its last use.
     pub async fn bind_events_queue(&self, queue: &str, binding: &str) -> Result<(), QueueError> {
         let session = self.session().ok_or(PublishError::Unavailable)?;
         let channel = session.connection.create_channel().await?;
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
         channel
-            .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
             .await?;
         channel
             .queue_bind(
@@ -918,6 +926,15 @@ impl RabbitDelivery {
 
 #[async_trait]
 impl Settle for RabbitDelivery {
+    /// Published on the events exchange with the event's id as message id; returns after
+    /// the confirm (a publish interrupted by a reconnect is published again).
+    async fn stage_event(&mut self, event: Event) -> Result<(), QueueError> {
+        self.broker
+            .publish_to_events(&event.routing_key, &event.body, &event.message_id)
+            .await?;
+        Ok(())
+    }
+
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
         self.settle_ack().await
     }
