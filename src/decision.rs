@@ -8,8 +8,13 @@
 //!
 //! INVARIANT: an event is published only after every write of the decision succeeded
 //! (`written: true`), or in shadow mode, where nothing is written (`written: false`).
+//! INVARIANT: delivery is at least once with a stable id: the id is a function of the
+//! allocation and what was decided (see [`event_id`]), so the first attempt, a retry
+//! that finds the decision in Puhuri Core, and another worker all publish the same id,
+//! and consumers de-duplicate on it.
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use puhuri_policy::{AllocationIds, RuleError, Verdict};
 
@@ -24,9 +29,9 @@ pub struct DecisionEvent {
     /// `allocation.approved`, `allocation.rejected`, `allocation.erred` or `allocation.held`.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// A fresh id per event.
+    /// Stable per decision ([`event_id`]): every publish of one decision carries it.
     pub id: String,
-    /// When the decision was made (RFC 3339, UTC).
+    /// When this event was published (RFC 3339, UTC).
     pub time: String,
     /// The notification that led to the decision.
     pub notification_id: String,
@@ -90,7 +95,7 @@ impl DecisionEvent {
         DecisionEvent {
             v: DECISION_EVENT_VERSION,
             event_type: format!("allocation.{}", decided.name()),
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id: event_id(&verdict.allocation.resource_uuid, decided, verdict, shadow),
             time: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
@@ -118,4 +123,36 @@ impl DecisionEvent {
             format!("shadow.{}", self.event_type)
         }
     }
+}
+
+/// The event's id: the first 128 bits of a SHA-256, in hex, over the allocation's
+/// resource uuid, what was decided and what was written — `backend_id` for an
+/// approval, the comment for a rejection, `backend_id` and message for erred — all of
+/// which Puhuri Core keeps, so a retry that finds the decision there derives the same
+/// id. A hold writes nothing: its id adds the policy version, so one policy's hold of
+/// one allocation is one event however often it is re-evaluated. Shadow decisions add
+/// the mode and the policy version.
+pub fn event_id(resource_uuid: &str, decided: Decided, verdict: &Verdict, shadow: bool) -> String {
+    use puhuri_policy::Action;
+    let version = verdict.policy_version.to_string();
+    let mut parts: Vec<&str> = vec!["decision.v1", resource_uuid, decided.name()];
+    match &verdict.action {
+        Action::Approve { backend_id, .. } => parts.push(backend_id),
+        Action::Reject { reason } => parts.push(reason),
+        Action::Erred {
+            backend_id,
+            message,
+        } => parts.extend([backend_id.as_str(), message.as_str()]),
+        Action::Hold { note } => parts.extend([version.as_str(), note.as_str()]),
+    }
+    if shadow {
+        parts.extend(["shadow", version.as_str()]);
+    }
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

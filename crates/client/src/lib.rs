@@ -195,6 +195,8 @@ pub struct Order {
     pub created: Option<String>,
     pub created_by_username: Option<String>,
     pub created_by_full_name: Option<String>,
+    /// The provider's rejection comment, on servers that keep it (8.0.3 and later).
+    pub provider_rejection_comment: Option<String>,
 }
 
 /// An organisation as `GET /api/customers/{uuid}/` renders it (the fields used here).
@@ -238,6 +240,8 @@ pub struct Resource {
     /// The access report shown to the allocation's users (a list of sections).
     #[serde(default)]
     pub report: Option<Value>,
+    /// The message of the erred state, when one was given.
+    pub error_message: Option<String>,
     pub creation_order: Option<Order>,
 }
 
