@@ -504,8 +504,10 @@ impl EventTap {
             }
             EventSource::Embedded(queue) => {
                 if let Ok(events) = queue.events(usize::MAX >> 1).await {
+                    // The table holds every event; decisions are `allocation.*`.
                     self.seen = events
                         .iter()
+                        .filter(|(routing_key, _)| routing_key.starts_with("allocation."))
                         .filter_map(|(_, body)| serde_json::from_slice(body).ok())
                         .collect();
                 }
@@ -744,8 +746,10 @@ impl TestApp {
 /// Prints a scenario's figures past the test harness's capture, so CI logs show them:
 /// one table row per scenario.
 pub fn report(scenario: &str, tally: Tally, allocations: usize, recovery: Duration) {
+    use std::io::Write;
     let counts = tally.counts;
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "| fault scenario | {scenario} | allocations {allocations} | lost {} | written twice {} | wrong {} | events missing {} | events duplicated beyond id {} | event copies {} | drained in {} ms |",
         counts.lost,
         counts.duplicated,
