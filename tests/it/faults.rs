@@ -863,3 +863,65 @@ async fn a_hook_pair_across_two_worker_instances_writes_each_allocation_once(bac
     second.shutdown().await;
     app.stop().await;
 }
+
+/// The broker stops while decisions are written and before their events are published:
+/// every write is applied at once but answered 1.5 s late, and the broker is stopped as
+/// soon as the last decision write is recorded, so the events (and acks) of those
+/// deliveries meet a broker that is going away. The redeliveries find the allocations
+/// decided and publish the events with the same ids.
+#[tokio::test]
+async fn a_broker_stop_between_the_write_and_its_event_loses_no_event() {
+    let mut rabbit = PrivateRabbit::new();
+    rabbit.start().await;
+    let app = spawn_app(Options {
+        amqp_url: Some(rabbit.url()),
+        ..Options::default()
+    })
+    .await;
+    let mut events = app.tap_events().await;
+    let cases = app.create_mixed(12).await;
+    app.sim.set_faults(Faults {
+        slow_rate: 1.0,
+        slow_ms: 1500,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    for (i, (created, _)) in cases.iter().enumerate() {
+        notify_until_accepted(&app, &format!("msg_event_gap_{i}"), created).await;
+    }
+    // Every approval and rejection is applied (recorded); their answers are on the way.
+    let decisions = cases.iter().filter(|(_, e)| *e != Expect::Hold).count();
+    let mut calls = app.sim.watch_calls();
+    let written = tokio::time::timeout(RECOVERY, async {
+        loop {
+            let recorded = app
+                .sim
+                .calls()
+                .iter()
+                .filter(|c| {
+                    c.path.ends_with("/approve_by_provider/")
+                        || c.path.ends_with("/reject_by_provider/")
+                })
+                .count();
+            if recorded >= decisions || calls.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "the decisions were written");
+    rabbit.stop().await;
+    app.sim.set_faults(Faults::default());
+    rabbit.start().await;
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    report(
+        "RabbitMQ stopped between the decision writes and their events",
+        tally,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert_eq!(tally.counts, Counts::default());
+    app.stop().await;
+    rabbit.stop().await;
+}
