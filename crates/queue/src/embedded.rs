@@ -1048,7 +1048,7 @@ impl Settle for EmbeddedSettle {
 
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
         let queue = &self.embedded.queue;
-        Ok(match &self.event {
+        match &self.event {
             Some(event) => {
                 queue
                     .ack_with_event(
@@ -1057,10 +1057,11 @@ impl Settle for EmbeddedSettle {
                         &event.routing_key,
                         &event.body,
                     )
-                    .await?
+                    .await?;
             }
             None => queue.ack(self.claimed.id, self.claimed.token).await?,
-        })
+        }
+        Ok(())
     }
 
     /// The row itself moves: to the dead lane, or back to the work lane visible after
