@@ -156,3 +156,68 @@ pub fn event_id(resource_uuid: &str, decided: Decided, verdict: &Verdict, shadow
     let digest = hasher.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use puhuri_policy::{Allocation, Policy};
+
+    const POLICY: &str = r#"
+[[rule]]
+name = "small"
+when = 'limits.cpu_k_hours <= 1000.0'
+action = "approve"
+backend_id = "p_{resource.uuid}"
+
+[default]
+action = "hold"
+note = "for a human"
+"#;
+
+    fn verdict(policy: &str, cpu: f64) -> Verdict {
+        let policy = Policy::parse(policy).expect("policy");
+        let mut allocation = Allocation::default();
+        allocation.resource.uuid = "0123456789abcdef0123456789abcdef".into();
+        allocation.limits.insert("cpu_k_hours".into(), cpu);
+        policy.evaluate(&allocation, time::OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn one_decision_has_one_id_whoever_publishes_it() {
+        let approve = verdict(POLICY, 10.0);
+        let first = DecisionEvent::new("msg_a", Decided::Approved, &approve, false);
+        let retry = DecisionEvent::new("msg_b", Decided::Approved, &verdict(POLICY, 10.0), false);
+        assert_eq!(first.id, retry.id);
+        assert_eq!(first.id.len(), 32);
+        assert!(first.id.chars().all(|c| c.is_ascii_hexdigit()));
+        // An approval's id follows what was written, not the policy file: a reload
+        // between the write and the retry keeps it.
+        let reloaded = format!("{POLICY}\n# edited\n");
+        let after_reload = verdict(&reloaded, 10.0);
+        assert_ne!(after_reload.policy_version, approve.policy_version);
+        assert_eq!(
+            DecisionEvent::new("msg_c", Decided::Approved, &after_reload, false).id,
+            first.id
+        );
+        // Shadow and enforce events of one decision differ.
+        assert_ne!(
+            DecisionEvent::new("msg_a", Decided::Approved, &approve, true).id,
+            first.id
+        );
+    }
+
+    #[test]
+    fn a_hold_has_one_id_per_policy_version() {
+        let held = verdict(POLICY, 5000.0);
+        let again = verdict(POLICY, 5000.0);
+        assert_eq!(
+            DecisionEvent::new("a", Decided::Held, &held, false).id,
+            DecisionEvent::new("b", Decided::Held, &again, false).id
+        );
+        let reloaded = verdict(&format!("{POLICY}\n# edited\n"), 5000.0);
+        assert_ne!(
+            DecisionEvent::new("a", Decided::Held, &held, false).id,
+            DecisionEvent::new("a", Decided::Held, &reloaded, false).id
+        );
+    }
+}

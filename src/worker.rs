@@ -135,6 +135,45 @@ impl KeyedLocks {
     }
 }
 
+/// Ids of the events this process published for decisions that are re-evaluated
+/// without a write — holds, and every decision in shadow mode — so that a reconciliation
+/// re-evaluating them does not publish the same event again. Bounded (the oldest ids are
+/// forgotten: that costs one more copy with the same id, which consumers de-duplicate).
+#[derive(Default)]
+struct Repeats {
+    ids: Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+/// How many published ids [`Repeats`] keeps.
+const REPEATS_KEPT: usize = 10_000;
+
+impl Repeats {
+    fn seen(&self, id: &str) -> bool {
+        match self.ids.lock() {
+            Ok(ids) => ids.0.contains(id),
+            Err(poisoned) => poisoned.into_inner().0.contains(id),
+        }
+    }
+
+    fn remember(&self, id: String) {
+        let mut ids = match self.ids.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if ids.0.insert(id.clone()) {
+            ids.1.push_back(id);
+        }
+        while ids.1.len() > REPEATS_KEPT {
+            if let Some(oldest) = ids.1.pop_front() {
+                ids.0.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// The worker role.
 pub struct Worker {
     client: PuhuriClient,
@@ -144,6 +183,7 @@ pub struct Worker {
     broker: Broker,
     config: WorkerConfig,
     locks: KeyedLocks,
+    repeats: Repeats,
     settled: tokio::sync::broadcast::Sender<Settled>,
     metrics: Arc<Metrics>,
     usage_config: UsageConfig,
@@ -187,6 +227,7 @@ impl Worker {
             broker,
             config,
             locks: KeyedLocks::default(),
+            repeats: Repeats::default(),
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
         }
@@ -381,13 +422,17 @@ impl Worker {
         let attempt = delivery.attempts + 1;
         // The event goes with the ack or not at all: when it cannot be published, the
         // delivery is retried, and the retry derives the same event from Puhuri Core.
+        let mut repeat = None;
         let result = match result {
             Ok((outcome, verdict)) => {
                 match self
                     .publish_decision(&mut delivery, item, &outcome, verdict.as_ref())
                     .await
                 {
-                    Ok(()) => Ok((outcome, verdict)),
+                    Ok(staged) => {
+                        repeat = staged;
+                        Ok((outcome, verdict))
+                    }
                     Err(error) => Err(ProcessError::NotYet(
                         format!(
                             "decided ({}), but the decision event was not published: {error}",
@@ -426,7 +471,12 @@ impl Worker {
                     self.publish_team_snapshot(verdict, backend_id).await;
                 }
                 let disposition = match delivery.ack().await {
-                    Ok(()) => Disposition::Acked,
+                    Ok(()) => {
+                        if let Some(id) = repeat.take() {
+                            self.repeats.remember(id);
+                        }
+                        Disposition::Acked
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "ack failed; the redelivery will find the allocation decided");
                         Disposition::LeftToBroker
@@ -498,16 +548,18 @@ impl Worker {
 
     /// Publishes the decision event with the delivery's ack (see
     /// [`Delivery::stage_event`]): for a decision just made, and for one a retry found in
-    /// Puhuri Core as this policy writes it (`AlreadyHandled` with the verdict).
+    /// Puhuri Core as this policy writes it (`AlreadyHandled` with the verdict). A hold
+    /// (or a shadow decision) this process published already is not published again;
+    /// `Ok(Some(id))` names one staged now, to remember once acked.
     async fn publish_decision(
         &self,
         delivery: &mut Delivery,
         item: &WorkItem,
         outcome: &Outcome,
         verdict: Option<&Verdict>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         let Some(verdict) = verdict else {
-            return Ok(());
+            return Ok(None);
         };
         let decided = match outcome {
             Outcome::Approved { .. } => Decided::Approved,
@@ -518,11 +570,15 @@ impl Worker {
                 Action::Approve { .. } => Decided::Approved,
                 Action::Reject { .. } => Decided::Rejected,
                 Action::Erred { .. } => Decided::Erred,
-                Action::Hold { .. } => return Ok(()),
+                Action::Hold { .. } => return Ok(None),
             },
-            Outcome::NotWaiting { .. } => return Ok(()),
+            Outcome::NotWaiting { .. } => return Ok(None),
         };
         let event = DecisionEvent::new(&item.id, decided, verdict, self.shadow);
+        let repeatable = self.shadow || decided == Decided::Held;
+        if repeatable && self.repeats.seen(&event.id) {
+            return Ok(None);
+        }
         let body = serde_json::to_vec(&event).map_err(|error| error.to_string())?;
         delivery
             .stage_event(puhuri_queue::Event {
@@ -534,7 +590,8 @@ impl Worker {
             .map_err(|error| {
                 tracing::warn!(error = %error, "decision event not published; the delivery is retried");
                 error.to_string()
-            })
+            })?;
+        Ok(repeatable.then_some(event.id))
     }
 
     /// Publishes the approved allocation's team; a failure is logged (the team watcher
