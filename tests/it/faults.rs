@@ -90,10 +90,11 @@ async fn puhuri_core_failing_30_percent_of_calls_loses_and_duplicates_nothing(ba
         slow_ms: 600,
         ..Faults::default()
     });
+    let started = std::time::Instant::now();
     for (i, (created, _)) in cases.iter().enumerate() {
         notify_until_accepted(&app, &format!("msg_flaky_{i}"), created).await;
     }
-    let took = app.wait_decided(&cases, RECOVERY).await;
+    let took = started.elapsed() + app.wait_decided(&cases, RECOVERY).await;
     app.sim.set_faults(Faults::default());
     let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     report(
@@ -661,10 +662,11 @@ async fn writes_applied_then_answered_5xx_are_decided_once_with_their_events(bac
         applied_error_rate: 0.3,
         ..Faults::default()
     });
+    let started = std::time::Instant::now();
     for (i, (created, _)) in cases.iter().enumerate() {
         notify_until_accepted(&app, &format!("msg_applied_{i}"), created).await;
     }
-    let took = app.wait_decided(&cases, RECOVERY).await;
+    let took = started.elapsed() + app.wait_decided(&cases, RECOVERY).await;
     let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     app.sim.set_faults(Faults::default());
     let applied = app
