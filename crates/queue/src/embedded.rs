@@ -23,8 +23,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Event, Kind, Progress,
-    PublishError, QueueError, Select, Settle, Topology,
+    Backend, Claim, ClaimGuard, Consumer, DeadLetter, Deliveries, Delivery, Destination, Event,
+    Kind, Progress, PublishError, QueueError, Select, Settle, Topology,
 };
 
 /// Which queue a message is in.
@@ -153,6 +153,18 @@ enum Op {
         reply: Reply<Vec<(String, Vec<u8>)>>,
     },
     Purge {
+        reply: Reply<()>,
+    },
+    /// Takes `key` unless another token holds it unexpired; the token when taken.
+    Lock {
+        key: String,
+        token: i64,
+        until: i64,
+        reply: Reply<bool>,
+    },
+    Unlock {
+        key: String,
+        token: i64,
         reply: Reply<()>,
     },
 }
@@ -384,6 +396,35 @@ impl EmbeddedQueue {
         self.call(|reply| Op::Events { limit, reply }).await
     }
 
+    /// Claims `key` for `ttl` against every process sharing the folder; the claim's
+    /// token when taken, `None` while another holds it unexpired.
+    pub async fn lock(&self, key: &str, ttl: Duration) -> Result<Option<i64>, StorageError> {
+        let bytes = uuid::Uuid::new_v4().into_bytes();
+        let token = i64::from_le_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ]);
+        let until = now_ms() + ttl.as_millis() as i64;
+        let taken = self
+            .call(|reply| Op::Lock {
+                key: key.to_owned(),
+                token,
+                until,
+                reply,
+            })
+            .await?;
+        Ok(taken.then_some(token))
+    }
+
+    /// Gives up a claim taken with `token`.
+    pub async fn unlock(&self, key: &str, token: i64) -> Result<(), StorageError> {
+        self.call(|reply| Op::Unlock {
+            key: key.to_owned(),
+            token,
+            reply,
+        })
+        .await
+    }
+
     /// Deletes every message and event (tests and tooling).
     pub async fn purge_everything(&self) -> Result<(), StorageError> {
         self.call(|reply| Op::Purge { reply }).await
@@ -439,6 +480,11 @@ fn initialize(connection: &Connection) -> rusqlite::Result<()> {
              kind TEXT NOT NULL DEFAULT 'allocation'
          );
          CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id);
+         CREATE TABLE IF NOT EXISTS claims (
+             key TEXT PRIMARY KEY,
+             token INTEGER NOT NULL,
+             until INTEGER NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS events (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              routing_key TEXT NOT NULL,
@@ -510,7 +556,9 @@ fn fail(op: Op, error: StorageError) {
         | Op::Ack { reply, .. }
         | Op::Reschedule { reply, .. }
         | Op::Event { reply, .. }
-        | Op::Purge { reply } => drop(reply.send(Err(error))),
+        | Op::Purge { reply }
+        | Op::Unlock { reply, .. } => drop(reply.send(Err(error))),
+        Op::Lock { reply, .. } => drop(reply.send(Err(error))),
         Op::Claim { reply, .. } => drop(reply.send(Err(error))),
         Op::Events { reply, .. } => drop(reply.send(Err(error))),
         Op::NextDue { reply } => drop(reply.send(Err(error))),
@@ -656,6 +704,33 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, lease_ms: i64, next_token: &mut
         }
         Op::Events { limit, reply } => {
             let result = events(tx, limit);
+            answer(reply, result)
+        }
+        Op::Lock {
+            key,
+            token,
+            until,
+            reply,
+        } => {
+            let result = tx
+                .execute(
+                    "INSERT INTO claims (key, token, until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET token = excluded.token, until = excluded.until
+                     WHERE claims.until <= ?4",
+                    params![key, token, until, now],
+                )
+                .map(|n| n == 1)
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::Unlock { key, token, reply } => {
+            let result = tx
+                .execute(
+                    "DELETE FROM claims WHERE key = ?1 AND token = ?2",
+                    params![key, token],
+                )
+                .map(drop)
+                .map_err(StorageError::from);
             answer(reply, result)
         }
         Op::Purge { reply } => {
@@ -957,6 +1032,33 @@ impl Backend for Embedded {
     async fn delete_topology(&self) -> Result<(), QueueError> {
         Ok(self.queue.purge_everything().await?)
     }
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
+        let token = self.queue.lock(key, ttl).await?;
+        Ok(token.map(|token| {
+            Box::new(EmbeddedClaim {
+                queue: self.queue.clone(),
+                key: key.to_owned(),
+                token,
+            }) as ClaimGuard
+        }))
+    }
+}
+
+/// A claim held as a row of the `claims` table; it expires at its time.
+struct EmbeddedClaim {
+    queue: EmbeddedQueue,
+    key: String,
+    token: i64,
+}
+
+#[async_trait]
+impl Claim for EmbeddedClaim {
+    async fn release(self: Box<Self>) {
+        if let Err(error) = self.queue.unlock(&self.key, self.token).await {
+            tracing::warn!(error = %error, "claim not released; it expires");
+        }
+    }
 }
 
 /// A consumer of the embedded queue: leases messages as prefetch permits allow.
@@ -1244,6 +1346,44 @@ mod tests {
             vec![("allocation.approved".to_owned(), b"e1".to_vec())]
         );
         assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_claim_excludes_other_handles_until_released_or_expired() {
+        let dir = temp();
+        let one = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
+        let two = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open again");
+        let token = one
+            .lock("r", Duration::from_secs(60))
+            .await
+            .expect("lock")
+            .expect("free");
+        assert_eq!(
+            two.lock("r", Duration::from_secs(60)).await.expect("lock"),
+            None
+        );
+        assert!(
+            two.lock("other", Duration::from_secs(60))
+                .await
+                .expect("lock")
+                .is_some()
+        );
+        one.unlock("r", token).await.expect("unlock");
+        let short = two
+            .lock("r", Duration::from_millis(1))
+            .await
+            .expect("lock")
+            .expect("released");
+        assert_ne!(short, token);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            one.lock("r", Duration::from_secs(60))
+                .await
+                .expect("lock")
+                .is_some(),
+            "expired"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

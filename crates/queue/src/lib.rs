@@ -229,6 +229,16 @@ pub enum Retried {
 /// Reports progress of a dead-letter replay or purge: `(done, total)`.
 pub type Progress<'a> = &'a mut (dyn FnMut(usize, usize) + Send);
 
+/// A claim on a key, held by one process at a time (see [`Broker::claim`]).
+#[async_trait]
+pub trait Claim: Send {
+    /// Gives the claim up.
+    async fn release(self: Box<Self>);
+}
+
+/// A held claim.
+pub type ClaimGuard = Box<dyn Claim>;
+
 /// A queue backend. The service holds it as a [`Broker`].
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -277,6 +287,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<usize, QueueError>;
     /// Removes this topology's queues and exchanges, or empties the embedded database.
     async fn delete_topology(&self) -> Result<(), QueueError>;
+    /// Claims `key` against every other process on this queue (see [`Broker::claim`]).
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError>;
 }
 
 /// The deliveries of one consumer.
@@ -542,5 +554,15 @@ impl Broker {
 
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
         self.0.delete_topology().await
+    }
+
+    /// Claims `key` against every other process on this queue: `Ok(None)` while another
+    /// process holds it. RabbitMQ: an exclusive queue `{prefix}.claim.{key}`, which the
+    /// broker refuses (`RESOURCE_LOCKED`) to other connections and drops with its
+    /// connection (needs `configure` permission on those names); embedded: a row of
+    /// the `claims` table that expires after `ttl`. Within one process (one connection)
+    /// a claim does not exclude: callers serialize their own tasks.
+    pub async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
+        self.0.claim(key, ttl).await
     }
 }

@@ -42,8 +42,8 @@ use async_trait::async_trait;
 use puhuri_auth::Secret;
 
 use super::{
-    AmqpConfig, Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Event, Kind,
-    Progress, PublishError, QueueError, Select, Settle, Topology,
+    AmqpConfig, Backend, Claim, ClaimGuard, Consumer, DeadLetter, Deliveries, Delivery,
+    Destination, Event, Kind, Progress, PublishError, QueueError, Select, Settle, Topology,
 };
 
 /// Header: the message's [`Kind`], on every copy the service publishes (retries and
@@ -1054,6 +1054,31 @@ impl Backend for RabbitBroker {
         self.settle_dead(select, replay, progress).await
     }
 
+    async fn claim(&self, key: &str, _ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
+        let session = self.session().ok_or(QueueError::Unreachable)?;
+        let channel = session.connection.create_channel().await?;
+        let name = format!("{}.claim.{key}", self.inner.topology.prefix);
+        let declared = channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => Ok(Some(Box::new(RabbitClaim { channel, name }))),
+            // The broker closes the channel with the refusal.
+            Err(error) if is_resource_locked(&error) => Ok(None),
+            Err(error) => {
+                let _ = channel.close(200, "done".into()).await;
+                Err(error.into())
+            }
+        }
+    }
+
     async fn delete_topology(&self) -> Result<(), QueueError> {
         RabbitBroker::delete_topology(self).await
     }
@@ -1157,5 +1182,32 @@ mod tests {
             jittered(Duration::from_millis(1000), 0.0),
             Duration::from_millis(1000)
         );
+    }
+}
+
+/// Whether another connection holds an exclusive queue of that name.
+fn is_resource_locked(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
+}
+
+/// A claim held as an exclusive queue; the broker drops it with the connection.
+struct RabbitClaim {
+    channel: lapin::Channel,
+    name: String,
+}
+
+#[async_trait]
+impl Claim for RabbitClaim {
+    async fn release(self: Box<Self>) {
+        let _ = self
+            .channel
+            .queue_delete(
+                self.name.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.channel.close(200, "done".into()).await;
     }
 }
