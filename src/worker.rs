@@ -30,7 +30,7 @@ use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
-use puhuri_queue::{Broker, Delivery, Retried};
+use puhuri_queue::{Broker, ClaimGuard, Delivery, Retried};
 
 use crate::reload::{PolicyHandle, ReloadCounters};
 use crate::team::{ResourceSummary, TeamEvent};
@@ -666,26 +666,58 @@ impl Worker {
 
     /// The allocation as it is right before a write, when the state read at the start
     /// may be stale for it: writes Puhuri Core accepts in any state (erred; every write
-    /// of the 2021 API) and decisions that waited on other calls first. `Err` carries
-    /// the outcome when it no longer waits.
+    /// of the 2021 API) and decisions that waited on other calls first. Before a write
+    /// Puhuri Core accepts in any state, the allocation is also claimed against other
+    /// processes (held until the write is answered; release it). `Err` carries the
+    /// outcome when it no longer waits.
     async fn recheck(
         &self,
         item: &WorkItem,
         policy: &Policy,
         action: &Action,
         fetched: Fetched,
-    ) -> Result<Result<Fetched, (Outcome, Option<Verdict>)>, ProcessError> {
+    ) -> Result<Result<(Fetched, Option<ClaimGuard>), (Outcome, Option<Verdict>)>, ProcessError>
+    {
         let api = self.client.api();
         let unguarded = api == ApiGeneration::Resources || matches!(action, Action::Erred { .. });
         let waited = policy.needs_customer_details() || policy.needs_granted();
         if matches!(action, Action::Hold { .. }) || !(unguarded || waited) {
-            return Ok(Ok(fetched));
+            return Ok(Ok((fetched, None)));
         }
-        let now = self.client.fetch_allocation(&item.hint).await?;
+        let claim = if unguarded {
+            let key = format!("allocation.{}", fetched.resource.uuid);
+            match self.broker.claim(&key, CLAIM_TTL).await {
+                Ok(Some(claim)) => Some(claim),
+                Ok(None) => {
+                    return Err(ProcessError::NotYet(
+                        "another worker process is writing this allocation".into(),
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "allocation not claimed; writing after the re-read alone");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let now = match self.client.fetch_allocation(&item.hint).await {
+            Ok(now) => now,
+            Err(error) => {
+                release(claim).await;
+                return Err(error.into());
+            }
+        };
         match now.waiting(api) {
-            Waiting::Yes => Ok(Ok(now)),
-            Waiting::AlreadyHandled(state) => Ok(Err(self.already_handled(&now, state).await?)),
-            Waiting::NotYet(state) => Ok(Err((Outcome::NotWaiting { state }, None))),
+            Waiting::Yes => Ok(Ok((now, claim))),
+            Waiting::AlreadyHandled(state) => {
+                release(claim).await;
+                Ok(Err(self.already_handled(&now, state).await?))
+            }
+            Waiting::NotYet(state) => {
+                release(claim).await;
+                Ok(Err((Outcome::NotWaiting { state }, None)))
+            }
         }
     }
 
@@ -769,7 +801,10 @@ impl Worker {
             Ok(fetched) => fetched,
             Err(moved) => return Ok(moved),
         };
-        let outcome = match self.act(&fetched, &verdict.action).await {
+        let (fetched, claim) = fetched;
+        let acted = self.act(&fetched, &verdict.action).await;
+        release(claim).await;
+        let outcome = match acted {
             Ok(outcome) => outcome,
             Err(PuhuriError::Conflict { .. }) => {
                 // Someone else moved it: decide by what it is now.
@@ -884,6 +919,16 @@ fn shadow_outcome(action: &Action) -> Outcome {
             message: message.clone(),
         },
         Action::Hold { note } => Outcome::Held { note: note.clone() },
+    }
+}
+
+/// How long a claim on an allocation lasts at most on the embedded queue (a process that
+/// dies holding one blocks the allocation's unguarded writes that long).
+const CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn release(claim: Option<ClaimGuard>) {
+    if let Some(claim) = claim {
+        claim.release().await;
     }
 }
 

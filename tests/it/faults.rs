@@ -826,11 +826,11 @@ async fn a_hook_pair_naming_order_and_resource_writes_each_allocation_once(backe
 crate::on_both_backends!(a_hook_pair_across_two_worker_instances_writes_each_allocation_once);
 
 /// Two worker instances (own locks, own connections) on one queue take the two hints of
-/// each pair: the state machine's 409 and the re-read before each write keep every
-/// allocation written once. (Erred is left out: Puhuri Core accepts it in any state, so
-/// across processes only the re-read right before it guards it — see ARCHITECTURE.md.)
+/// each pair: the state machine's 409 guards approvals and rejections; erred, which
+/// Puhuri Core accepts in any state, is claimed across processes and re-read first.
 async fn a_hook_pair_across_two_worker_instances_writes_each_allocation_once(backend: Backend) {
     let app = spawn_app(Options {
+        policy: PAIR_POLICY,
         backend,
         prefetch: 4,
         ..Options::default()
@@ -843,7 +843,7 @@ async fn a_hook_pair_across_two_worker_instances_writes_each_allocation_once(bac
         ..Faults::default()
     });
     let mut events = app.tap_events().await;
-    let cases = app.create_mixed(45).await;
+    let cases = create_four_kinds(&app, 48).await;
     let started = std::time::Instant::now();
     let pairs = cases
         .iter()
