@@ -1134,6 +1134,33 @@ fn truncate_reason(reason: &str) -> String {
     reason.chars().take(super::REASON_CHARS).collect()
 }
 
+/// Whether another connection holds an exclusive queue of that name.
+fn is_resource_locked(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
+}
+
+/// A claim held as an exclusive queue; the broker drops it with the connection.
+struct RabbitClaim {
+    channel: lapin::Channel,
+    name: String,
+}
+
+#[async_trait]
+impl Claim for RabbitClaim {
+    async fn release(self: Box<Self>) {
+        let _ = self
+            .channel
+            .queue_delete(
+                self.name.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1182,32 +1209,5 @@ mod tests {
             jittered(Duration::from_millis(1000), 0.0),
             Duration::from_millis(1000)
         );
-    }
-}
-
-/// Whether another connection holds an exclusive queue of that name.
-fn is_resource_locked(error: &lapin::Error) -> bool {
-    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
-        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
-}
-
-/// A claim held as an exclusive queue; the broker drops it with the connection.
-struct RabbitClaim {
-    channel: lapin::Channel,
-    name: String,
-}
-
-#[async_trait]
-impl Claim for RabbitClaim {
-    async fn release(self: Box<Self>) {
-        let _ = self
-            .channel
-            .queue_delete(
-                self.name.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await;
-        let _ = self.channel.close(200, "done".into()).await;
     }
 }
