@@ -10,7 +10,14 @@
 //! INVARIANT: `backend_id` is a deterministic function of the allocation, and
 //! `set_backend_id` is idempotent, so a redelivery writes the same value again at most.
 //! INVARIANT: within one worker process, one allocation is processed by one task at a
-//! time; across processes, Puhuri Core's state machine (409) is the arbiter.
+//! time: every hint is resolved to the allocation's resource uuid before the lock is
+//! taken, so hints naming its order and its resource serialize. Across processes, the
+//! state is re-read right before a write Puhuri Core accepts in any state (erred, and
+//! every write of the 2021 API), and Puhuri Core's state machine (409) guards the rest.
+//! INVARIANT: every allocation this service decides gets its decision event with a
+//! stable id, and the delivery is acked only with the event published (RabbitMQ: after
+//! its confirm; embedded: in the ack's transaction). A retry that finds the allocation
+//! decided as this policy writes it publishes the same event again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +30,7 @@ use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
-use puhuri_queue::{Broker, Delivery, Retried};
+use puhuri_queue::{Broker, ClaimGuard, Delivery, Retried};
 
 use crate::customers::{Abbreviations, CustomerDirectory};
 use crate::facts::CustomerExtras;
@@ -52,6 +59,9 @@ pub enum Outcome {
     /// It was decided already (redelivery, another replica, or a human).
     AlreadyHandled {
         state: String,
+        /// What Puhuri Core shows was written, when it is what this policy writes: its
+        /// decision event is published (again, with the same id).
+        found: Option<Decided>,
     },
     /// It has not reached the provider yet; the reconciler will find it when it does.
     NotWaiting {
@@ -130,6 +140,45 @@ impl KeyedLocks {
     }
 }
 
+/// Ids of the events this process published for decisions that are re-evaluated
+/// without a write — holds, and every decision in shadow mode — so that a reconciliation
+/// re-evaluating them does not publish the same event again. Bounded (the oldest ids are
+/// forgotten: that costs one more copy with the same id, which consumers de-duplicate).
+#[derive(Default)]
+struct Repeats {
+    ids: Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+/// How many published ids [`Repeats`] keeps.
+const REPEATS_KEPT: usize = 10_000;
+
+impl Repeats {
+    fn seen(&self, id: &str) -> bool {
+        match self.ids.lock() {
+            Ok(ids) => ids.0.contains(id),
+            Err(poisoned) => poisoned.into_inner().0.contains(id),
+        }
+    }
+
+    fn remember(&self, id: String) {
+        let mut ids = match self.ids.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if ids.0.insert(id.clone()) {
+            ids.1.push_back(id);
+        }
+        while ids.1.len() > REPEATS_KEPT {
+            if let Some(oldest) = ids.1.pop_front() {
+                ids.0.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// The worker role.
 pub struct Worker {
     client: PuhuriClient,
@@ -139,6 +188,7 @@ pub struct Worker {
     broker: Broker,
     config: WorkerConfig,
     locks: KeyedLocks,
+    repeats: Repeats,
     settled: tokio::sync::broadcast::Sender<Settled>,
     metrics: Arc<Metrics>,
     usage_config: UsageConfig,
@@ -185,6 +235,7 @@ impl Worker {
             broker,
             config,
             locks: KeyedLocks::default(),
+            repeats: Repeats::default(),
             settled: tokio::sync::broadcast::channel(1024).0,
             metrics,
             customers: Arc::new(CustomerDirectory::default()),
@@ -333,6 +384,14 @@ impl Worker {
         );
         crate::otel::join_notification_trace(&span, &item.id);
         async move {
+            // The allocation's identity first, so that every hint of it shares one lock.
+            let item = match self.resolve(&item).await {
+                Ok(resolved) => resolved,
+                Err(error) => {
+                    self.settle(delivery, &item, Err(error)).await;
+                    return;
+                }
+            };
             let key = item.hint.key();
             let lock = self.locks.lock_for(&key);
             let result = {
@@ -347,14 +406,62 @@ impl Worker {
         .await
     }
 
+    /// The hint with the allocation's resource uuid: as given, or read from the order it
+    /// names (one GET, which the re-fetch that follows does not repeat).
+    async fn resolve(&self, item: &WorkItem) -> Result<WorkItem, ProcessError> {
+        let (None, Some(order_uuid)) = (&item.hint.resource_uuid, &item.hint.order_uuid) else {
+            return Ok(item.clone());
+        };
+        let order = self.client.get_order(order_uuid).await?;
+        let resource = order
+            .marketplace_resource_uuid
+            .as_deref()
+            .and_then(crate::notification::ResourceUuid::parse);
+        let Some(resource) = resource else {
+            return Err(PuhuriError::Unusable {
+                operation: "get order",
+                detail: format!("order {order_uuid} names no marketplace resource"),
+            }
+            .into());
+        };
+        let mut resolved = item.clone();
+        resolved.hint.resource_uuid = Some(resource);
+        Ok(resolved)
+    }
+
     async fn settle(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         item: &WorkItem,
         result: Result<(Outcome, Option<Verdict>), ProcessError>,
     ) {
         let attempt = delivery.attempts + 1;
+        // The event goes with the ack or not at all: when it cannot be published, the
+        // delivery is retried, and the retry derives the same event from Puhuri Core.
+        let mut repeat = None;
+        let result = match result {
+            Ok((outcome, verdict)) => {
+                match self
+                    .publish_decision(&mut delivery, item, &outcome, verdict.as_ref())
+                    .await
+                {
+                    Ok(staged) => {
+                        repeat = staged;
+                        Ok((outcome, verdict))
+                    }
+                    Err(error) => Err(ProcessError::NotYet(
+                        format!(
+                            "decided ({}), but the decision event was not published: {error}",
+                            outcome.name()
+                        )
+                        .into(),
+                    )),
+                }
+            }
+            Err(error) => Err(error),
+        };
         let rule = match &result {
+            Ok((Outcome::AlreadyHandled { .. }, _)) => None,
             Ok((_, Some(verdict))) => verdict.rule.clone(),
             _ => None,
         };
@@ -373,16 +480,6 @@ impl Worker {
                     since_received_ms,
                     "decided"
                 );
-                if matches!(
-                    outcome,
-                    Outcome::Approved { .. }
-                        | Outcome::Rejected { .. }
-                        | Outcome::Erred { .. }
-                        | Outcome::Held { .. }
-                ) {
-                    self.publish_decision(item, &outcome, verdict.as_ref())
-                        .await;
-                }
                 if let (Outcome::Approved { backend_id }, Some(verdict)) = (&outcome, &verdict)
                     && self.team.snapshot_on_approval
                     && !self.shadow
@@ -390,7 +487,12 @@ impl Worker {
                     self.publish_team_snapshot(verdict, backend_id).await;
                 }
                 let disposition = match delivery.ack().await {
-                    Ok(()) => Disposition::Acked,
+                    Ok(()) => {
+                        if let Some(id) = repeat.take() {
+                            self.repeats.remember(id);
+                        }
+                        Disposition::Acked
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "ack failed; the redelivery will find the allocation decided");
                         Disposition::LeftToBroker
@@ -460,35 +562,50 @@ impl Worker {
         });
     }
 
+    /// Publishes the decision event with the delivery's ack (see
+    /// [`Delivery::stage_event`]): for a decision just made, and for one a retry found in
+    /// Puhuri Core as this policy writes it (`AlreadyHandled` with the verdict). A hold
+    /// (or a shadow decision) this process published already is not published again;
+    /// `Ok(Some(id))` names one staged now, to remember once acked.
     async fn publish_decision(
         &self,
+        delivery: &mut Delivery,
         item: &WorkItem,
         outcome: &Outcome,
         verdict: Option<&Verdict>,
-    ) {
+    ) -> Result<Option<String>, String> {
+        let Some(verdict) = verdict else {
+            return Ok(None);
+        };
         let decided = match outcome {
             Outcome::Approved { .. } => Decided::Approved,
             Outcome::Rejected { .. } => Decided::Rejected,
             Outcome::Erred { .. } => Decided::Erred,
             Outcome::Held { .. } => Decided::Held,
-            Outcome::AlreadyHandled { .. } | Outcome::NotWaiting { .. } => return,
+            Outcome::AlreadyHandled { found, .. } => match (found, &verdict.action) {
+                (_, Action::Hold { .. }) | (None, _) => return Ok(None),
+                (Some(found), _) => *found,
+            },
+            Outcome::NotWaiting { .. } => return Ok(None),
         };
-        let Some(verdict) = verdict else { return };
         let event = DecisionEvent::new(&item.id, decided, verdict, self.shadow);
-        let body = match serde_json::to_vec(&event) {
-            Ok(body) => body,
-            Err(error) => {
-                tracing::warn!(error = %error, "decision event not serializable");
-                return;
-            }
-        };
-        if let Err(error) = self
-            .broker
-            .publish_event(&event.routing_key(), &body, &item.id)
-            .await
-        {
-            tracing::warn!(error = %error, "decision event not published");
+        let repeatable = self.shadow || decided == Decided::Held;
+        if repeatable && self.repeats.seen(&event.id) {
+            return Ok(None);
         }
+        let body = serde_json::to_vec(&event).map_err(|error| error.to_string())?;
+        delivery
+            .stage_event(puhuri_queue::Event {
+                routing_key: event.routing_key(),
+                body,
+                message_id: event.id.clone(),
+            })
+            .await
+            .map_err(|error| {
+                tracing::warn!(error = %error, "decision event not published; the delivery is retried");
+                error.to_string()
+            })?;
+        Ok(repeatable.then_some(event.id))
     }
 
     /// Publishes the approved allocation's team; a failure is logged (the team watcher
@@ -515,48 +632,110 @@ impl Worker {
         }
     }
 
-    /// Completes what an approval left undone: the access report, when the allocation is
-    /// approved with this policy's `backend_id` and carries another report (or none).
-    async fn complete_approval(
+    /// An allocation found decided. When Puhuri Core holds it as this policy writes it
+    /// (approved with its `backend_id`; rejected with its comment; erred with its
+    /// `backend_id` and message), the verdict is returned so that its decision event is
+    /// published (again: same id), and an approval's missing access report is submitted.
+    async fn already_handled(
         &self,
         fetched: &Fetched,
         state: String,
     ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
-        let done = Outcome::AlreadyHandled { state };
-        let has_report = fetched
-            .resource
-            .report
-            .as_ref()
-            .and_then(serde_json::Value::as_array)
-            .is_some_and(|sections| !sections.is_empty());
-        // Most redeliveries end here: the allocation is not approved, or it has its report.
-        if self.shadow || fetched.resource.state != ResourceState::Ok || has_report {
+        let mut done = Outcome::AlreadyHandled { state, found: None };
+        let api = self.client.api();
+        // Shadow mode writes nothing, so nothing decided is its own.
+        let Some(decided) = decided_in(fetched, api).filter(|_| !self.shadow) else {
             return Ok((done, None));
-        }
+        };
         let policy = self.policy();
-        let allocation = match self.allocation(&policy, fetched).await {
+        let waited = as_it_waited(fetched, api);
+        let allocation = match self.allocation(&policy, &waited).await {
             Ok(allocation) => allocation,
+            Err(error) if error.is_transient() => return Err(error.into()),
             Err(error) => {
-                tracing::warn!(error = %error, "allocation decided already; its report is not checked");
+                tracing::warn!(error = %error, "allocation decided already; not re-evaluated, so no decision event");
                 return Ok((done, None));
             }
         };
         let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
-        let Action::Approve { backend_id, report } = &verdict.action else {
-            tracing::info!(
-                action = verdict.action.name(),
-                "allocation approved earlier without a report; the policy no longer approves it, so none is submitted"
-            );
-            return Ok((done, None));
-        };
-        if report.is_empty() || fetched.resource.backend_id.as_deref() != Some(backend_id) {
+        if !written_as(&verdict.action, decided, fetched) {
             return Ok((done, None));
         }
-        self.client
-            .submit_report(&fetched.resource.uuid, &crate::facts::report(report))
-            .await?;
-        tracing::info!("access report submitted for an allocation approved earlier");
-        Ok((done, None))
+        if let Action::Approve { report, .. } = &verdict.action {
+            let has_report = fetched
+                .resource
+                .report
+                .as_ref()
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|sections| !sections.is_empty());
+            if !report.is_empty() && !has_report && fetched.resource.state == ResourceState::Ok {
+                self.client
+                    .submit_report(&fetched.resource.uuid, &crate::facts::report(report))
+                    .await?;
+                tracing::info!("access report submitted for an allocation approved earlier");
+            }
+        }
+        if let Outcome::AlreadyHandled { found, .. } = &mut done {
+            *found = Some(decided);
+        }
+        Ok((done, Some(verdict)))
+    }
+
+    /// The allocation as it is right before a write, when the state read at the start
+    /// may be stale for it: writes Puhuri Core accepts in any state (erred; every write
+    /// of the 2021 API) and decisions that waited on other calls first. Before a write
+    /// Puhuri Core accepts in any state, the allocation is also claimed against other
+    /// processes (held until the write is answered; release it). `Err` carries the
+    /// outcome when it no longer waits.
+    async fn recheck(
+        &self,
+        item: &WorkItem,
+        policy: &Policy,
+        action: &Action,
+        fetched: Fetched,
+    ) -> Result<Result<(Fetched, Option<ClaimGuard>), (Outcome, Option<Verdict>)>, ProcessError>
+    {
+        let api = self.client.api();
+        let unguarded = api == ApiGeneration::Resources || matches!(action, Action::Erred { .. });
+        let waited = policy.needs_customer_details() || policy.needs_granted();
+        if matches!(action, Action::Hold { .. }) || !(unguarded || waited) {
+            return Ok(Ok((fetched, None)));
+        }
+        let claim = if unguarded {
+            let key = format!("allocation.{}", fetched.resource.uuid);
+            match self.broker.claim(&key, CLAIM_TTL).await {
+                Ok(Some(claim)) => Some(claim),
+                Ok(None) => {
+                    return Err(ProcessError::NotYet(
+                        "another worker process is writing this allocation".into(),
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "allocation not claimed; writing after the re-read alone");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let now = match self.client.fetch_allocation(&item.hint).await {
+            Ok(now) => now,
+            Err(error) => {
+                release(claim).await;
+                return Err(error.into());
+            }
+        };
+        match now.waiting(api) {
+            Waiting::Yes => Ok(Ok((now, claim))),
+            Waiting::AlreadyHandled(state) => {
+                release(claim).await;
+                Ok(Err(self.already_handled(&now, state).await?))
+            }
+            Waiting::NotYet(state) => {
+                release(claim).await;
+                Ok(Err((Outcome::NotWaiting { state }, None)))
+            }
+        }
     }
 
     /// The allocation as `policy` sees it, with what is known of the organisation and the
@@ -614,7 +793,7 @@ impl Worker {
     ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
         let fetched = self.client.fetch_allocation(&item.hint).await?;
         match fetched.waiting(self.client.api()) {
-            Waiting::AlreadyHandled(state) => return self.complete_approval(&fetched, state).await,
+            Waiting::AlreadyHandled(state) => return self.already_handled(&fetched, state).await,
             Waiting::NotYet(state) => return Ok((Outcome::NotWaiting { state }, None)),
             Waiting::Yes => {}
         }
@@ -630,13 +809,25 @@ impl Worker {
             let outcome = shadow_outcome(&verdict.action, self.client.erred_write(&fetched));
             return Ok((outcome, Some(verdict)));
         }
-        let outcome = match self.act(&fetched, &verdict.action).await {
+        let fetched = match self
+            .recheck(item, &policy, &verdict.action, fetched)
+            .await?
+        {
+            Ok(fetched) => fetched,
+            Err(moved) => return Ok(moved),
+        };
+        let (fetched, claim) = fetched;
+        let acted = self.act(&fetched, &verdict.action).await;
+        release(claim).await;
+        let outcome = match acted {
             Ok(outcome) => outcome,
             Err(PuhuriError::Conflict { .. }) => {
                 // Someone else moved it: decide by what it is now.
                 let now = self.client.fetch_allocation(&item.hint).await?;
                 match now.waiting(self.client.api()) {
-                    Waiting::AlreadyHandled(state) => Outcome::AlreadyHandled { state },
+                    Waiting::AlreadyHandled(state) => {
+                        return self.already_handled(&now, state).await;
+                    }
                     Waiting::NotYet(state) => Outcome::NotWaiting { state },
                     Waiting::Yes => {
                         return Err(ProcessError::NotYet(
@@ -760,5 +951,90 @@ fn shadow_outcome(action: &Action, erred: ErredWrite) -> Outcome {
         },
         Action::Erred { message, .. } => erred_outcome(erred, message),
         Action::Hold { note } => Outcome::Held { note: note.clone() },
+    }
+}
+
+/// How long a claim on an allocation lasts at most on the embedded queue (a process that
+/// dies holding one blocks the allocation's unguarded writes that long).
+const CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn release(claim: Option<ClaimGuard>) {
+    if let Some(claim) = claim {
+        claim.release().await;
+    }
+}
+
+/// What Puhuri Core shows was decided, when it shows a decision a provider writes.
+fn decided_in(fetched: &Fetched, api: ApiGeneration) -> Option<Decided> {
+    use puhuri_client::OrderState;
+    if fetched.resource.state == ResourceState::Erred {
+        return Some(Decided::Erred);
+    }
+    match api {
+        ApiGeneration::Resources => match fetched.resource.state {
+            ResourceState::Ok => Some(Decided::Approved),
+            ResourceState::Terminated => Some(Decided::Rejected),
+            _ => None,
+        },
+        ApiGeneration::Orders => match fetched.order.as_ref().map(|o| &o.state) {
+            Some(OrderState::Executing | OrderState::Done) => Some(Decided::Approved),
+            Some(OrderState::Rejected) => Some(Decided::Rejected),
+            Some(OrderState::Erred) => Some(Decided::Erred),
+            _ => None,
+        },
+    }
+}
+
+/// The allocation as the policy saw it while it waited: the states and what a decision
+/// writes (backend_id, report, error) as before it, the rest as it is now.
+fn as_it_waited(fetched: &Fetched, api: ApiGeneration) -> Fetched {
+    let mut waited = fetched.clone();
+    waited.resource.state = ResourceState::Creating;
+    waited.resource.backend_id = None;
+    waited.resource.report = None;
+    waited.resource.error_message = None;
+    if api == ApiGeneration::Orders
+        && let Some(order) = waited.order.as_mut()
+    {
+        order.state = puhuri_client::OrderState::PendingProvider;
+        order.provider_rejection_comment = None;
+    }
+    waited
+}
+
+/// Whether what Puhuri Core holds is what `action` writes: the same `backend_id`, and
+/// the same comment or message where Puhuri Core keeps one (a server that does not keep
+/// the rejection comment cannot tell this policy's rejection from a human's with the
+/// same outcome).
+fn written_as(action: &Action, decided: Decided, fetched: &Fetched) -> bool {
+    let backend_id = fetched.resource.backend_id.as_deref();
+    let kept = |text: Option<&String>, wanted: &str| {
+        text.is_none_or(|text| text.is_empty() || text == wanted)
+    };
+    let comment = fetched
+        .order
+        .as_ref()
+        .and_then(|o| o.provider_rejection_comment.as_ref());
+    match (action, decided) {
+        (
+            Action::Approve {
+                backend_id: ours, ..
+            },
+            Decided::Approved,
+        ) => backend_id == Some(ours.as_str()),
+        (Action::Reject { reason }, Decided::Rejected) => kept(comment, reason),
+        (
+            Action::Erred {
+                backend_id: ours,
+                message,
+            },
+            Decided::Erred,
+        ) => {
+            backend_id == Some(ours.as_str())
+                && kept(fetched.resource.error_message.as_ref(), message)
+        }
+        // Erred written as a rejection of the order, with the message as its comment.
+        (Action::Erred { message, .. }, Decided::Rejected) => comment.is_some_and(|c| c == message),
+        _ => false,
     }
 }

@@ -1,7 +1,9 @@
 //! Fault scenarios. Each one streams allocations of three kinds (approve, reject, hold)
 //! through a failure and then counts, from the simulator's state and write calls, the
-//! allocations lost, decided twice and decided wrongly: all three must be zero. The
-//! figures are printed for the CI log.
+//! allocations lost, written twice and decided wrongly, and from the events exchange (a
+//! queue of the test's own) or the embedded event table, the decision events missing or
+//! duplicated beyond their id: all must be zero. One table row per scenario is printed
+//! for the CI log.
 
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use puhuri_sim::Faults;
 use serde_json::json;
 
 use crate::helpers::{
-    Counts, Options, Proxy, amqp_url, notify_until_accepted, report, spawn_app, temp_dir,
+    Backend, Counts, EventTap, Expect, Options, Proxy, amqp_url, notify_until_accepted, report,
+    spawn_app, temp_dir,
 };
 
 const RECOVERY: Duration = Duration::from_secs(60);
@@ -25,12 +28,13 @@ async fn lost_notifications_are_all_decided_by_the_reconciler_alone() {
         ..Options::default()
     })
     .await;
+    let mut events = app.tap_events().await;
     // No notification is sent at all.
     let cases = app.create_mixed(30).await;
     let took = app.wait_decided(&cases, RECOVERY).await;
-    let counts = app.check(&cases);
-    report("notifications lost", counts, cases.len(), took);
-    assert_eq!(counts, Counts::default());
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    report("notifications lost", tally, cases.len(), took);
+    assert_eq!(tally.counts, Counts::default());
     app.stop().await;
 }
 
@@ -44,6 +48,7 @@ async fn a_reconcile_cycle_lists_with_few_calls_and_skips_what_it_enqueued_recen
         ..Options::default()
     })
     .await;
+    let mut events = app.tap_events().await;
     let cases = app.create_mixed(250).await;
     let reconciler = app
         .running
@@ -58,22 +63,27 @@ async fn a_reconcile_cycle_lists_with_few_calls_and_skips_what_it_enqueued_recen
     let second = reconciler.run_cycle().await.expect("cycle");
     assert_eq!(second.enqueued, 0, "{second:?}");
     assert_eq!(second.recently_enqueued, second.pending);
-    app.wait_decided(&cases, RECOVERY).await;
-    assert_eq!(app.check(&cases), Counts::default());
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    report("reconcile cycles only", tally, cases.len(), took);
+    assert_eq!(tally.counts, Counts::default());
     app.stop().await;
 }
 
-#[tokio::test]
-async fn puhuri_core_failing_30_percent_of_calls_loses_and_duplicates_nothing() {
+crate::on_both_backends!(puhuri_core_failing_30_percent_of_calls_loses_and_duplicates_nothing);
+
+async fn puhuri_core_failing_30_percent_of_calls_loses_and_duplicates_nothing(backend: Backend) {
     let app = spawn_app(Options {
         max_attempts: 6,
         retry_delays_ms: "[20, 50, 100]",
         puhuri_timeout_ms: 300,
         reconcile_interval_secs: 1,
         reconcile_recheck_secs: 1,
+        backend,
         ..Options::default()
     })
     .await;
+    let mut events = app.tap_events().await;
     let cases = app.create_mixed(30).await;
     app.sim.set_faults(Faults {
         error_rate: 0.3,
@@ -82,19 +92,20 @@ async fn puhuri_core_failing_30_percent_of_calls_loses_and_duplicates_nothing() 
         slow_ms: 600,
         ..Faults::default()
     });
+    let started = std::time::Instant::now();
     for (i, (created, _)) in cases.iter().enumerate() {
         notify_until_accepted(&app, &format!("msg_flaky_{i}"), created).await;
     }
-    let took = app.wait_decided(&cases, RECOVERY).await;
+    let took = started.elapsed() + app.wait_decided(&cases, RECOVERY).await;
     app.sim.set_faults(Faults::default());
-    let counts = app.check(&cases);
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     report(
-        "Puhuri Core failing 30 % of calls",
-        counts,
+        &format!("Puhuri Core failing 30 % of calls ({backend:?})"),
+        tally,
         cases.len(),
         took,
     );
-    assert_eq!(counts, Counts::default());
+    assert_eq!(tally.counts, Counts::default());
     app.stop().await;
 }
 
@@ -169,6 +180,7 @@ async fn cutting_the_amqp_connection_mid_publish_loses_nothing() {
         ..Options::default()
     })
     .await;
+    let mut events = app.tap_events().await;
     let cases = app.create_mixed(60).await;
     let started = std::time::Instant::now();
     let accepted = std::sync::atomic::AtomicUsize::new(0);
@@ -203,15 +215,15 @@ async fn cutting_the_amqp_connection_mid_publish_loses_nothing() {
         }
     }
     let took = app.wait_decided(&cases, RECOVERY).await;
-    let counts = app.check(&cases);
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     report(
         &format!("AMQP connection cut {cuts} times"),
-        counts,
+        tally,
         cases.len(),
         started.elapsed().max(took),
     );
     assert_eq!(cuts, 2, "the connection was cut twice");
-    assert_eq!(counts, Counts::default());
+    assert_eq!(tally.counts, Counts::default());
     app.stop().await;
 }
 
@@ -289,6 +301,7 @@ async fn workers_stopped_and_killed_mid_delivery_lose_nothing() {
         ..Options::default()
     })
     .await;
+    let mut events = app.tap_events().await;
     let dir = temp_dir("worker-kill");
     let config = app.write_config(&dir);
     // Each Puhuri Core call takes 30 ms, so deliveries are in flight when signals arrive.
@@ -335,14 +348,14 @@ async fn workers_stopped_and_killed_mid_delivery_lose_nothing() {
     let worker = WorkerProcess::start(&config);
     let took = app.wait_decided(&cases, RECOVERY).await;
     let _ = calls.borrow_and_update();
-    let counts = app.check(&cases);
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     report(
         "worker stopped (SIGTERM) and killed (SIGKILL)",
-        counts,
+        tally,
         cases.len(),
         started.elapsed().max(took),
     );
-    assert_eq!(counts, Counts::default());
+    assert_eq!(tally.counts, Counts::default());
     drop(worker);
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
@@ -470,6 +483,7 @@ async fn a_rabbitmq_restart_while_notifications_stream_in_loses_nothing() {
         ..Options::default()
     })
     .await;
+    let mut events = app.tap_events().await;
     let cases = app.create_mixed(45).await;
     let (first, rest) = cases.split_at(15);
     for (i, (created, _)) in first.iter().enumerate() {
@@ -488,14 +502,14 @@ async fn a_rabbitmq_restart_while_notifications_stream_in_loses_nothing() {
     };
     tokio::join!(sends, restart);
     let took = app.wait_decided(&cases, RECOVERY).await;
-    let counts = app.check(&cases);
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     report(
         "RabbitMQ restarted mid-stream",
-        counts,
+        tally,
         cases.len(),
         started.elapsed().max(took),
     );
-    assert_eq!(counts, Counts::default());
+    assert_eq!(tally.counts, Counts::default());
     app.stop().await;
     rabbit.stop().await;
 }
@@ -609,18 +623,310 @@ async fn serve_killed_mid_stream_on_the_embedded_queue_loses_nothing() {
         notify_process_until_accepted(&http, &base, &format!("msg_embedded_b{i}"), created).await;
     }
     let took = app.wait_decided(&cases, RECOVERY).await;
-    let counts = app.check(&cases);
+    // The event table of the child's folder, read beside it.
+    let queue = puhuri_queue::embedded::EmbeddedQueue::open(&dir.join("data"), RECOVERY)
+        .expect("open the child's queue");
+    let mut events = EventTap::embedded(queue);
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
     report(
         &format!(
             "serve on the embedded queue killed (SIGKILL) with {decided_at_kill} of 45 decided"
         ),
-        counts,
+        tally,
         cases.len(),
         started.elapsed().max(took),
     );
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(counts, Counts::default());
+    assert_eq!(tally.counts, Counts::default());
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
+}
+
+crate::on_both_backends!(writes_applied_then_answered_5xx_are_decided_once_with_their_events);
+
+/// 30 % of the writes take effect and then answer 500, 502 or 503: the retry finds the
+/// allocation half-written (backend_id set) or decided, finishes it or publishes the
+/// event it would have published, with the same id.
+async fn writes_applied_then_answered_5xx_are_decided_once_with_their_events(backend: Backend) {
+    let app = spawn_app(Options {
+        max_attempts: 8,
+        retry_delays_ms: "[20, 50, 100]",
+        reconcile_interval_secs: 1,
+        reconcile_recheck_secs: 1,
+        backend,
+        ..Options::default()
+    })
+    .await;
+    let mut events = app.tap_events().await;
+    let cases = app.create_mixed(60).await;
+    app.sim.set_faults(Faults {
+        applied_error_rate: 0.3,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    for (i, (created, _)) in cases.iter().enumerate() {
+        notify_until_accepted(&app, &format!("msg_applied_{i}"), created).await;
+    }
+    let took = started.elapsed() + app.wait_decided(&cases, RECOVERY).await;
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    app.sim.set_faults(Faults::default());
+    let applied = app
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.applied_status.is_some())
+        .count();
+    report(
+        &format!("writes applied then answered 5xx, 30 % ({backend:?}; {applied} such answers)"),
+        tally,
+        cases.len(),
+        took,
+    );
+    assert!(applied > 0, "some writes were applied and answered 5xx");
+    assert_eq!(tally.counts, Counts::default());
+    app.stop().await;
+}
+
+/// Approves small LUMI-C requests, rejects big ones, marks big LUMI-G requests erred
+/// (a write Puhuri Core accepts in any state) and holds the rest.
+const PAIR_POLICY: &str = r#"
+[[rule]]
+name = "small-lumi-c"
+when = 'offering.name == "LUMI-C" && limits.cpu_k_hours <= 1000'
+action = "approve"
+backend_id = "{project.slug}_{resource.short_uuid}"
+
+[[rule]]
+name = "big-lumi-c"
+when = 'offering.name == "LUMI-C"'
+action = "reject"
+reason = "{project.name}: requests above 1000 CPU k-hours go to the allocation panel"
+
+[[rule]]
+name = "slurm-full"
+when = 'offering.name == "LUMI-Slurm"'
+action = "erred"
+backend_id = "{project.slug}_{resource.short_uuid}"
+message = "the Slurm partition is full"
+
+[default]
+action = "hold"
+note = "not an automatic case"
+"#;
+
+/// Allocations of four kinds for [`PAIR_POLICY`], round-robin.
+async fn create_four_kinds(
+    app: &crate::helpers::TestApp,
+    count: usize,
+) -> Vec<(puhuri_sim::CreatedAllocation, Expect)> {
+    let mut cases = Vec::new();
+    for i in 0..count {
+        let (request, expect) = match i % 4 {
+            0 => (
+                json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 100 + i}}),
+                Expect::Approve,
+            ),
+            1 => (
+                json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 5000 + i}}),
+                Expect::Reject,
+            ),
+            2 => (
+                json!({"offering": "LUMI-G", "limits": {"gpu_k_hours": 10}}),
+                Expect::Hold,
+            ),
+            // Slurm: erred is the order's `set_state_erred`, a write that needs the claim.
+            _ => (
+                json!({"offering": "LUMI-Slurm", "limits": {"cpu_k_hours": 500}}),
+                Expect::Erred,
+            ),
+        };
+        let request: puhuri_sim::NewAllocation = serde_json::from_value(request).expect("request");
+        cases.push((
+            app.sim.create_allocation(request).await.expect("created"),
+            expect,
+        ));
+    }
+    cases
+}
+
+/// Waldur's hook pair for one allocation, sent at once: `marketplace_order_created`
+/// names only the order, `marketplace_resource_create_requested` only the resource.
+async fn send_hook_pair(
+    app: &crate::helpers::TestApp,
+    i: usize,
+    created: &puhuri_sim::CreatedAllocation,
+) {
+    let order = json!({
+        "created": "2026-01-01T00:00:00Z",
+        "message": "order created",
+        "event_type": "marketplace_order_created",
+        "context": {"order_uuid": created.order_uuid},
+    })
+    .to_string();
+    let resource = json!({
+        "created": "2026-01-01T00:00:00Z",
+        "message": "resource create requested",
+        "event_type": "marketplace_resource_create_requested",
+        "context": {"resource_uuid": created.resource_uuid},
+    })
+    .to_string();
+    let (order_id, resource_id) = (format!("msg_pair_o{i}"), format!("msg_pair_r{i}"));
+    let (a, b) = tokio::join!(
+        app.post_signed(
+            "waldur-relay",
+            &order_id,
+            order.as_bytes(),
+            crate::helpers::SECRET
+        ),
+        app.post_signed(
+            "waldur-relay",
+            &resource_id,
+            resource.as_bytes(),
+            crate::helpers::SECRET
+        ),
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (202, 202));
+}
+
+crate::on_both_backends!(a_hook_pair_naming_order_and_resource_writes_each_allocation_once);
+
+/// The pair reaches one worker's deliveries together: both hints resolve to the
+/// resource before the lock, so the second finds the allocation decided — erred, which
+/// Puhuri Core would accept twice, included.
+async fn a_hook_pair_naming_order_and_resource_writes_each_allocation_once(backend: Backend) {
+    let app = spawn_app(Options {
+        policy: PAIR_POLICY,
+        backend,
+        ..Options::default()
+    })
+    .await;
+    // Slow enough upstream calls that both hints of a pair are in flight together.
+    app.sim.set_faults(Faults {
+        latency_ms: 10,
+        ..Faults::default()
+    });
+    let mut events = app.tap_events().await;
+    let cases = create_four_kinds(&app, 40).await;
+    let started = std::time::Instant::now();
+    let pairs = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (created, _))| send_hook_pair(&app, i, created));
+    futures_util::future::join_all(pairs).await;
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    report(
+        &format!("Waldur hook pair (order + resource) per allocation, one worker ({backend:?})"),
+        tally,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert_eq!(tally.counts, Counts::default());
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_hook_pair_across_two_worker_instances_writes_each_allocation_once);
+
+/// Two worker instances (own locks, own connections) on one queue take the two hints of
+/// each pair: the state machine's 409 guards approvals and rejections; erred, which
+/// Puhuri Core accepts in any state, is claimed across processes and re-read first.
+async fn a_hook_pair_across_two_worker_instances_writes_each_allocation_once(backend: Backend) {
+    let app = spawn_app(Options {
+        policy: PAIR_POLICY,
+        backend,
+        prefetch: 4,
+        ..Options::default()
+    })
+    .await;
+    let second = app.start_second_worker().await;
+    let mut second_settled = second.worker.as_ref().expect("workers run").subscribe();
+    app.sim.set_faults(Faults {
+        latency_ms: 10,
+        ..Faults::default()
+    });
+    let mut events = app.tap_events().await;
+    let cases = create_four_kinds(&app, 48).await;
+    let started = std::time::Instant::now();
+    let pairs = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (created, _))| send_hook_pair(&app, i, created));
+    futures_util::future::join_all(pairs).await;
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    let processed_by_second = second_settled.try_recv().is_ok();
+    report(
+        &format!("Waldur hook pair across two worker instances ({backend:?})"),
+        tally,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert!(processed_by_second, "the second worker took deliveries too");
+    assert_eq!(tally.counts, Counts::default());
+    second.stop_roles().await;
+    second.shutdown().await;
+    app.stop().await;
+}
+
+/// The broker stops while decisions are written and before their events are published:
+/// every write is applied at once but answered 1.5 s late, and the broker is stopped as
+/// soon as the last decision write is recorded, so the events (and acks) of those
+/// deliveries meet a broker that is going away. The redeliveries find the allocations
+/// decided and publish the events with the same ids.
+#[tokio::test]
+async fn a_broker_stop_between_the_write_and_its_event_loses_no_event() {
+    let mut rabbit = PrivateRabbit::new();
+    rabbit.start().await;
+    let app = spawn_app(Options {
+        amqp_url: Some(rabbit.url()),
+        ..Options::default()
+    })
+    .await;
+    let mut events = app.tap_events().await;
+    let cases = app.create_mixed(12).await;
+    app.sim.set_faults(Faults {
+        slow_rate: 1.0,
+        slow_ms: 1500,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    for (i, (created, _)) in cases.iter().enumerate() {
+        notify_until_accepted(&app, &format!("msg_event_gap_{i}"), created).await;
+    }
+    // Every approval and rejection is applied (recorded); their answers are on the way.
+    let decisions = cases.iter().filter(|(_, e)| *e != Expect::Hold).count();
+    let mut calls = app.sim.watch_calls();
+    let written = tokio::time::timeout(RECOVERY, async {
+        loop {
+            let recorded = app
+                .sim
+                .calls()
+                .iter()
+                .filter(|c| {
+                    c.path.ends_with("/approve_by_provider/")
+                        || c.path.ends_with("/reject_by_provider/")
+                })
+                .count();
+            if recorded >= decisions || calls.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "the decisions were written");
+    rabbit.stop().await;
+    app.sim.set_faults(Faults::default());
+    rabbit.start().await;
+    let took = app.wait_decided(&cases, RECOVERY).await;
+    let tally = app.check_all(&cases, &mut events, RECOVERY).await;
+    report(
+        "RabbitMQ stopped between the decision writes and their events",
+        tally,
+        cases.len(),
+        started.elapsed().max(took),
+    );
+    assert_eq!(tally.counts, Counts::default());
+    app.stop().await;
+    rabbit.stop().await;
 }

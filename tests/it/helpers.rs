@@ -409,17 +409,143 @@ pub enum Expect {
     Approve,
     Reject,
     Hold,
+    Erred,
 }
 
-/// The verdict of a fault scenario: all three must be zero.
+impl Expect {
+    /// The decision event's type.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Expect::Approve => "allocation.approved",
+            Expect::Reject => "allocation.rejected",
+            Expect::Hold => "allocation.held",
+            Expect::Erred => "allocation.erred",
+        }
+    }
+}
+
+/// The verdict of a fault scenario: every count must be zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Allocations that should have been decided and were not.
     pub lost: usize,
-    /// Allocations with more than one successful decision write, or several backend ids.
+    /// Allocations with more than one decision write that took effect, or several
+    /// backend ids.
     pub duplicated: usize,
-    /// Allocations decided differently from the policy (or written when held).
+    /// Allocations decided differently from the policy (or written when held), or with
+    /// a decision event of another type.
     pub wrong: usize,
+    /// Allocations without their decision event.
+    pub events_missing: usize,
+    /// Allocations whose decision events carry more than one id (duplicates beyond
+    /// their id; copies with one id are what consumers de-duplicate).
+    pub events_duplicated: usize,
+}
+
+/// Every count of a scenario, with the event copies seen.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    pub counts: Counts,
+    /// Decision events received for the scenario's allocations, copies included.
+    pub event_copies: usize,
+}
+
+/// Where a scenario reads the decision events: a queue bound to the events exchange
+/// (RabbitMQ) or the embedded queue's event table.
+pub struct EventTap {
+    source: EventSource,
+    /// Every decision event read so far.
+    pub seen: Vec<Value>,
+}
+
+enum EventSource {
+    Rabbit {
+        broker: puhuri_queue::Broker,
+        queue: String,
+    },
+    Embedded(puhuri_queue::embedded::EmbeddedQueue),
+}
+
+impl EventTap {
+    /// Binds a queue of its own to `allocation.#` of the broker's events exchange.
+    pub async fn rabbit(broker: &puhuri_queue::Broker) -> EventTap {
+        let queue = format!(
+            "{}.audit-{}",
+            broker.topology().prefix,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        broker
+            .as_rabbit()
+            .expect("a RabbitMQ broker")
+            .bind_events_queue(&queue, "allocation.#")
+            .await
+            .expect("bind the events tap");
+        EventTap {
+            source: EventSource::Rabbit {
+                broker: broker.clone(),
+                queue,
+            },
+            seen: Vec::new(),
+        }
+    }
+
+    /// The events recorded in an embedded queue's folder (shared with other processes).
+    pub fn embedded(queue: puhuri_queue::embedded::EmbeddedQueue) -> EventTap {
+        EventTap {
+            source: EventSource::Embedded(queue),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads what arrived since the last read.
+    pub async fn read(&mut self) {
+        match &self.source {
+            EventSource::Rabbit { broker, queue } => {
+                let rabbit = broker.as_rabbit().expect("a RabbitMQ broker");
+                while let Ok(Some(message)) = rabbit.take_one(queue).await {
+                    if let Ok(event) = serde_json::from_slice::<Value>(&message.body) {
+                        self.seen.push(event);
+                    }
+                }
+            }
+            EventSource::Embedded(queue) => {
+                if let Ok(events) = queue.events(usize::MAX >> 1).await {
+                    // The table holds every event; decisions are `allocation.*`.
+                    self.seen = events
+                        .iter()
+                        .filter(|(routing_key, _)| routing_key.starts_with("allocation."))
+                        .filter_map(|(_, body)| serde_json::from_slice(body).ok())
+                        .collect();
+                }
+            }
+        }
+    }
+
+    /// Counts, per allocation, events missing, of another type, and with several ids.
+    fn count(&self, cases: &[(CreatedAllocation, Expect)]) -> (usize, usize, usize, usize) {
+        let (mut missing, mut wrong, mut duplicated, mut copies) = (0, 0, 0, 0);
+        for (created, expect) in cases {
+            let mine: Vec<&Value> = self
+                .seen
+                .iter()
+                .filter(|e| e["allocation"]["resource_uuid"] == created.resource_uuid.as_str())
+                .collect();
+            copies += mine.len();
+            let mut ids: Vec<&str> = mine.iter().filter_map(|e| e["id"].as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if mine.is_empty() {
+                missing += 1;
+            }
+            if mine.iter().any(|e| e["type"] != expect.event_type()) {
+                wrong += 1;
+            }
+            if ids.len() > 1 {
+                duplicated += 1;
+            }
+        }
+        (missing, wrong, duplicated, copies)
+    }
 }
 
 impl TestApp {
@@ -453,7 +579,51 @@ impl TestApp {
         cases
             .iter()
             .filter(|(_, expect)| *expect != Expect::Hold)
-            .all(|(created, _)| self.order_state(created) != "pending-provider")
+            .all(|(created, _)| self.decided(created))
+    }
+
+    /// Whether the allocation left the provider's queue (erred may leave its order
+    /// pending-provider, with the resource `Erred`).
+    pub fn decided(&self, created: &CreatedAllocation) -> bool {
+        self.order_state(created) != "pending-provider"
+            || self.resource(created)["state"] == "Erred"
+    }
+
+    /// A tap on the decision events of this app's broker, opened before anything is
+    /// decided.
+    pub async fn tap_events(&self) -> EventTap {
+        let broker = &self.running.as_ref().expect("running").broker;
+        match broker.as_embedded() {
+            Some(embedded) => EventTap::embedded(embedded.queue().clone()),
+            None => EventTap::rabbit(broker).await,
+        }
+    }
+
+    /// Counts writes (as [`TestApp::check`]) and decision events. Events are read until
+    /// every allocation has one, or `within` passes (an event may trail its write).
+    pub async fn check_all(
+        &self,
+        cases: &[(CreatedAllocation, Expect)],
+        events: &mut EventTap,
+        within: Duration,
+    ) -> Tally {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut counts = self.check(cases);
+        loop {
+            events.read().await;
+            let (missing, wrong, duplicated, copies) = events.count(cases);
+            if missing == 0 || tokio::time::Instant::now() >= deadline {
+                counts.events_missing = missing;
+                counts.events_duplicated = duplicated;
+                counts.wrong += wrong;
+                return Tally {
+                    counts,
+                    event_copies: copies,
+                };
+            }
+            // RabbitMQ's basic.get and the event table have nothing to await.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits (on the simulator's write calls, not on a clock) until every allocation that
@@ -487,13 +657,16 @@ impl TestApp {
                     c.path.contains(&created.order_uuid) || c.path.contains(&created.resource_uuid)
                 })
                 .collect();
+            // A write counts when it took effect, whatever its caller was answered.
             let decisions = mine
                 .iter()
                 .filter(|c| {
-                    c.status == 200
+                    (c.status == 200 || c.applied_status == Some(200))
                         && (c.path.ends_with("/approve_by_provider/")
                             || c.path.ends_with("/reject_by_provider/")
-                            || c.path.ends_with("/set_as_erred/"))
+                            || c.path.ends_with("/set_as_erred/")
+                            || c.path.ends_with("/set_state_erred/")
+                            || c.path.ends_with("/set_state_by_provider/"))
                 })
                 .count();
             let mut backend_ids: Vec<&Value> = mine
@@ -509,6 +682,13 @@ impl TestApp {
             match expect {
                 Expect::Hold => {
                     if !mine.is_empty() || state != "pending-provider" {
+                        counts.wrong += 1;
+                    }
+                }
+                Expect::Erred => {
+                    if !self.decided(created) {
+                        counts.lost += 1;
+                    } else if self.resource(created)["state"] != "Erred" {
                         counts.wrong += 1;
                     }
                 }
@@ -529,6 +709,36 @@ impl TestApp {
         counts
     }
 
+    /// Another instance of the workers (its own `Worker`, locks and connection) on this
+    /// app's queue, as a second `work` process would be.
+    pub async fn start_second_worker(&self) -> Running {
+        let env: std::collections::HashMap<String, String> =
+            [("PUHURI_APPROVER_AMQP_URL".to_owned(), amqp_url())]
+                .into_iter()
+                .collect();
+        let config = Config::parse(&self.config_text, "test.toml", &env).expect("test config");
+        let policy = Policy::parse(self.policy_text).expect("test policy");
+        let running = app::start(
+            &config,
+            Roles {
+                receive: false,
+                work: true,
+            },
+            policy,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("second worker starts");
+        let connected = tokio::time::timeout(
+            WAIT,
+            running.broker.wait_connected(&CancellationToken::new()),
+        )
+        .await;
+        assert_eq!(connected, Ok(true), "the second worker connects");
+        running
+    }
+
     /// Writes the service's configuration to a file for a child process.
     pub fn write_config(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("puhuri-approver.toml");
@@ -539,15 +749,20 @@ impl TestApp {
     }
 }
 
-/// Prints a scenario's figures past the test harness's capture, so CI logs show them.
-pub fn report(scenario: &str, counts: Counts, allocations: usize, recovery: Duration) {
+/// Prints a scenario's figures past the test harness's capture, so CI logs show them:
+/// one table row per scenario.
+pub fn report(scenario: &str, tally: Tally, allocations: usize, recovery: Duration) {
     use std::io::Write;
+    let counts = tally.counts;
     let _ = writeln!(
         std::io::stderr(),
-        "fault scenario `{scenario}`: {allocations} allocations, lost={} duplicated={} wrong={}, all decided after {} ms",
+        "| fault scenario | {scenario} | allocations {allocations} | lost {} | written twice {} | wrong {} | events missing {} | events duplicated beyond id {} | event copies {} | drained in {} ms |",
         counts.lost,
         counts.duplicated,
         counts.wrong,
+        counts.events_missing,
+        counts.events_duplicated,
+        tally.event_copies,
         recovery.as_millis()
     );
 }

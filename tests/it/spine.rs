@@ -373,7 +373,9 @@ async fn an_allocation_approved_already_is_acked_without_a_write(backend: Backen
     assert_eq!(
         settled.result.ok(),
         Some(Outcome::AlreadyHandled {
-            state: "order is done".into()
+            state: "order is done".into(),
+            // A human's approval (no backend_id of this policy): no event of ours.
+            found: None,
         })
     );
     assert_eq!(settled.disposition, Disposition::Acked);

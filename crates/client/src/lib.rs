@@ -211,6 +211,8 @@ pub struct Order {
     pub created: Option<String>,
     pub created_by_username: Option<String>,
     pub created_by_full_name: Option<String>,
+    /// The provider's rejection comment, on servers that keep it (8.0.3 and later).
+    pub provider_rejection_comment: Option<String>,
 }
 
 /// A consumer organisation as its provider sees it in
@@ -294,6 +296,8 @@ pub struct Resource {
     /// The access report shown to the allocation's users (a list of sections).
     #[serde(default)]
     pub report: Option<Value>,
+    /// The message of the erred state, when one was given.
+    pub error_message: Option<String>,
     pub creation_order: Option<Order>,
 }
 

@@ -29,8 +29,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Kind, Progress, PublishError,
-    QueueError, Select, Settle, Topology,
+    Backend, Claim, ClaimGuard, Consumer, DeadLetter, Deliveries, Delivery, Destination, Event,
+    Kind, Progress, PublishError, QueueError, Select, Settle, Topology,
 };
 
 /// Which queue a message is in.
@@ -119,6 +119,8 @@ enum Op {
     Ack {
         id: i64,
         token: i64,
+        /// An event recorded in the same transaction (routing key, body).
+        event: Option<(String, Vec<u8>)>,
         reply: Reply<()>,
     },
     Reschedule {
@@ -156,7 +158,23 @@ enum Op {
         body: Vec<u8>,
         reply: Reply<()>,
     },
+    Events {
+        limit: usize,
+        reply: Reply<Vec<(String, Vec<u8>)>>,
+    },
     Purge {
+        reply: Reply<()>,
+    },
+    /// Takes `key` unless another token holds it unexpired; the token when taken.
+    Lock {
+        key: String,
+        token: i64,
+        until: i64,
+        reply: Reply<bool>,
+    },
+    Unlock {
+        key: String,
+        token: i64,
         reply: Reply<()>,
     },
 }
@@ -370,7 +388,31 @@ impl EmbeddedQueue {
 
     /// Removes a leased message.
     pub async fn ack(&self, id: i64, token: i64) -> Result<(), StorageError> {
-        self.call(|reply| Op::Ack { id, token, reply }).await
+        self.call(|reply| Op::Ack {
+            id,
+            token,
+            event: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a leased message and records an event in the same transaction: both or
+    /// neither are committed.
+    pub async fn ack_with_event(
+        &self,
+        id: i64,
+        token: i64,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), StorageError> {
+        self.call(|reply| Op::Ack {
+            id,
+            token,
+            event: Some((routing_key.to_owned(), body.to_vec())),
+            reply,
+        })
+        .await
     }
 
     /// Moves a leased message to `lane`, visible after `delay`, with its history.
@@ -459,6 +501,40 @@ impl EmbeddedQueue {
         .await
     }
 
+    /// The oldest `limit` recorded events kept, as (routing key, body) (tests and tooling).
+    pub async fn events(&self, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.call(|reply| Op::Events { limit, reply }).await
+    }
+
+    /// Claims `key` for `ttl` against every process sharing the folder; the claim's
+    /// token when taken, `None` while another holds it unexpired.
+    pub async fn lock(&self, key: &str, ttl: Duration) -> Result<Option<i64>, StorageError> {
+        let bytes = uuid::Uuid::new_v4().into_bytes();
+        let token = i64::from_le_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ]);
+        let until = now_ms() + ttl.as_millis() as i64;
+        let taken = self
+            .call(|reply| Op::Lock {
+                key: key.to_owned(),
+                token,
+                until,
+                reply,
+            })
+            .await?;
+        Ok(taken.then_some(token))
+    }
+
+    /// Gives up a claim taken with `token`.
+    pub async fn unlock(&self, key: &str, token: i64) -> Result<(), StorageError> {
+        self.call(|reply| Op::Unlock {
+            key: key.to_owned(),
+            token,
+            reply,
+        })
+        .await
+    }
+
     /// Deletes every message and event (tests and tooling).
     pub async fn purge_everything(&self) -> Result<(), StorageError> {
         self.call(|reply| Op::Purge { reply }).await
@@ -514,6 +590,11 @@ fn initialize(connection: &Connection) -> rusqlite::Result<()> {
              kind TEXT NOT NULL DEFAULT 'allocation'
          );
          CREATE INDEX IF NOT EXISTS messages_ready ON messages (lane, available_at, id);
+         CREATE TABLE IF NOT EXISTS claims (
+             key TEXT PRIMARY KEY,
+             token INTEGER NOT NULL,
+             until INTEGER NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS events (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              routing_key TEXT NOT NULL,
@@ -705,8 +786,11 @@ fn fail(op: Op, error: StorageError) {
         | Op::Ack { reply, .. }
         | Op::Reschedule { reply, .. }
         | Op::Event { reply, .. }
-        | Op::Purge { reply } => drop(reply.send(Err(error))),
+        | Op::Purge { reply }
+        | Op::Unlock { reply, .. } => drop(reply.send(Err(error))),
+        Op::Lock { reply, .. } => drop(reply.send(Err(error))),
         Op::Claim { reply, .. } => drop(reply.send(Err(error))),
+        Op::Events { reply, .. } => drop(reply.send(Err(error))),
         Op::NextDue { reply } => drop(reply.send(Err(error))),
         Op::Depth { reply, .. } => drop(reply.send(Err(error))),
         Op::OldestEnqueued { reply } => drop(reply.send(Err(error))),
@@ -764,20 +848,13 @@ fn apply(
             let result = claim(tx, limit, now, lease_ms, next_token);
             answer(reply, result)
         }
-        Op::Ack { id, token, reply } => {
-            let result = tx
-                .execute(
-                    "DELETE FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
-                    params![id, token, now],
-                )
-                .map_err(StorageError::from)
-                .and_then(|n| {
-                    if n == 1 {
-                        Ok(())
-                    } else {
-                        Err(StorageError::LeaseLost)
-                    }
-                });
+        Op::Ack {
+            id,
+            token,
+            event,
+            reply,
+        } => {
+            let result = ack(tx, id, token, event, now);
             answer(reply, result)
         }
         Op::Reschedule {
@@ -863,17 +940,36 @@ fn apply(
             body,
             reply,
         } => {
+            let result = record_event(tx, &routing_key, &body, now);
+            answer(reply, result)
+        }
+        Op::Events { limit, reply } => {
+            let result = events(tx, limit);
+            answer(reply, result)
+        }
+        Op::Lock {
+            key,
+            token,
+            until,
+            reply,
+        } => {
             let result = tx
                 .execute(
-                    "INSERT INTO events (routing_key, body, recorded_at) VALUES (?1, ?2, ?3)",
-                    params![routing_key, body, now],
+                    "INSERT INTO claims (key, token, until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET token = excluded.token, until = excluded.until
+                     WHERE claims.until <= ?4",
+                    params![key, token, until, now],
                 )
-                .and_then(|_| {
-                    tx.execute(
-                        "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
-                        params![EVENTS_KEPT],
-                    )
-                })
+                .map(|n| n == 1)
+                .map_err(StorageError::from);
+            answer(reply, result)
+        }
+        Op::Unlock { key, token, reply } => {
+            let result = tx
+                .execute(
+                    "DELETE FROM claims WHERE key = ?1 AND token = ?2",
+                    params![key, token],
+                )
                 .map(drop)
                 .map_err(StorageError::from);
             answer(reply, result)
@@ -885,6 +981,61 @@ fn apply(
             answer(reply, result)
         }
     }
+}
+
+/// Removes a leased message, with its event when it has one. The lease is checked
+/// before anything is written, so a lost lease records no event; an event that cannot
+/// be recorded leaves the message in place.
+fn ack(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    token: i64,
+    event: Option<(String, Vec<u8>)>,
+    now: i64,
+) -> Result<(), StorageError> {
+    let leased: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
+        params![id, token, now],
+        |row| row.get(0),
+    )?;
+    if leased != 1 {
+        return Err(StorageError::LeaseLost);
+    }
+    if let Some((routing_key, body)) = event {
+        record_event(tx, &routing_key, &body, now)?;
+    }
+    tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Appends an event, keeping the newest [`EVENTS_KEPT`].
+fn record_event(
+    tx: &rusqlite::Transaction<'_>,
+    routing_key: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), StorageError> {
+    tx.execute(
+        "INSERT INTO events (routing_key, body, recorded_at) VALUES (?1, ?2, ?3)",
+        params![routing_key, body, now],
+    )?;
+    tx.execute(
+        "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+        params![EVENTS_KEPT],
+    )?;
+    Ok(())
+}
+
+fn events(
+    tx: &rusqlite::Transaction<'_>,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    let mut statement =
+        tx.prepare_cached("SELECT routing_key, body FROM events ORDER BY id LIMIT ?1")?;
+    let rows = statement.query_map(params![limit.min(i64::MAX as usize) as i64], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn claim(
@@ -997,6 +1148,11 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// The queue itself (tests and tooling read its recorded events).
+    pub fn queue(&self) -> &EmbeddedQueue {
+        &self.queue
+    }
+
     /// Opens the queue in `dir` (see [`EmbeddedQueue::open`]).
     pub fn open(
         dir: &Path,
@@ -1117,6 +1273,33 @@ impl Backend for Embedded {
     async fn delete_topology(&self) -> Result<(), QueueError> {
         Ok(self.queue.purge_everything().await?)
     }
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
+        let token = self.queue.lock(key, ttl).await?;
+        Ok(token.map(|token| {
+            Box::new(EmbeddedClaim {
+                queue: self.queue.clone(),
+                key: key.to_owned(),
+                token,
+            }) as ClaimGuard
+        }))
+    }
+}
+
+/// A claim held as a row of the `claims` table; it expires at its time.
+struct EmbeddedClaim {
+    queue: EmbeddedQueue,
+    key: String,
+    token: i64,
+}
+
+#[async_trait]
+impl Claim for EmbeddedClaim {
+    async fn release(self: Box<Self>) {
+        if let Err(error) = self.queue.unlock(&self.key, self.token).await {
+            tracing::warn!(error = %error, "claim not released; it expires");
+        }
+    }
 }
 
 /// A consumer of the embedded queue: leases messages as prefetch permits allow.
@@ -1171,6 +1354,8 @@ impl Consumer for EmbeddedDeliveries {
 struct EmbeddedSettle {
     embedded: Embedded,
     claimed: Claimed,
+    /// Recorded in the ack's transaction.
+    event: Option<Event>,
     // Held until settled: it bounds the deliveries in flight.
     _permit: OwnedSemaphorePermit,
 }
@@ -1189,6 +1374,7 @@ impl EmbeddedSettle {
             Box::new(EmbeddedSettle {
                 embedded,
                 claimed,
+                event: None,
                 _permit: permit,
             }),
         )
@@ -1197,12 +1383,28 @@ impl EmbeddedSettle {
 
 #[async_trait]
 impl Settle for EmbeddedSettle {
+    /// Kept until the ack, which records it in its own transaction.
+    async fn stage_event(&mut self, event: Event) -> Result<(), QueueError> {
+        self.event = Some(event);
+        Ok(())
+    }
+
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        Ok(self
-            .embedded
-            .queue
-            .ack(self.claimed.id, self.claimed.token)
-            .await?)
+        let queue = &self.embedded.queue;
+        match &self.event {
+            Some(event) => {
+                queue
+                    .ack_with_event(
+                        self.claimed.id,
+                        self.claimed.token,
+                        &event.routing_key,
+                        &event.body,
+                    )
+                    .await?;
+            }
+            None => queue.ack(self.claimed.id, self.claimed.token).await?,
+        }
+        Ok(())
     }
 
     /// The row itself moves: to the dead lane, or back to the work lane visible after
@@ -1331,6 +1533,98 @@ mod tests {
             .await
             .expect("ack");
         assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_event_is_recorded_with_the_ack_or_not_at_all() {
+        let dir = temp();
+        let queue = EmbeddedQueue::open(&dir, Duration::from_millis(50)).expect("open");
+        for id in ["m1", "m2"] {
+            queue
+                .publish(
+                    Lane::Work,
+                    Kind::Allocation,
+                    id,
+                    b"x",
+                    0,
+                    &[],
+                    Duration::ZERO,
+                )
+                .await
+                .expect("publish");
+        }
+        let claimed = queue.claim(2).await.expect("claim");
+        queue
+            .ack_with_event(
+                claimed[0].id,
+                claimed[0].token,
+                "allocation.approved",
+                b"e1",
+            )
+            .await
+            .expect("ack with event");
+        // The second lease runs out: its ack is refused and records nothing.
+        let mut again = Vec::new();
+        while again.is_empty() {
+            queue.wait_for_work(Duration::from_millis(20)).await;
+            again = queue.claim(1).await.expect("claim");
+        }
+        assert!(matches!(
+            queue
+                .ack_with_event(
+                    claimed[1].id,
+                    claimed[1].token,
+                    "allocation.approved",
+                    b"e2"
+                )
+                .await,
+            Err(StorageError::LeaseLost)
+        ));
+        let events = queue.events(10).await.expect("events");
+        assert_eq!(
+            events,
+            vec![("allocation.approved".to_owned(), b"e1".to_vec())]
+        );
+        assert_eq!(queue.depth(Lane::Work).await.expect("depth"), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_claim_excludes_other_handles_until_released_or_expired() {
+        let dir = temp();
+        let one = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
+        let two = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open again");
+        let token = one
+            .lock("r", Duration::from_secs(60))
+            .await
+            .expect("lock")
+            .expect("free");
+        assert_eq!(
+            two.lock("r", Duration::from_secs(60)).await.expect("lock"),
+            None
+        );
+        assert!(
+            two.lock("other", Duration::from_secs(60))
+                .await
+                .expect("lock")
+                .is_some()
+        );
+        one.unlock("r", token).await.expect("unlock");
+        let short = two
+            .lock("r", Duration::from_millis(1))
+            .await
+            .expect("lock")
+            .expect("released");
+        assert_ne!(short, token);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            one.lock("r", Duration::from_secs(60))
+                .await
+                .expect("lock")
+                .is_some(),
+            "expired"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

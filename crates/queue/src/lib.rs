@@ -229,6 +229,16 @@ pub enum Retried {
 /// Reports progress of a dead-letter replay or purge: `(done, total)`.
 pub type Progress<'a> = &'a mut (dyn FnMut(usize, usize) + Send);
 
+/// A claim on a key, held by one process at a time (see [`Broker::claim`]).
+#[async_trait]
+pub trait Claim: Send {
+    /// Gives the claim up.
+    async fn release(self: Box<Self>);
+}
+
+/// A held claim.
+pub type ClaimGuard = Box<dyn Claim>;
+
 /// A queue backend. The service holds it as a [`Broker`].
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -277,6 +287,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<usize, QueueError>;
     /// Removes this topology's queues and exchanges, or empties the embedded database.
     async fn delete_topology(&self) -> Result<(), QueueError>;
+    /// Claims `key` against every other process on this queue (see [`Broker::claim`]).
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError>;
 }
 
 /// The deliveries of one consumer.
@@ -299,9 +311,23 @@ pub enum Destination {
     Dead,
 }
 
+/// An event that must be published before a delivery's ack (a decision event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    /// A stable id: every publish of the same event carries it, so consumers de-duplicate.
+    pub message_id: String,
+}
+
 /// How a backend settles one delivery.
 #[async_trait]
 pub trait Settle: Send {
+    /// Publishes `event` so that the ack that follows is never without it: RabbitMQ
+    /// publishes it now and returns after its confirm; the embedded queue keeps it and
+    /// records it in the same transaction as the ack. An error leaves the delivery
+    /// unsettled (it can still be retried or dead-lettered).
+    async fn stage_event(&mut self, event: Event) -> Result<(), QueueError>;
     /// Removes it from the queue.
     async fn ack(self: Box<Self>) -> Result<(), QueueError>;
     /// Stores a durable copy at `to` with this attempt history, then removes the original.
@@ -359,6 +385,14 @@ impl Delivery {
     /// Done: remove it from the queue.
     pub async fn ack(self) -> Result<(), QueueError> {
         self.settle.ack().await
+    }
+
+    /// Publishes an event that the ack must not go without (see [`Settle::stage_event`]):
+    /// after `Ok`, [`Delivery::ack`] removes the delivery only with the event published
+    /// (RabbitMQ: confirmed before; embedded: in the ack's transaction). After an error
+    /// the delivery can still be retried or dead-lettered.
+    pub async fn stage_event(&mut self, event: Event) -> Result<(), QueueError> {
+        self.settle.stage_event(event).await
     }
 
     /// Schedules another attempt, or dead-letters it when `max_attempts` are used up.
@@ -441,6 +475,11 @@ impl Broker {
         self.0.as_any().downcast_ref::<RabbitBroker>()
     }
 
+    /// The embedded backend, for tooling that reads its recorded events.
+    pub fn as_embedded(&self) -> Option<&embedded::Embedded> {
+        self.0.as_any().downcast_ref::<embedded::Embedded>()
+    }
+
     pub fn describe(&self) -> String {
         self.0.describe()
     }
@@ -515,5 +554,15 @@ impl Broker {
 
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
         self.0.delete_topology().await
+    }
+
+    /// Claims `key` against every other process on this queue: `Ok(None)` while another
+    /// process holds it. RabbitMQ: an exclusive queue `{prefix}.claim.{key}`, which the
+    /// broker refuses (`RESOURCE_LOCKED`) to other connections and drops with its
+    /// connection (needs `configure` permission on those names); embedded: a row of
+    /// the `claims` table that expires after `ttl`. Within one process (one connection)
+    /// a claim does not exclude: callers serialize their own tasks.
+    pub async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
+        self.0.claim(key, ttl).await
     }
 }

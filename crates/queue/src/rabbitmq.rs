@@ -42,8 +42,8 @@ use async_trait::async_trait;
 use puhuri_auth::Secret;
 
 use super::{
-    AmqpConfig, Backend, Consumer, DeadLetter, Deliveries, Delivery, Destination, Kind, Progress,
-    PublishError, QueueError, Select, Settle, Topology,
+    AmqpConfig, Backend, Claim, ClaimGuard, Consumer, DeadLetter, Deliveries, Delivery,
+    Destination, Event, Kind, Progress, PublishError, QueueError, Select, Settle, Topology,
 };
 
 /// Header: the message's [`Kind`], on every copy the service publishes (retries and
@@ -482,14 +482,22 @@ impl RabbitBroker {
 
     /// Declares a queue bound to the events exchange with `binding` (e.g. `allocation.#`),
     /// for tests and tooling that read decision events with [`Broker::take_one`]. The
-    /// queue expires a minute after its last use.
+    /// queue is durable (events, persistent, survive a broker restart) and expires a
+    /// minute after its last use.
     pub async fn bind_events_queue(&self, queue: &str, binding: &str) -> Result<(), QueueError> {
         let session = self.session().ok_or(PublishError::Unavailable)?;
         let channel = session.connection.create_channel().await?;
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
         channel
-            .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
             .await?;
         channel
             .queue_bind(
@@ -950,6 +958,15 @@ impl RabbitDelivery {
 
 #[async_trait]
 impl Settle for RabbitDelivery {
+    /// Published on the events exchange with the event's id as message id; returns after
+    /// the confirm (a publish interrupted by a reconnect is published again).
+    async fn stage_event(&mut self, event: Event) -> Result<(), QueueError> {
+        self.broker
+            .publish_to_events(&event.routing_key, &event.body, &event.message_id)
+            .await?;
+        Ok(())
+    }
+
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
         self.settle_ack().await
     }
@@ -1069,6 +1086,31 @@ impl Backend for RabbitBroker {
         self.settle_dead(select, replay, progress).await
     }
 
+    async fn claim(&self, key: &str, _ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
+        let session = self.session().ok_or(QueueError::Unreachable)?;
+        let channel = session.connection.create_channel().await?;
+        let name = format!("{}.claim.{key}", self.inner.topology.prefix);
+        let declared = channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => Ok(Some(Box::new(RabbitClaim { channel, name }))),
+            // The broker closes the channel with the refusal.
+            Err(error) if is_resource_locked(&error) => Ok(None),
+            Err(error) => {
+                let _ = channel.close(200, "done".into()).await;
+                Err(error.into())
+            }
+        }
+    }
+
     async fn delete_topology(&self) -> Result<(), QueueError> {
         RabbitBroker::delete_topology(self).await
     }
@@ -1122,6 +1164,33 @@ fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
 
 fn truncate_reason(reason: &str) -> String {
     reason.chars().take(super::REASON_CHARS).collect()
+}
+
+/// Whether another connection holds an exclusive queue of that name.
+fn is_resource_locked(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
+}
+
+/// A claim held as an exclusive queue; the broker drops it with the connection.
+struct RabbitClaim {
+    channel: lapin::Channel,
+    name: String,
+}
+
+#[async_trait]
+impl Claim for RabbitClaim {
+    async fn release(self: Box<Self>) {
+        let _ = self
+            .channel
+            .queue_delete(
+                self.name.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.channel.close(200, "done".into()).await;
+    }
 }
 
 #[cfg(test)]

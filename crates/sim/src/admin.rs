@@ -135,6 +135,19 @@ async fn put_faults(State(sim): State<Sim>, body: Bytes) -> Response {
     if !(0.0..=1.0).contains(&faults.error_rate) {
         return problem(400, "error_rate must be between 0 and 1");
     }
+    if !(0.0..=1.0).contains(&faults.applied_error_rate) {
+        return problem(400, "applied_error_rate must be between 0 and 1");
+    }
+    if faults
+        .applied_error_statuses
+        .iter()
+        .any(|status| !(500..=599).contains(status))
+    {
+        return problem(
+            400,
+            "applied_error_statuses must be server errors (500..=599)",
+        );
+    }
     if faults
         .fail_status
         .is_some_and(|status| !(100..=599).contains(&status))

@@ -385,6 +385,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
 
+    let mut applied_status = None;
     let (status, response) = match (&body, fault) {
         (_, Some(status)) => (status, fault_response(status)),
         (Err(_), None) => {
@@ -397,7 +398,13 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
         (Ok(body), None) => {
             let reply = sim.dispatch(&method, uri.path(), uri.query(), &headers, body);
             let status = reply.status;
-            (status, reply.into_response(method == Method::HEAD))
+            match sim.take_applied_fault(is_write, status) {
+                Some(fault) => {
+                    applied_status = Some(status);
+                    (fault, fault_response(fault))
+                }
+                None => (status, reply.into_response(method == Method::HEAD)),
+            }
         }
     };
 
@@ -415,6 +422,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
             query: uri.query().map(str::to_string),
             body: recorded_body,
             status,
+            applied_status,
         });
         shared.call_times.push(std::time::Instant::now());
         drop(shared);
@@ -491,6 +499,25 @@ impl Sim {
             return (latency, None, shared.faults.slow_ms);
         }
         (latency, None, 0)
+    }
+
+    /// The server error that replaces the answer of a write that took effect, when
+    /// `applied_error_rate` picks it (only for writes the model accepted: 2xx).
+    fn take_applied_fault(&self, is_write: bool, status: u16) -> Option<u16> {
+        if !is_write || !(200..300).contains(&status) {
+            return None;
+        }
+        let mut shared = self.lock();
+        let rate = shared.faults.applied_error_rate;
+        if rate <= 0.0 || shared.random() >= rate {
+            return None;
+        }
+        let statuses = match shared.faults.applied_error_statuses.as_slice() {
+            [] => vec![500, 502, 503],
+            some => some.to_vec(),
+        };
+        let pick = ((shared.random() * statuses.len() as f64) as usize).min(statuses.len() - 1);
+        Some(statuses[pick])
     }
 
     fn base_url(&self, headers: &HeaderMap) -> String {

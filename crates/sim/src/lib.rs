@@ -60,7 +60,9 @@
 //! - Every write call (POST/PUT/PATCH/DELETE) under `/api/` is recorded once, in
 //!   completion order, with its final status, including refused, redirected and
 //!   fault-injected ones; admin calls are never recorded.
-//! - A fault-injected response leaves the model untouched.
+//! - A fault-injected response leaves the model untouched, except an
+//!   `applied_error_rate` fault: the write is applied, recorded with the fault's
+//!   status and `applied_status`, and the caller receives the server error.
 //! - Uuids are rendered as 32 lowercase hex digits; lookups also accept the
 //!   hyphenated form. The seeded catalogue has the same uuids on every start.
 //! - A hook is posted at most once per allocation, never retried, never
@@ -265,7 +267,12 @@ pub struct RecordedCall {
     pub query: Option<String>,
     /// The JSON body; `Null` when there was none or it was not JSON.
     pub body: serde_json::Value,
+    /// The status the caller received.
     pub status: u16,
+    /// Set when the change was applied with this status but the caller received a
+    /// fault instead (`Faults::applied_error_rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_status: Option<u16>,
 }
 
 /// Injected faults; they apply to every `/api/` request, never to `/admin/`.
@@ -294,6 +301,12 @@ pub struct Faults {
     pub slow_ms: u64,
     /// Added to every API call.
     pub latency_ms: u64,
+    /// 0..1: fraction of write calls (POST, PUT, PATCH, DELETE) that take effect and
+    /// then answer a server error, as a proxy or a crashing worker behind Waldur does
+    /// (the caller cannot tell that the change happened).
+    pub applied_error_rate: f64,
+    /// The statuses `applied_error_rate` picks from (default 500, 502, 503).
+    pub applied_error_statuses: Vec<u16>,
 }
 
 /// The organisations, projects and offerings currently known.

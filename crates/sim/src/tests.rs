@@ -941,6 +941,42 @@ async fn error_path_limits_the_error_rate_to_paths_ending_with_it() {
     assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
 }
 
+#[tokio::test]
+async fn an_applied_fault_changes_the_model_and_answers_a_server_error() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    s.sim.set_faults(Faults {
+        applied_error_rate: 1.0,
+        applied_error_statuses: vec![502],
+        ..Faults::default()
+    });
+    // Reads pass untouched.
+    assert_eq!(s.get("/api/marketplace-orders/").await.0, 200);
+    let path = format!(
+        "/api/marketplace-orders/{}/approve_by_provider/",
+        created.order_uuid
+    );
+    assert_eq!(s.post(&path, None).await.0, 502);
+    // A refused write is answered as the model answers it: the fault needs an applied change.
+    assert_eq!(s.post(&path, None).await.0, 409);
+    s.sim.set_faults(Faults::default());
+    let order = s.sim.order(&created.order_uuid).unwrap();
+    assert_eq!(order["state"], "done");
+    let calls = s.sim.calls();
+    let recorded: Vec<(u16, Option<u16>)> =
+        calls.iter().map(|c| (c.status, c.applied_status)).collect();
+    assert_eq!(recorded, vec![(502, Some(200)), (409, None)]);
+    // The admin API refuses rates and statuses it cannot apply.
+    let refused = s
+        .client
+        .put(s.url("/admin/faults"))
+        .json(&serde_json::json!({"applied_error_rate": 1.0, "applied_error_statuses": [404]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+}
+
 // ----- teams, offerings, plan periods and usage -----
 
 impl Running {
