@@ -762,7 +762,13 @@ async fn connect_broker(
     if connected != Ok(true) {
         bail!(
             "cannot reach RabbitMQ at {} within 15 s",
-            crate::config::redacted_url(config.amqp.url.expose())
+            config
+                .amqp
+                .urls
+                .iter()
+                .map(|url| crate::config::redacted_url(url.expose()))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(broker)

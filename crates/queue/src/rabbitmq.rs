@@ -14,6 +14,13 @@
 //!   attempt's reason in the `x-puhuri-reasons` header.
 //! - `P.events` (topic): decisions go out here for the provider's other systems.
 //!
+//! Nodes (`amqp.urls`): each process starts at a random node of the list, so that many
+//! receivers and workers spread over the cluster, and after losing its connection tries
+//! the next node in list order, each node once per round; when no node of a round
+//! answers it backs off (100 ms doubling to 5 s) and starts another round. The node in
+//! use is logged without credentials. Any node serves every queue: a quorum queue's
+//! leader may be on another node, and the broker routes to it.
+//!
 //! INVARIANT: [`Backend::publish_work`] returns `Ok` only after the broker's
 //! publisher confirm (`ack`, not returned): the message is on disk on a quorum majority.
 //! INVARIANT: publishing is not serialized behind a lock: a small set of confirm-mode
@@ -64,6 +71,8 @@ struct Session {
     channels: Vec<Channel>,
     next: AtomicUsize,
     generation: u64,
+    /// The index in `amqp.urls` of the node this connection goes to.
+    node: usize,
 }
 
 impl Session {
@@ -74,7 +83,9 @@ impl Session {
 }
 
 struct Inner {
-    url: Secret,
+    urls: Vec<Secret>,
+    /// The node the next connection attempt starts with.
+    next_node: AtomicUsize,
     topology: Topology,
     publish_channels: usize,
     confirm_timeout: Duration,
@@ -103,7 +114,8 @@ impl RabbitBroker {
         let (connected, _) = watch::channel(false);
         let broker = RabbitBroker {
             inner: Arc::new(Inner {
-                url: config.url.clone(),
+                urls: config.urls.clone(),
+                next_node: AtomicUsize::new(random_index(config.urls.len())),
                 topology: Topology {
                     prefix: config.prefix.clone(),
                     retry_delays,
@@ -128,6 +140,12 @@ impl RabbitBroker {
     /// Whether a connection with declared topology is up right now.
     pub fn is_connected(&self) -> bool {
         self.session().is_some()
+    }
+
+    /// The node connected to right now, as its URL without credentials.
+    pub fn connected_node(&self) -> Option<String> {
+        let session = self.session()?;
+        self.inner.urls.get(session.node).map(|url| redacted(url.expose()))
     }
 
     /// Waits until connected, or returns `false` when `stop` fires first.
@@ -164,6 +182,7 @@ impl RabbitBroker {
                     let session = Arc::new(session);
                     tracing::info!(
                         generation = session.generation,
+                        node = %self.node_name(session.node),
                         "broker connected, topology declared"
                     );
                     self.set_session(Some(session.clone()));
@@ -209,8 +228,60 @@ impl RabbitBroker {
         self.set_session(None);
     }
 
+    /// A node's URL without credentials, for log lines.
+    fn node_name(&self, node: usize) -> String {
+        self.inner
+            .urls
+            .get(node)
+            .map(|url| redacted(url.expose()))
+            .unwrap_or_default()
+    }
+
+    /// One round over the nodes, from the one after the last node used: the first that
+    /// accepts the connection and the topology wins.
     async fn connect(&self) -> Result<Session, lapin::Error> {
-        let connect = Connection::connect(self.inner.url.expose(), ConnectionProperties::default());
+        let count = self.inner.urls.len();
+        let first = self.inner.next_node.load(Ordering::Relaxed);
+        let mut failure = None;
+        for step in 0..count {
+            let node = (first + step) % count;
+            match self.connect_node(node).await {
+                Ok(session) => {
+                    // A reconnect after this connection is lost starts with the next node.
+                    self.inner
+                        .next_node
+                        .store((node + 1) % count, Ordering::Relaxed);
+                    return Ok(session);
+                }
+                Err(error) => {
+                    if count > 1 {
+                        tracing::warn!(
+                            node = %self.node_name(node),
+                            error = %error,
+                            "cannot connect to this broker node; trying the next"
+                        );
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no broker URL is configured",
+            )))
+            .into()
+        }))
+    }
+
+    async fn connect_node(&self, node: usize) -> Result<Session, lapin::Error> {
+        let Some(url) = self.inner.urls.get(node) else {
+            return Err(lapin::ErrorKind::IOError(Arc::new(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            )))
+            .into());
+        };
+        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
         let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(result) => result?,
             Err(_) => {
@@ -241,6 +312,7 @@ impl RabbitBroker {
             channels,
             next: AtomicUsize::new(0),
             generation,
+            node,
         })
     }
 
@@ -959,7 +1031,13 @@ impl Settle for RabbitDelivery {
 #[async_trait]
 impl Backend for RabbitBroker {
     fn describe(&self) -> String {
-        format!("RabbitMQ (prefix `{}`)", self.topology().prefix)
+        match self.inner.urls.len() {
+            1 => format!("RabbitMQ (prefix `{}`)", self.topology().prefix),
+            nodes => format!(
+                "RabbitMQ (prefix `{}`, {nodes} nodes)",
+                self.topology().prefix
+            ),
+        }
     }
 
     fn topology(&self) -> &Topology {
@@ -1088,6 +1166,33 @@ fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
     headers
 }
 
+/// A broker URL without its credentials and query: `amqp://user:pass@host:5672/v?x=y` →
+/// `amqp://host:5672/v`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unparsable URL)".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, host)| host)
+        .unwrap_or(authority);
+    format!("{scheme}://{host}{path}")
+}
+
+/// A random index below `count` (0 when `count` is 0).
+fn random_index(count: usize) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize % count
+}
+
 fn truncate_reason(reason: &str) -> String {
     reason.chars().take(super::REASON_CHARS).collect()
 }
@@ -1096,6 +1201,21 @@ fn truncate_reason(reason: &str) -> String {
 mod tests {
     use super::*;
     use crate::jittered;
+
+    #[test]
+    fn node_names_carry_no_credentials() {
+        assert_eq!(
+            redacted("amqp://u:p@ss@h:5701/%2f?heartbeat=5"),
+            "amqp://h:5701/%2f"
+        );
+        assert_eq!(redacted("amqps://h"), "amqps://h");
+        assert_eq!(redacted("amqp://user:secret@h"), "amqp://h");
+        assert_eq!(redacted("garbage"), "(unparsable URL)");
+        for _ in 0..100 {
+            assert!(random_index(3) < 3);
+        }
+        assert_eq!(random_index(0), 0);
+    }
 
     #[test]
     fn delays_follow_the_tiers_and_stay_on_the_last() {
