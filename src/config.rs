@@ -1585,19 +1585,17 @@ mod tests {
         let config = parse("[amqp]\nurl = \"amqp://u:p@h:5672/v\"\n").expect("one URL");
         let urls: Vec<&str> = config.amqp.urls.iter().map(|u| u.expose()).collect();
         assert_eq!(urls, ["amqp://u:p@h:5672/v"]);
-        let config = parse(
-            "[amqp]\nurls = [\n  \"amqp://u:p@a:5701/v\",\n  \"amqp://u:p@b:5702/v\",\n]\n",
-        )
-        .expect("a list");
+        let config =
+            parse("[amqp]\nurls = [\n  \"amqp://u:p@a:5701/v\",\n  \"amqp://u:p@b:5702/v\",\n]\n")
+                .expect("a list");
         assert_eq!(config.queue, QueueChoice::RabbitMq);
         let urls: Vec<&str> = config.amqp.urls.iter().map(|u| u.expose()).collect();
         assert_eq!(urls, ["amqp://u:p@a:5701/v", "amqp://u:p@b:5702/v"]);
         assert!(!format!("{config:?}").contains("u:p@"));
 
-        let error = parse(
-            "[amqp]\nurl = \"amqp://u:s3cret@a/v\"\nurls = [\"amqp://u:s3cret@b/v\"]\n",
-        )
-        .expect_err("both");
+        let error =
+            parse("[amqp]\nurl = \"amqp://u:s3cret@a/v\"\nurls = [\"amqp://u:s3cret@b/v\"]\n")
+                .expect_err("both");
         let message = error.to_string();
         assert!(
             message.starts_with("test.toml:3:8: `amqp.urls`: `amqp.url` is set too"),

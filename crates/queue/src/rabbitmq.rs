@@ -145,7 +145,10 @@ impl RabbitBroker {
     /// The node connected to right now, as its URL without credentials.
     pub fn connected_node(&self) -> Option<String> {
         let session = self.session()?;
-        self.inner.urls.get(session.node).map(|url| redacted(url.expose()))
+        self.inner
+            .urls
+            .get(session.node)
+            .map(|url| redacted(url.expose()))
     }
 
     /// Waits until connected, or returns `false` when `stop` fires first.
@@ -334,12 +337,15 @@ impl RabbitBroker {
             body,
             work_properties(message_id, headers),
             true,
+            false,
         )
         .await
     }
 
     /// Publishes a decision event on the events exchange. Nobody may be listening, so it
-    /// is not mandatory, but it is confirmed.
+    /// is not mandatory, but it is confirmed. While the broker is not connected (a node
+    /// went away and the next one is being tried) it waits for the connection, within the
+    /// confirm timeout: the decision behind it is already written.
     async fn publish_to_events(
         &self,
         routing_key: &str,
@@ -352,6 +358,7 @@ impl RabbitBroker {
             body,
             work_properties(message_id, FieldTable::default()),
             false,
+            true,
         )
         .await
     }
@@ -359,7 +366,9 @@ impl RabbitBroker {
     /// Publishes and awaits the confirm. When the connection fails after the message
     /// was sent but before its confirm, the message is published again on the next
     /// connection, within the confirm timeout: every unconfirmed message is republished,
-    /// and consumers tolerate the duplicate.
+    /// and consumers tolerate the duplicate. When not connected at all it answers at once
+    /// (the sender retries), or with `await_connection` waits for the next connection
+    /// within the confirm timeout.
     async fn publish(
         &self,
         exchange: &str,
@@ -367,11 +376,18 @@ impl RabbitBroker {
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
+        await_connection: bool,
     ) -> Result<(), PublishError> {
         let timeout = self.inner.confirm_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        // Not connected at all: answer at once, the sender retries.
-        let mut session = self.session().ok_or(PublishError::Unavailable)?;
+        let mut session = match self.session() {
+            Some(session) => session,
+            None if await_connection => self
+                .session_after(None, deadline)
+                .await
+                .ok_or(PublishError::Unavailable)?,
+            None => return Err(PublishError::Unavailable),
+        };
         loop {
             let channel = session.channel();
             let publish = async {
@@ -401,28 +417,37 @@ impl RabbitBroker {
                 Ok(Err(error)) => error,
             };
             // The channel or connection failed: wait for the supervisor's next session.
-            let generation = session.generation;
-            let next = async {
-                let mut rx = self.inner.connected.subscribe();
-                loop {
-                    if let Some(current) = self.session()
-                        && current.generation != generation
-                    {
-                        return Some(current);
-                    }
-                    if rx.changed().await.is_err() {
-                        return None;
-                    }
-                }
-            };
-            match tokio::time::timeout_at(deadline, next).await {
-                Ok(Some(current)) => {
+            match self.session_after(Some(session.generation), deadline).await {
+                Some(current) => {
                     tracing::info!(error = %error, "publish interrupted by a reconnect; publishing again");
                     session = current;
                 }
-                _ => return Err(PublishError::Broker(error)),
+                None => return Err(PublishError::Broker(error)),
             }
         }
+    }
+
+    /// Waits until `deadline` for a session other than generation `not` (any session when
+    /// `None`).
+    async fn session_after(
+        &self,
+        not: Option<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<Session>> {
+        let next = async {
+            let mut rx = self.inner.connected.subscribe();
+            loop {
+                if let Some(current) = self.session()
+                    && Some(current.generation) != not
+                {
+                    return Some(current);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, next).await.ok().flatten()
     }
 
     /// Opens a consumer on the work queue with the given prefetch, waiting for a
@@ -562,6 +587,42 @@ impl RabbitBroker {
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
         channel
             .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.inner.topology.events_exchange().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+impl RabbitBroker {
+    /// Like [`RabbitBroker::bind_events_queue`], but a quorum queue: its events survive the
+    /// loss of a cluster node (a minority of them). It expires ten minutes after its last use.
+    pub async fn bind_quorum_events_queue(
+        &self,
+        queue: &str,
+        binding: &str,
+    ) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let mut arguments = quorum_arguments();
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
             .await?;
         channel
             .queue_bind(
@@ -1022,7 +1083,14 @@ impl Settle for RabbitDelivery {
             Destination::Dead => (topology.dead_exchange(), "dead".to_owned(), properties),
         };
         self.broker
-            .publish(&exchange, &routing_key, &self.raw.data, properties, true)
+            .publish(
+                &exchange,
+                &routing_key,
+                &self.raw.data,
+                properties,
+                true,
+                false,
+            )
             .await?;
         self.settle_ack().await
     }
