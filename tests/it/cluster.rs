@@ -129,6 +129,17 @@ impl Cluster {
             .unwrap_or_else(|| panic!("the leader {leader:?} is not a node of the cluster"))
     }
 
+    async fn members_of(&self, queue: &str) -> Vec<String> {
+        let mut members: Vec<String> = self
+            .run(&["members", queue])
+            .await
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        members.sort();
+        members
+    }
+
     async fn node_on_port(&self, port: u16) -> Node {
         self.nodes()
             .await
@@ -178,7 +189,7 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
     let cluster = Cluster::start().await;
     let cluster_up = begun.elapsed();
     let urls = cluster.urls().await;
-    let app = spawn_app(Options {
+    let mut app = spawn_app(Options {
         amqp_urls: urls,
         max_attempts: 8,
         retry_delays_ms: "[50, 200, 500]",
@@ -193,6 +204,16 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
         .await
         .expect("bind the events queue");
     let work_queue = broker.topology().work_queue();
+    // Every queue of the service is replicated on the three nodes.
+    let mut names: Vec<String> = cluster.nodes().await.into_iter().map(|n| n.name).collect();
+    names.sort();
+    for queue in broker.topology().queues() {
+        assert_eq!(
+            cluster.members_of(&queue).await,
+            names,
+            "members of {queue}"
+        );
+    }
 
     // Puhuri Core answers in 20 ms, so deliveries are in flight when nodes go away.
     app.sim.set_faults(Faults {
@@ -316,6 +337,11 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
         (0, 0, 0),
         "decision events missing, duplicated beyond their id, or of the wrong kind"
     );
-    app.stop().await;
+    // The cluster is discarded whole, so the topology is not deleted (deleting a quorum
+    // queue waits for its stopped member).
+    if let Some(running) = app.running.take() {
+        running.stop_roles().await;
+        running.shutdown().await;
+    }
     drop(cluster);
 }
