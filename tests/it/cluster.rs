@@ -281,7 +281,7 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
         Expect::Reject => "allocation.rejected",
         Expect::Hold => "allocation.held",
     };
-    let events_deadline = Instant::now() + Duration::from_secs(20);
+    let events_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         match rabbit.take_one(&events).await {
             Ok(Some(message)) => read_events(&mut ids, &mut kinds, message),
@@ -289,11 +289,16 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
                 let complete = cases
                     .iter()
                     .all(|(created, _)| ids.contains_key(&created.resource_uuid));
-                if complete || Instant::now() > events_deadline {
+                if complete || tokio::time::Instant::now() >= events_deadline {
                     break;
                 }
-                // Events of the last decisions may still be on their way.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A worker publishes a decision's event before it settles the delivery:
+                // wait for the next settlement, then read again.
+                let settled = app.settled.as_mut().expect("this app runs workers");
+                let next = tokio::time::timeout_at(events_deadline, settled.recv()).await;
+                if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = next {
+                    break;
+                }
             }
         }
     }
