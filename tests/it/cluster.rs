@@ -228,6 +228,7 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
     // 1. The node leading the work queue goes away while the stream goes on.
     let leader = cluster.leader_of(&work_queue).await;
     let connected_before = rabbit.connected_node().expect("connected");
+    let leader_was_connected = port_of(&connected_before) == leader.port;
     let ((), ()) = tokio::join!(stream(&app, "b", second), async {
         cluster.run(&["stop-node", &leader.index.to_string()]).await;
     });
@@ -325,10 +326,15 @@ async fn losing_the_work_queue_leader_then_the_connected_node_loses_nothing() {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "cluster scenario: {} allocations on 3 nodes (up in {} ms); stopped the work queue's leader {} (service on {connected_before}), restarted it, then the connected node {} (service now on {connected_after}): lost={} duplicated={} wrong={} events_missing={events_missing} events_duplicated={events_duplicated} events_wrong={events_wrong}; all decided {} ms after the last stop began; {} s until now",
+        "cluster scenario: {} allocations on 3 nodes (up in {} ms); stopped the work queue's leader {} (service on {connected_before}{}), restarted it, then the connected node {} (service now on {connected_after}): lost={} duplicated={} wrong={} events_missing={events_missing} events_duplicated={events_duplicated} events_wrong={events_wrong}; all decided {} ms after the last stop began; {} s until now",
         cases.len(),
         cluster_up.as_millis(),
         leader.name,
+        if leader_was_connected {
+            ", the same node"
+        } else {
+            ""
+        },
         victim.name,
         counts.lost,
         counts.duplicated,
