@@ -1053,6 +1053,15 @@ fn tool_config(path: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
+/// The RabbitMQ nodes of the configuration, without credentials.
+fn redacted_urls(amqp: &puhuri_queue::AmqpConfig) -> String {
+    amqp.urls
+        .iter()
+        .map(|url| crate::config::redacted_url(url.expose()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The deployment's queue, as it is: an embedded queue must exist already (a tool never
 /// creates one, so a wrong folder is an error rather than an empty queue), and RabbitMQ's
 /// exchanges and queues are only checked (passive declarations), never declared.
@@ -1090,7 +1099,7 @@ async fn open_existing_queue(
                 anyhow::anyhow!(
                     "RabbitMQ at {}: {error}; the exchanges and queues of prefix `{}` are \
                          declared by a worker when it starts, never by this command",
-                    crate::config::redacted_url(config.amqp.url.expose()),
+                    redacted_urls(&config.amqp),
                     config.amqp.prefix
                 )
             })?;
@@ -1107,7 +1116,7 @@ async fn open_existing_queue(
             "cannot use RabbitMQ at {} within 15 s: it is unreachable, or the exchanges and \
              queues of prefix `{}` are not declared there (a worker declares them when it \
              starts; the warnings above name what is missing)",
-            crate::config::redacted_url(config.amqp.url.expose()),
+            redacted_urls(&config.amqp),
             config.amqp.prefix
         );
     }

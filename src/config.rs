@@ -13,7 +13,8 @@
 //!
 //! Environment overrides (each documented in `README.md`):
 //! `PUHURI_APPROVER_LISTEN`, `PUHURI_APPROVER_METRICS_LISTEN`, `PUHURI_APPROVER_DATA_DIR`,
-//! `PUHURI_APPROVER_AMQP_URL`, `PUHURI_APPROVER_PUHURI_URL`,
+//! `PUHURI_APPROVER_AMQP_URL`, `PUHURI_APPROVER_AMQP_URLS` (comma-separated),
+//! `PUHURI_APPROVER_PUHURI_URL`,
 //! `PUHURI_APPROVER_PUHURI_TOKEN`, `PUHURI_APPROVER_POLICY`, and
 //! `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS` (comma-separated; `<NAME>` is the source name in
 //! upper case with `-` replaced by `_`) or `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS_FILE`.
@@ -102,6 +103,7 @@ pub const KEYS: &[&str] = &[
     "sources",
     // [amqp]
     "url",
+    "urls",
     "prefix",
     "publish_channels",
     "confirm_timeout_ms",
@@ -513,6 +515,7 @@ struct FileReceiver {
 #[serde(deny_unknown_fields)]
 struct FileAmqp {
     url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
     prefix: Option<Spanned<String>>,
     publish_channels: Option<Spanned<usize>>,
     confirm_timeout_ms: Option<Spanned<u64>>,
@@ -662,26 +665,7 @@ impl Config {
 
         let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
 
-        let amqp_configured =
-            env.get("PUHURI_APPROVER_AMQP_URL").is_some() || file.amqp.url.is_some();
-        let amqp_url = match env.get("PUHURI_APPROVER_AMQP_URL") {
-            Some(url) => url,
-            None => match &file.amqp.url {
-                Some(url) => {
-                    if !(url.get_ref().starts_with("amqp://")
-                        || url.get_ref().starts_with("amqps://"))
-                    {
-                        return Err(at.invalid(
-                            url.span(),
-                            "amqp.url",
-                            "expected an `amqp://` or `amqps://` URL",
-                        ));
-                    }
-                    url.get_ref().clone()
-                }
-                None => DEFAULT_AMQP_URL.to_owned(),
-            },
-        };
+        let (amqp_urls, amqp_configured) = amqp_urls(&at, &file.amqp, env)?;
         let queue = match file
             .queue
             .backend
@@ -961,7 +945,7 @@ impl Config {
             metrics_listen,
             queue,
             amqp: AmqpConfig {
-                url: Secret::new(amqp_url),
+                urls: amqp_urls.into_iter().map(Secret::new).collect(),
                 prefix,
                 publish_channels,
                 confirm_timeout,
@@ -1497,6 +1481,99 @@ fn normalize_api_url(url: &str) -> Result<String, &'static str> {
     Ok(url)
 }
 
+fn is_amqp_url(url: &str) -> bool {
+    url.starts_with("amqp://") || url.starts_with("amqps://")
+}
+
+/// The RabbitMQ nodes: `PUHURI_APPROVER_AMQP_URL` (one) or `PUHURI_APPROVER_AMQP_URLS`
+/// (comma-separated), else `amqp.url` or `amqp.urls`, else the default. The flag tells
+/// whether any was given (which selects RabbitMQ when `queue.backend` is not set). No
+/// message quotes a URL: it may hold a password.
+fn amqp_urls(
+    at: &Locator<'_>,
+    file: &FileAmqp,
+    env: &dyn Environment,
+) -> Result<(Vec<String>, bool), ConfigError> {
+    match (
+        env.get("PUHURI_APPROVER_AMQP_URL"),
+        env.get("PUHURI_APPROVER_AMQP_URLS"),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Env {
+                var: "PUHURI_APPROVER_AMQP_URLS".into(),
+                message: "`PUHURI_APPROVER_AMQP_URL` is set too; set one of them".into(),
+            });
+        }
+        (Some(url), None) => return Ok((vec![url], true)),
+        (None, Some(list)) => {
+            let urls: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if urls.is_empty() {
+                return Err(ConfigError::Env {
+                    var: "PUHURI_APPROVER_AMQP_URLS".into(),
+                    message: "expected one or more comma-separated `amqp://` or `amqps://` URLs"
+                        .into(),
+                });
+            }
+            if let Some(index) = urls.iter().position(|url| !is_amqp_url(url)) {
+                return Err(ConfigError::Env {
+                    var: "PUHURI_APPROVER_AMQP_URLS".into(),
+                    message: format!(
+                        "URL {} of {} is not an `amqp://` or `amqps://` URL",
+                        index + 1,
+                        urls.len()
+                    ),
+                });
+            }
+            return Ok((urls, true));
+        }
+        (None, None) => {}
+    }
+    match (&file.url, &file.urls) {
+        (Some(_), Some(urls)) => Err(at.invalid(
+            urls.span(),
+            "amqp.urls",
+            "`amqp.url` is set too; list every node in `amqp.urls` and remove `amqp.url`",
+        )),
+        (Some(url), None) => {
+            if !is_amqp_url(url.get_ref()) {
+                return Err(at.invalid(
+                    url.span(),
+                    "amqp.url",
+                    "expected an `amqp://` or `amqps://` URL",
+                ));
+            }
+            Ok((vec![url.get_ref().clone()], true))
+        }
+        (None, Some(urls)) => {
+            if urls.get_ref().is_empty() {
+                return Err(at.invalid(
+                    urls.span(),
+                    "amqp.urls",
+                    "expected at least one `amqp://` or `amqps://` URL",
+                ));
+            }
+            let mut list = Vec::with_capacity(urls.get_ref().len());
+            for url in urls.get_ref() {
+                if !is_amqp_url(url.get_ref()) {
+                    return Err(at.invalid(
+                        url.span(),
+                        "amqp.urls",
+                        "expected an `amqp://` or `amqps://` URL",
+                    ));
+                }
+                list.push(url.get_ref().clone());
+            }
+            Ok((list, true))
+        }
+        (None, None) => Ok((vec![DEFAULT_AMQP_URL.to_owned()], false)),
+    }
+}
+
 /// A URL without its credentials, for messages: `amqp://user:pass@host/v` → `amqp://host/v`.
 pub fn redacted_url(url: &str) -> String {
     match url.split_once("://") {
@@ -1555,6 +1632,80 @@ mod tests {
         assert_eq!(config.amqp.prefix, "puhuri-approver");
         assert_eq!(config.worker.prefetch, 512);
         assert_eq!(config.puhuri.api, ApiGeneration::Orders);
+    }
+
+    #[test]
+    fn takes_one_amqp_url_or_a_list_of_nodes() {
+        let config = parse("[amqp]\nurl = \"amqp://u:p@h:5672/v\"\n").expect("one URL");
+        let urls: Vec<&str> = config.amqp.urls.iter().map(|u| u.expose()).collect();
+        assert_eq!(urls, ["amqp://u:p@h:5672/v"]);
+        let config =
+            parse("[amqp]\nurls = [\n  \"amqp://u:p@a:5701/v\",\n  \"amqp://u:p@b:5702/v\",\n]\n")
+                .expect("a list");
+        assert_eq!(config.queue, QueueChoice::RabbitMq);
+        let urls: Vec<&str> = config.amqp.urls.iter().map(|u| u.expose()).collect();
+        assert_eq!(urls, ["amqp://u:p@a:5701/v", "amqp://u:p@b:5702/v"]);
+        assert!(!format!("{config:?}").contains("u:p@"));
+
+        let error =
+            parse("[amqp]\nurl = \"amqp://u:s3cret@a/v\"\nurls = [\"amqp://u:s3cret@b/v\"]\n")
+                .expect_err("both");
+        let message = error.to_string();
+        assert!(
+            message.starts_with("test.toml:3:8: `amqp.urls`: `amqp.url` is set too"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+        let error = parse("[amqp]\nurls = []\n").expect_err("empty");
+        assert!(
+            error.to_string().starts_with("test.toml:2:8: `amqp.urls`"),
+            "{error}"
+        );
+        let error = parse("[amqp]\nurls = [\"amqp://a/v\",\n  \"http://s3cret@b/v\"]\n")
+            .expect_err("not amqp");
+        let message = error.to_string();
+        assert!(
+            message.starts_with("test.toml:3:3: `amqp.urls`: expected an `amqp://`"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = Config::parse(
+            "[amqp]\nurl = \"amqp://file/v\"\n",
+            "t.toml",
+            &env(&[(
+                "PUHURI_APPROVER_AMQP_URLS",
+                "amqp://u:p@a:5701/v, amqp://u:p@b:5702/v,",
+            )]),
+        )
+        .expect("environment list");
+        let urls: Vec<&str> = config.amqp.urls.iter().map(|u| u.expose()).collect();
+        assert_eq!(urls, ["amqp://u:p@a:5701/v", "amqp://u:p@b:5702/v"]);
+        let error = Config::parse(
+            "",
+            "t.toml",
+            &env(&[
+                ("PUHURI_APPROVER_AMQP_URLS", "amqp://a/v"),
+                ("PUHURI_APPROVER_AMQP_URL", "amqp://b/v"),
+            ]),
+        )
+        .expect_err("both variables");
+        assert!(error.to_string().contains("set one of them"), "{error}");
+        let error = Config::parse(
+            "",
+            "t.toml",
+            &env(&[("PUHURI_APPROVER_AMQP_URLS", "amqp://a/v,s3cret@b")]),
+        )
+        .expect_err("bad entry");
+        let message = error.to_string();
+        assert!(message.contains("URL 2 of 2"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
     }
 
     #[test]
@@ -1673,7 +1824,8 @@ mod tests {
         .collect();
         let config = Config::parse(text, "t.toml", &env).expect("valid");
         assert_eq!(config.puhuri.token.expose(), "tok");
-        assert_eq!(config.amqp.url.expose(), "amqp://u:p@h:5672/v");
+        assert_eq!(config.amqp.urls.len(), 1);
+        assert_eq!(config.amqp.urls[0].expose(), "amqp://u:p@h:5672/v");
         assert!(!format!("{config:?}").contains("u:p@"));
         match &config.sources[0].auth {
             SourceAuth::StandardWebhooks { secrets, .. } => assert_eq!(secrets.len(), 1),

@@ -424,7 +424,7 @@ async fn a_pre_declared_topology_is_used_without_declaring() {
     use tokio_util::sync::CancellationToken;
 
     let amqp = |declare: bool, prefix: &str| AmqpConfig {
-        url: Secret::new(crate::helpers::amqp_url()),
+        urls: vec![Secret::new(crate::helpers::amqp_url())],
         prefix: prefix.to_owned(),
         publish_channels: 1,
         confirm_timeout: Duration::from_secs(5),

@@ -35,7 +35,7 @@ impl Harness {
         let broker = match self.backend {
             Backend::RabbitMq => {
                 let config = AmqpConfig {
-                    url: Secret::new(amqp_url()),
+                    urls: vec![Secret::new(amqp_url())],
                     prefix: self.prefix.clone(),
                     publish_channels: 2,
                     confirm_timeout: Duration::from_secs(5),

@@ -75,6 +75,8 @@ pub struct Options {
     pub waldur: WaldurVersion,
     pub roles: Roles,
     pub amqp_url: Option<String>,
+    /// RabbitMQ nodes (`PUHURI_APPROVER_AMQP_URLS`), instead of `amqp_url`, when not empty.
+    pub amqp_urls: Vec<String>,
     pub max_attempts: u32,
     /// Have the simulator announce new allocations to the receiver.
     pub sim_hook: bool,
@@ -105,6 +107,7 @@ impl Default for Options {
             waldur: WaldurVersion::V7_0,
             roles: Roles::ALL,
             amqp_url: None,
+            amqp_urls: Vec::new(),
             max_attempts: 4,
             sim_hook: false,
             shadow: false,
@@ -231,11 +234,19 @@ secrets = ["{SECRET}"]
         usage_linger = options.usage_linger_ms,
         usage_batch = options.usage_max_batch,
     );
-    let env: std::collections::HashMap<String, String> = [
+    let amqp = if options.amqp_urls.is_empty() {
         (
             "PUHURI_APPROVER_AMQP_URL".to_owned(),
             options.amqp_url.clone().unwrap_or_else(amqp_url),
-        ),
+        )
+    } else {
+        (
+            "PUHURI_APPROVER_AMQP_URLS".to_owned(),
+            options.amqp_urls.join(","),
+        )
+    };
+    let env: std::collections::HashMap<String, String> = [
+        amqp,
         (
             "PUHURI_APPROVER_POLICY_SHADOW".to_owned(),
             options.shadow.to_string(),

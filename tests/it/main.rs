@@ -4,6 +4,7 @@
 
 mod after;
 mod artifacts;
+mod cluster;
 mod contract;
 mod demo;
 mod erred;

@@ -549,7 +549,7 @@ async fn delete_rabbit_topology(options: &BenchOptions, cx: &Context_, prefix: &
     let stop = CancellationToken::new();
     let broker = puhuri_queue::Broker::start_rabbit(
         &puhuri_approver::config::AmqpConfig {
-            url: options.amqp_url.clone(),
+            urls: vec![options.amqp_url.clone()],
             prefix: prefix.to_owned(),
             publish_channels: 1,
             confirm_timeout: Duration::from_secs(5),

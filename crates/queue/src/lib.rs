@@ -40,8 +40,9 @@ pub use rabbitmq::{HEADER_ATTEMPTS, HEADER_KIND, HEADER_REASONS, RawMessage};
 /// How to reach RabbitMQ and name what the service declares there.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    /// Holds credentials, so it is kept as a secret.
-    pub url: Secret,
+    /// The cluster's nodes, tried in turn (see [`rabbitmq`]); one URL for a single node or a
+    /// load balancer. Each holds credentials, so each is kept as a secret. Never empty.
+    pub urls: Vec<Secret>,
     pub prefix: String,
     pub publish_channels: usize,
     pub confirm_timeout: Duration,

@@ -14,6 +14,13 @@
 //!   attempt's reason in the `x-puhuri-reasons` header.
 //! - `P.events` (topic): decisions go out here for the provider's other systems.
 //!
+//! Nodes (`amqp.urls`): each process starts at a random node of the list, so that many
+//! receivers and workers spread over the cluster, and after losing its connection tries
+//! the next node in list order, each node once per round; when no node of a round
+//! answers it backs off (100 ms doubling to 5 s) and starts another round. The node in
+//! use is logged without credentials. Any node serves every queue: a quorum queue's
+//! leader may be on another node, and the broker routes to it.
+//!
 //! INVARIANT: [`Backend::publish_work`] returns `Ok` only after the broker's
 //! publisher confirm (`ack`, not returned): the message is on disk on a quorum majority.
 //! INVARIANT: publishing is not serialized behind a lock: a small set of confirm-mode
@@ -64,6 +71,8 @@ struct Session {
     channels: Vec<Channel>,
     next: AtomicUsize,
     generation: u64,
+    /// The index in `amqp.urls` of the node this connection goes to.
+    node: usize,
 }
 
 impl Session {
@@ -74,7 +83,9 @@ impl Session {
 }
 
 struct Inner {
-    url: Secret,
+    urls: Vec<Secret>,
+    /// The node the next connection attempt starts with.
+    next_node: AtomicUsize,
     topology: Topology,
     publish_channels: usize,
     confirm_timeout: Duration,
@@ -103,7 +114,8 @@ impl RabbitBroker {
         let (connected, _) = watch::channel(false);
         let broker = RabbitBroker {
             inner: Arc::new(Inner {
-                url: config.url.clone(),
+                urls: config.urls.clone(),
+                next_node: AtomicUsize::new(random_index(config.urls.len())),
                 topology: Topology {
                     prefix: config.prefix.clone(),
                     retry_delays,
@@ -128,6 +140,15 @@ impl RabbitBroker {
     /// Whether a connection with declared topology is up right now.
     pub fn is_connected(&self) -> bool {
         self.session().is_some()
+    }
+
+    /// The node connected to right now, as its URL without credentials.
+    pub fn connected_node(&self) -> Option<String> {
+        let session = self.session()?;
+        self.inner
+            .urls
+            .get(session.node)
+            .map(|url| redacted(url.expose()))
     }
 
     /// Waits until connected, or returns `false` when `stop` fires first.
@@ -164,6 +185,7 @@ impl RabbitBroker {
                     let session = Arc::new(session);
                     tracing::info!(
                         generation = session.generation,
+                        node = %self.node_name(session.node),
                         "broker connected, topology declared"
                     );
                     self.set_session(Some(session.clone()));
@@ -209,8 +231,60 @@ impl RabbitBroker {
         self.set_session(None);
     }
 
+    /// A node's URL without credentials, for log lines.
+    fn node_name(&self, node: usize) -> String {
+        self.inner
+            .urls
+            .get(node)
+            .map(|url| redacted(url.expose()))
+            .unwrap_or_default()
+    }
+
+    /// One round over the nodes, from the one after the last node used: the first that
+    /// accepts the connection and the topology wins.
     async fn connect(&self) -> Result<Session, lapin::Error> {
-        let connect = Connection::connect(self.inner.url.expose(), ConnectionProperties::default());
+        let count = self.inner.urls.len();
+        let first = self.inner.next_node.load(Ordering::Relaxed);
+        let mut failure = None;
+        for step in 0..count {
+            let node = (first + step) % count;
+            match self.connect_node(node).await {
+                Ok(session) => {
+                    // A reconnect after this connection is lost starts with the next node.
+                    self.inner
+                        .next_node
+                        .store((node + 1) % count, Ordering::Relaxed);
+                    return Ok(session);
+                }
+                Err(error) => {
+                    if count > 1 {
+                        tracing::warn!(
+                            node = %self.node_name(node),
+                            error = %error,
+                            "cannot connect to this broker node; trying the next"
+                        );
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no broker URL is configured",
+            )))
+            .into()
+        }))
+    }
+
+    async fn connect_node(&self, node: usize) -> Result<Session, lapin::Error> {
+        let Some(url) = self.inner.urls.get(node) else {
+            return Err(lapin::ErrorKind::IOError(Arc::new(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            )))
+            .into());
+        };
+        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
         let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(result) => result?,
             Err(_) => {
@@ -241,6 +315,7 @@ impl RabbitBroker {
             channels,
             next: AtomicUsize::new(0),
             generation,
+            node,
         })
     }
 
@@ -262,12 +337,15 @@ impl RabbitBroker {
             body,
             work_properties(message_id, headers),
             true,
+            false,
         )
         .await
     }
 
     /// Publishes a decision event on the events exchange. Nobody may be listening, so it
-    /// is not mandatory, but it is confirmed.
+    /// is not mandatory, but it is confirmed. While the broker is not connected (a node
+    /// went away and the next one is being tried) it waits for the connection, within the
+    /// confirm timeout: the decision behind it is already written.
     async fn publish_to_events(
         &self,
         routing_key: &str,
@@ -280,6 +358,7 @@ impl RabbitBroker {
             body,
             work_properties(message_id, FieldTable::default()),
             false,
+            true,
         )
         .await
     }
@@ -287,7 +366,9 @@ impl RabbitBroker {
     /// Publishes and awaits the confirm. When the connection fails after the message
     /// was sent but before its confirm, the message is published again on the next
     /// connection, within the confirm timeout: every unconfirmed message is republished,
-    /// and consumers tolerate the duplicate.
+    /// and consumers tolerate the duplicate. When not connected at all it answers at once
+    /// (the sender retries), or with `await_connection` waits for the next connection
+    /// within the confirm timeout.
     async fn publish(
         &self,
         exchange: &str,
@@ -295,11 +376,18 @@ impl RabbitBroker {
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
+        await_connection: bool,
     ) -> Result<(), PublishError> {
         let timeout = self.inner.confirm_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        // Not connected at all: answer at once, the sender retries.
-        let mut session = self.session().ok_or(PublishError::Unavailable)?;
+        let mut session = match self.session() {
+            Some(session) => session,
+            None if await_connection => self
+                .session_after(None, deadline)
+                .await
+                .ok_or(PublishError::Unavailable)?,
+            None => return Err(PublishError::Unavailable),
+        };
         loop {
             let channel = session.channel();
             let publish = async {
@@ -329,28 +417,37 @@ impl RabbitBroker {
                 Ok(Err(error)) => error,
             };
             // The channel or connection failed: wait for the supervisor's next session.
-            let generation = session.generation;
-            let next = async {
-                let mut rx = self.inner.connected.subscribe();
-                loop {
-                    if let Some(current) = self.session()
-                        && current.generation != generation
-                    {
-                        return Some(current);
-                    }
-                    if rx.changed().await.is_err() {
-                        return None;
-                    }
-                }
-            };
-            match tokio::time::timeout_at(deadline, next).await {
-                Ok(Some(current)) => {
+            match self.session_after(Some(session.generation), deadline).await {
+                Some(current) => {
                     tracing::info!(error = %error, "publish interrupted by a reconnect; publishing again");
                     session = current;
                 }
-                _ => return Err(PublishError::Broker(error)),
+                None => return Err(PublishError::Broker(error)),
             }
         }
+    }
+
+    /// Waits until `deadline` for a session other than generation `not` (any session when
+    /// `None`).
+    async fn session_after(
+        &self,
+        not: Option<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<Session>> {
+        let next = async {
+            let mut rx = self.inner.connected.subscribe();
+            loop {
+                if let Some(current) = self.session()
+                    && Some(current.generation) != not
+                {
+                    return Some(current);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, next).await.ok().flatten()
     }
 
     /// Opens a consumer on the work queue with the given prefetch, waiting for a
@@ -489,6 +586,42 @@ impl RabbitBroker {
         let channel = session.connection.create_channel().await?;
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.inner.topology.events_exchange().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+impl RabbitBroker {
+    /// Like [`RabbitBroker::bind_events_queue`], but a quorum queue: its events survive the
+    /// loss of a cluster node (a minority of them). It expires ten minutes after its last use.
+    pub async fn bind_quorum_events_queue(
+        &self,
+        queue: &str,
+        binding: &str,
+    ) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let mut arguments = quorum_arguments();
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
         channel
             .queue_declare(
                 queue.into(),
@@ -740,10 +873,20 @@ pub async fn check_declared(
     config: &AmqpConfig,
     retry_delays: Vec<Duration>,
 ) -> Result<(), QueueError> {
-    let connect = Connection::connect(config.url.expose(), ConnectionProperties::default());
-    let connection = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .map_err(|_| QueueError::Unreachable)??;
+    // The first node that answers (a cluster shares its topology).
+    let mut connected = Err(QueueError::Unreachable);
+    for url in &config.urls {
+        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
+        connected = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(QueueError::Unreachable),
+        };
+        if connected.is_ok() {
+            break;
+        }
+    }
+    let connection = connected?;
     let channel = connection.create_channel().await?;
     let topology = Topology {
         prefix: config.prefix.clone(),
@@ -999,7 +1142,14 @@ impl Settle for RabbitDelivery {
             Destination::Dead => (topology.dead_exchange(), "dead".to_owned(), properties),
         };
         self.broker
-            .publish(&exchange, &routing_key, &self.raw.data, properties, true)
+            .publish(
+                &exchange,
+                &routing_key,
+                &self.raw.data,
+                properties,
+                true,
+                false,
+            )
             .await?;
         self.settle_ack().await
     }
@@ -1008,7 +1158,13 @@ impl Settle for RabbitDelivery {
 #[async_trait]
 impl Backend for RabbitBroker {
     fn describe(&self) -> String {
-        format!("RabbitMQ (prefix `{}`)", self.topology().prefix)
+        match self.inner.urls.len() {
+            1 => format!("RabbitMQ (prefix `{}`)", self.topology().prefix),
+            nodes => format!(
+                "RabbitMQ (prefix `{}`, {nodes} nodes)",
+                self.topology().prefix
+            ),
+        }
     }
 
     fn topology(&self) -> &Topology {
@@ -1162,6 +1318,33 @@ fn attempt_headers(attempts: u32, reasons: &[String]) -> FieldTable {
     headers
 }
 
+/// A broker URL without its credentials and query: `amqp://user:pass@host:5672/v?x=y` →
+/// `amqp://host:5672/v`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unparsable URL)".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, host)| host)
+        .unwrap_or(authority);
+    format!("{scheme}://{host}{path}")
+}
+
+/// A random index below `count` (0 when `count` is 0).
+fn random_index(count: usize) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize % count
+}
+
 fn truncate_reason(reason: &str) -> String {
     reason.chars().take(super::REASON_CHARS).collect()
 }
@@ -1197,6 +1380,21 @@ impl Claim for RabbitClaim {
 mod tests {
     use super::*;
     use crate::jittered;
+
+    #[test]
+    fn node_names_carry_no_credentials() {
+        assert_eq!(
+            redacted("amqp://u:p@ss@h:5701/%2f?heartbeat=5"),
+            "amqp://h:5701/%2f"
+        );
+        assert_eq!(redacted("amqps://h"), "amqps://h");
+        assert_eq!(redacted("amqp://user:secret@h"), "amqp://h");
+        assert_eq!(redacted("garbage"), "(unparsable URL)");
+        for _ in 0..100 {
+            assert!(random_index(3) < 3);
+        }
+        assert_eq!(random_index(0), 0);
+    }
 
     #[test]
     fn delays_follow_the_tiers_and_stay_on_the_last() {
