@@ -34,6 +34,7 @@
 //!   `ComponentUsageCreateSerializer`); `GET|HEAD /api/marketplace-component-usages/`,
 //!   `.../{uuid}/`; `POST .../{uuid}/set_user_usage/` (201, empty body).
 //! - `GET|HEAD /api/marketplace-component-user-usages/`, `.../{uuid}/`.
+//! - `GET|HEAD /api/users/me/` (the token's user with its `permissions`; `field=`).
 //!
 //! Detail actions are POST-only (`Allow: POST, OPTIONS`) except `team` and
 //! `plan_periods` (`Allow: GET, HEAD, OPTIONS`). Other Waldur routes are not
@@ -76,6 +77,8 @@ enum Collection {
     Offerings,
     ComponentUsages,
     ComponentUserUsages,
+    /// Only `me/` (`/api/users/` itself is not simulated).
+    Users,
 }
 
 impl Collection {
@@ -89,6 +92,7 @@ impl Collection {
             "marketplace-offerings" => Some(Collection::Offerings),
             "marketplace-component-usages" => Some(Collection::ComponentUsages),
             "marketplace-component-user-usages" => Some(Collection::ComponentUserUsages),
+            "users" => Some(Collection::Users),
             _ => None,
         }
     }
@@ -103,6 +107,7 @@ impl Collection {
             Collection::Offerings => "marketplace-offerings",
             Collection::ComponentUsages => "marketplace-component-usages",
             Collection::ComponentUserUsages => "marketplace-component-user-usages",
+            Collection::Users => "users",
         }
     }
 
@@ -111,6 +116,7 @@ impl Collection {
     fn list_actions(self) -> &'static [&'static str] {
         match self {
             Collection::ComponentUsages => &["set_usage"],
+            Collection::Users => &["me"],
             _ => &[],
         }
     }
@@ -145,14 +151,15 @@ impl Collection {
             Collection::Customers
             | Collection::ProviderOfferings
             | Collection::Offerings
-            | Collection::ComponentUserUsages => &[],
+            | Collection::ComponentUserUsages
+            | Collection::Users => &[],
         }
     }
 }
 
-/// Detail actions declared `methods=["get"]`.
+/// Actions declared `methods=["get"]`.
 fn is_get_action(action: &str) -> bool {
-    matches!(action, "team" | "plan_periods")
+    matches!(action, "team" | "plan_periods" | "me")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +175,7 @@ impl Route {
     fn is_post(&self) -> bool {
         match self {
             Route::Action(_, _, action) => !is_get_action(action),
-            Route::ListAction(..) => true,
+            Route::ListAction(_, action) => !is_get_action(action),
             _ => false,
         }
     }
@@ -204,6 +211,10 @@ fn resolve(path: &str) -> Option<Route> {
     let rest = rest.strip_suffix('/')?;
     let parts: Vec<&str> = rest.split('/').collect();
     let collection = Collection::from_segment(parts.first()?)?;
+    if collection == Collection::Users {
+        return (parts.as_slice() == ["users", "me"])
+            .then_some(Route::ListAction(collection, "me"));
+    }
     match parts.as_slice() {
         [_] => Some(Route::List(collection)),
         [_, id] => match collection.list_actions().iter().find(|a| *a == id) {
@@ -560,11 +571,19 @@ impl Sim {
                     "marketplace-provider-offerings": format!("{base}/api/marketplace-provider-offerings/"),
                     "marketplace-component-usages": format!("{base}/api/marketplace-component-usages/"),
                     "marketplace-component-user-usages": format!("{base}/api/marketplace-component-user-usages/"),
+                    "users": format!("{base}/api/users/"),
                 }),
             )),
             Route::List(collection) => list(model, collection, &base, path, &query),
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
             Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
+            Route::ListAction(Collection::Users, _) => Ok(Reply::json(
+                200,
+                Value::Object(select_fields(
+                    model.render_me(&actor, &base),
+                    &query.all("field"),
+                )),
+            )),
             Route::ListAction(collection, action) => act_on_list(model, collection, action, &ctx),
         };
         result.unwrap_or_else(Reply::from)
@@ -863,6 +882,7 @@ fn list(
         Collection::ComponentUserUsages => {
             model.list_user_usages(&usage_filter(query, "component_usage__billing_period")?)
         }
+        Collection::Users => return Err(ApiError::not_found()),
     };
     let render = |i: usize| match collection {
         Collection::Orders => select_fields(model.render_order(i, base), &fields),
@@ -877,6 +897,7 @@ fn list(
         Collection::ComponentUsages => select_usage_fields(model.render_usage(i), &fields),
         // `ComponentUserUsageSerializer` has no field selection.
         Collection::ComponentUserUsages => model.render_user_usage(i, base),
+        Collection::Users => Map::new(),
     };
     let count = items.len();
     let page = Page::select(count, query.last("page"), query.last("page_size"))
@@ -947,6 +968,7 @@ fn detail(
             })?;
             model.render_user_usage(user_usage, base)
         }
+        Collection::Users => return Err(ApiError::not_found()),
     };
     Ok(Reply::json(200, Value::Object(object)))
 }
@@ -1243,6 +1265,17 @@ mod tests {
             resolve("/api/marketplace-component-user-usages/x/set_user_usage/"),
             None
         );
+    }
+
+    #[test]
+    fn users_serve_only_me_and_only_for_reading() {
+        let me = resolve("/api/users/me/");
+        assert_eq!(me, Some(Route::ListAction(Collection::Users, "me")));
+        assert!(me.as_ref().is_some_and(|r| r.allows(&Method::GET)));
+        assert!(!me.as_ref().is_some_and(|r| r.allows(&Method::POST)));
+        assert_eq!(resolve("/api/users/"), None);
+        assert_eq!(resolve("/api/users/abc/"), None);
+        assert_eq!(resolve("/api/users/me/x/"), None);
     }
 
     #[test]
