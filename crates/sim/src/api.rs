@@ -27,6 +27,7 @@
 //!   `set_backend_id|set_as_erred|set_state_by_provider|submit_report/`;
 //!   `GET|HEAD .../{uuid}/team/`, `.../{uuid}/plan_periods/`.
 //! - `GET|HEAD /api/customers/`, `.../{uuid}/`.
+//! - `GET|HEAD /api/users/me/`: the token's user with `permissions` (`users.rs`).
 //! - `GET|HEAD /api/marketplace-provider-offerings/`, `.../{uuid}/`, and the same
 //!   under `/api/marketplace-offerings/`: offerings with their components
 //!   (`billing_type` `limit|usage|fixed|...`) and plan.
@@ -34,7 +35,6 @@
 //!   `ComponentUsageCreateSerializer`); `GET|HEAD /api/marketplace-component-usages/`,
 //!   `.../{uuid}/`; `POST .../{uuid}/set_user_usage/` (201, empty body).
 //! - `GET|HEAD /api/marketplace-component-user-usages/`, `.../{uuid}/`.
-//! - `GET|HEAD /api/users/me/` (the token's user with its `permissions`; `field=`).
 //!
 //! Detail actions are POST-only (`Allow: POST, OPTIONS`) except `team` and
 //! `plan_periods` (`Allow: GET, HEAD, OPTIONS`). Other Waldur routes are not
@@ -77,8 +77,6 @@ enum Collection {
     Offerings,
     ComponentUsages,
     ComponentUserUsages,
-    /// Only `me/` (`/api/users/` itself is not simulated).
-    Users,
 }
 
 impl Collection {
@@ -92,7 +90,6 @@ impl Collection {
             "marketplace-offerings" => Some(Collection::Offerings),
             "marketplace-component-usages" => Some(Collection::ComponentUsages),
             "marketplace-component-user-usages" => Some(Collection::ComponentUserUsages),
-            "users" => Some(Collection::Users),
             _ => None,
         }
     }
@@ -107,7 +104,6 @@ impl Collection {
             Collection::Offerings => "marketplace-offerings",
             Collection::ComponentUsages => "marketplace-component-usages",
             Collection::ComponentUserUsages => "marketplace-component-user-usages",
-            Collection::Users => "users",
         }
     }
 
@@ -116,7 +112,6 @@ impl Collection {
     fn list_actions(self) -> &'static [&'static str] {
         match self {
             Collection::ComponentUsages => &["set_usage"],
-            Collection::Users => &["me"],
             _ => &[],
         }
     }
@@ -151,15 +146,14 @@ impl Collection {
             Collection::Customers
             | Collection::ProviderOfferings
             | Collection::Offerings
-            | Collection::ComponentUserUsages
-            | Collection::Users => &[],
+            | Collection::ComponentUserUsages => &[],
         }
     }
 }
 
-/// Actions declared `methods=["get"]`.
+/// Detail actions declared `methods=["get"]`.
 fn is_get_action(action: &str) -> bool {
-    matches!(action, "team" | "plan_periods" | "me")
+    matches!(action, "team" | "plan_periods")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,13 +163,15 @@ enum Route {
     Detail(Collection, String),
     Action(Collection, String, &'static str),
     ListAction(Collection, &'static str),
+    /// `GET /api/users/me/`.
+    Me,
 }
 
 impl Route {
     fn is_post(&self) -> bool {
         match self {
             Route::Action(_, _, action) => !is_get_action(action),
-            Route::ListAction(_, action) => !is_get_action(action),
+            Route::ListAction(..) => true,
             _ => false,
         }
     }
@@ -209,12 +205,11 @@ fn resolve(path: &str) -> Option<Route> {
         return Some(Route::Root);
     }
     let rest = rest.strip_suffix('/')?;
+    if rest == "users/me" {
+        return Some(Route::Me);
+    }
     let parts: Vec<&str> = rest.split('/').collect();
     let collection = Collection::from_segment(parts.first()?)?;
-    if collection == Collection::Users {
-        return (parts.as_slice() == ["users", "me"])
-            .then_some(Route::ListAction(collection, "me"));
-    }
     match parts.as_slice() {
         [_] => Some(Route::List(collection)),
         [_, id] => match collection.list_actions().iter().find(|a| *a == id) {
@@ -571,20 +566,16 @@ impl Sim {
                     "marketplace-provider-offerings": format!("{base}/api/marketplace-provider-offerings/"),
                     "marketplace-component-usages": format!("{base}/api/marketplace-component-usages/"),
                     "marketplace-component-user-usages": format!("{base}/api/marketplace-component-user-usages/"),
-                    "users": format!("{base}/api/users/"),
                 }),
             )),
             Route::List(collection) => list(model, collection, &base, path, &query),
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
             Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
-            Route::ListAction(Collection::Users, _) => Ok(Reply::json(
-                200,
-                Value::Object(select_fields(
-                    model.render_me(&actor, &base),
-                    &query.all("field"),
-                )),
-            )),
             Route::ListAction(collection, action) => act_on_list(model, collection, action, &ctx),
+            Route::Me => Ok(Reply::json(
+                200,
+                super::users::me(model, &actor, &query.all("field")),
+            )),
         };
         result.unwrap_or_else(Reply::from)
     }
@@ -610,6 +601,7 @@ fn route_name(route: &Route) -> &'static str {
         Route::Action(_, _, "team") => "Team",
         Route::Action(_, _, "plan_periods") => "Plan Periods",
         Route::Action(..) | Route::ListAction(..) => "Action",
+        Route::Me => "User Instance",
     }
 }
 
@@ -882,7 +874,6 @@ fn list(
         Collection::ComponentUserUsages => {
             model.list_user_usages(&usage_filter(query, "component_usage__billing_period")?)
         }
-        Collection::Users => return Err(ApiError::not_found()),
     };
     let render = |i: usize| match collection {
         Collection::Orders => select_fields(model.render_order(i, base), &fields),
@@ -897,7 +888,6 @@ fn list(
         Collection::ComponentUsages => select_usage_fields(model.render_usage(i), &fields),
         // `ComponentUserUsageSerializer` has no field selection.
         Collection::ComponentUserUsages => model.render_user_usage(i, base),
-        Collection::Users => Map::new(),
     };
     let count = items.len();
     let page = Page::select(count, query.last("page"), query.last("page_size"))
@@ -968,7 +958,6 @@ fn detail(
             })?;
             model.render_user_usage(user_usage, base)
         }
-        Collection::Users => return Err(ApiError::not_found()),
     };
     Ok(Reply::json(200, Value::Object(object)))
 }
@@ -1265,17 +1254,6 @@ mod tests {
             resolve("/api/marketplace-component-user-usages/x/set_user_usage/"),
             None
         );
-    }
-
-    #[test]
-    fn users_serve_only_me_and_only_for_reading() {
-        let me = resolve("/api/users/me/");
-        assert_eq!(me, Some(Route::ListAction(Collection::Users, "me")));
-        assert!(me.as_ref().is_some_and(|r| r.allows(&Method::GET)));
-        assert!(!me.as_ref().is_some_and(|r| r.allows(&Method::POST)));
-        assert_eq!(resolve("/api/users/"), None);
-        assert_eq!(resolve("/api/users/abc/"), None);
-        assert_eq!(resolve("/api/users/me/x/"), None);
     }
 
     #[test]
