@@ -54,7 +54,9 @@ fn prepare_venv() -> Result<PathBuf, String> {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let venv = root.join(format!("waldur-client-{CLIENT_VERSION}"));
     let python = venv.join("bin").join("python");
-    if venv.join(".installed").is_file() && python.exists() {
+    // `exists` follows the link to the base interpreter: a venv whose Python is gone is rebuilt.
+    let ready = |dir: &Path| dir.join(".installed").is_file() && dir.join("bin/python").exists();
+    if ready(&venv) {
         return Ok(python);
     }
     let building = root.join(format!(
@@ -86,13 +88,13 @@ fn prepare_venv() -> Result<PathBuf, String> {
     )?;
     std::fs::write(building.join(".installed"), CLIENT_VERSION)
         .map_err(|error| format!("cannot mark the virtualenv as ready: {error}"))?;
-    if !venv.join(".installed").is_file() {
+    if !ready(&venv) {
         let _ = std::fs::remove_dir_all(&venv);
     }
     match std::fs::rename(&building, &venv) {
         Ok(()) => {}
         // Another process put a complete one in place first.
-        Err(_) if venv.join(".installed").is_file() => {
+        Err(_) if ready(&venv) => {
             let _ = std::fs::remove_dir_all(&building);
         }
         Err(error) => return Err(format!("cannot move the virtualenv into place: {error}")),

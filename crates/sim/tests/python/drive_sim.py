@@ -233,7 +233,10 @@ class Driver:
         check([r["uuid"] for r in found] == [approve["resource_uuid"]], f"by backend_id: {found!r}")
         check(c.count_marketplace_provider_resources(params={"state": "OK"}) == 1, "HEAD count")
 
-        step("offering components and usage")
+        step("the provider's offerings, offering components and usage")
+        managed = c.list_marketplace_provider_offerings({"customer_uuid": cfg["provider_uuid"]})
+        managed = {o["uuid"] for o in managed}
+        check({basic, cfg["offerings"]["slurm"]} <= managed, f"provider offerings: {managed!r}")
         offering = c.get_marketplace_provider_offering(basic)
         billing = {comp["type"]: comp["billing_type"] for comp in offering["components"]}
         check(billing.get("cpu_k_hours") == "limit", f"components: {billing!r}")
