@@ -61,7 +61,7 @@ use super::state::{
     SortKey,
 };
 use super::usage::UsageFilter;
-use super::{RecordedCall, Sim};
+use super::{RecordedCall, Sim, WaldurVersion};
 
 /// Django's `DATA_UPLOAD_MAX_MEMORY_SIZE` (2.5 MiB).
 const MAX_BODY: usize = 2_621_440;
@@ -196,6 +196,38 @@ impl Route {
 /// DRF's default lookup pattern `[^/.]+`.
 fn is_lookup(segment: &str) -> bool {
     !segment.is_empty() && !segment.contains('.')
+}
+
+/// Whether `version` serves `route`: the 2021 API has no provider-resource or
+/// provider-offering views and no provider actions on orders (they lived on order
+/// items); 7.0 and later have no `marketplace-offerings` view and no provider
+/// actions under `marketplace-resources` (`team`, `plan_periods` and the staff-only
+/// `set_as_erred` stay on the consumer's view).
+fn served(version: WaldurVersion, route: &Route) -> bool {
+    match route {
+        Route::Root | Route::Me => true,
+        Route::List(collection)
+        | Route::Detail(collection, _)
+        | Route::ListAction(collection, _) => match collection {
+            Collection::ProviderResources | Collection::ProviderOfferings => version.is_current(),
+            Collection::Offerings => !version.is_current(),
+            _ => true,
+        },
+        Route::Action(collection, _, action) => match collection {
+            Collection::ProviderResources | Collection::ProviderOfferings => version.is_current(),
+            Collection::Offerings => !version.is_current(),
+            Collection::Orders => version.is_current(),
+            Collection::Resources => {
+                !version.is_current() || matches!(*action, "team" | "plan_periods" | "set_as_erred")
+            }
+            _ => true,
+        },
+    }
+}
+
+/// Resolves a path that must end with `/` among the routes `version` serves.
+fn resolve_for(version: WaldurVersion, path: &str) -> Option<Route> {
+    resolve(path).filter(|route| served(version, route))
 }
 
 /// Resolves a path that must end with `/`.
@@ -508,9 +540,10 @@ impl Sim {
         headers: &HeaderMap,
         body: &Bytes,
     ) -> Reply {
-        let Some(route) = resolve(path) else {
+        let version = self.inner.waldur;
+        let Some(route) = resolve_for(version, path) else {
             let slashed = format!("{path}/");
-            if !path.ends_with('/') && resolve(&slashed).is_some() {
+            if !path.ends_with('/') && resolve_for(version, &slashed).is_some() {
                 let location = match raw_query {
                     Some(q) => format!("{slashed}?{q}"),
                     None => slashed,
@@ -557,17 +590,7 @@ impl Sim {
             base: &base,
         };
         let result = match route {
-            Route::Root => Ok(Reply::json(
-                200,
-                json!({
-                    "marketplace-orders": format!("{base}/api/marketplace-orders/"),
-                    "marketplace-provider-resources": format!("{base}/api/marketplace-provider-resources/"),
-                    "marketplace-resources": format!("{base}/api/marketplace-resources/"),
-                    "marketplace-provider-offerings": format!("{base}/api/marketplace-provider-offerings/"),
-                    "marketplace-component-usages": format!("{base}/api/marketplace-component-usages/"),
-                    "marketplace-component-user-usages": format!("{base}/api/marketplace-component-user-usages/"),
-                }),
-            )),
+            Route::Root => Ok(api_root(version, &base)),
             Route::List(collection) => list(model, collection, &base, path, &query),
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
             Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
@@ -579,6 +602,30 @@ impl Sim {
         };
         result.unwrap_or_else(Reply::from)
     }
+}
+
+/// The API root: the collections this release serves.
+fn api_root(version: WaldurVersion, base: &str) -> Reply {
+    let mut root = Map::new();
+    for collection in [
+        Collection::Customers,
+        Collection::Orders,
+        Collection::ProviderResources,
+        Collection::Resources,
+        Collection::ProviderOfferings,
+        Collection::Offerings,
+        Collection::ComponentUsages,
+        Collection::ComponentUserUsages,
+    ] {
+        if served(version, &Route::List(collection)) {
+            let segment = collection.segment();
+            root.insert(
+                segment.to_string(),
+                Value::String(format!("{base}/api/{segment}/")),
+            );
+        }
+    }
+    Reply::json(200, Value::Object(root))
 }
 
 fn route_name(route: &Route) -> &'static str {
@@ -1110,6 +1157,10 @@ fn act(
             _ => Err(ApiError::not_found()),
         };
     }
+    if action == "set_as_erred" && model.version != WaldurVersion::V8_0 {
+        // `set_as_erred_permissions = [is_staff]`, checked before the object lookup.
+        return Err(ApiError::permission_denied());
+    }
     let resource = find_resource(model, id)?;
     match action {
         "team" => Ok(Reply::json(200, model.render_team(resource, ctx.base))),
@@ -1140,17 +1191,8 @@ fn act(
             Ok(Reply::json(200, json!({ "status": status })))
         }
         "set_as_erred" => {
-            let data = request_data(headers, body)?;
-            let mut errors = FieldErrors::new();
-            let message = char_field(&data, "error_message", &optional_text, &mut errors);
-            let traceback = char_field(&data, "error_traceback", &optional_text, &mut errors);
-            errors.finish()?;
-            model.set_resource_erred(
-                resource,
-                message.unwrap_or_default(),
-                traceback.unwrap_or_default(),
-                now,
-            );
+            // The view reads no body: the resource becomes `Erred`, its order is untouched.
+            model.set_resource_erred(resource, now);
             Ok(Reply::empty(200))
         }
         "set_state_by_provider" => {

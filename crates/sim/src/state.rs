@@ -136,6 +136,11 @@ impl ApiError {
         }
     }
 
+    /// 403 from a permission check (`PermissionDenied()` without a message).
+    pub(crate) fn permission_denied() -> Self {
+        Self::detail(403, "You do not have permission to perform this action.")
+    }
+
     pub(crate) fn not_found() -> Self {
         Self::detail(404, "Not found.")
     }
@@ -383,7 +388,6 @@ pub(crate) struct Resource {
     pub end_date: Option<Date>,
     pub report: Option<Value>,
     pub error_message: String,
-    pub error_traceback: String,
     pub creation_order: usize,
     /// The amounts of the last `set_usage` call, as strings.
     pub current_usages: Map<String, Value>,
@@ -452,6 +456,8 @@ pub(crate) struct Model {
     order_index: HashMap<Uuid, usize>,
     resource_index: HashMap<Uuid, usize>,
     last_stamp: Option<OffsetDateTime>,
+    /// The Waldur release whose rules and shapes apply.
+    pub version: crate::WaldurVersion,
 }
 
 /// A uuid derived from a kind and a name, so seeded catalogues are reproducible.
@@ -1026,7 +1032,6 @@ impl Model {
             end_date: None,
             report: None,
             error_message: String::new(),
-            error_traceback: String::new(),
             creation_order: order_index,
             current_usages: Map::new(),
         });
@@ -1263,37 +1268,12 @@ impl Model {
         true
     }
 
-    /// `set_as_erred`: allowed in every state. While the creation order is
-    /// still open it fails with the resource (a `Creating` resource without a
-    /// `backend_id` is terminated instead of erred); otherwise only the
-    /// resource becomes `Erred`.
-    pub(crate) fn set_resource_erred(
-        &mut self,
-        resource: usize,
-        message: String,
-        traceback: String,
-        now: OffsetDateTime,
-    ) {
+    /// `set_as_erred` (`Resource.set_state_erred`, from any state): only the
+    /// resource becomes `Erred`; its order, open or not, is left as it is.
+    pub(crate) fn set_resource_erred(&mut self, resource: usize, now: OffsetDateTime) {
         let stamp = self.stamp(now);
-        let order = self.resources[resource].creation_order;
-        let terminate = {
-            let r = &self.resources[resource];
-            r.state == ResourceState::Creating && r.backend_id.is_empty()
-        };
-        if !self.orders[order].state.is_terminal() {
-            self.fail_order(order, stamp);
-            let o = &mut self.orders[order];
-            o.error_message.clone_from(&message);
-            o.error_traceback.clone_from(&traceback);
-        } else {
-            self.resources[resource].state = ResourceState::Erred;
-        }
         let r = &mut self.resources[resource];
-        if !terminate {
-            r.state = ResourceState::Erred;
-        }
-        r.error_message = message;
-        r.error_traceback = traceback;
+        r.state = ResourceState::Erred;
         r.modified = stamp;
     }
 
@@ -1683,20 +1663,14 @@ mod tests {
     }
 
     #[test]
-    fn set_as_erred_with_backend_id_errs_without_terminates() {
+    fn set_as_erred_errs_the_resource_and_leaves_the_order_pending() {
         let mut m = seeded();
         let now = OffsetDateTime::now_utc();
-        let (o1, r1) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
-        m.set_resource_erred(r1, "boom".into(), String::new(), now);
-        assert_eq!(m.resources[r1].state, ResourceState::Terminated);
-        assert_eq!(m.orders[o1].state, OrderState::Erred);
-
-        let (o2, r2) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
-        assert!(m.set_backend_id(r2, "lumi_1".into(), now));
-        m.set_resource_erred(r2, "boom".into(), String::new(), now);
-        assert_eq!(m.resources[r2].state, ResourceState::Erred);
-        assert_eq!(m.orders[o2].state, OrderState::Erred);
-        assert_eq!(m.orders[o2].error_message, "boom");
+        let (o, r) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
+        m.set_resource_erred(r, now);
+        assert_eq!(m.resources[r].state, ResourceState::Erred);
+        assert_eq!(m.orders[o].state, OrderState::PendingProvider);
+        assert_eq!(m.orders[o].error_message, "");
     }
 
     #[test]
@@ -1705,7 +1679,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (o, r) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
         assert!(m.approve_by_provider(o, &actor(), now).is_ok());
-        m.set_resource_erred(r, String::new(), String::new(), now);
+        m.set_resource_erred(r, now);
         assert_eq!(m.resources[r].state, ResourceState::Erred);
         assert_eq!(m.orders[o].state, OrderState::Done);
     }

@@ -24,11 +24,20 @@ impl Drop for Running {
 }
 
 async fn start_with(hook: Option<HookTarget>) -> Running {
+    start_as(hook, WaldurVersion::V7_0).await
+}
+
+async fn start_version(waldur: WaldurVersion) -> Running {
+    start_as(None, waldur).await
+}
+
+async fn start_as(hook: Option<HookTarget>, waldur: WaldurVersion) -> Running {
     let sim = Sim::new(SimConfig {
         tokens: vec![Secret::new(TOKEN)],
         hook,
         seed: true,
         public_url: None,
+        waldur,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -374,51 +383,58 @@ async fn set_backend_id_validates_and_is_idempotent() {
 }
 
 #[tokio::test]
-async fn set_as_erred_terminates_without_backend_id_and_errs_with_one() {
+async fn set_as_erred_is_staff_only_on_7_0_before_the_object_lookup() {
     let s = start().await;
-    let bare = s.allocate("Climate extremes", "LUMI-C").await;
-    let (status, _) = s
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    for uuid in [
+        created.resource_uuid.as_str(),
+        "0f0e0d0c0b0a09080706050403020100",
+    ] {
+        let (status, body) = s
+            .post(
+                &format!("/api/marketplace-provider-resources/{uuid}/set_as_erred/"),
+                Some(json!({"error_message": "no capacity", "error_traceback": ""})),
+            )
+            .await;
+        assert_eq!(
+            (status, body),
+            (
+                403,
+                json!({"detail": "You do not have permission to perform this action."})
+            )
+        );
+    }
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
+        "Creating"
+    );
+    assert_eq!(
+        s.sim.order(&created.order_uuid).unwrap()["state"],
+        "pending-provider"
+    );
+}
+
+#[tokio::test]
+async fn set_as_erred_on_8_0_errs_the_resource_and_leaves_the_order_pending() {
+    let s = start_version(WaldurVersion::V8_0).await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, body) = s
         .post(
             &format!(
                 "/api/marketplace-provider-resources/{}/set_as_erred/",
-                bare.resource_uuid
+                created.resource_uuid
             ),
             Some(json!({"error_message": "no capacity", "error_traceback": ""})),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!((status, body), (200, Value::Null));
     assert_eq!(
-        s.sim.resource(&bare.resource_uuid).unwrap()["state"],
-        "Terminated"
-    );
-    let order = s.sim.order(&bare.order_uuid).unwrap();
-    assert_eq!(order["state"], "erred");
-    assert_eq!(order["error_message"], "no capacity");
-
-    let named = s.allocate("Climate extremes", "LUMI-C").await;
-    let base = format!(
-        "/api/marketplace-provider-resources/{}",
-        named.resource_uuid
-    );
-    let (status, _) = s
-        .post(
-            &format!("{base}/set_backend_id/"),
-            Some(json!({"backend_id": "lumi_1"})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = s
-        .post(
-            &format!("{base}/set_as_erred/"),
-            Some(json!({"error_message": "", "error_traceback": ""})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        s.sim.resource(&named.resource_uuid).unwrap()["state"],
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
         "Erred"
     );
-    assert_eq!(s.sim.order(&named.order_uuid).unwrap()["state"], "erred");
+    let order = s.sim.order(&created.order_uuid).unwrap();
+    assert_eq!(order["state"], "pending-provider");
+    assert_eq!(order["error_message"], "");
 }
 
 #[tokio::test]
@@ -488,7 +504,7 @@ async fn agent_offering_approval_waits_for_set_state_done() {
 
 #[tokio::test]
 async fn set_state_by_provider_follows_the_2021_state_machine() {
-    let s = start().await;
+    let s = start_version(WaldurVersion::V2021).await;
     let created = s.allocate("Wind farm wakes", "LUMI-C").await;
     let path = format!(
         "/api/marketplace-resources/{}/set_state_by_provider/",
@@ -1140,16 +1156,21 @@ async fn offerings_render_components_and_plans_under_both_paths() {
         format!("{}/api/marketplace-plans/{}/", s.base, slurm.plan_uuid)
     );
 
-    let (status, _, old) = s
+    let (status, _, _) = s
+        .get(&format!("/api/marketplace-offerings/{}/", slurm.uuid))
+        .await;
+    assert_eq!(status, 404, "7.0 has no `marketplace-offerings` view");
+    let old_sim = start_version(WaldurVersion::V2021).await;
+    let (status, _, old) = old_sim
         .get(&format!("/api/marketplace-offerings/{}/", slurm.uuid))
         .await;
     assert_eq!(status, 200);
     assert_eq!(
         old["url"],
-        format!("{}/api/marketplace-offerings/{}/", s.base, slurm.uuid)
+        format!("{}/api/marketplace-offerings/{}/", old_sim.base, slurm.uuid)
     );
     assert_eq!(old["components"], offering["components"]);
-    let (status, _, _) = s
+    let (status, _, _) = old_sim
         .get("/api/marketplace-offerings/0f0e0d0c0b0a09080706050403020100/")
         .await;
     assert_eq!(status, 404);
@@ -1682,4 +1703,71 @@ async fn submit_report_validates_like_the_report_serializer() {
         s.sim.resource(&created.resource_uuid).unwrap()["report"],
         json!([{"header": "Access", "body": "ssh lumi"}])
     );
+}
+
+#[tokio::test]
+async fn each_version_serves_one_api_generation() {
+    let current = start().await;
+    let old = start_version(WaldurVersion::V2021).await;
+    let a = current.allocate("Climate extremes", "LUMI-C").await;
+    let b = old.allocate("Climate extremes", "LUMI-C").await;
+
+    let (status, _, _) = old
+        .get("/api/marketplace-provider-resources/?page_size=1")
+        .await;
+    assert_eq!(status, 404, "2021 has no provider-resources view");
+    let (status, _) = old
+        .post(
+            &format!(
+                "/api/marketplace-orders/{}/approve_by_provider/",
+                b.order_uuid
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "2021 has no provider actions on orders");
+    let (status, _) = old
+        .post(
+            &format!(
+                "/api/marketplace-resources/{}/set_backend_id/",
+                b.resource_uuid
+            ),
+            Some(json!({"backend_id": "x"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _, root) = old.get("/api/").await;
+    assert_eq!(status, 200);
+    assert!(
+        root.get("marketplace-provider-resources").is_none(),
+        "{root}"
+    );
+    assert!(root.get("marketplace-resources").is_some(), "{root}");
+
+    let (status, _, _) = current
+        .get("/api/marketplace-provider-resources/?page_size=1")
+        .await;
+    assert_eq!(status, 200);
+    for action in ["set_state_by_provider", "set_backend_id", "submit_report"] {
+        let (status, _) = current
+            .post(
+                &format!("/api/marketplace-resources/{}/{action}/", a.resource_uuid),
+                Some(json!({"state": "ok"})),
+            )
+            .await;
+        assert_eq!(
+            status, 404,
+            "7.0 has no `{action}` under marketplace-resources"
+        );
+    }
+    let (status, _, _) = current
+        .get(&format!(
+            "/api/marketplace-resources/{}/team/",
+            a.resource_uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(current.sim.waldur(), WaldurVersion::V7_0);
+    assert_eq!("8.0".parse::<WaldurVersion>(), Ok(WaldurVersion::V8_0));
+    assert!("7".parse::<WaldurVersion>().is_err());
 }

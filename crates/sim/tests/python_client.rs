@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use puhuri_auth::Secret;
-use puhuri_sim::{CreatedAllocation, NewAllocation, RecordedCall, Sim, SimConfig};
+use puhuri_sim::{CreatedAllocation, NewAllocation, RecordedCall, Sim, SimConfig, WaldurVersion};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +115,7 @@ impl Drop for Running {
     }
 }
 
-async fn start_sim() -> Running {
+async fn start_sim(waldur: WaldurVersion) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the simulator");
@@ -126,6 +126,7 @@ async fn start_sim() -> Running {
         hook: None,
         seed: true,
         public_url: Some(format!("http://{addr}")),
+        waldur,
     });
     let stop = CancellationToken::new();
     tokio::spawn(sim.clone().serve(listener, stop.clone()));
@@ -219,12 +220,13 @@ fn assert_calls(sim: &Sim, expected: &[RecordedCall]) {
 
 /// How the server version at hand answers where Waldur versions differ.
 struct Expect {
+    waldur: WaldurVersion,
     customer_visible: bool,
     set_as_erred: (u16, &'static str, &'static str),
 }
 
 async fn current_api(expect: Expect) {
-    let running = start_sim().await;
+    let running = start_sim(expect.waldur).await;
     let sim = &running.sim;
     let (basic, provider) = offering_uuid(sim, "LUMI-C");
     let (slurm, _) = offering_uuid(sim, "LUMI-Slurm");
@@ -391,7 +393,7 @@ async fn current_api(expect: Expect) {
 }
 
 async fn api_2021(customer_visible: bool) {
-    let running = start_sim().await;
+    let running = start_sim(WaldurVersion::V2021).await;
     let sim = &running.sim;
     let (basic, provider) = offering_uuid(sim, "LUMI-C");
     let approve = allocate(sim, "LUMI-C", "Climate extremes", None).await;
@@ -459,11 +461,24 @@ async fn api_2021(customer_visible: bool) {
     assert_eq!(state(&erred), json!("Erred"));
 }
 
+/// The default version: `set_as_erred` is staff-only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_waldur_client_drives_the_current_api() {
+async fn python_waldur_client_drives_waldur_7_0() {
     current_api(Expect {
+        waldur: WaldurVersion::default(),
         customer_visible: true,
-        set_as_erred: (200, "erred", "Erred"),
+        set_as_erred: (403, "pending-provider", "Creating"),
+    })
+    .await;
+}
+
+/// A provider may call `set_as_erred`; it errs the resource and leaves the order pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_waldur_client_drives_waldur_8_0() {
+    current_api(Expect {
+        waldur: WaldurVersion::V8_0,
+        customer_visible: true,
+        set_as_erred: (200, "pending-provider", "Erred"),
     })
     .await;
 }
