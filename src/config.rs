@@ -131,6 +131,7 @@ pub const KEYS: &[&str] = &[
     // [policy]
     "file",
     "shadow",
+    "customers_file",
     // [receiver]
     "trust_forwarded_for",
     "request_timeout_ms",
@@ -232,6 +233,10 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// Decide and publish decisions, but write nothing to Puhuri Core.
     pub policy_shadow: bool,
+    /// The provider's customers file (organisation -> country, abbreviation, tags), the
+    /// only source of `customer.country` and `customer.tags`; relative to the config
+    /// file's folder.
+    pub policy_customers_file: Option<PathBuf>,
     pub receiver: ReceiverConfig,
     pub sources: Vec<SourceConfig>,
 }
@@ -566,6 +571,7 @@ struct FilePuhuri {
 struct FilePolicy {
     file: Option<String>,
     shadow: Option<bool>,
+    customers_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -867,6 +873,7 @@ impl Config {
             },
             None => file.policy.shadow.unwrap_or(false),
         };
+        let policy_customers_file = file.policy.customers_file.map(PathBuf::from);
 
         let receiver = receiver_config(&at, &file.receiver)?;
         let mut sources: Vec<SourceConfig> = Vec::new();
@@ -934,6 +941,7 @@ impl Config {
             },
             policy_file,
             policy_shadow,
+            policy_customers_file,
             receiver,
             sources,
         })

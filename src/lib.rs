@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod customers;
 pub mod decision;
 #[cfg(feature = "tools")]
 pub mod demo;

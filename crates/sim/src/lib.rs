@@ -5,9 +5,16 @@
 //! It is as strict as the real API: token authentication, Django's
 //! `APPEND_SLASH` redirect, DRF error bodies and status codes, order and
 //! resource state machines, filters, pagination with `Link` / `X-Result-Count`
-//! and `field=` selection. Both API generations are served over the same data:
-//! the current one (`/api/marketplace-orders/`, `/api/marketplace-provider-resources/`)
-//! and the 2021 one (`/api/marketplace-resources/` with `set_state_by_provider`).
+//! and `field=` selection. One Waldur release is served at a time
+//! ([`SimConfig::waldur`], `--waldur`): `2021` serves the 2021 API
+//! (`/api/marketplace-resources/` with `set_state_by_provider`); `7.0` (the
+//! default, the strictest) and `8.0` serve the current one
+//! (`/api/marketplace-orders/`, `/api/marketplace-provider-resources/`) with that
+//! release's rules: provider-resource `set_as_erred` is 403 for a provider on 7.0
+//! and leaves the order untouched on 8.0; orders carry `created_by_username` only
+//! on 8.0. A consumer organisation (`/api/customers/{uuid}/`) is 404 to the
+//! provider; its `abbreviation` is listed by
+//! `/api/marketplace-service-providers/{uuid}/customers/`.
 //! See `api.rs` for the exact surface and the Waldur behaviour each rule follows.
 //!
 //! # Seeded catalogue (`SimConfig::seed`)

@@ -178,7 +178,13 @@ async fn unknown_uuid_is_404_and_missing_slash_is_301() {
         .get("/api/marketplace-orders/0f0e0d0c0b0a09080706050403020100/")
         .await;
     assert_eq!(status, 404);
-    assert_eq!(body, json!({"detail": "Not found."}));
+    assert_eq!(body, json!({"detail": "No Order matches the given query."}));
+    let (status, _, body) = s.get("/api/marketplace-orders/not-a-uuid/").await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"detail": "Not found."})),
+        "a malformed uuid fails the lookup itself"
+    );
 
     let (status, headers, _) = s.get("/api/marketplace-orders?state=done").await;
     assert_eq!(status, 301);
@@ -1010,7 +1016,13 @@ async fn team_lists_the_project_members_unpaginated_and_refuses_post() {
     let (status, _, body) = s
         .get("/api/marketplace-provider-resources/0f0e0d0c0b0a09080706050403020100/team/")
         .await;
-    assert_eq!((status, body), (404, json!({"detail": "Not found."})));
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "No Resource matches the given query."})
+        )
+    );
 }
 
 #[tokio::test]
@@ -1770,4 +1782,91 @@ async fn each_version_serves_one_api_generation() {
     assert_eq!(current.sim.waldur(), WaldurVersion::V7_0);
     assert_eq!("8.0".parse::<WaldurVersion>(), Ok(WaldurVersion::V8_0));
     assert!("7".parse::<WaldurVersion>().is_err());
+}
+
+#[tokio::test]
+async fn a_consumer_organisation_is_404_to_the_provider_and_listed_by_its_service_provider() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, _, body) = s
+        .get(&format!("/api/customers/{}/", created.customer_uuid))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "No Customer matches the given query."})
+        )
+    );
+    let (status, _, customers) = s.get("/api/customers/?field=name").await;
+    assert_eq!(status, 200);
+    assert_eq!(customers, json!([{"name": "LUMI"}]));
+
+    let offering = &s.sim.catalogue().offerings[0];
+    let (status, _, own) = s
+        .get(&format!("/api/customers/{}/", offering.provider_uuid))
+        .await;
+    assert_eq!((status, own["name"].clone()), (200, json!("LUMI")));
+
+    let (status, _, providers) = s
+        .get(&format!(
+            "/api/marketplace-service-providers/?customer_uuid={}&field=uuid&field=customer_uuid",
+            offering.provider_uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let providers = providers.as_array().unwrap();
+    assert_eq!(providers.len(), 1);
+    assert_eq!(
+        providers[0]["customer_uuid"],
+        offering.provider_uuid.as_str()
+    );
+    let sp = providers[0]["uuid"].as_str().unwrap().to_string();
+    assert_ne!(sp, offering.provider_uuid);
+
+    let (status, headers, listed) = s
+        .get(&format!(
+            "/api/marketplace-service-providers/{sp}/customers/"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-result-count"), "1");
+    assert_eq!(listed[0]["uuid"], created.customer_uuid.as_str());
+    assert_eq!(listed[0]["name"], "University of Helsinki");
+    assert_eq!(listed[0]["abbreviation"], "UH");
+    assert_eq!(listed[0]["projects_count"], 1);
+    assert!(listed[0].get("country").is_none(), "{listed}");
+
+    let (status, _, body) = s
+        .get("/api/marketplace-service-providers/0f0e0d0c0b0a09080706050403020100/customers/")
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "No ServiceProvider matches the given query."})
+        )
+    );
+}
+
+#[tokio::test]
+async fn orders_carry_the_requester_username_only_from_8_0() {
+    for (version, username) in [(WaldurVersion::V7_0, None), (WaldurVersion::V8_0, Some(()))] {
+        let s = start_version(version).await;
+        let created = s.allocate("Climate extremes", "LUMI-C").await;
+        let (status, _, order) = s
+            .get(&format!("/api/marketplace-orders/{}/", created.order_uuid))
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            order["created_by_full_name"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty()),
+            "{order}"
+        );
+        match username {
+            None => assert!(order.get("created_by_username").is_none(), "{order}"),
+            Some(_) => assert!(order["created_by_username"].is_string(), "{order}"),
+        }
+    }
 }

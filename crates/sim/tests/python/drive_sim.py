@@ -8,8 +8,8 @@ process exits non-zero.
 Input (environment, never argv):
 - `WALDUR_TOKEN`: the API token.
 - `DRIVE_SIM`: JSON with `api_url`, `scenario` (`current` or `2021`), the uuids of the
-  allocations prepared for each step, and `expect` (what this server version answers where
-  Waldur versions differ).
+  allocations prepared for each step, and for `current` `expect` (how this Waldur version
+  answers `set_as_erred`).
 
 The write calls happen in a fixed order; the caller compares the server's record of them.
 """
@@ -59,7 +59,6 @@ def installed_version():
 class Driver:
     def __init__(self, config, token):
         self.config = config
-        self.expect = config["expect"]
         self.client = WaldurClient(config["api_url"], token)
 
     def url(self, *parts):
@@ -94,13 +93,29 @@ class Driver:
         check(picked["uuid"] == me["uuid"], "users/me uuid differs between calls")
 
     def customer(self, allocation):
-        step("customers/{uuid}")
-        uuid = allocation["customer_uuid"]
-        if self.expect["customer_visible"]:
-            customer = self.client.get_customer(uuid)
-            check(customer["uuid"] == uuid, f"customer: {customer!r}")
-        else:
-            fails_with(404, self.client.get_customer, uuid)
+        step("customers/{uuid}: the provider's own organisation only, a consumer's is 404")
+        own = self.client.get_customer(self.config["provider_uuid"])
+        check(own["uuid"] == self.config["provider_uuid"], f"own organisation: {own!r}")
+        fails_with(404, self.client.get_customer, allocation["customer_uuid"])
+
+    def provider_customers(self, allocations):
+        step("the provider's customers with their abbreviations")
+        c = self.client
+        providers = c.list_service_providers(
+            {"customer_uuid": self.config["provider_uuid"], "field": ["uuid"]}
+        )
+        check(
+            len(providers) == 1 and set(providers[0]) == {"uuid"},
+            f"service providers of the organisation: {providers!r}",
+        )
+        listed = c._get_all(
+            c._build_resource_url("marketplace-service-providers", providers[0]["uuid"], "customers"),
+            params={"page_size": 100},
+        )
+        got = {item["uuid"]: item["abbreviation"] for item in listed}
+        abbreviations = self.config["abbreviations"]
+        want = {a["customer_uuid"]: abbreviations[a["customer_uuid"]] for a in allocations}
+        check(got == want, f"provider customers {got!r}, expected {want!r}")
 
     def wrong_token(self):
         step("a wrong token answers 401")
@@ -171,6 +186,7 @@ class Driver:
         check(resource["limits"].get("cpu_k_hours") == 100, f"limits {resource['limits']!r}")
 
         self.customer(approve)
+        self.provider_customers(pending + [consumer])
 
         step("team")
         team = c.marketplace_provider_resource_get_team(approve["resource_uuid"])
@@ -291,7 +307,7 @@ class Driver:
 
         step("erred: provider resource set_as_erred")
         c.marketplace_provider_resource_set_backend_id(resource_erred["resource_uuid"], "lumi-erred")
-        want = self.expect["set_as_erred"]
+        want = cfg["expect"]["set_as_erred"]
         details = {"error_message": "Quota backend refused.", "error_traceback": ""}
         if want["status"] == 200:
             c.marketplace_provider_resource_set_as_erred(resource_erred["resource_uuid"], details)
@@ -346,6 +362,7 @@ class Driver:
         )
 
         self.customer(approve)
+        self.provider_customers(creating)
 
         step("team")
         team = c._get(
