@@ -80,16 +80,12 @@ class Driver:
             self.config["provider_uuid"] in owner_of,
             f"users/me names no owner role on the provider: {me['permissions']!r}",
         )
-        # The probe's form: field selection.
+        # The start-up probe's form: field selection.
+        fields = ["uuid", "username", "is_staff", "permissions"]
         picked = self.client._get(
-            self.url("users", "me"),
-            valid_states=[200],
-            params={"field": ["uuid", "is_staff", "permissions"]},
+            self.url("users", "me"), valid_states=[200], params={"field": fields}
         )
-        check(
-            set(picked) == {"uuid", "is_staff", "permissions"},
-            f"users/me with field=: {sorted(picked)!r}",
-        )
+        check(set(picked) == set(fields), f"users/me with field=: {sorted(picked)!r}")
         check(picked["uuid"] == me["uuid"], "users/me uuid differs between calls")
 
     def customer(self, allocation):
@@ -97,6 +93,32 @@ class Driver:
         own = self.client.get_customer(self.config["provider_uuid"])
         check(own["uuid"] == self.config["provider_uuid"], f"own organisation: {own!r}")
         fails_with(404, self.client.get_customer, allocation["customer_uuid"])
+
+    def probe(self, current):
+        """The start-up probe: the API generation and the offerings the provider manages."""
+        step("probe: API generation and managed offerings")
+        c = self.client
+        generation = self.url("marketplace-provider-resources")
+        params = {"page_size": 1, "field": ["uuid"]}
+        if current:
+            page = c._get(generation, valid_states=[200], params=params)
+            check(isinstance(page, list) and len(page) <= 1, f"probe page: {page!r}")
+        else:
+            fails_with(404, c._get, generation, valid_states=[200], params=params)
+        fields = ["uuid", "name", "type", "customer_uuid"]
+        filters = {"customer_uuid": self.config["provider_uuid"], "field": fields}
+        if current:
+            offerings = c.list_marketplace_provider_offerings(filters)
+        else:
+            offerings = c._get_all(self.url("marketplace-offerings"), params=filters)
+        check(all(set(o) == set(fields) for o in offerings), f"offerings: {offerings!r}")
+        check(
+            all(o["customer_uuid"] == self.config["provider_uuid"] for o in offerings),
+            "offerings of another organisation",
+        )
+        managed = {o["uuid"] for o in offerings}
+        want = set(self.config["offerings"].values())
+        check(want <= managed, f"managed offerings {sorted(managed)!r} lack {sorted(want - managed)!r}")
 
     def provider_customers(self, allocations):
         step("the provider's customers with their abbreviations")
@@ -139,6 +161,7 @@ class Driver:
 
         self.wrong_token()
         self.who_am_i()
+        self.probe(current=True)
 
         step("list pending orders across pages (Link rel=next)")
         filters = {
@@ -249,10 +272,7 @@ class Driver:
         check([r["uuid"] for r in found] == [approve["resource_uuid"]], f"by backend_id: {found!r}")
         check(c.count_marketplace_provider_resources(params={"state": "OK"}) == 1, "HEAD count")
 
-        step("the provider's offerings, offering components and usage")
-        managed = c.list_marketplace_provider_offerings({"customer_uuid": cfg["provider_uuid"]})
-        managed = {o["uuid"] for o in managed}
-        check({basic, cfg["offerings"]["slurm"]} <= managed, f"provider offerings: {managed!r}")
+        step("offering components and usage")
         offering = c.get_marketplace_provider_offering(basic)
         billing = {comp["type"]: comp["billing_type"] for comp in offering["components"]}
         check(billing.get("cpu_k_hours") == "limit", f"components: {billing!r}")
@@ -338,6 +358,7 @@ class Driver:
 
         self.wrong_token()
         self.who_am_i()
+        self.probe(current=False)
 
         step("list Creating resources across pages")
         filters = {"state": "Creating", "page_size": 2, "field": ["uuid"]}
