@@ -29,6 +29,7 @@
 //!   `GET|HEAD .../{uuid}/team/`, `.../{uuid}/plan_periods/`.
 //! - `GET|HEAD /api/customers/`, `.../{uuid}/`: only the provider's own
 //!   organisation; a consumer organisation is 404.
+//! - `GET|HEAD /api/users/me/`: the token's user with `permissions` (`users.rs`).
 //! - `GET|HEAD /api/marketplace-service-providers/` (filter `customer_uuid`),
 //!   `.../{uuid}/`, `.../{uuid}/customers/` (paginated `ProviderCustomerSerializer`:
 //!   `uuid, name, abbreviation, ...` of the organisations with a non-terminated
@@ -180,6 +181,8 @@ enum Route {
     Detail(Collection, String),
     Action(Collection, String, &'static str),
     ListAction(Collection, &'static str),
+    /// `GET /api/users/me/`.
+    Me,
 }
 
 impl Route {
@@ -220,7 +223,7 @@ fn is_lookup(segment: &str) -> bool {
 /// `set_as_erred` stay on the consumer's view).
 fn served(version: WaldurVersion, route: &Route) -> bool {
     match route {
-        Route::Root => true,
+        Route::Root | Route::Me => true,
         Route::List(collection)
         | Route::Detail(collection, _)
         | Route::ListAction(collection, _) => match collection {
@@ -252,6 +255,9 @@ fn resolve(path: &str) -> Option<Route> {
         return Some(Route::Root);
     }
     let rest = rest.strip_suffix('/')?;
+    if rest == "users/me" {
+        return Some(Route::Me);
+    }
     let parts: Vec<&str> = rest.split('/').collect();
     let collection = Collection::from_segment(parts.first()?)?;
     match parts.as_slice() {
@@ -639,6 +645,10 @@ impl Sim {
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
             Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
             Route::ListAction(collection, action) => act_on_list(model, collection, action, &ctx),
+            Route::Me => Ok(Reply::json(
+                200,
+                super::users::me(model, &actor, &query.all("field")),
+            )),
         };
         result.unwrap_or_else(Reply::from)
     }
@@ -692,6 +702,7 @@ fn route_name(route: &Route) -> &'static str {
         Route::Action(_, _, "plan_periods") => "Plan Periods",
         Route::Action(_, _, "customers") => "Customers",
         Route::Action(..) | Route::ListAction(..) => "Action",
+        Route::Me => "User Instance",
     }
 }
 

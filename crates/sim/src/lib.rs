@@ -80,6 +80,7 @@ mod team;
 #[cfg(test)]
 mod tests;
 mod usage;
+mod users;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
