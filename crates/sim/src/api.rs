@@ -8,7 +8,8 @@
 //! 3. authentication (`Authorization: Token <t>`, keyword case-insensitive):
 //!    401 `Authentication credentials were not provided.` without usable
 //!    credentials, `Invalid token header. ...` for a malformed header,
-//!    `Invalid token.` for an unknown token;
+//!    `Invalid token.` for an unknown token, `Token has expired.` for one
+//!    unused for longer than the token lifetime (`session.rs`);
 //! 4. 405 `Method "X" not allowed.` with `Allow`;
 //! 5. object lookup (404 `Not found.`, also for a malformed uuid), then the
 //!    action's validators (`marketplace/views.py`: project end date 400, state
@@ -27,6 +28,7 @@
 //!   `set_backend_id|set_as_erred|set_state_by_provider|submit_report/`;
 //!   `GET|HEAD .../{uuid}/team/`, `.../{uuid}/plan_periods/`.
 //! - `GET|HEAD /api/customers/`, `.../{uuid}/`.
+//! - `GET|HEAD /api/users/me/`: the token's user with `permissions` (`session.rs`).
 //! - `GET|HEAD /api/marketplace-provider-offerings/`, `.../{uuid}/`, and the same
 //!   under `/api/marketplace-offerings/`: offerings with their components
 //!   (`billing_type` `limit|usage|fixed|...`) and plan.
@@ -48,7 +50,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -162,6 +163,8 @@ enum Route {
     Detail(Collection, String),
     Action(Collection, String, &'static str),
     ListAction(Collection, &'static str),
+    /// `GET /api/users/me/`.
+    Me,
 }
 
 impl Route {
@@ -202,6 +205,9 @@ fn resolve(path: &str) -> Option<Route> {
         return Some(Route::Root);
     }
     let rest = rest.strip_suffix('/')?;
+    if rest == "users/me" {
+        return Some(Route::Me);
+    }
     let parts: Vec<&str> = rest.split('/').collect();
     let collection = Collection::from_segment(parts.first()?)?;
     match parts.as_slice() {
@@ -329,6 +335,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     let body = to_bytes(request.into_body(), MAX_BODY).await;
+    let _in_flight = sim.inner.in_flight.enter();
 
     let (latency, fault, slow) = sim.take_fault(&path);
     if latency > 0 {
@@ -468,25 +475,7 @@ impl Sim {
                 401,
                 "Invalid token header. No credentials provided.",
             )),
-            [_, token] => {
-                let found = self
-                    .inner
-                    .tokens
-                    .iter()
-                    .enumerate()
-                    .find(|(_, t)| bool::from(t.expose().as_bytes().ct_eq(token.as_bytes())));
-                match found {
-                    Some((index, _)) => Ok(Actor {
-                        username: if index == 0 {
-                            "sp-integration".to_string()
-                        } else {
-                            format!("sp-integration-{}", index + 1)
-                        },
-                        full_name: "Service provider integration".to_string(),
-                    }),
-                    None => Err(ApiError::detail(401, "Invalid token.")),
-                }
-            }
+            [_, token] => self.tokens().authenticate(token).map(super::session::actor),
             _ => Err(ApiError::detail(
                 401,
                 "Invalid token header. Token string should not contain spaces.",
@@ -566,6 +555,10 @@ impl Sim {
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
             Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
             Route::ListAction(collection, action) => act_on_list(model, collection, action, &ctx),
+            Route::Me => Ok(Reply::json(
+                200,
+                super::session::me(model, &actor, &query.all("field")),
+            )),
         };
         result.unwrap_or_else(Reply::from)
     }
@@ -591,6 +584,7 @@ fn route_name(route: &Route) -> &'static str {
         Route::Action(_, _, "team") => "Team",
         Route::Action(_, _, "plan_periods") => "Plan Periods",
         Route::Action(..) | Route::ListAction(..) => "Action",
+        Route::Me => "User Instance",
     }
 }
 
