@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::circuit::{Circuit, FixedToken, REPROBE_FIRST, REPROBE_MAX, TokenFile, TokenSource};
 use crate::config::{Config, Needs, QueueChoice};
 use crate::metrics::Metrics;
+use crate::probe::{ProbeError, ProbeReport};
 use crate::receiver::{self, ReceiverStats};
 use crate::reconciler::Reconciler;
 use crate::reload::PolicyFile;
@@ -77,6 +79,8 @@ pub enum Role {
     Reconciler,
     TeamWatcher,
     PolicyReloader,
+    /// Re-probes Puhuri Core while the circuit is open (`circuit.rs`).
+    Prober,
 }
 
 impl Role {
@@ -88,6 +92,7 @@ impl Role {
             Role::Reconciler => "reconciler",
             Role::TeamWatcher => "team-watcher",
             Role::PolicyReloader => "policy-reloader",
+            Role::Prober => "prober",
         }
     }
 }
@@ -185,6 +190,10 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub worker: Option<Arc<Worker>>,
     pub reconciler: Option<Arc<Reconciler>>,
+    /// The circuit to Puhuri Core, where workers run.
+    pub circuit: Option<Arc<Circuit>>,
+    /// What the start-up probe found, where workers run.
+    pub probe: Option<ProbeReport>,
     supervisor: Supervisor,
     shutdown_deadline: Duration,
     broker_stop: CancellationToken,
@@ -283,8 +292,43 @@ pub async fn start(
 
     let mut worker = None;
     let mut reconciler = None;
+    let mut circuit = None;
+    let mut probe = None;
     if let Some(client) = client {
-        let client = client.with_observer(metrics.clone());
+        let breaker = Arc::new(Circuit::new(metrics.clone()));
+        let client = client.with_observer(breaker.clone());
+        let tokens: Arc<dyn TokenSource> = match &config.puhuri.token_file {
+            Some(path) => Arc::new(TokenFile(path.clone())),
+            None => Arc::new(FixedToken),
+        };
+        let report = match startup_probe(
+            &client,
+            config,
+            &breaker,
+            &metrics,
+            tokens.as_ref(),
+            &stop,
+        )
+        .await
+        {
+            Ok(report) => report,
+            Err(error) => {
+                // Nothing was started that needs an orderly stop but the listeners.
+                stop.cancel();
+                broker_stop.cancel();
+                return Err(error);
+            }
+        };
+        let client = client.with_api(report.api);
+        let prober_client = client.clone();
+        let prober = breaker.clone();
+        let prober_stop = stop.clone();
+        supervisor.spawn(Role::Prober, async move {
+            prober.run(prober_client, tokens, prober_stop).await;
+            Ok(())
+        });
+        circuit = Some(breaker.clone());
+        probe = Some(report);
         let r = Arc::new(
             Reconciler::new(
                 client.clone(),
@@ -313,7 +357,8 @@ pub async fn start(
             .with_shadow(config.policy_shadow)
             .with_metrics(metrics.clone())
             .with_usage(config.usage.clone())
-            .with_team(config.team.clone()),
+            .with_team(config.team.clone())
+            .with_circuit(breaker),
         );
         if let Some(period) = config.team.watch {
             let watcher = Arc::new(TeamWatcher::new(
@@ -337,7 +382,8 @@ pub async fn start(
             Ok(())
         });
         tracing::info!(
-            api = ?config.puhuri.api,
+            api = ?client_api(&probe),
+            max_in_flight = config.puhuri.max_in_flight,
             puhuri = crate::config::redacted_url(config.puhuri.url.as_deref().unwrap_or_default()),
             shadow = config.policy_shadow,
             "workers started"
@@ -353,10 +399,75 @@ pub async fn start(
         metrics_addr,
         worker,
         reconciler,
+        circuit,
+        probe,
         supervisor,
         shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,
     })
+}
+
+fn client_api(probe: &Option<ProbeReport>) -> Option<crate::config::ApiGeneration> {
+    probe.as_ref().map(|p| p.api)
+}
+
+/// Probes Puhuri Core before the workers start (`probe.rs`). A refused configuration
+/// (an explicit `puhuri.api` the server does not speak, no provider role, an offering
+/// the user does not manage) fails start-up; a refused token (401) or a temporary
+/// failure is retried with a backoff from [`REPROBE_FIRST`] doubling up to
+/// [`REPROBE_MAX`] (re-reading `puhuri.token_file` after a 401) until it passes or `stop`
+/// fires. `/readyz` shows the probe meanwhile.
+async fn startup_probe(
+    client: &puhuri_client::PuhuriClient,
+    config: &Config,
+    circuit: &Circuit,
+    metrics: &Metrics,
+    tokens: &dyn TokenSource,
+    stop: &CancellationToken,
+) -> anyhow::Result<ProbeReport> {
+    let mut wait = REPROBE_FIRST;
+    loop {
+        match crate::probe::probe(client, &config.puhuri).await {
+            Ok(report) => {
+                for warning in &report.warnings {
+                    tracing::warn!(warning = %warning, "start-up probe");
+                }
+                tracing::info!(
+                    api = ?report.api,
+                    user = %report.user,
+                    roles = ?report.provider_roles,
+                    offerings = report.offerings.len(),
+                    event_consumers = report.event_consumers,
+                    "start-up probe passed"
+                );
+                metrics.set_probe(
+                    true,
+                    serde_json::to_value(&report).unwrap_or(serde_json::Value::Null),
+                );
+                circuit.close();
+                return Ok(report);
+            }
+            Err(error @ ProbeError::Refused(_)) => {
+                metrics.set_probe(false, serde_json::json!({"error": error.to_string()}));
+                return Err(error.into());
+            }
+            Err(error) => {
+                let unauthorized = matches!(error, ProbeError::Unauthorized(_));
+                metrics.set_probe(false, serde_json::json!({"pending": error.to_string()}));
+                tracing::error!(error = %error, retry_in_secs = wait.as_secs(), "start-up probe failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => {
+                        anyhow::bail!("stopped before Puhuri Core answered the start-up probe ({error})");
+                    }
+                }
+                wait = (wait * 2).min(REPROBE_MAX);
+                if unauthorized {
+                    crate::circuit::reload_token(client, tokens);
+                }
+            }
+        }
+    }
 }
 
 /// Opens the configured queue backend (RabbitMQ starts its supervisor, tied to `stop`).

@@ -7,6 +7,9 @@
 //! decision (or the allocation turned out to be decided already). Transient failures go
 //! to a delay tier and, after `max_attempts`, to the dead-letter queue; permanent ones go
 //! to the dead-letter queue at once. Nothing is acked unprocessed and nothing loops forever.
+//! INVARIANT: a 401 from Puhuri Core is not the message's fault: the delivery goes back to
+//! the queue with no attempt counted, and while the circuit is open (`circuit.rs`) the
+//! worker takes no new deliveries.
 //! INVARIANT: `backend_id` is a deterministic function of the allocation, and
 //! `set_backend_id` is idempotent, so a redelivery writes the same value again at most.
 //! INVARIANT: within one worker process, one allocation is processed by one task at a
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::circuit::Circuit;
 use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
@@ -94,6 +98,8 @@ pub enum Disposition {
     DeadLettered,
     /// Settling failed; the broker will redeliver it.
     LeftToBroker,
+    /// Back to the queue unprocessed, no attempt counted (Puhuri Core refused the token).
+    Released,
 }
 
 pub use crate::failure::ProcessError;
@@ -142,6 +148,7 @@ pub struct Worker {
     usage_config: UsageConfig,
     usage: Arc<UsageReporter>,
     team: TeamConfig,
+    circuit: Arc<Circuit>,
 }
 
 /// The usage path of a worker.
@@ -181,6 +188,7 @@ impl Worker {
             config,
             locks: KeyedLocks::default(),
             settled: tokio::sync::broadcast::channel(1024).0,
+            circuit: Arc::new(Circuit::new(metrics.clone())),
             metrics,
         }
     }
@@ -200,6 +208,12 @@ impl Worker {
         metrics.policy_loaded();
         self.metrics = metrics;
         self.rebuild_usage();
+        self
+    }
+
+    /// Takes no new deliveries while `circuit` is open.
+    pub fn with_circuit(mut self, circuit: Arc<Circuit>) -> Worker {
+        self.circuit = circuit;
         self
     }
 
@@ -274,6 +288,17 @@ impl Worker {
             };
             tracing::info!(prefetch = self.config.prefetch, "worker consuming");
             loop {
+                if let Some(open) = self.circuit.open_reason() {
+                    tracing::warn!(
+                        reason = open.kind(),
+                        detail = open.detail(),
+                        "circuit open: taking no new deliveries until Puhuri Core answers again"
+                    );
+                    if !self.circuit.wait_closed(&stop).await {
+                        break 'outer;
+                    }
+                    tracing::info!("circuit closed: taking deliveries again");
+                }
                 // Cancellation is checked only between deliveries; a started one finishes.
                 let delivery = tokio::select! {
                     biased;
@@ -385,6 +410,17 @@ impl Worker {
                 };
                 (Ok(outcome), disposition)
             }
+            Err(error) if error.is_unauthorized() => {
+                tracing::warn!(error = %error, "Puhuri Core refused the token; the delivery goes back to the queue, no attempt counted");
+                let disposition = match delivery.release().await {
+                    Ok(()) => Disposition::Released,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot release; the broker will redeliver");
+                        Disposition::LeftToBroker
+                    }
+                };
+                (Err(Arc::new(error)), disposition)
+            }
             Err(error) if error.is_transient() => {
                 let reason = error.to_string();
                 let retry_after = error.retry_after();
@@ -432,6 +468,7 @@ impl Worker {
             Disposition::RetryScheduled => "retry-scheduled",
             Disposition::DeadLettered => "dead-lettered",
             Disposition::LeftToBroker => "left-to-broker",
+            Disposition::Released => "released",
         };
         let action = result.as_ref().ok().map(Outcome::name);
         let rule_name = rule.as_deref().unwrap_or("-");

@@ -279,6 +279,15 @@ impl UsageReporter {
                 settled.unchanged = report.unchanged;
                 settled.stale = report.stale;
             }
+            Err(error) if error.is_unauthorized() => {
+                tracing::warn!(error = %error, "Puhuri Core refused the token; usage records go back to the queue");
+                for delivery in deliveries {
+                    if let Err(error) = delivery.release().await {
+                        tracing::warn!(error = %error, "cannot release; the broker will redeliver");
+                    }
+                }
+                settled.retry = Some(error.to_string());
+            }
             Err(error) if !error.is_transient() => {
                 let reason = error.to_string();
                 tracing::error!(error = %reason, "usage records refused; dead-lettering");

@@ -3,14 +3,20 @@
 //! Speaks both API generations ([`ApiGeneration`]): the current one, where the provider
 //! approves or rejects the *order*, and the 2021 one, where it changes the *resource's*
 //! state. Every call has a timeout; every failure is classified as [`PuhuriError::Transient`]
-//! (try again later), [`PuhuriError::Conflict`] (the allocation changed state: re-fetch) or
-//! [`PuhuriError::Permanent`] (this request can never succeed).
+//! (try again later), [`PuhuriError::Conflict`] (the allocation changed state: re-fetch),
+//! [`PuhuriError::Unauthorized`] (the token is refused: no call can succeed until it is
+//! replaced) or [`PuhuriError::Permanent`] (this request can never succeed).
+//!
+//! At most `max_in_flight` calls are open at once per client and its clones (a semaphore,
+//! held until the answer's body is read); `Retry-After` is read in seconds or as an
+//! HTTP date.
 //!
 //! INVARIANT: the token is sent only in the `Authorization` header and never appears in
 //! an error or a log line. Every path ends with `/` (Waldur answers 301 otherwise and a
 //! followed POST loses its body).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
@@ -21,9 +27,11 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 pub mod ids;
+pub mod probe;
 pub mod states;
 
 pub use ids::{AllocationHint, InvalidUuid, OrderUuid, ResourceUuid, WaldurUuid};
+pub use probe::{Me, OfferingSummary, Permission};
 pub use states::{OrderState, OrderType, ResourceState};
 
 /// Which generation of Waldur's provider API the server speaks.
@@ -51,7 +59,14 @@ pub struct ClientConfig {
 /// answer came) and how long it took. The service counts them in its metrics.
 pub trait CallObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+    /// A call found every slot taken and waited this long for one.
+    fn waited_for_slot(&self, _waited: Duration) {}
+    /// How many calls are open now (after one started or ended).
+    fn in_flight(&self, _open: usize) {}
 }
+
+/// Concurrent calls per client when nothing else is configured.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// A section of the access report shown to an allocation's users (`submit_report`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -146,6 +161,13 @@ pub enum PuhuriError {
         operation: &'static str,
         detail: String,
     },
+    /// 401: the token is missing, invalid or expired. Nothing this token asks can
+    /// succeed until it is replaced; not a property of the allocation.
+    #[error("{operation}: Puhuri Core refused the token (401): {detail}")]
+    Unauthorized {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("{operation}: refused ({status}): {detail}")]
     Permanent {
         operation: &'static str,
@@ -164,6 +186,11 @@ pub enum PuhuriError {
 impl PuhuriError {
     pub fn is_transient(&self) -> bool {
         matches!(self, PuhuriError::Transient { .. })
+    }
+
+    /// Whether the token was refused (401).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, PuhuriError::Unauthorized { .. })
     }
 }
 
@@ -293,6 +320,33 @@ impl Fetched {
     }
 }
 
+/// A successful answer, read whole.
+struct Answer {
+    headers: HeaderMap,
+    bytes: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: DeserializeOwned>(&self, operation: &'static str) -> Result<T, PuhuriError> {
+        serde_json::from_slice(&self.bytes).map_err(|error| PuhuriError::Transient {
+            operation,
+            detail: format!("unreadable response: {error}"),
+            retry_after: None,
+        })
+    }
+}
+
+/// How long `Retry-After` asks to wait: delay-seconds or an HTTP date (RFC 9110); a
+/// date in the past is no wait.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// One page of a list, with the URL of the next page if any.
 #[derive(Debug)]
 pub struct Page<T> {
@@ -305,9 +359,25 @@ pub struct Page<T> {
 #[derive(Clone)]
 pub struct PuhuriClient {
     http: reqwest::Client,
+    /// `Token <token>`, marked sensitive; replaced by [`PuhuriClient::set_token`].
+    auth: Arc<RwLock<HeaderValue>>,
+    slots: Arc<Slots>,
     base: String,
     api: ApiGeneration,
     observer: Option<std::sync::Arc<dyn CallObserver>>,
+}
+
+/// The cap on concurrent calls.
+struct Slots {
+    semaphore: tokio::sync::Semaphore,
+    max: usize,
+}
+
+fn auth_header(token: &str) -> Result<HeaderValue, BuildError> {
+    let mut auth = HeaderValue::from_str(&format!("Token {token}"))
+        .map_err(|_| BuildError::TokenNotAHeader)?;
+    auth.set_sensitive(true);
+    Ok(auth)
 }
 
 impl std::fmt::Debug for PuhuriClient {
@@ -315,6 +385,7 @@ impl std::fmt::Debug for PuhuriClient {
         f.debug_struct("PuhuriClient")
             .field("base", &self.base)
             .field("api", &self.api)
+            .field("max_in_flight", &self.slots.max)
             .finish()
     }
 }
@@ -334,13 +405,8 @@ impl PuhuriClient {
     /// A client for `config.url` authenticating with `token` (sent only in the
     /// `Authorization` header, marked sensitive).
     pub fn new(config: &ClientConfig, token: &str) -> Result<PuhuriClient, BuildError> {
-        let mut headers = HeaderMap::new();
-        let mut auth = HeaderValue::from_str(&format!("Token {token}"))
-            .map_err(|_| BuildError::TokenNotAHeader)?;
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
+        let auth = auth_header(token)?;
         let http = reqwest::Client::builder()
-            .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
@@ -350,10 +416,41 @@ impl PuhuriClient {
             .map_err(BuildError::Http)?;
         Ok(PuhuriClient {
             http,
+            auth: Arc::new(RwLock::new(auth)),
+            slots: Arc::new(Slots {
+                semaphore: tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+                max: DEFAULT_MAX_IN_FLIGHT,
+            }),
             base: config.url.clone(),
             api: config.api,
             observer: None,
         })
+    }
+
+    /// Caps the calls open at once (at least 1) for this client and its clones made from
+    /// now on.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        let max = max.max(1);
+        self.slots = Arc::new(Slots {
+            semaphore: tokio::sync::Semaphore::new(max),
+            max,
+        });
+        self
+    }
+
+    /// The cap on calls open at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.slots.max
+    }
+
+    /// Uses `token` from the next call on, in this client and every clone.
+    pub fn set_token(&self, token: &str) -> Result<(), BuildError> {
+        let auth = auth_header(token)?;
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
+        Ok(())
     }
 
     /// Tells `observer` of every call (by operation and status) and its latency.
@@ -389,14 +486,58 @@ impl PuhuriClient {
         format!("{}{}", self.base, path)
     }
 
+    /// Makes one call within a slot, reading the whole answer before the slot is freed.
     async fn call(
         &self,
         operation: &'static str,
         method: Method,
         url: &str,
         body: Option<&Value>,
-    ) -> Result<reqwest::Response, PuhuriError> {
-        let mut request = self.http.request(method, url);
+    ) -> Result<Answer, PuhuriError> {
+        let permit =
+            match self.slots.semaphore.try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let waiting = std::time::Instant::now();
+                    let permit = self.slots.semaphore.acquire().await.map_err(|_| {
+                        PuhuriError::Transient {
+                            operation,
+                            detail: "the client is closed".into(),
+                            retry_after: None,
+                        }
+                    })?;
+                    if let Some(observer) = &self.observer {
+                        observer.waited_for_slot(waiting.elapsed());
+                    }
+                    permit
+                }
+            };
+        self.note_in_flight();
+        let answer = self.call_in_slot(operation, method, url, body).await;
+        drop(permit);
+        self.note_in_flight();
+        answer
+    }
+
+    fn note_in_flight(&self) {
+        if let Some(observer) = &self.observer {
+            observer.in_flight(self.slots.max - self.slots.semaphore.available_permits());
+        }
+    }
+
+    async fn call_in_slot(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, PuhuriError> {
+        let auth = self
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut request = self.http.request(method, url).header(AUTHORIZATION, auth);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -416,16 +557,25 @@ impl PuhuriClient {
             }
         })?;
         let status = response.status();
-        self.record(operation, Some(status), started);
+        let headers = response.headers().clone();
         if status.is_success() {
-            return Ok(response);
+            let bytes = response.bytes().await;
+            self.record(operation, Some(status), started);
+            let bytes = bytes.map_err(|error| PuhuriError::Transient {
+                operation,
+                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
+                retry_after: None,
+            })?;
+            return Ok(Answer {
+                headers,
+                bytes: bytes.to_vec(),
+            });
         }
-        let retry_after = response
-            .headers()
+        self.record(operation, Some(status), started);
+        let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         let text = response.text().await.unwrap_or_default();
         let detail = summarize_body(status, &text);
         Err(classify(operation, status, detail, &text, retry_after))
@@ -436,17 +586,9 @@ impl PuhuriClient {
         operation: &'static str,
         path: &str,
     ) -> Result<T, PuhuriError> {
-        let response = self
-            .call(operation, Method::GET, &self.url(path), None)
-            .await?;
-        response
-            .json::<T>()
-            .await
-            .map_err(|error| PuhuriError::Transient {
-                operation,
-                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
-                retry_after: None,
-            })
+        self.call(operation, Method::GET, &self.url(path), None)
+            .await?
+            .json(operation)
     }
 
     async fn post(
@@ -455,11 +597,10 @@ impl PuhuriClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, PuhuriError> {
-        let response = self
+        let answer = self
             .call(operation, Method::POST, &self.url(path), body.as_ref())
             .await?;
-        let bytes = response.bytes().await.unwrap_or_default();
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        Ok(serde_json::from_slice(&answer.bytes).unwrap_or(Value::Null))
     }
 
     /// The provider's view of resources in this API generation.
@@ -628,23 +769,16 @@ impl PuhuriClient {
         };
         let response = self.call("list", Method::GET, &url, None).await?;
         let next = response
-            .headers()
+            .headers
             .get(reqwest::header::LINK)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| link_with_rel(v, "next"));
         let total = response
-            .headers()
+            .headers
             .get("x-result-count")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let items = response
-            .json::<Vec<T>>()
-            .await
-            .map_err(|error| PuhuriError::Transient {
-                operation: "list",
-                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
-                retry_after: None,
-            })?;
+        let items = response.json::<Vec<T>>("list")?;
         Ok(Page { items, next, total })
     }
 
@@ -1034,6 +1168,7 @@ fn classify(
 ) -> PuhuriError {
     match status.as_u16() {
         409 => PuhuriError::Conflict { operation, detail },
+        401 => PuhuriError::Unauthorized { operation, detail },
         // The 2021 API answers a wrong state with 400 and this message.
         400 if body.contains("Can't switch from state") => {
             PuhuriError::Conflict { operation, detail }
@@ -1092,6 +1227,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_retry_after_in_seconds_and_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        // 2015-10-21T07:28:00Z is now; 07:30:00 is two minutes later.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
     fn classifies_statuses() {
         let c = |code: u16, body: &str| {
             classify(
@@ -1116,6 +1270,11 @@ mod tests {
             PuhuriError::Permanent { status: 404, .. }
         ));
         assert!(c(429, "").is_transient());
+        assert!(c(401, r#"{"detail":"Token has expired."}"#).is_unauthorized());
+        assert!(matches!(
+            c(403, ""),
+            PuhuriError::Permanent { status: 403, .. }
+        ));
         assert!(c(503, "").is_transient());
     }
 }
