@@ -221,6 +221,22 @@ pub async fn start(
     } else {
         None
     };
+    // A worker's policy may read only what production can fill; the customers file is
+    // read (and checked) before anything is opened.
+    let customers = if roles.work {
+        if let Err(problems) = crate::customers::check_policy(&policy, config) {
+            anyhow::bail!(
+                "the policy reads fields nothing fills: {}",
+                problems.join("; ")
+            );
+        }
+        match &config.policy_customers_file {
+            Some(path) => crate::customers::CustomerDirectory::load(path)?,
+            None => crate::customers::CustomerDirectory::default(),
+        }
+    } else {
+        crate::customers::CustomerDirectory::default()
+    };
     // Addresses are bound before the queue is opened: a port in use leaves nothing behind.
     let receiver_listener = match (roles.receive, listener) {
         (false, _) => None,
@@ -355,6 +371,7 @@ pub async fn start(
                 config.worker.clone(),
             )
             .with_shadow(config.policy_shadow)
+            .with_customers(customers)
             .with_metrics(metrics.clone())
             .with_usage(config.usage.clone())
             .with_team(config.team.clone())

@@ -248,10 +248,17 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy file and list every problem with its line.
+    /// Validate a policy file and list every problem with its line. With `--config`, also
+    /// what the configuration lets production fill: fields nothing fills are refused
+    /// (`customer.country` without `policy.customers_file`), and `erred` rules that are
+    /// written as a reject for some offering types are warned about.
     Check {
         /// The policy file.
         file: PathBuf,
+        /// The service's configuration file (default: none, so the current API and no
+        /// customers file are assumed).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Show how a policy decides one allocation: every rule, matched or not and why, the
     /// action, and the rendered backend_id, reason or note.
@@ -357,8 +364,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Policy(PolicyCommand::Check { file }) => {
+        Command::Policy(PolicyCommand::Check { file, config }) => {
             let policy = load_policy(&file)?;
+            let (customers_file, api) = match &config {
+                Some(path) => {
+                    let config = load_config(Some(path))?;
+                    if let Some(customers) = &config.policy_customers_file {
+                        crate::customers::CustomerDirectory::load(customers)?;
+                    }
+                    (
+                        config.policy_customers_file.is_some(),
+                        config.puhuri.api.assumed(),
+                    )
+                }
+                None => (false, crate::config::ApiGeneration::Orders),
+            };
+            report_policy_context(
+                &file,
+                crate::customers::check_policy_with(&policy, customers_file, api),
+            )?;
             println!(
                 "{}: ok ({} rules, version {})",
                 file.display(),
@@ -379,7 +403,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let config = match path {
-        Some(path) => Config::load(path, &ProcessEnv)?,
+        Some(path) => {
+            let mut config = Config::load(path, &ProcessEnv)?;
+            // Like the policy file, the customers file is relative to the config's folder.
+            config.policy_customers_file = config
+                .policy_customers_file
+                .map(|customers| resolve_relative(path, &customers));
+            config
+        }
         None => Config::from_env(&ProcessEnv)?,
     };
     Ok(config)
@@ -420,7 +451,10 @@ fn read_allocation(path: &Path) -> anyhow::Result<Allocation> {
         let resource: Resource = serde_json::from_value(value)
             .map_err(|e| anyhow::anyhow!("{}: not a Puhuri Core resource: {e}", path.display()))?;
         let order = resource.creation_order.clone();
-        return Ok(crate::facts::allocation(&Fetched { resource, order }, None));
+        return Ok(crate::facts::allocation(
+            &Fetched { resource, order },
+            &crate::facts::CustomerExtras::default(),
+        ));
     }
     serde_json::from_value(value)
         .map_err(|e| anyhow::anyhow!("{}: not an allocation object: {e}", path.display()))
@@ -542,11 +576,41 @@ fn test_policy(file: &Path, cases_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the warnings of a policy checked against its configuration; the refused fields
+/// are the error, each naming the policy file.
+fn report_policy_context(
+    file: &Path,
+    checked: Result<Vec<String>, Vec<String>>,
+) -> anyhow::Result<()> {
+    match checked {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
+            Ok(())
+        }
+        Err(problems) => {
+            let lines: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {p}", file.display()))
+                .collect();
+            bail!("{}", lines.join("\n"))
+        }
+    }
+}
+
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = load_config(Some(path))?;
+    if let Some(customers) = &config.policy_customers_file {
+        crate::customers::CustomerDirectory::load(customers)?;
+    }
     if let Some(policy) = &config.policy_file {
         let policy_path = resolve_relative(path, policy);
-        load_policy(&policy_path)?;
+        let policy = load_policy(&policy_path)?;
+        report_policy_context(
+            &policy_path,
+            crate::customers::check_policy(&policy, &config),
+        )?;
     }
     println!(
         "{}: ok ({} sources, API `{:?}`, policy {})",

@@ -137,6 +137,7 @@ pub const KEYS: &[&str] = &[
     // [policy]
     "file",
     "shadow",
+    "customers_file",
     // [receiver]
     "trust_forwarded_for",
     "request_timeout_ms",
@@ -238,6 +239,10 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// Decide and publish decisions, but write nothing to Puhuri Core.
     pub policy_shadow: bool,
+    /// The provider's customers file (organisation -> country, abbreviation, tags), the
+    /// only source of `customer.country` and `customer.tags`; relative to the config
+    /// file's folder.
+    pub policy_customers_file: Option<PathBuf>,
     pub receiver: ReceiverConfig,
     pub sources: Vec<SourceConfig>,
 }
@@ -371,6 +376,15 @@ pub enum ApiChoice {
 }
 
 impl ApiChoice {
+    /// The generation to assume before the start-up probe: the configured one, or the
+    /// current API for `auto`.
+    pub fn assumed(self) -> ApiGeneration {
+        match self {
+            ApiChoice::Fixed(api) => api,
+            ApiChoice::Auto => ApiGeneration::Orders,
+        }
+    }
+
     /// The configuration value.
     pub fn name(self) -> &'static str {
         match self {
@@ -422,11 +436,8 @@ impl PuhuriConfig {
         Ok(puhuri_client::PuhuriClient::new(
             &puhuri_client::ClientConfig {
                 url,
-                api: match self.api {
-                    ApiChoice::Fixed(api) => api,
-                    // The start-up probe decides; until then the current API.
-                    ApiChoice::Auto => ApiGeneration::Orders,
-                },
+                // With `auto`, the start-up probe decides (`PuhuriClient::with_api`).
+                api: self.api.assumed(),
                 timeout: self.timeout,
             },
             self.token.expose(),
@@ -621,6 +632,7 @@ struct FilePuhuri {
 struct FilePolicy {
     file: Option<String>,
     shadow: Option<bool>,
+    customers_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -967,6 +979,7 @@ impl Config {
             },
             None => file.policy.shadow.unwrap_or(false),
         };
+        let policy_customers_file = file.policy.customers_file.map(PathBuf::from);
 
         let receiver = receiver_config(&at, &file.receiver)?;
         let mut sources: Vec<SourceConfig> = Vec::new();
@@ -1036,6 +1049,7 @@ impl Config {
             },
             policy_file,
             policy_shadow,
+            policy_customers_file,
             receiver,
             sources,
         })

@@ -3,7 +3,8 @@
 //! subscribe to. Its JSON form is documented in `schemas/decision-event.v1.schema.json`.
 //!
 //! Routing keys: `allocation.approved`, `allocation.rejected`, `allocation.erred`,
-//! `allocation.held`; in shadow mode the same under `shadow.` (`shadow.allocation.approved`),
+//! `allocation.held` — by what became of the allocation (`written_as`), so an `erred`
+//! decision written as a reject is `allocation.rejected` with `action: "erred"`; in shadow mode the same under `shadow.` (`shadow.allocation.approved`),
 //! so a subscriber of `allocation.*` never acts on a decision that was not written.
 //!
 //! INVARIANT: an event is published only after every write of the decision succeeded
@@ -31,8 +32,13 @@ pub struct DecisionEvent {
     /// The notification that led to the decision.
     pub notification_id: String,
     pub allocation: AllocationIds,
-    /// `approve`, `reject`, `erred` or `hold`.
+    /// What the policy asked: `approve`, `reject`, `erred` or `hold`.
     pub action: String,
+    /// What the decision is written as in Puhuri Core (in shadow mode: would be):
+    /// `approved`, `rejected` or `erred`; null for `hold`. An `erred` differs from
+    /// `action` where the server allows no erred for the offering type (current API,
+    /// any type but `Marketplace.Slurm`): the request is `rejected` with the message.
+    pub written_as: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +87,10 @@ impl DecisionEvent {
         let (backend_id, reason, message, note) = match &verdict.action {
             Action::Approve { backend_id, .. } => (Some(backend_id.clone()), None, None, None),
             Action::Reject { reason } => (None, Some(reason.clone()), None, None),
+            // Written as a reject: no backend_id was set, the message is the reason.
+            Action::Erred { message, .. } if decided == Decided::Rejected => {
+                (None, Some(message.clone()), Some(message.clone()), None)
+            }
             Action::Erred {
                 backend_id,
                 message,
@@ -97,6 +107,10 @@ impl DecisionEvent {
             notification_id: notification_id.to_owned(),
             allocation: verdict.allocation.clone(),
             action: verdict.action.name().to_owned(),
+            written_as: match decided {
+                Decided::Held => None,
+                other => Some(other.name()),
+            },
             backend_id,
             reason,
             message,

@@ -23,7 +23,7 @@ use crate::worker::{Disposition, Outcome, Settled};
 use puhuri_auth::secret::Secret;
 use puhuri_auth::signature::WebhookSecret;
 use puhuri_policy::Policy;
-use puhuri_sim::{HookFormat, HookTarget, NewAllocation, Sim, SimConfig};
+use puhuri_sim::{HookFormat, HookTarget, NewAllocation, Sim, SimConfig, WaldurVersion};
 
 /// The example policy the demo runs when no other is given.
 pub const EXAMPLE_POLICY_PATH: &str = "deploy/local/policy.toml";
@@ -164,6 +164,7 @@ pub async fn run(
         }),
         seed: true,
         public_url: Some(format!("http://{sim_addr}")),
+        waldur: WaldurVersion::V7_0,
     });
     let stop = CancellationToken::new();
     let sim_task = tokio::spawn(sim.clone().serve(sim_listener, stop.clone()));

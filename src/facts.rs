@@ -3,16 +3,26 @@
 //! This is the one place where the client's wire types meet the policy's `Allocation`:
 //! the client knows nothing of the policy, the policy nothing of the wire.
 
-use puhuri_client::{Customer, Fetched, GrantedResource, numeric_limits};
+use puhuri_client::{Fetched, GrantedResource, numeric_limits};
 use puhuri_policy::GrantedFacts;
 use puhuri_policy::allocation::{
     Allocation, CustomerFacts, OfferingFacts, OrderFacts, PlanFacts, ProjectFacts, ResourceFacts,
     UserFacts,
 };
 
-/// The policy's view of the allocation. `customer` is the organisation's own record,
-/// fetched only when the policy reads what only it has (`customer.country`).
-pub fn allocation(fetched: &Fetched, customer: Option<&Customer>) -> Allocation {
+/// What is known of the requesting organisation beyond the order: its abbreviation from
+/// the provider's customers list, and the provider's customers-file entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CustomerExtras<'a> {
+    pub abbreviation: Option<&'a str>,
+    pub entry: Option<&'a crate::customers::CustomerEntry>,
+}
+
+/// The policy's view of the allocation. `customer.uuid/name/slug` come from the resource
+/// or order; `abbreviation` from the customers-file entry, else the provider's customers
+/// list; `country` and `tags` only from the customers-file entry. `created_by.username`
+/// is empty where the server has no `created_by_username` (Waldur 7.0.x).
+pub fn allocation(fetched: &Fetched, extras: &CustomerExtras<'_>) -> Allocation {
     let r = &fetched.resource;
     let o = fetched.order.as_ref();
     let pick = |a: &Option<String>, b: Option<&Option<String>>| -> String {
@@ -71,8 +81,15 @@ pub fn allocation(fetched: &Fetched, customer: Option<&Customer>) -> Allocation 
             uuid: pick(&r.customer_uuid, o.map(|o| &o.customer_uuid)),
             name: pick(&r.customer_name, o.map(|o| &o.customer_name)),
             slug: pick(&r.customer_slug, o.map(|o| &o.customer_slug)),
-            abbreviation: customer.map(|c| text(&c.abbreviation)).unwrap_or_default(),
-            country: customer.map(|c| text(&c.country)).unwrap_or_default(),
+            abbreviation: extras
+                .entry
+                .map(|e| e.abbreviation.as_str())
+                .filter(|a| !a.is_empty())
+                .or(extras.abbreviation)
+                .unwrap_or_default()
+                .to_owned(),
+            country: extras.entry.map(|e| e.country.clone()).unwrap_or_default(),
+            tags: extras.entry.map(|e| e.tags.clone()).unwrap_or_default(),
         },
         limits,
         attributes,

@@ -11,6 +11,7 @@ pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod customers;
 pub mod decision;
 #[cfg(feature = "tools")]
 pub mod demo;

@@ -29,11 +29,13 @@ use crate::metrics::Metrics;
 use crate::notification::{AllocationHint, WorkItem};
 use puhuri_queue::{Broker, Delivery, Retried};
 
+use crate::customers::{Abbreviations, CustomerDirectory};
+use crate::facts::CustomerExtras;
 use crate::reload::{PolicyHandle, ReloadCounters};
 use crate::team::{ResourceSummary, TeamEvent};
 use crate::usage::report::{UsageReporter, UsageSettled};
 use crate::work::Work;
-use puhuri_client::{Customer, Fetched, PuhuriClient, PuhuriError, ResourceState, Waiting};
+use puhuri_client::{ErredWrite, Fetched, PuhuriClient, PuhuriError, ResourceState, Waiting};
 use puhuri_policy::{Action, Policy, Verdict};
 
 /// What happened to one allocation.
@@ -149,6 +151,9 @@ pub struct Worker {
     usage: Arc<UsageReporter>,
     team: TeamConfig,
     circuit: Arc<Circuit>,
+    /// The provider's customers file (country, abbreviation, tags), when configured.
+    customers: Arc<CustomerDirectory>,
+    abbreviations: Arc<Abbreviations>,
 }
 
 /// The usage path of a worker.
@@ -190,7 +195,15 @@ impl Worker {
             settled: tokio::sync::broadcast::channel(1024).0,
             circuit: Arc::new(Circuit::new(metrics.clone())),
             metrics,
+            customers: Arc::new(CustomerDirectory::default()),
+            abbreviations: Arc::new(Abbreviations::default()),
         }
+    }
+
+    /// The provider's customers file: the source of `customer.country` and `tags`.
+    pub fn with_customers(mut self, customers: CustomerDirectory) -> Worker {
+        self.customers = Arc::new(customers);
+        self
     }
 
     fn rebuild_usage(&mut self) {
@@ -583,19 +596,36 @@ impl Worker {
         Ok((done, None))
     }
 
-    /// The allocation as `policy` sees it, with the organisation's record and the totals
-    /// granted already when the policy reads them.
+    /// The allocation as `policy` sees it, with what is known of the organisation and the
+    /// totals granted already when the policy reads them.
     async fn allocation(
         &self,
         policy: &Policy,
         fetched: &Fetched,
     ) -> Result<puhuri_policy::Allocation, PuhuriError> {
-        let customer = if policy.needs_customer_details() {
-            self.fetch_customer(fetched).await?
-        } else {
-            None
-        };
-        let mut allocation = crate::facts::allocation(fetched, customer.as_ref());
+        let basic = crate::facts::allocation(fetched, &CustomerExtras::default());
+        let entry = self
+            .customers
+            .find(&basic.customer.uuid, &basic.customer.slug);
+        let abbreviation =
+            if policy.needs_customer_details() && entry.is_none_or(|e| e.abbreviation.is_empty()) {
+                self.abbreviations
+                    .lookup(
+                        &self.client,
+                        &basic.offering.provider_uuid,
+                        &basic.customer.uuid,
+                    )
+                    .await?
+            } else {
+                None
+            };
+        let mut allocation = crate::facts::allocation(
+            fetched,
+            &CustomerExtras {
+                abbreviation: abbreviation.as_deref(),
+                entry,
+            },
+        );
         if policy.needs_granted() {
             let Some(customer) = puhuri_client::WaldurUuid::parse(&allocation.customer.uuid) else {
                 return Err(PuhuriError::Unusable {
@@ -611,26 +641,6 @@ impl Worker {
             );
         }
         Ok(allocation)
-    }
-
-    /// The organisation's own record, when the policy reads what only it has. A record
-    /// the provider may not see leaves those fields empty rather than failing.
-    async fn fetch_customer(&self, fetched: &Fetched) -> Result<Option<Customer>, PuhuriError> {
-        let uuid = fetched
-            .resource
-            .customer_uuid
-            .clone()
-            .or_else(|| fetched.order.as_ref().and_then(|o| o.customer_uuid.clone()))
-            .filter(|u| !u.is_empty());
-        let Some(uuid) = uuid else { return Ok(None) };
-        match self.client.get_customer(&uuid).await {
-            Ok(customer) => Ok(Some(customer)),
-            Err(error @ PuhuriError::Permanent { .. }) => {
-                tracing::warn!(error = %error, "customer record unavailable; its country stays empty");
-                Ok(None)
-            }
-            Err(error) => Err(error),
-        }
     }
 
     /// The step function: decide one notification and write the decision. Tests call it
@@ -654,7 +664,8 @@ impl Worker {
                 rule = verdict.rule.as_deref().unwrap_or("-"),
                 "shadow mode: decision recorded, nothing written"
             );
-            return Ok((shadow_outcome(&verdict.action), Some(verdict)));
+            let outcome = shadow_outcome(&verdict.action, self.client.erred_write(&fetched));
+            return Ok((outcome, Some(verdict)));
         }
         let outcome = match self.act(&fetched, &verdict.action).await {
             Ok(outcome) => outcome,
@@ -742,22 +753,41 @@ impl Worker {
                 backend_id,
                 message,
             } => {
-                // backend_id first: a Creating resource without one is Terminated, not Erred.
-                self.client
-                    .set_backend_id(&fetched.resource.uuid, backend_id)
-                    .await?;
-                self.client.set_erred(fetched, message).await?;
-                Ok(Outcome::Erred {
-                    message: message.clone(),
-                })
+                let write = self.client.erred_write(fetched);
+                if write.sets_backend_id() {
+                    // backend_id first: a Creating resource without one is Terminated, not Erred.
+                    self.client
+                        .set_backend_id(&fetched.resource.uuid, backend_id)
+                        .await?;
+                }
+                let written = self.client.set_erred(fetched, message).await?;
+                if written == ErredWrite::Reject {
+                    tracing::info!(
+                        "erred is not writable for this offering type; rejected with the message instead"
+                    );
+                }
+                Ok(erred_outcome(written, message))
             }
             Action::Hold { note } => Ok(Outcome::Held { note: note.clone() }),
         }
     }
 }
 
+/// What an `erred` decision made of the allocation: erred, or rejected with the message
+/// where the server allows no erred.
+fn erred_outcome(written: ErredWrite, message: &str) -> Outcome {
+    match written {
+        ErredWrite::Reject => Outcome::Rejected {
+            reason: message.to_owned(),
+        },
+        ErredWrite::ResourceState | ErredWrite::OrderErred => Outcome::Erred {
+            message: message.to_owned(),
+        },
+    }
+}
+
 /// The outcome a decision would have had, for shadow mode (nothing was written).
-fn shadow_outcome(action: &Action) -> Outcome {
+fn shadow_outcome(action: &Action, erred: ErredWrite) -> Outcome {
     match action {
         Action::Approve { backend_id, .. } => Outcome::Approved {
             backend_id: backend_id.clone(),
@@ -765,9 +795,7 @@ fn shadow_outcome(action: &Action) -> Outcome {
         Action::Reject { reason } => Outcome::Rejected {
             reason: reason.clone(),
         },
-        Action::Erred { message, .. } => Outcome::Erred {
-            message: message.clone(),
-        },
+        Action::Erred { message, .. } => erred_outcome(erred, message),
         Action::Hold { note } => Outcome::Held { note: note.clone() },
     }
 }

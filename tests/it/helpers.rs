@@ -10,6 +10,7 @@ use puhuri_auth::signature::WebhookSecret;
 use puhuri_policy::Policy;
 use puhuri_sim::{
     CreatedAllocation, HookFormat, HookTarget, NewAllocation, RecordedCall, Sim, SimConfig,
+    WaldurVersion,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -69,6 +70,9 @@ macro_rules! on_both_backends {
 pub struct Options {
     pub policy: &'static str,
     pub api: &'static str,
+    /// The Waldur release the simulator serves; a test of the 2021 API (`api = "resources"`)
+    /// sets `WaldurVersion::V2021`.
+    pub waldur: WaldurVersion,
     pub roles: Roles,
     pub amqp_url: Option<String>,
     pub max_attempts: u32,
@@ -98,6 +102,7 @@ impl Default for Options {
         Options {
             policy: APPROVE_SMALL,
             api: "orders",
+            waldur: WaldurVersion::V7_0,
             roles: Roles::ALL,
             amqp_url: None,
             max_attempts: 4,
@@ -156,6 +161,7 @@ pub async fn spawn_app(options: Options) -> TestApp {
         hook,
         seed: true,
         public_url: Some(format!("http://{sim_addr}")),
+        waldur: options.waldur,
     });
     let sim_stop = CancellationToken::new();
     tokio::spawn(sim.clone().serve(sim_listener, sim_stop.clone()));

@@ -2,7 +2,7 @@
 
 use puhuri_approver::app::Roles;
 use puhuri_approver::worker::{Disposition, Outcome};
-use puhuri_sim::Faults;
+use puhuri_sim::{Faults, WaldurVersion};
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, Options, SECRET, TOKEN, spawn_app};
@@ -168,6 +168,7 @@ async fn the_2021_resources_api_is_served_end_to_end(backend: Backend) {
     let mut app = spawn_app(Options {
         backend,
         api: "resources",
+        waldur: WaldurVersion::V2021,
         ..Options::default()
     })
     .await;

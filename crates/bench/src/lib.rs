@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use puhuri_approver::notification::{AllocationHint, Envelope, WaldurUuid, WorkItem};
 use puhuri_auth::Secret;
 use puhuri_auth::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
-use puhuri_sim::{Faults, NewAllocation, Sim, SimConfig};
+use puhuri_sim::{Faults, NewAllocation, Sim, SimConfig, WaldurVersion};
 use stats::Summary;
 
 /// Which queue backends to measure.
@@ -155,6 +155,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         hook: None,
         seed: true,
         public_url: Some(format!("http://{sim_addr}")),
+        waldur: WaldurVersion::V7_0,
     });
     let stop = CancellationToken::new();
     let sim_task = tokio::spawn(sim.clone().serve(sim_listener, stop.clone()));

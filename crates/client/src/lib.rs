@@ -224,15 +224,55 @@ pub struct Order {
     pub created_by_full_name: Option<String>,
 }
 
-/// An organisation as `GET /api/customers/{uuid}/` renders it (the fields used here).
+/// A consumer organisation as its provider sees it in
+/// `GET /api/marketplace-service-providers/{uuid}/customers/` (the fields used here).
+/// The organisation's own record (`/api/customers/{uuid}/`) is not visible to a
+/// provider, and no provider-visible endpoint has its country.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
-pub struct Customer {
+pub struct ProviderCustomer {
     pub uuid: String,
     pub name: Option<String>,
     pub abbreviation: Option<String>,
-    /// ISO 3166-1 alpha-2 code.
-    pub country: Option<String>,
+}
+
+/// A service provider as `GET /api/marketplace-service-providers/` renders it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct ServiceProvider {
+    uuid: String,
+}
+
+/// The offering type whose orders take `set_state_erred` from a provider
+/// (`OfferingTypeValidator(SLURM_REMOTE_PLUGIN_NAME)`); any other type answers 405.
+pub const SLURM_OFFERING_TYPE: &str = "Marketplace.Slurm";
+
+/// How a policy's `erred` is written, given what the server allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErredWrite {
+    /// 2021 API: `set_state_by_provider` `{"state": "erred"}`.
+    ResourceState,
+    /// Current API, `Marketplace.Slurm` offering: the order's `set_state_erred`.
+    OrderErred,
+    /// Current API, any other offering type: the order's `reject_by_provider` with the
+    /// message as the comment (the only provider-side way to close the request).
+    Reject,
+}
+
+impl ErredWrite {
+    /// What the allocation becomes: `erred` or `rejected`.
+    pub fn written_as(self) -> &'static str {
+        match self {
+            ErredWrite::ResourceState | ErredWrite::OrderErred => "erred",
+            ErredWrite::Reject => "rejected",
+        }
+    }
+
+    /// Whether `backend_id` is set before the write: a `Creating` resource that fails
+    /// with one stays `Erred` rather than `Terminated`. A reject needs none.
+    pub fn sets_backend_id(self) -> bool {
+        self != ErredWrite::Reject
+    }
 }
 
 /// A marketplace resource as Puhuri Core renders it (the fields used here).
@@ -676,10 +716,38 @@ impl PuhuriClient {
         .map(drop)
     }
 
-    /// The organisation's own record (for its country).
-    pub async fn get_customer(&self, uuid: &str) -> Result<Customer, PuhuriError> {
-        self.get_json("get customer", &format!("customers/{uuid}/"))
-            .await
+    /// The service provider record of the provider organisation `provider_uuid` (the
+    /// `provider_uuid` of orders and resources); `None` when there is none.
+    pub async fn service_provider_uuid(
+        &self,
+        provider_uuid: &WaldurUuid,
+    ) -> Result<Option<String>, PuhuriError> {
+        let url = self.query_url(
+            "marketplace-service-providers/",
+            &[
+                ("customer_uuid", &provider_uuid.to_string()),
+                ("field", "uuid"),
+            ],
+        );
+        let page: Page<ServiceProvider> = self.list_page(&url).await?;
+        Ok(page.items.into_iter().next().map(|sp| sp.uuid))
+    }
+
+    /// The organisations with allocations of the provider's offerings, with their
+    /// abbreviations (`marketplace-service-providers/{uuid}/customers/`, every page).
+    pub async fn provider_customers(
+        &self,
+        service_provider_uuid: &str,
+    ) -> Result<Vec<ProviderCustomer>, PuhuriError> {
+        let sp = WaldurUuid::parse(service_provider_uuid).ok_or_else(|| PuhuriError::Unusable {
+            operation: "provider customers",
+            detail: "the service provider uuid is not a uuid".into(),
+        })?;
+        let url = self.query_url(
+            &format!("marketplace-service-providers/{sp}/customers/"),
+            &[("page_size", "100")],
+        );
+        Ok(self.list_all(url).await?.0)
     }
 
     /// Submits the access report shown to the allocation's users.
@@ -731,23 +799,54 @@ impl PuhuriClient {
         }
     }
 
-    /// Marks the allocation erred. Callers set `backend_id` first so that Waldur keeps the
-    /// resource `Erred` rather than `Terminated`.
-    pub async fn set_erred(&self, fetched: &Fetched, message: &str) -> Result<(), PuhuriError> {
-        match self.api {
-            ApiGeneration::Orders => self
-                .post(
+    /// How `erred` is written for this allocation: the 2021 API has a resource state for
+    /// it; the current API lets a provider err only the order of a `Marketplace.Slurm`
+    /// offering (405 otherwise; provider-resource `set_as_erred` is staff-only in 7.0 and
+    /// never closes the order), so any other offering's request is rejected instead.
+    pub fn erred_write(&self, fetched: &Fetched) -> ErredWrite {
+        if self.api == ApiGeneration::Resources {
+            return ErredWrite::ResourceState;
+        }
+        let offering_type = fetched
+            .resource
+            .offering_type
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or_else(|| {
+                fetched
+                    .order
+                    .as_ref()
+                    .and_then(|o| o.offering_type.as_deref())
+            });
+        if offering_type == Some(SLURM_OFFERING_TYPE) {
+            ErredWrite::OrderErred
+        } else {
+            ErredWrite::Reject
+        }
+    }
+
+    /// Writes `erred` as [`PuhuriClient::erred_write`] says (callers set `backend_id`
+    /// first when [`ErredWrite::sets_backend_id`]); returns what was written.
+    pub async fn set_erred(
+        &self,
+        fetched: &Fetched,
+        message: &str,
+    ) -> Result<ErredWrite, PuhuriError> {
+        let write = self.erred_write(fetched);
+        match write {
+            ErredWrite::ResourceState => self.set_state(&fetched.resource.uuid, "erred").await?,
+            ErredWrite::OrderErred => {
+                let order = order_uuid(fetched, "set erred")?;
+                self.post(
                     "set erred",
-                    &format!(
-                        "marketplace-provider-resources/{}/set_as_erred/",
-                        fetched.resource.uuid
-                    ),
+                    &format!("marketplace-orders/{order}/set_state_erred/"),
                     Some(json!({ "error_message": message, "error_traceback": "" })),
                 )
-                .await
-                .map(drop),
-            ApiGeneration::Resources => self.set_state(&fetched.resource.uuid, "erred").await,
+                .await?;
+            }
+            ErredWrite::Reject => self.reject(fetched, message).await?,
         }
+        Ok(write)
     }
 
     async fn set_state(&self, resource_uuid: &str, state: &str) -> Result<(), PuhuriError> {

@@ -99,7 +99,10 @@ pub struct ProjectFacts {
     pub end_date: Option<String>,
 }
 
-/// The requesting organisation.
+/// The requesting organisation: `uuid`, `name` and `slug` from the order or resource;
+/// `abbreviation` from the provider's customers list (or the provider's customers file);
+/// `country` and `tags` only from the provider's customers file (no provider-visible
+/// endpoint of Puhuri Core has an organisation's country).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CustomerFacts {
@@ -107,11 +110,14 @@ pub struct CustomerFacts {
     pub name: String,
     pub slug: String,
     pub abbreviation: String,
-    /// ISO 3166-1 alpha-2 code (`FI`, `EE`, ...); empty when Puhuri Core does not say.
+    /// ISO 3166-1 alpha-2 code (`FI`, `EE`, ...); empty when the customers file does not say.
     pub country: String,
+    /// The provider's own labels for the organisation (customers file).
+    pub tags: Vec<String>,
 }
 
-/// The user who created the order.
+/// The user who created the order: `full_name` on every server; `username` only where
+/// the server renders `created_by_username` (not Waldur 7.0.x), else empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserFacts {
@@ -134,6 +140,8 @@ pub enum FieldType {
     Limits,
     /// `attributes`: any keys, any values.
     OpenMap,
+    /// A list of strings (`customer.tags`): `"x" in customer.tags`, `size(...)`.
+    StringList,
 }
 
 impl FieldType {
@@ -145,6 +153,7 @@ impl FieldType {
             FieldType::Number => "a number",
             FieldType::Bool => "a boolean",
             FieldType::Object(_) | FieldType::Limits | FieldType::OpenMap => "an object",
+            FieldType::StringList => "a list of strings",
         }
     }
 }
@@ -205,6 +214,7 @@ pub const SCHEMA: &[(&str, FieldType)] = &[
             ("slug", S),
             ("abbreviation", S),
             ("country", S),
+            ("tags", FieldType::StringList),
         ]),
     ),
     ("limits", FieldType::Limits),

@@ -205,6 +205,8 @@ pub struct Policy {
     env: Arc<cel::Env>,
     needs_customer_details: bool,
     needs_granted: bool,
+    /// Every documented field a condition or template reads.
+    paths: Vec<String>,
 }
 
 impl fmt::Debug for Policy {
@@ -225,6 +227,8 @@ struct Rule {
 }
 
 struct Condition {
+    /// The condition as written.
+    source: String,
     program: cel::Program,
     /// The documented fields the condition reads.
     paths: Vec<String>,
@@ -313,6 +317,7 @@ impl Policy {
             env: cel_env(),
             needs_customer_details: false,
             needs_granted: false,
+            paths: Vec::new(),
         }
     }
 
@@ -331,10 +336,47 @@ impl Policy {
         &self.components
     }
 
-    /// Whether a condition or template reads what only the customer's own record has
-    /// (`customer.country`, `customer.abbreviation`), so the caller must fetch it.
+    /// Whether a condition or template reads `customer.abbreviation`, which the caller
+    /// looks up in the provider's customers list.
     pub fn needs_customer_details(&self) -> bool {
         self.needs_customer_details
+    }
+
+    /// Whether a condition or template reads `path` (`customer.country`) or a field
+    /// under it.
+    pub fn reads(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| {
+            p == path
+                || p.strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('.'))
+                || path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
+    /// The rules (and the default, as `default`) whose action is `erred` and whose
+    /// condition does not restrict `offering.type` to `only_type`: where the server allows
+    /// `erred` only for that type, they can match offerings where it is written otherwise.
+    /// Each as (rule name, line).
+    pub fn erred_rules_beyond(&self, only_type: &str) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self
+            .rules
+            .iter()
+            .filter(|rule| matches!(rule.action, CompiledAction::Erred { .. }))
+            .filter(|rule| {
+                !rule.when.as_ref().is_some_and(|when| {
+                    when.paths.iter().any(|p| p == "offering.type")
+                        && (when.source.contains(&format!("\"{only_type}\""))
+                            || when.source.contains(&format!("'{only_type}'")))
+                })
+            })
+            .map(|rule| (rule.name.clone(), rule.line))
+            .collect();
+        if matches!(self.default, CompiledAction::Erred { .. }) {
+            out.push(("default".into(), 0));
+        }
+        out
     }
 
     /// Whether a condition or template reads `granted`, so the caller must sum what the
@@ -495,7 +537,7 @@ impl Policy {
         }
         let needs_customer_details = all_paths
             .iter()
-            .any(|p| p == "customer.country" || p == "customer.abbreviation");
+            .any(|p| p == "customer" || p == "customer.abbreviation");
         let needs_granted = all_paths
             .iter()
             .any(|p| p == "granted" || p.starts_with("granted."));
@@ -507,6 +549,7 @@ impl Policy {
             env,
             needs_customer_details,
             needs_granted,
+            paths: all_paths,
         })
     }
 
@@ -681,7 +724,11 @@ fn compile_condition(
             .map(|p| (p.offset.map(|o| line_of(source, o)).unwrap_or(1), p.message))
             .collect());
     }
-    Ok(Condition { program, paths })
+    Ok(Condition {
+        source: source.to_owned(),
+        program,
+        paths,
+    })
 }
 
 fn compile_action(

@@ -209,7 +209,9 @@ pub fn check_path(path: &str, components: &[String]) -> Result<(), PathError> {
         walked = format!("{walked}.{part}");
     }
     match ty {
-        FieldType::Object(_) | FieldType::Limits => Err(PathError::AnObject(path.to_owned())),
+        FieldType::Object(_) | FieldType::Limits | FieldType::StringList => {
+            Err(PathError::AnObject(path.to_owned()))
+        }
         _ => Ok(()),
     }
 }

@@ -11,7 +11,8 @@
 //!    `Invalid token.` for an unknown token, `Token has expired.` for one
 //!    unused for longer than the token lifetime (`session.rs`);
 //! 4. 405 `Method "X" not allowed.` with `Allow`;
-//! 5. object lookup (404 `Not found.`, also for a malformed uuid), then the
+//! 5. object lookup (404 `No <Model> matches the given query.`, DRF's `Not
+//!    found.` for a malformed uuid), then the
 //!    action's validators (`marketplace/views.py`: project end date 400, state
 //!    409, offering type 405), then the request body (lazily, only for
 //!    actions that read it; DRF parser errors 400/415, field errors 400).
@@ -27,7 +28,12 @@
 //! - `GET|HEAD /api/marketplace-resources/`, `.../{uuid}/`; `POST .../{uuid}/`
 //!   `set_backend_id|set_as_erred|set_state_by_provider|submit_report/`;
 //!   `GET|HEAD .../{uuid}/team/`, `.../{uuid}/plan_periods/`.
-//! - `GET|HEAD /api/customers/`, `.../{uuid}/`.
+//! - `GET|HEAD /api/customers/`, `.../{uuid}/`: only the provider's own
+//!   organisation; a consumer organisation is 404.
+//! - `GET|HEAD /api/marketplace-service-providers/` (filter `customer_uuid`),
+//!   `.../{uuid}/`, `.../{uuid}/customers/` (paginated `ProviderCustomerSerializer`:
+//!   `uuid, name, abbreviation, ...` of the organisations with a non-terminated
+//!   resource of the provider's offerings).
 //! - `GET|HEAD /api/users/me/`: the token's user with `permissions` (`session.rs`).
 //! - `GET|HEAD /api/marketplace-provider-offerings/`, `.../{uuid}/`, and the same
 //!   under `/api/marketplace-offerings/`: offerings with their components
@@ -37,8 +43,15 @@
 //!   `.../{uuid}/`; `POST .../{uuid}/set_user_usage/` (201, empty body).
 //! - `GET|HEAD /api/marketplace-component-user-usages/`, `.../{uuid}/`.
 //!
-//! Detail actions are POST-only (`Allow: POST, OPTIONS`) except `team` and
-//! `plan_periods` (`Allow: GET, HEAD, OPTIONS`). Other Waldur routes are not
+//! Which of these a release serves is decided by `served`: 2021 has no
+//! `marketplace-provider-*` views and no provider actions on orders; 7.0/8.0 have
+//! no `marketplace-offerings` view and, under `marketplace-resources`, only `team`,
+//! `plan_periods` and `set_as_erred`. `set_as_erred` is staff-only (403 before the
+//! lookup) except on 8.0. Order `set_state_erred` is 405 unless the offering is
+//! `Marketplace.Slurm`.
+//!
+//! Detail actions are POST-only (`Allow: POST, OPTIONS`) except `team`,
+//! `plan_periods` and `customers` (`Allow: GET, HEAD, OPTIONS`). Other Waldur routes are not
 //! simulated (404); methods Waldur offers to consumers (creating orders,
 //! editing resources) answer 405.
 //!
@@ -61,7 +74,7 @@ use super::state::{
     SortKey,
 };
 use super::usage::UsageFilter;
-use super::{RecordedCall, Sim};
+use super::{RecordedCall, Sim, WaldurVersion};
 
 /// Django's `DATA_UPLOAD_MAX_MEMORY_SIZE` (2.5 MiB).
 const MAX_BODY: usize = 2_621_440;
@@ -77,6 +90,8 @@ enum Collection {
     Offerings,
     ComponentUsages,
     ComponentUserUsages,
+    /// `/api/marketplace-service-providers/`: one per provider organisation.
+    ServiceProviders,
 }
 
 impl Collection {
@@ -90,6 +105,7 @@ impl Collection {
             "marketplace-offerings" => Some(Collection::Offerings),
             "marketplace-component-usages" => Some(Collection::ComponentUsages),
             "marketplace-component-user-usages" => Some(Collection::ComponentUserUsages),
+            "marketplace-service-providers" => Some(Collection::ServiceProviders),
             _ => None,
         }
     }
@@ -104,6 +120,7 @@ impl Collection {
             Collection::Offerings => "marketplace-offerings",
             Collection::ComponentUsages => "marketplace-component-usages",
             Collection::ComponentUserUsages => "marketplace-component-user-usages",
+            Collection::ServiceProviders => "marketplace-service-providers",
         }
     }
 
@@ -143,6 +160,7 @@ impl Collection {
                 "plan_periods",
             ],
             Collection::ComponentUsages => &["set_user_usage"],
+            Collection::ServiceProviders => &["customers"],
             Collection::Customers
             | Collection::ProviderOfferings
             | Collection::Offerings
@@ -153,7 +171,7 @@ impl Collection {
 
 /// Detail actions declared `methods=["get"]`.
 fn is_get_action(action: &str) -> bool {
-    matches!(action, "team" | "plan_periods")
+    matches!(action, "team" | "plan_periods" | "customers")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +214,38 @@ impl Route {
 /// DRF's default lookup pattern `[^/.]+`.
 fn is_lookup(segment: &str) -> bool {
     !segment.is_empty() && !segment.contains('.')
+}
+
+/// Whether `version` serves `route`: the 2021 API has no provider-resource or
+/// provider-offering views and no provider actions on orders (they lived on order
+/// items); 7.0 and later have no `marketplace-offerings` view and no provider
+/// actions under `marketplace-resources` (`team`, `plan_periods` and the staff-only
+/// `set_as_erred` stay on the consumer's view).
+fn served(version: WaldurVersion, route: &Route) -> bool {
+    match route {
+        Route::Root | Route::Me => true,
+        Route::List(collection)
+        | Route::Detail(collection, _)
+        | Route::ListAction(collection, _) => match collection {
+            Collection::ProviderResources | Collection::ProviderOfferings => version.is_current(),
+            Collection::Offerings => !version.is_current(),
+            _ => true,
+        },
+        Route::Action(collection, _, action) => match collection {
+            Collection::ProviderResources | Collection::ProviderOfferings => version.is_current(),
+            Collection::Offerings => !version.is_current(),
+            Collection::Orders => version.is_current(),
+            Collection::Resources => {
+                !version.is_current() || matches!(*action, "team" | "plan_periods" | "set_as_erred")
+            }
+            _ => true,
+        },
+    }
+}
+
+/// Resolves a path that must end with `/` among the routes `version` serves.
+fn resolve_for(version: WaldurVersion, path: &str) -> Option<Route> {
+    resolve(path).filter(|route| served(version, route))
 }
 
 /// Resolves a path that must end with `/`.
@@ -491,9 +541,10 @@ impl Sim {
         headers: &HeaderMap,
         body: &Bytes,
     ) -> Reply {
-        let Some(route) = resolve(path) else {
+        let version = self.inner.waldur;
+        let Some(route) = resolve_for(version, path) else {
             let slashed = format!("{path}/");
-            if !path.ends_with('/') && resolve(&slashed).is_some() {
+            if !path.ends_with('/') && resolve_for(version, &slashed).is_some() {
                 let location = match raw_query {
                     Some(q) => format!("{slashed}?{q}"),
                     None => slashed,
@@ -538,19 +589,11 @@ impl Sim {
             body,
             now,
             base: &base,
+            path,
+            query: &query,
         };
         let result = match route {
-            Route::Root => Ok(Reply::json(
-                200,
-                json!({
-                    "marketplace-orders": format!("{base}/api/marketplace-orders/"),
-                    "marketplace-provider-resources": format!("{base}/api/marketplace-provider-resources/"),
-                    "marketplace-resources": format!("{base}/api/marketplace-resources/"),
-                    "marketplace-provider-offerings": format!("{base}/api/marketplace-provider-offerings/"),
-                    "marketplace-component-usages": format!("{base}/api/marketplace-component-usages/"),
-                    "marketplace-component-user-usages": format!("{base}/api/marketplace-component-user-usages/"),
-                }),
-            )),
+            Route::Root => Ok(api_root(version, &base)),
             Route::List(collection) => list(model, collection, &base, path, &query),
             Route::Detail(collection, id) => detail(model, collection, &id, &base, &query),
             Route::Action(collection, id, action) => act(model, collection, &id, action, &ctx),
@@ -562,6 +605,31 @@ impl Sim {
         };
         result.unwrap_or_else(Reply::from)
     }
+}
+
+/// The API root: the collections this release serves.
+fn api_root(version: WaldurVersion, base: &str) -> Reply {
+    let mut root = Map::new();
+    for collection in [
+        Collection::Customers,
+        Collection::Orders,
+        Collection::ProviderResources,
+        Collection::Resources,
+        Collection::ProviderOfferings,
+        Collection::Offerings,
+        Collection::ComponentUsages,
+        Collection::ComponentUserUsages,
+        Collection::ServiceProviders,
+    ] {
+        if served(version, &Route::List(collection)) {
+            let segment = collection.segment();
+            root.insert(
+                segment.to_string(),
+                Value::String(format!("{base}/api/{segment}/")),
+            );
+        }
+    }
+    Reply::json(200, Value::Object(root))
 }
 
 fn route_name(route: &Route) -> &'static str {
@@ -578,11 +646,14 @@ fn route_name(route: &Route) -> &'static str {
         Route::List(Collection::ComponentUsages) => "Component Usage List",
         Route::Detail(Collection::ComponentUsages, _) => "Component Usage Instance",
         Route::List(Collection::ComponentUserUsages) => "Component User Usage List",
+        Route::List(Collection::ServiceProviders) => "Service Provider List",
+        Route::Detail(Collection::ServiceProviders, _) => "Service Provider Instance",
         Route::Detail(Collection::ComponentUserUsages, _) => "Component User Usage Instance",
         Route::List(_) => "Resource List",
         Route::Detail(..) => "Resource Instance",
         Route::Action(_, _, "team") => "Team",
         Route::Action(_, _, "plan_periods") => "Plan Periods",
+        Route::Action(_, _, "customers") => "Customers",
         Route::Action(..) | Route::ListAction(..) => "Action",
         Route::Me => "User Instance",
     }
@@ -848,7 +919,14 @@ fn list(
             let (filter, sort) = resource_filter(query)?;
             model.list_resources(&filter, &sort)
         }
-        Collection::Customers => (0..model.customer_count()).collect(),
+        // A provider's user sees the organisations it has a role in: its own.
+        Collection::Customers => model.visible_customers(),
+        Collection::ServiceProviders => {
+            let mut errors = FieldErrors::new();
+            let customer = errors.uuid(query, "customer_uuid");
+            errors.finish()?;
+            model.list_service_providers(customer)
+        }
         Collection::ProviderOfferings | Collection::Offerings => {
             let (filter, sort) = offering_filter(query)?;
             model.list_offerings(&filter, &sort)
@@ -864,6 +942,9 @@ fn list(
             select_fields(model.render_resource(i, base, with_order), &fields)
         }
         Collection::Customers => select_fields(model.render_customer(i, base), &fields),
+        Collection::ServiceProviders => {
+            select_fields(model.render_service_provider(i, base), &fields)
+        }
         Collection::ProviderOfferings | Collection::Offerings => select_fields(
             model.render_offering(i, base, collection.segment()),
             &fields,
@@ -872,6 +953,17 @@ fn list(
         // `ComponentUserUsageSerializer` has no field selection.
         Collection::ComponentUserUsages => model.render_user_usage(i, base),
     };
+    paginated(&items, render, base, path, query)
+}
+
+/// One page of `items`, rendered, with `Link` and `X-Result-Count`.
+fn paginated(
+    items: &[usize],
+    render: impl Fn(usize) -> Map<String, Value>,
+    base: &str,
+    path: &str,
+    query: &QueryPairs,
+) -> Result<Reply, ApiError> {
     let count = items.len();
     let page = Page::select(count, query.last("page"), query.last("page_size"))
         .map_err(|InvalidPage| ApiError::detail(404, "Invalid page."))?;
@@ -888,20 +980,24 @@ fn list(
         .with_header(header::LINK, link))
 }
 
-/// Looks `id` up with `find`; a malformed uuid is a 404 like an unknown one.
-fn lookup(id: &str, find: impl Fn(Uuid) -> Option<usize>) -> Result<usize, ApiError> {
-    Uuid::parse_str(id)
-        .ok()
-        .and_then(find)
-        .ok_or_else(ApiError::not_found)
+/// Looks `id` up with `find` like DRF's `get_object_or_404`: an unknown uuid is
+/// Django's `No <Model> matches the given query.`; a malformed one fails the
+/// `UUIDField` lookup and is DRF's bare `Not found.`.
+fn lookup(
+    id: &str,
+    model_name: &str,
+    find: impl Fn(Uuid) -> Option<usize>,
+) -> Result<usize, ApiError> {
+    let uuid = Uuid::parse_str(id).map_err(|_| ApiError::not_found())?;
+    find(uuid).ok_or_else(|| ApiError::no_match(model_name))
 }
 
 fn find_order(model: &Model, id: &str) -> Result<usize, ApiError> {
-    lookup(id, |uuid| model.order_by_uuid(uuid))
+    lookup(id, "Order", |uuid| model.order_by_uuid(uuid))
 }
 
 fn find_resource(model: &Model, id: &str) -> Result<usize, ApiError> {
-    lookup(id, |uuid| model.resource_by_uuid(uuid))
+    lookup(id, "Resource", |uuid| model.resource_by_uuid(uuid))
 }
 
 fn detail(
@@ -921,22 +1017,28 @@ fn detail(
             &fields,
         ),
         Collection::Customers => {
-            let customer = lookup(id, |uuid| model.customer_by_uuid(uuid))?;
+            let customer = lookup(id, "Customer", |uuid| model.visible_customer_by_uuid(uuid))?;
             select_fields(model.render_customer(customer, base), &fields)
         }
+        Collection::ServiceProviders => {
+            let provider = lookup(id, "ServiceProvider", |uuid| {
+                model.service_provider_by_uuid(uuid)
+            })?;
+            select_fields(model.render_service_provider(provider, base), &fields)
+        }
         Collection::ProviderOfferings | Collection::Offerings => {
-            let offering = lookup(id, |uuid| model.offering_by_uuid(uuid))?;
+            let offering = lookup(id, "Offering", |uuid| model.offering_by_uuid(uuid))?;
             select_fields(
                 model.render_offering(offering, base, collection.segment()),
                 &fields,
             )
         }
         Collection::ComponentUsages => {
-            let usage = lookup(id, |uuid| model.usage_by_uuid(uuid))?;
+            let usage = lookup(id, "ComponentUsage", |uuid| model.usage_by_uuid(uuid))?;
             select_usage_fields(model.render_usage(usage), &fields)
         }
         Collection::ComponentUserUsages => {
-            let user_usage = lookup(id, |uuid| {
+            let user_usage = lookup(id, "ComponentUserUsage", |uuid| {
                 model.user_usages.iter().position(|u| u.uuid == uuid)
             })?;
             model.render_user_usage(user_usage, base)
@@ -1005,6 +1107,8 @@ struct Context<'a> {
     body: &'a Bytes,
     now: OffsetDateTime,
     base: &'a str,
+    path: &'a str,
+    query: &'a QueryPairs,
 }
 
 fn act(
@@ -1026,7 +1130,7 @@ fn act(
         max_length: None,
     };
     if collection == Collection::ComponentUsages {
-        let usage = lookup(id, |uuid| model.usage_by_uuid(uuid))?;
+        let usage = lookup(id, "ComponentUsage", |uuid| model.usage_by_uuid(uuid))?;
         return match action {
             "set_user_usage" => {
                 let data = request_data(headers, body)?;
@@ -1041,6 +1145,23 @@ fn act(
                 model.set_user_usage(usage, &request.username, amount, now);
                 Ok(Reply::empty(201))
             }
+            _ => Err(ApiError::not_found()),
+        };
+    }
+    if collection == Collection::ServiceProviders {
+        let provider = lookup(id, "ServiceProvider", |uuid| {
+            model.service_provider_by_uuid(uuid)
+        })?;
+        return match action {
+            // `ProviderCustomerSerializer`: no field selection; the organisations with a
+            // resource of the provider's offerings.
+            "customers" => paginated(
+                &model.provider_customers(provider),
+                |i| model.render_provider_customer(i, provider),
+                ctx.base,
+                ctx.path,
+                ctx.query,
+            ),
             _ => Err(ApiError::not_found()),
         };
     }
@@ -1093,6 +1214,10 @@ fn act(
             _ => Err(ApiError::not_found()),
         };
     }
+    if action == "set_as_erred" && model.version != WaldurVersion::V8_0 {
+        // `set_as_erred_permissions = [is_staff]`, checked before the object lookup.
+        return Err(ApiError::permission_denied());
+    }
     let resource = find_resource(model, id)?;
     match action {
         "team" => Ok(Reply::json(200, model.render_team(resource, ctx.base))),
@@ -1123,17 +1248,8 @@ fn act(
             Ok(Reply::json(200, json!({ "status": status })))
         }
         "set_as_erred" => {
-            let data = request_data(headers, body)?;
-            let mut errors = FieldErrors::new();
-            let message = char_field(&data, "error_message", &optional_text, &mut errors);
-            let traceback = char_field(&data, "error_traceback", &optional_text, &mut errors);
-            errors.finish()?;
-            model.set_resource_erred(
-                resource,
-                message.unwrap_or_default(),
-                traceback.unwrap_or_default(),
-                now,
-            );
+            // The view reads no body: the resource becomes `Erred`, its order is untouched.
+            model.set_resource_erred(resource, now);
             Ok(Reply::empty(200))
         }
         "set_state_by_provider" => {

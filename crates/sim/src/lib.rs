@@ -5,9 +5,16 @@
 //! It is as strict as the real API: token authentication, Django's
 //! `APPEND_SLASH` redirect, DRF error bodies and status codes, order and
 //! resource state machines, filters, pagination with `Link` / `X-Result-Count`
-//! and `field=` selection. Both API generations are served over the same data:
-//! the current one (`/api/marketplace-orders/`, `/api/marketplace-provider-resources/`)
-//! and the 2021 one (`/api/marketplace-resources/` with `set_state_by_provider`).
+//! and `field=` selection. One Waldur release is served at a time
+//! ([`SimConfig::waldur`], `--waldur`): `2021` serves the 2021 API
+//! (`/api/marketplace-resources/` with `set_state_by_provider`); `7.0` (the
+//! default, the strictest) and `8.0` serve the current one
+//! (`/api/marketplace-orders/`, `/api/marketplace-provider-resources/`) with that
+//! release's rules: provider-resource `set_as_erred` is 403 for a provider on 7.0
+//! and leaves the order untouched on 8.0; orders carry `created_by_username` only
+//! on 8.0. A consumer organisation (`/api/customers/{uuid}/`) is 404 to the
+//! provider; its `abbreviation` is listed by
+//! `/api/marketplace-service-providers/{uuid}/customers/`.
 //! See `api.rs` for the exact surface and the Waldur behaviour each rule follows.
 //!
 //! # Seeded catalogue (`SimConfig::seed`)
@@ -84,6 +91,66 @@ use tokio_util::sync::CancellationToken;
 
 use state::{BillingType, ComponentSpec, Member, Model, OrderState, Role};
 
+/// The Waldur release whose API the simulator serves: one API generation and that
+/// release's rules at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WaldurVersion {
+    /// The 2021 API: provider actions under `/api/marketplace-resources/{uuid}/`
+    /// (`set_state_by_provider`, `set_backend_id`, `submit_report`) and offerings
+    /// under `/api/marketplace-offerings/`; `/api/marketplace-provider-resources/`,
+    /// `/api/marketplace-provider-offerings/` and the provider's order actions
+    /// answer 404.
+    #[serde(rename = "2021")]
+    V2021,
+    /// Waldur 7.0.x (the default): the current API only; provider-resource
+    /// `set_as_erred` is staff-only (403); orders render `created_by_full_name`
+    /// but no `created_by_username`.
+    #[default]
+    #[serde(rename = "7.0")]
+    V7_0,
+    /// Waldur 8.0: the current API only; a provider may call `set_as_erred`, which
+    /// errs the resource and leaves its order untouched; orders also render
+    /// `created_by_username`.
+    #[serde(rename = "8.0")]
+    V8_0,
+}
+
+impl WaldurVersion {
+    /// Whether this release serves the current API (`marketplace-provider-resources`).
+    pub fn is_current(self) -> bool {
+        self != WaldurVersion::V2021
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaldurVersion::V2021 => "2021",
+            WaldurVersion::V7_0 => "7.0",
+            WaldurVersion::V8_0 => "8.0",
+        }
+    }
+}
+
+impl std::fmt::Display for WaldurVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WaldurVersion {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "2021" => Ok(WaldurVersion::V2021),
+            "7.0" => Ok(WaldurVersion::V7_0),
+            "8.0" => Ok(WaldurVersion::V8_0),
+            other => Err(format!(
+                "unknown Waldur version `{other}`; use `2021`, `7.0` or `8.0`"
+            )),
+        }
+    }
+}
+
 /// How a simulator instance behaves.
 pub struct SimConfig {
     /// Accepted API tokens (`Authorization: Token <t>`, keyword case-insensitive).
@@ -95,6 +162,8 @@ pub struct SimConfig {
     /// Base for absolute URLs in bodies and `Link` headers, e.g.
     /// `http://127.0.0.1:8090`; when `None`, the request's `Host` header is used.
     pub public_url: Option<String>,
+    /// The Waldur release served (default [`WaldurVersion::V7_0`]).
+    pub waldur: WaldurVersion,
 }
 
 /// The receiver of allocation announcements.
@@ -399,6 +468,7 @@ pub struct Sim {
 }
 
 struct Inner {
+    waldur: WaldurVersion,
     tokens: Mutex<session::Tokens>,
     in_flight: session::InFlight,
     hook: Option<HookTarget>,
@@ -436,6 +506,7 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
         let mut model = Model::default();
+        model.version = config.waldur;
         if config.seed
             && let Err(error) = model.seed()
         {
@@ -452,6 +523,7 @@ impl Sim {
         Sim {
             inner: Arc::new(Inner {
                 recorded: tokio::sync::watch::channel(0).0,
+                waldur: config.waldur,
                 tokens: Mutex::new(session::Tokens::new(config.tokens)),
                 in_flight: session::InFlight::default(),
                 hook: config.hook,
@@ -516,6 +588,11 @@ impl Sim {
             .shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The Waldur release this simulator serves.
+    pub fn waldur(&self) -> WaldurVersion {
+        self.inner.waldur
     }
 
     /// The whole HTTP surface: `/api/...` (Waldur) and `/admin/...`.

@@ -9,11 +9,11 @@ use clap::{Parser, ValueEnum};
 use puhuri_auth::Secret;
 use puhuri_auth::secret::read_secret;
 use puhuri_auth::signature::WebhookSecret;
-use puhuri_sim::{HookFormat, HookTarget, Sim, SimConfig};
+use puhuri_sim::{HookFormat, HookTarget, Sim, SimConfig, WaldurVersion};
 use tokio_util::sync::CancellationToken;
 
-/// The Puhuri Core (Waldur) simulator: the service provider's API, both generations, and an
-/// admin API under `/admin/` to create allocations and inject faults.
+/// The Puhuri Core (Waldur) simulator: the service provider's API of one Waldur release, and
+/// an admin API under `/admin/` to create allocations and inject faults.
 #[derive(Debug, Parser)]
 #[command(name = "puhuri-sim", version, about)]
 struct Args {
@@ -41,6 +41,12 @@ struct Args {
     /// Start with an empty catalogue instead of the default offerings and organisations.
     #[arg(long)]
     no_seed: bool,
+    /// The Waldur release to behave as: `2021` serves only the 2021 API
+    /// (`marketplace-resources/.../set_state_by_provider/`); `7.0` (strict: provider-resource
+    /// `set_as_erred` is staff-only, orders without `created_by_username`) and `8.0` serve
+    /// only the current API (`marketplace-orders`, `marketplace-provider-resources`).
+    #[arg(long, value_name = "VERSION", default_value = "7.0")]
+    waldur: WaldurVersion,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,9 +100,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         hook,
         seed: !args.no_seed,
         public_url: Some(format!("http://{addr}")),
+        waldur: args.waldur,
     });
     sim.set_token_lifetime(args.token_lifetime_secs.map(std::time::Duration::from_secs));
-    tracing::info!(listen = %addr, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
+    tracing::info!(listen = %addr, waldur = %args.waldur, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
     let stop = CancellationToken::new();
     let server = tokio::spawn(sim.serve(listener, stop.clone()));
     shutdown_signal().await;

@@ -285,6 +285,7 @@ mod tests {
             hook: None,
             seed: true,
             public_url: None,
+            waldur: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

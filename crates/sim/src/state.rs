@@ -136,6 +136,16 @@ impl ApiError {
         }
     }
 
+    /// 403 from a permission check (`PermissionDenied()` without a message).
+    pub(crate) fn permission_denied() -> Self {
+        Self::detail(403, "You do not have permission to perform this action.")
+    }
+
+    /// Django's `get_object_or_404` for an unknown key (DRF >= 3.15 keeps its text).
+    pub(crate) fn no_match(model_name: &str) -> Self {
+        Self::detail(404, format!("No {model_name} matches the given query."))
+    }
+
     pub(crate) fn not_found() -> Self {
         Self::detail(404, "Not found.")
     }
@@ -383,7 +393,6 @@ pub(crate) struct Resource {
     pub end_date: Option<Date>,
     pub report: Option<Value>,
     pub error_message: String,
-    pub error_traceback: String,
     pub creation_order: usize,
     /// The amounts of the last `set_usage` call, as strings.
     pub current_usages: Map<String, Value>,
@@ -452,6 +461,8 @@ pub(crate) struct Model {
     order_index: HashMap<Uuid, usize>,
     resource_index: HashMap<Uuid, usize>,
     last_stamp: Option<OffsetDateTime>,
+    /// The Waldur release whose rules and shapes apply.
+    pub version: crate::WaldurVersion,
 }
 
 /// A uuid derived from a kind and a name, so seeded catalogues are reproducible.
@@ -582,12 +593,65 @@ impl Model {
         self.resource_index.get(&uuid).copied()
     }
 
-    pub(crate) fn customer_count(&self) -> usize {
-        self.customers.len()
-    }
-
     pub(crate) fn customer_by_uuid(&self, uuid: Uuid) -> Option<usize> {
         self.customers.iter().position(|c| c.uuid == uuid)
+    }
+
+    /// The organisations the provider's user holds a role in (its own): a consumer
+    /// organisation is outside its `customers/` queryset.
+    pub(crate) fn visible_customers(&self) -> Vec<usize> {
+        (0..self.customers.len())
+            .filter(|&i| self.customers[i].is_provider)
+            .collect()
+    }
+
+    pub(crate) fn visible_customer_by_uuid(&self, uuid: Uuid) -> Option<usize> {
+        self.customer_by_uuid(uuid)
+            .filter(|&i| self.customers[i].is_provider)
+    }
+
+    /// A provider organisation's `ServiceProvider` uuid (distinct from the organisation's).
+    pub(crate) fn service_provider_uuid(&self, customer: usize) -> Uuid {
+        stable_uuid("service-provider", &hex(self.customers[customer].uuid))
+    }
+
+    /// Service providers (as their organisations' indices), ordered by organisation name.
+    pub(crate) fn list_service_providers(&self, customer: Option<Uuid>) -> Vec<usize> {
+        let mut out: Vec<usize> = (0..self.customers.len())
+            .filter(|&i| self.customers[i].is_provider)
+            .filter(|&i| customer.is_none_or(|uuid| self.customers[i].uuid == uuid))
+            .collect();
+        out.sort_by(|&a, &b| self.customers[a].name.cmp(&self.customers[b].name));
+        out
+    }
+
+    pub(crate) fn service_provider_by_uuid(&self, uuid: Uuid) -> Option<usize> {
+        (0..self.customers.len())
+            .find(|&i| self.customers[i].is_provider && self.service_provider_uuid(i) == uuid)
+    }
+
+    /// The provider's non-terminated resources.
+    fn provider_resources(&self, provider: usize) -> impl Iterator<Item = &Resource> + '_ {
+        self.resources.iter().filter(move |r| {
+            self.offerings[r.offering].provider == provider && r.state != ResourceState::Terminated
+        })
+    }
+
+    /// `ServiceProviderViewSet.customers`: the organisations with a non-terminated
+    /// resource of the provider's offerings, ordered by name.
+    pub(crate) fn provider_customers(&self, provider: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .provider_resources(provider)
+            .map(|r| self.projects[r.project].customer)
+            .collect();
+        out.sort_by(|&a, &b| {
+            self.customers[a]
+                .name
+                .cmp(&self.customers[b].name)
+                .then(a.cmp(&b))
+        });
+        out.dedup();
+        out
     }
 
     pub(crate) fn find_customer(&self, key: &str) -> Option<usize> {
@@ -1026,7 +1090,6 @@ impl Model {
             end_date: None,
             report: None,
             error_message: String::new(),
-            error_traceback: String::new(),
             creation_order: order_index,
             current_usages: Map::new(),
         });
@@ -1263,37 +1326,12 @@ impl Model {
         true
     }
 
-    /// `set_as_erred`: allowed in every state. While the creation order is
-    /// still open it fails with the resource (a `Creating` resource without a
-    /// `backend_id` is terminated instead of erred); otherwise only the
-    /// resource becomes `Erred`.
-    pub(crate) fn set_resource_erred(
-        &mut self,
-        resource: usize,
-        message: String,
-        traceback: String,
-        now: OffsetDateTime,
-    ) {
+    /// `set_as_erred` (`Resource.set_state_erred`, from any state): only the
+    /// resource becomes `Erred`; its order, open or not, is left as it is.
+    pub(crate) fn set_resource_erred(&mut self, resource: usize, now: OffsetDateTime) {
         let stamp = self.stamp(now);
-        let order = self.resources[resource].creation_order;
-        let terminate = {
-            let r = &self.resources[resource];
-            r.state == ResourceState::Creating && r.backend_id.is_empty()
-        };
-        if !self.orders[order].state.is_terminal() {
-            self.fail_order(order, stamp);
-            let o = &mut self.orders[order];
-            o.error_message.clone_from(&message);
-            o.error_traceback.clone_from(&traceback);
-        } else {
-            self.resources[resource].state = ResourceState::Erred;
-        }
         let r = &mut self.resources[resource];
-        if !terminate {
-            r.state = ResourceState::Erred;
-        }
-        r.error_message = message;
-        r.error_traceback = traceback;
+        r.state = ResourceState::Erred;
         r.modified = stamp;
     }
 
@@ -1492,7 +1530,6 @@ impl Model {
             "customer_uuid": hex(customer.uuid),
             "customer_name": customer.name,
             "customer_slug": customer.slug,
-            "created_by_username": o.created_by.username,
             "created_by_full_name": o.created_by.full_name,
             "created_by_civil_number": Value::Null,
             "consumer_reviewed_by": Value::Null,
@@ -1512,7 +1549,82 @@ impl Model {
             "backend_id": "",
             "callback_url": Value::Null,
         });
-        object(value, rest)
+        let mut order = object(value, rest);
+        if self.version == crate::WaldurVersion::V8_0 {
+            order.insert(
+                "created_by_username".into(),
+                Value::String(o.created_by.username.clone()),
+            );
+        }
+        order
+    }
+
+    /// `ServiceProviderSerializer` (the fields a client reads).
+    pub(crate) fn render_service_provider(
+        &self,
+        customer: usize,
+        base: &str,
+    ) -> Map<String, Value> {
+        let c = &self.customers[customer];
+        let uuid = hex(self.service_provider_uuid(customer));
+        let value = json!({
+            "url": format!("{base}/api/marketplace-service-providers/{uuid}/"),
+            "uuid": uuid,
+            "created": timestamp(OffsetDateTime::UNIX_EPOCH),
+            "description": "",
+            "enable_notifications": true,
+            "customer": format!("{base}/api/customers/{}/", hex(c.uuid)),
+            "customer_name": c.name,
+            "customer_uuid": hex(c.uuid),
+            "customer_image": Value::Null,
+            "customer_abbreviation": c.abbreviation,
+            "customer_native_name": "",
+            "customer_country": c.country,
+            "image": Value::Null,
+            "organization_group": Value::Null,
+            "offering_count": self.offerings.iter().filter(|o| o.provider == customer).count(),
+        });
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    /// A consumer organisation as `ProviderCustomerSerializer` renders it to its provider:
+    /// `abbreviation`, but no slug and no country.
+    pub(crate) fn render_provider_customer(
+        &self,
+        customer: usize,
+        provider: usize,
+    ) -> Map<String, Value> {
+        let c = &self.customers[customer];
+        let resources: Vec<&Resource> = self
+            .provider_resources(provider)
+            .filter(|r| self.projects[r.project].customer == customer)
+            .collect();
+        let mut projects: Vec<usize> = resources.iter().map(|r| r.project).collect();
+        projects.sort_unstable();
+        projects.dedup();
+        let value = json!({
+            "uuid": hex(c.uuid),
+            "name": c.name,
+            "abbreviation": c.abbreviation,
+            "phone_number": "",
+            "email": "",
+            "payment_profiles": [],
+            "billing_price_estimate": {"total": 0, "current": 0, "tax": 0, "tax_current": 0},
+            "projects_count": projects.len(),
+            "users_count": 0,
+            "projects": projects.iter().take(5).map(|&p| {
+                let project = &self.projects[p];
+                json!({"uuid": hex(project.uuid), "name": project.name})
+            }).collect::<Vec<_>>(),
+            "users": [],
+        });
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
     }
 
     /// The organisation as `CustomerSerializer` renders it (the fields a provider reads).
@@ -1683,20 +1795,14 @@ mod tests {
     }
 
     #[test]
-    fn set_as_erred_with_backend_id_errs_without_terminates() {
+    fn set_as_erred_errs_the_resource_and_leaves_the_order_pending() {
         let mut m = seeded();
         let now = OffsetDateTime::now_utc();
-        let (o1, r1) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
-        m.set_resource_erred(r1, "boom".into(), String::new(), now);
-        assert_eq!(m.resources[r1].state, ResourceState::Terminated);
-        assert_eq!(m.orders[o1].state, OrderState::Erred);
-
-        let (o2, r2) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
-        assert!(m.set_backend_id(r2, "lumi_1".into(), now));
-        m.set_resource_erred(r2, "boom".into(), String::new(), now);
-        assert_eq!(m.resources[r2].state, ResourceState::Erred);
-        assert_eq!(m.orders[o2].state, OrderState::Erred);
-        assert_eq!(m.orders[o2].error_message, "boom");
+        let (o, r) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
+        m.set_resource_erred(r, now);
+        assert_eq!(m.resources[r].state, ResourceState::Erred);
+        assert_eq!(m.orders[o].state, OrderState::PendingProvider);
+        assert_eq!(m.orders[o].error_message, "");
     }
 
     #[test]
@@ -1705,7 +1811,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (o, r) = allocate(&mut m, "Climate extremes", OrderState::PendingProvider);
         assert!(m.approve_by_provider(o, &actor(), now).is_ok());
-        m.set_resource_erred(r, String::new(), String::new(), now);
+        m.set_resource_erred(r, now);
         assert_eq!(m.resources[r].state, ResourceState::Erred);
         assert_eq!(m.orders[o].state, OrderState::Done);
     }

@@ -24,11 +24,20 @@ impl Drop for Running {
 }
 
 async fn start_with(hook: Option<HookTarget>) -> Running {
+    start_as(hook, WaldurVersion::V7_0).await
+}
+
+async fn start_version(waldur: WaldurVersion) -> Running {
+    start_as(None, waldur).await
+}
+
+async fn start_as(hook: Option<HookTarget>, waldur: WaldurVersion) -> Running {
     let sim = Sim::new(SimConfig {
         tokens: vec![Secret::new(TOKEN)],
         hook,
         seed: true,
         public_url: None,
+        waldur,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -169,7 +178,13 @@ async fn unknown_uuid_is_404_and_missing_slash_is_301() {
         .get("/api/marketplace-orders/0f0e0d0c0b0a09080706050403020100/")
         .await;
     assert_eq!(status, 404);
-    assert_eq!(body, json!({"detail": "Not found."}));
+    assert_eq!(body, json!({"detail": "No Order matches the given query."}));
+    let (status, _, body) = s.get("/api/marketplace-orders/not-a-uuid/").await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"detail": "Not found."})),
+        "a malformed uuid fails the lookup itself"
+    );
 
     let (status, headers, _) = s.get("/api/marketplace-orders?state=done").await;
     assert_eq!(status, 301);
@@ -374,51 +389,58 @@ async fn set_backend_id_validates_and_is_idempotent() {
 }
 
 #[tokio::test]
-async fn set_as_erred_terminates_without_backend_id_and_errs_with_one() {
+async fn set_as_erred_is_staff_only_on_7_0_before_the_object_lookup() {
     let s = start().await;
-    let bare = s.allocate("Climate extremes", "LUMI-C").await;
-    let (status, _) = s
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    for uuid in [
+        created.resource_uuid.as_str(),
+        "0f0e0d0c0b0a09080706050403020100",
+    ] {
+        let (status, body) = s
+            .post(
+                &format!("/api/marketplace-provider-resources/{uuid}/set_as_erred/"),
+                Some(json!({"error_message": "no capacity", "error_traceback": ""})),
+            )
+            .await;
+        assert_eq!(
+            (status, body),
+            (
+                403,
+                json!({"detail": "You do not have permission to perform this action."})
+            )
+        );
+    }
+    assert_eq!(
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
+        "Creating"
+    );
+    assert_eq!(
+        s.sim.order(&created.order_uuid).unwrap()["state"],
+        "pending-provider"
+    );
+}
+
+#[tokio::test]
+async fn set_as_erred_on_8_0_errs_the_resource_and_leaves_the_order_pending() {
+    let s = start_version(WaldurVersion::V8_0).await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, body) = s
         .post(
             &format!(
                 "/api/marketplace-provider-resources/{}/set_as_erred/",
-                bare.resource_uuid
+                created.resource_uuid
             ),
             Some(json!({"error_message": "no capacity", "error_traceback": ""})),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!((status, body), (200, Value::Null));
     assert_eq!(
-        s.sim.resource(&bare.resource_uuid).unwrap()["state"],
-        "Terminated"
-    );
-    let order = s.sim.order(&bare.order_uuid).unwrap();
-    assert_eq!(order["state"], "erred");
-    assert_eq!(order["error_message"], "no capacity");
-
-    let named = s.allocate("Climate extremes", "LUMI-C").await;
-    let base = format!(
-        "/api/marketplace-provider-resources/{}",
-        named.resource_uuid
-    );
-    let (status, _) = s
-        .post(
-            &format!("{base}/set_backend_id/"),
-            Some(json!({"backend_id": "lumi_1"})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = s
-        .post(
-            &format!("{base}/set_as_erred/"),
-            Some(json!({"error_message": "", "error_traceback": ""})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        s.sim.resource(&named.resource_uuid).unwrap()["state"],
+        s.sim.resource(&created.resource_uuid).unwrap()["state"],
         "Erred"
     );
-    assert_eq!(s.sim.order(&named.order_uuid).unwrap()["state"], "erred");
+    let order = s.sim.order(&created.order_uuid).unwrap();
+    assert_eq!(order["state"], "pending-provider");
+    assert_eq!(order["error_message"], "");
 }
 
 #[tokio::test]
@@ -488,7 +510,7 @@ async fn agent_offering_approval_waits_for_set_state_done() {
 
 #[tokio::test]
 async fn set_state_by_provider_follows_the_2021_state_machine() {
-    let s = start().await;
+    let s = start_version(WaldurVersion::V2021).await;
     let created = s.allocate("Wind farm wakes", "LUMI-C").await;
     let path = format!(
         "/api/marketplace-resources/{}/set_state_by_provider/",
@@ -994,7 +1016,13 @@ async fn team_lists_the_project_members_unpaginated_and_refuses_post() {
     let (status, _, body) = s
         .get("/api/marketplace-provider-resources/0f0e0d0c0b0a09080706050403020100/team/")
         .await;
-    assert_eq!((status, body), (404, json!({"detail": "Not found."})));
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "No Resource matches the given query."})
+        )
+    );
 }
 
 #[tokio::test]
@@ -1140,16 +1168,21 @@ async fn offerings_render_components_and_plans_under_both_paths() {
         format!("{}/api/marketplace-plans/{}/", s.base, slurm.plan_uuid)
     );
 
-    let (status, _, old) = s
+    let (status, _, _) = s
+        .get(&format!("/api/marketplace-offerings/{}/", slurm.uuid))
+        .await;
+    assert_eq!(status, 404, "7.0 has no `marketplace-offerings` view");
+    let old_sim = start_version(WaldurVersion::V2021).await;
+    let (status, _, old) = old_sim
         .get(&format!("/api/marketplace-offerings/{}/", slurm.uuid))
         .await;
     assert_eq!(status, 200);
     assert_eq!(
         old["url"],
-        format!("{}/api/marketplace-offerings/{}/", s.base, slurm.uuid)
+        format!("{}/api/marketplace-offerings/{}/", old_sim.base, slurm.uuid)
     );
     assert_eq!(old["components"], offering["components"]);
-    let (status, _, _) = s
+    let (status, _, _) = old_sim
         .get("/api/marketplace-offerings/0f0e0d0c0b0a09080706050403020100/")
         .await;
     assert_eq!(status, 404);
@@ -1682,4 +1715,158 @@ async fn submit_report_validates_like_the_report_serializer() {
         s.sim.resource(&created.resource_uuid).unwrap()["report"],
         json!([{"header": "Access", "body": "ssh lumi"}])
     );
+}
+
+#[tokio::test]
+async fn each_version_serves_one_api_generation() {
+    let current = start().await;
+    let old = start_version(WaldurVersion::V2021).await;
+    let a = current.allocate("Climate extremes", "LUMI-C").await;
+    let b = old.allocate("Climate extremes", "LUMI-C").await;
+
+    let (status, _, _) = old
+        .get("/api/marketplace-provider-resources/?page_size=1")
+        .await;
+    assert_eq!(status, 404, "2021 has no provider-resources view");
+    let (status, _) = old
+        .post(
+            &format!(
+                "/api/marketplace-orders/{}/approve_by_provider/",
+                b.order_uuid
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "2021 has no provider actions on orders");
+    let (status, _) = old
+        .post(
+            &format!(
+                "/api/marketplace-resources/{}/set_backend_id/",
+                b.resource_uuid
+            ),
+            Some(json!({"backend_id": "x"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _, root) = old.get("/api/").await;
+    assert_eq!(status, 200);
+    assert!(
+        root.get("marketplace-provider-resources").is_none(),
+        "{root}"
+    );
+    assert!(root.get("marketplace-resources").is_some(), "{root}");
+
+    let (status, _, _) = current
+        .get("/api/marketplace-provider-resources/?page_size=1")
+        .await;
+    assert_eq!(status, 200);
+    for action in ["set_state_by_provider", "set_backend_id", "submit_report"] {
+        let (status, _) = current
+            .post(
+                &format!("/api/marketplace-resources/{}/{action}/", a.resource_uuid),
+                Some(json!({"state": "ok"})),
+            )
+            .await;
+        assert_eq!(
+            status, 404,
+            "7.0 has no `{action}` under marketplace-resources"
+        );
+    }
+    let (status, _, _) = current
+        .get(&format!(
+            "/api/marketplace-resources/{}/team/",
+            a.resource_uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(current.sim.waldur(), WaldurVersion::V7_0);
+    assert_eq!("8.0".parse::<WaldurVersion>(), Ok(WaldurVersion::V8_0));
+    assert!("7".parse::<WaldurVersion>().is_err());
+}
+
+#[tokio::test]
+async fn a_consumer_organisation_is_404_to_the_provider_and_listed_by_its_service_provider() {
+    let s = start().await;
+    let created = s.allocate("Climate extremes", "LUMI-C").await;
+    let (status, _, body) = s
+        .get(&format!("/api/customers/{}/", created.customer_uuid))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "No Customer matches the given query."})
+        )
+    );
+    let (status, _, customers) = s.get("/api/customers/?field=name").await;
+    assert_eq!(status, 200);
+    assert_eq!(customers, json!([{"name": "LUMI"}]));
+
+    let offering = &s.sim.catalogue().offerings[0];
+    let (status, _, own) = s
+        .get(&format!("/api/customers/{}/", offering.provider_uuid))
+        .await;
+    assert_eq!((status, own["name"].clone()), (200, json!("LUMI")));
+
+    let (status, _, providers) = s
+        .get(&format!(
+            "/api/marketplace-service-providers/?customer_uuid={}&field=uuid&field=customer_uuid",
+            offering.provider_uuid
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let providers = providers.as_array().unwrap();
+    assert_eq!(providers.len(), 1);
+    assert_eq!(
+        providers[0]["customer_uuid"],
+        offering.provider_uuid.as_str()
+    );
+    let sp = providers[0]["uuid"].as_str().unwrap().to_string();
+    assert_ne!(sp, offering.provider_uuid);
+
+    let (status, headers, listed) = s
+        .get(&format!(
+            "/api/marketplace-service-providers/{sp}/customers/"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-result-count"), "1");
+    assert_eq!(listed[0]["uuid"], created.customer_uuid.as_str());
+    assert_eq!(listed[0]["name"], "University of Helsinki");
+    assert_eq!(listed[0]["abbreviation"], "UH");
+    assert_eq!(listed[0]["projects_count"], 1);
+    assert!(listed[0].get("country").is_none(), "{listed}");
+
+    let (status, _, body) = s
+        .get("/api/marketplace-service-providers/0f0e0d0c0b0a09080706050403020100/customers/")
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "No ServiceProvider matches the given query."})
+        )
+    );
+}
+
+#[tokio::test]
+async fn orders_carry_the_requester_username_only_from_8_0() {
+    for (version, username) in [(WaldurVersion::V7_0, None), (WaldurVersion::V8_0, Some(()))] {
+        let s = start_version(version).await;
+        let created = s.allocate("Climate extremes", "LUMI-C").await;
+        let (status, _, order) = s
+            .get(&format!("/api/marketplace-orders/{}/", created.order_uuid))
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            order["created_by_full_name"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty()),
+            "{order}"
+        );
+        match username {
+            None => assert!(order.get("created_by_username").is_none(), "{order}"),
+            Some(_) => assert!(order["created_by_username"].is_string(), "{order}"),
+        }
+    }
 }

@@ -10,7 +10,7 @@ use crate::on_both_apis;
 const UNKNOWN: &str = "0123456789abcdef0123456789abcdef";
 
 async fn an_unknown_resource_is_a_permanent_404(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let _existing = sim.allocation().await;
     let error = sim
         .client(api)
@@ -32,7 +32,7 @@ async fn an_unknown_resource_is_a_permanent_404(api: ApiGeneration) {
 }
 
 async fn a_wrong_token_is_refused_with_401(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let error = sim
         .client_with_token(api, "not-the-token")
@@ -46,7 +46,7 @@ async fn a_wrong_token_is_refused_with_401(api: ApiGeneration) {
 }
 
 async fn approving_twice_is_a_conflict(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let client = sim.client(api);
     let fetched = client
@@ -63,7 +63,7 @@ async fn approving_twice_is_a_conflict(api: ApiGeneration) {
 }
 
 async fn an_injected_503_is_transient_and_the_next_call_succeeds(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let client = sim.client(api);
     sim.sim.set_faults(Faults {
@@ -97,7 +97,7 @@ async fn an_injected_503_is_transient_and_the_next_call_succeeds(api: ApiGenerat
 }
 
 async fn an_injected_429_is_transient_with_its_retry_after(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     sim.sim.set_faults(Faults {
         error_rate: 1.0,

@@ -38,7 +38,7 @@ fn assert_waits(fetched: &Fetched, created: &CreatedAllocation, api: ApiGenerati
 }
 
 async fn fetches_and_checks(api: ApiGeneration, hint: fn(&CreatedAllocation) -> AllocationHint) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     // Two allocations: the fetch must find the one named, not merely the first.
     let _other = sim.allocation().await;
     let created = sim.allocation().await;
@@ -63,7 +63,7 @@ async fn fetches_an_allocation_named_by_order_and_resource(api: ApiGeneration) {
 }
 
 async fn an_approved_allocation_is_already_handled(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let client = sim.client(api);
     let fetched = client

@@ -8,7 +8,7 @@ use puhuri_client::{
     AllocationHint, ApiGeneration, CallObserver, ClientConfig, OrderUuid, PuhuriClient,
     ResourceUuid,
 };
-use puhuri_sim::{CreatedAllocation, NewAllocation, Sim, SimConfig};
+use puhuri_sim::{CreatedAllocation, NewAllocation, Sim, SimConfig, WaldurVersion};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,21 @@ impl TestSim {
     /// The seeded catalogue, serving already: the listener is bound before this returns,
     /// so a call made at once waits in the backlog rather than failing.
     pub async fn start() -> TestSim {
+        TestSim::start_as(WaldurVersion::V7_0).await
+    }
+
+    /// A simulator of the Waldur release that serves `api`: 7.0 for the current API,
+    /// the 2021 release for the 2021 one.
+    pub async fn start_for(api: ApiGeneration) -> TestSim {
+        TestSim::start_as(match api {
+            ApiGeneration::Orders => WaldurVersion::V7_0,
+            ApiGeneration::Resources => WaldurVersion::V2021,
+        })
+        .await
+    }
+
+    /// A simulator of one Waldur release.
+    pub async fn start_as(waldur: WaldurVersion) -> TestSim {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let addr = listener.local_addr().expect("sim addr");
         let sim = Sim::new(SimConfig {
@@ -57,6 +72,7 @@ impl TestSim {
             hook: None,
             seed: true,
             public_url: Some(format!("http://{addr}")),
+            waldur,
         });
         let stop = CancellationToken::new();
         let serving = tokio::spawn(sim.clone().serve(listener, stop.clone()));

@@ -6,7 +6,7 @@ use crate::harness::TestSim;
 use crate::on_both_apis;
 
 async fn finds_an_allocation_by_the_backend_id_set_on_it(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let _other = sim.allocation().await;
     let created = sim.allocation().await;
     let client = sim.client(api);
@@ -32,7 +32,7 @@ async fn finds_an_allocation_by_the_backend_id_set_on_it(api: ApiGeneration) {
 }
 
 async fn an_unknown_backend_id_is_not_found(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let client = sim.client(api);
     client
@@ -52,7 +52,7 @@ async fn an_unknown_backend_id_is_not_found(api: ApiGeneration) {
 }
 
 async fn two_allocations_with_one_backend_id_are_ambiguous(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let client = sim.client(api);
     for _ in 0..2 {
         let created = sim.allocation().await;
@@ -77,7 +77,7 @@ async fn two_allocations_with_one_backend_id_are_ambiguous(api: ApiGeneration) {
 }
 
 async fn finds_an_allocation_by_uuid_and_not_an_unknown_one(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let client = sim.client(api);
     let uuid = WaldurUuid::parse(&created.resource_uuid).expect("uuid");

@@ -7,7 +7,7 @@ use crate::harness::{Observed, Recorder, TestSim, answered, order_hint};
 use crate::on_both_apis;
 
 async fn the_observer_is_told_of_each_call_with_its_operation_and_status(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let created = sim.allocation().await;
     let recorder = Recorder::new();
     let client = sim.client(api).with_observer(recorder.clone());

@@ -38,7 +38,7 @@ fn sorted_keys(hints: &[AllocationHint]) -> Vec<(Option<String>, Option<String>)
 }
 
 async fn lists_every_pending_allocation_once_across_pages(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let mut expected = Vec::with_capacity(ALLOCATIONS);
     for _ in 0..ALLOCATIONS {
         expected.push(expected_hint(&sim.allocation().await, api));
@@ -60,7 +60,7 @@ async fn lists_every_pending_allocation_once_across_pages(api: ApiGeneration) {
 }
 
 async fn lists_the_pending_allocations_of_one_offering(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let on = |offering: &str| NewAllocation {
         offering: Some(offering.into()),
         ..NewAllocation::default()
@@ -86,7 +86,7 @@ async fn lists_the_pending_allocations_of_one_offering(api: ApiGeneration) {
 }
 
 async fn an_approved_allocation_is_no_longer_pending(api: ApiGeneration) {
-    let sim = TestSim::start().await;
+    let sim = TestSim::start_for(api).await;
     let approved = sim.allocation().await;
     let waiting = sim.allocation().await;
     let client = sim.client(api);
