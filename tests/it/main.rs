@@ -13,6 +13,7 @@ mod layers;
 mod metrics;
 mod ops;
 mod policy;
+mod polite;
 mod secrets;
 mod spine;
 mod telemetry;
