@@ -11,8 +11,12 @@
 //! 401 it re-reads the token (see [`TokenSource`]); SIGHUP re-probes at once. A re-probe
 //! that succeeds closes the circuit.
 //!
-//! INVARIANT: only a successful re-probe closes an open circuit; a 401 always wins over
-//! an open `unavailable` circuit (the token must be fixed first).
+//! Until the start-up probe passes (`app.rs`), the circuit is held open as `probing`: the
+//! workers, the reconciler and the team watcher wait for it.
+//!
+//! INVARIANT: only a successful re-probe (or the start-up probe) closes an open circuit; a
+//! 401 always wins over an open `unavailable` circuit (the token must be fixed first);
+//! nothing but the start-up probe replaces `probing`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,6 +42,8 @@ pub enum Open {
     Unauthorized(String),
     /// Puhuri Core keeps failing or does not answer.
     Unavailable(String),
+    /// The start-up probe has not passed yet (only it closes this state).
+    Probing(String),
 }
 
 impl Open {
@@ -45,12 +51,15 @@ impl Open {
         match self {
             Open::Unauthorized(_) => "unauthorized",
             Open::Unavailable(_) => "unavailable",
+            Open::Probing(_) => "probing",
         }
     }
 
     pub fn detail(&self) -> &str {
         match self {
-            Open::Unauthorized(detail) | Open::Unavailable(detail) => detail,
+            Open::Unauthorized(detail) | Open::Unavailable(detail) | Open::Probing(detail) => {
+                detail
+            }
         }
     }
 }
@@ -136,6 +145,12 @@ impl Circuit {
         }
     }
 
+    /// Holds the workers until the start-up probe passes, saying why it has not yet.
+    pub fn set_probing(&self, detail: String) {
+        self.state.send_replace(Some(Open::Probing(detail.clone())));
+        self.metrics.set_circuit(Some(("probing", detail)));
+    }
+
     /// Closes it (a re-probe succeeded).
     pub fn close(&self) {
         self.failures.store(0, Ordering::Relaxed);
@@ -193,7 +208,7 @@ impl Circuit {
         let mut state = self.state.subscribe();
         loop {
             tokio::select! {
-                open = state.wait_for(Option::is_some) => if open.is_err() { return },
+                open = state.wait_for(|s| matches!(s, Some(Open::Unauthorized(_) | Open::Unavailable(_)))) => if open.is_err() { return },
                 () = stop.cancelled() => return,
                 () = self.wake.notified() => {
                     // SIGHUP while closed: take a new token now, before the old one fails.

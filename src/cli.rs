@@ -243,6 +243,12 @@ pub enum ConfigCommand {
     Check {
         /// The configuration file.
         file: PathBuf,
+        /// Also probe Puhuri Core as `work` does at start: the token (`users/me`), the API
+        /// generation the server speaks against `puhuri.api`, the user's provider roles and
+        /// offerings against `puhuri.offerings`, and whether event consumers exist. Fails
+        /// on a refused token, a mismatch or an unreachable server.
+        #[arg(long)]
+        online: bool,
     },
 }
 
@@ -343,7 +349,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::Sign(args) => sign(args),
-        Command::Config(ConfigCommand::Check { file }) => check_config(&file),
+        Command::Config(ConfigCommand::Check { file, online }) => {
+            check_config(&file)?;
+            if online {
+                check_online(&file).await?;
+            }
+            Ok(())
+        }
         Command::Dlq(args) => dlq(args).await,
         Command::Team(args) => team(args).await,
         Command::Usage(UsageArgs {
@@ -613,10 +625,10 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         )?;
     }
     println!(
-        "{}: ok ({} sources, API `{:?}`, policy {})",
+        "{}: ok ({} sources, API `{}`, policy {})",
         path.display(),
         config.sources.len(),
-        config.puhuri.api,
+        config.puhuri.api.name(),
         config
             .policy_file
             .as_ref()
@@ -635,6 +647,52 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
                 keys.join(", ")
             );
         }
+    }
+    Ok(())
+}
+
+/// `config check --online`: the start-up probe, once (see `probe.rs`).
+async fn check_online(path: &Path) -> anyhow::Result<()> {
+    let config = load_config(Some(path))?;
+    config.require(
+        "config check --online",
+        crate::config::Needs {
+            puhuri: true,
+            policy: false,
+            sources: false,
+        },
+    )?;
+    let client = config.puhuri.client()?;
+    let report = crate::probe::probe(&client, &config.puhuri).await?;
+    println!(
+        "Puhuri Core: ok (API `{}`: {}; user `{}`{})",
+        match report.api {
+            crate::config::ApiGeneration::Orders => "orders",
+            crate::config::ApiGeneration::Resources => "resources",
+        },
+        report.api_evidence,
+        report.user,
+        if report.is_staff { ", staff" } else { "" }
+    );
+    for role in &report.provider_roles {
+        println!("  role: {role}");
+    }
+    for offering in &report.offerings {
+        println!(
+            "  offering: {} ({}, {})",
+            offering.name, offering.uuid, offering.offering_type
+        );
+    }
+    println!(
+        "  event consumers (GET /api/event-consumers/): {}",
+        if report.event_consumers {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    for warning in &report.warnings {
+        println!("  warning: {warning}");
     }
     Ok(())
 }

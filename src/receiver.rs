@@ -383,10 +383,10 @@ fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
     let puhuri = if !workers {
         "not-applicable"
     } else if let Some((kind, _)) = &circuit {
-        if *kind == "unauthorized" {
-            "unauthorized"
-        } else {
-            "circuit-open"
+        match *kind {
+            "unauthorized" => "unauthorized",
+            "probing" => "probing",
+            _ => "circuit-open",
         }
     } else if !matches!(probe, Some((true, _))) {
         "probing"
@@ -430,7 +430,12 @@ fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
                 reasons.push(detail.clone());
             }
         }
-        "probing" => reasons.push("the start-up probe of Puhuri Core has not passed".to_owned()),
+        "probing" => reasons.push(match &circuit {
+            Some((_, detail)) => {
+                format!("the start-up probe of Puhuri Core has not passed: {detail}")
+            }
+            None => "the start-up probe of Puhuri Core has not passed".to_owned(),
+        }),
         "unreachable" => reasons.push("Puhuri Core has not answered well recently".to_owned()),
         _ => {}
     }

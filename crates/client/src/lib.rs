@@ -403,7 +403,8 @@ pub struct PuhuriClient {
     auth: Arc<RwLock<HeaderValue>>,
     slots: Arc<Slots>,
     base: String,
-    api: ApiGeneration,
+    /// Shared by clones: the start-up probe may set it once the server answered.
+    api: Arc<std::sync::atomic::AtomicBool>,
     observer: Option<std::sync::Arc<dyn CallObserver>>,
 }
 
@@ -424,7 +425,7 @@ impl std::fmt::Debug for PuhuriClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PuhuriClient")
             .field("base", &self.base)
-            .field("api", &self.api)
+            .field("api", &self.api())
             .field("max_in_flight", &self.slots.max)
             .finish()
     }
@@ -462,7 +463,9 @@ impl PuhuriClient {
                 max: DEFAULT_MAX_IN_FLIGHT,
             }),
             base: config.url.clone(),
-            api: config.api,
+            api: Arc::new(std::sync::atomic::AtomicBool::new(
+                config.api == ApiGeneration::Resources,
+            )),
             observer: None,
         })
     }
@@ -519,7 +522,19 @@ impl PuhuriClient {
     }
 
     pub fn api(&self) -> ApiGeneration {
-        self.api
+        if self.api.load(std::sync::atomic::Ordering::Relaxed) {
+            ApiGeneration::Resources
+        } else {
+            ApiGeneration::Orders
+        }
+    }
+
+    /// Speaks `api` from now on, in this client and every clone.
+    pub fn set_api(&self, api: ApiGeneration) {
+        self.api.store(
+            api == ApiGeneration::Resources,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn url(&self, path: &str) -> String {
@@ -645,7 +660,7 @@ impl PuhuriClient {
 
     /// The provider's view of resources in this API generation.
     fn resources_path(&self) -> &'static str {
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => "marketplace-provider-resources/",
             ApiGeneration::Resources => "marketplace-resources/",
         }
@@ -767,7 +782,7 @@ impl PuhuriClient {
 
     /// Approves: the order (current API) or the resource's state `ok` (2021 API).
     pub async fn approve(&self, fetched: &Fetched) -> Result<(), PuhuriError> {
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => {
                 let order = order_uuid(fetched, "approve")?;
                 self.post(
@@ -784,7 +799,7 @@ impl PuhuriClient {
 
     /// Rejects with a comment. The 2021 API has no comment: the resource is terminated.
     pub async fn reject(&self, fetched: &Fetched, comment: &str) -> Result<(), PuhuriError> {
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => {
                 let order = order_uuid(fetched, "reject")?;
                 self.post(
@@ -804,7 +819,7 @@ impl PuhuriClient {
     /// offering (405 otherwise; provider-resource `set_as_erred` is staff-only in 7.0 and
     /// never closes the order), so any other offering's request is rejected instead.
     pub fn erred_write(&self, fetched: &Fetched) -> ErredWrite {
-        if self.api == ApiGeneration::Resources {
+        if self.api() == ApiGeneration::Resources {
             return ErredWrite::ResourceState;
         }
         let offering_type = fetched
@@ -891,7 +906,7 @@ impl PuhuriClient {
         let offering = offering_uuid
             .map(|o| format!("&offering_uuid={o}"))
             .unwrap_or_default();
-        let url = match self.api {
+        let url = match self.api() {
             ApiGeneration::Orders => format!(
                 "marketplace-orders/?state=pending-provider&type=Create&page_size=100{offering}\
                  &field=uuid&field=marketplace_resource_uuid"
@@ -907,7 +922,7 @@ impl PuhuriClient {
                 .get("uuid")
                 .and_then(Value::as_str)
                 .and_then(WaldurUuid::parse);
-            let hint = match self.api {
+            let hint = match self.api() {
                 ApiGeneration::Orders => AllocationHint {
                     order_uuid: uuid.map(OrderUuid::from),
                     resource_uuid: item
@@ -1149,7 +1164,7 @@ impl PuhuriClient {
         &self,
         offering_uuid: &str,
     ) -> Result<Vec<OfferingComponent>, PuhuriError> {
-        let path = match self.api {
+        let path = match self.api() {
             ApiGeneration::Orders => format!("marketplace-provider-offerings/{offering_uuid}/"),
             ApiGeneration::Resources => format!("marketplace-offerings/{offering_uuid}/"),
         };

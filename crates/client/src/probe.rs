@@ -59,12 +59,6 @@ pub struct OfferingSummary {
 }
 
 impl PuhuriClient {
-    /// Uses `api` for every later call of this client (clones made before keep theirs).
-    pub fn with_api(mut self, api: ApiGeneration) -> Self {
-        self.api = api;
-        self
-    }
-
     /// The token's user: `GET /api/users/me/?field=uuid&field=username&field=is_staff&field=permissions`.
     pub async fn me(&self) -> Result<Me, PuhuriError> {
         let url = self.query_url(
