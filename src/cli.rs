@@ -261,8 +261,8 @@ pub enum PolicyCommand {
     Check {
         /// The policy file.
         file: PathBuf,
-        /// The service's configuration file (default: none, so the current API and no
-        /// customers file are assumed).
+        /// The service's configuration file. Without it the current API is assumed and
+        /// the fields only a customers file fills are warned about rather than refused.
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
@@ -378,23 +378,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Policy(PolicyCommand::Check { file, config }) => {
             let policy = load_policy(&file)?;
-            let (customers_file, api) = match &config {
+            let checked = match &config {
                 Some(path) => {
                     let config = load_config(Some(path))?;
                     if let Some(customers) = &config.policy_customers_file {
                         crate::customers::CustomerDirectory::load(customers)?;
                     }
-                    (
-                        config.policy_customers_file.is_some(),
-                        config.puhuri.api.assumed(),
-                    )
+                    crate::customers::check_policy(&policy, &config)
                 }
-                None => (false, crate::config::ApiGeneration::Orders),
+                // Without the configuration, what it must provide is a warning.
+                None => {
+                    let api = crate::config::ApiGeneration::Orders;
+                    let mut warnings =
+                        match crate::customers::check_policy_with(&policy, false, api) {
+                            Ok(warnings) => warnings,
+                            Err(problems) => problems,
+                        };
+                    if let Ok(more) = crate::customers::check_policy_with(&policy, true, api) {
+                        warnings.extend(more);
+                    }
+                    warnings.dedup();
+                    Ok(warnings)
+                }
             };
-            report_policy_context(
-                &file,
-                crate::customers::check_policy_with(&policy, customers_file, api),
-            )?;
+            report_policy_context(&file, checked)?;
             println!(
                 "{}: ok ({} rules, version {})",
                 file.display(),
@@ -737,7 +744,9 @@ async fn run_service(args: ServiceArgs, roles: Roles) -> anyhow::Result<()> {
         None => Policy::hold_everything(),
     };
     let stop = CancellationToken::new();
-    let watched = policy_path.map(|path| PolicyFile::new(path, &policy));
+    let customers_file = config.policy_customers_file.is_some();
+    let watched =
+        policy_path.map(|path| PolicyFile::new(path, &policy).with_customers_file(customers_file));
     let running = app::start(&config, roles, policy, None, stop).await?;
     if let Some(file) = watched {
         running.watch_policy(file);

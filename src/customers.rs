@@ -331,6 +331,18 @@ pub fn check_policy(policy: &Policy, config: &Config) -> Result<Vec<String>, Vec
     )
 }
 
+/// The fields `policy` reads that nothing fills, one message each: `customer.country` and
+/// `customer.tags` without a customers file.
+pub fn unfillable_fields(policy: &Policy, customers_file: bool) -> Vec<String> {
+    ["customer.country", "customer.tags"]
+        .into_iter()
+        .filter(|field| policy.reads(field) && !customers_file)
+        .map(|field| format!(
+            "`{field}` is never filled without a customers file: no Puhuri Core endpoint a provider may read has it; name one that maps organisations to it in `policy.customers_file`"
+        ))
+        .collect()
+}
+
 /// [`check_policy`] from its parts: whether a customers file is configured, and the API
 /// generation.
 pub fn check_policy_with(
@@ -338,14 +350,7 @@ pub fn check_policy_with(
     customers_file: bool,
     api: ApiGeneration,
 ) -> Result<Vec<String>, Vec<String>> {
-    let mut errors = Vec::new();
-    for field in ["customer.country", "customer.tags"] {
-        if policy.reads(field) && !customers_file {
-            errors.push(format!(
-                "`{field}` can never be filled: no Puhuri Core endpoint a provider may read has it; name a customers file (`policy.customers_file`) that maps organisations to it"
-            ));
-        }
-    }
+    let errors = unfillable_fields(policy, customers_file);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -417,7 +422,8 @@ country = "SE"
         let error =
             CustomerDirectory::parse("[customers.uh]\nregion = \"north\"\n", "c.toml").unwrap_err();
         assert_eq!((error.path.as_str(), error.line), ("c.toml", 2), "{error}");
-        assert!(error.message.contains("region"), "{error}");
+        assert_eq!(error.key, "customers.uh.region", "{error}");
+        assert!(error.message.contains("unknown field"), "{error}");
         let error = CustomerDirectory::parse(
             "[customers.\"1f0c5b3e9a7d4f0e8b6a2c4d5e6f7a8b\"]\n[customers.\"1F0C5B3E-9A7D-4F0E-8B6A-2C4D5E6F7A8B\"]\n",
             "c.toml",

@@ -28,6 +28,8 @@ use puhuri_sim::{HookFormat, HookTarget, NewAllocation, Sim, SimConfig, WaldurVe
 /// The example policy the demo runs when no other is given.
 pub const EXAMPLE_POLICY_PATH: &str = "deploy/local/policy.toml";
 const EXAMPLE_POLICY: &str = include_str!("../deploy/local/policy.toml");
+/// The simulator's organisations as a provider would list them (country, abbreviation, tags).
+const EXAMPLE_CUSTOMERS: &str = include_str!("../deploy/local/customers.toml");
 
 /// What the demo should do.
 #[derive(Debug, Clone)]
@@ -169,11 +171,25 @@ pub async fn run(
     let stop = CancellationToken::new();
     let sim_task = tokio::spawn(sim.clone().serve(sim_listener, stop.clone()));
 
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("{}: cannot create", data_dir.display()))?;
+    let customers_path = data_dir.join("customers.toml");
+    std::fs::write(&customers_path, EXAMPLE_CUSTOMERS)
+        .with_context(|| format!("{}: cannot write", customers_path.display()))?;
+    let toml_path = |path: &std::path::Path| {
+        path.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
     let config_text = format!(
         r#"
 [queue]
 backend = "embedded"
 data_dir = "{data_dir}"
+
+[policy]
+customers_file = "{customers_file}"
 
 [worker]
 retry_delays_ms = [200, 1000, 5000]
@@ -189,11 +205,8 @@ name = "simulator"
 format = "allocation"
 auth = "standard-webhooks"
 "#,
-        data_dir = data_dir
-            .display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\""),
+        data_dir = toml_path(&data_dir),
+        customers_file = toml_path(&customers_path),
     );
     let env = DemoEnv {
         token,

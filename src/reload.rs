@@ -88,6 +88,9 @@ pub struct PolicyFile {
     stamp: Option<(SystemTime, u64)>,
     /// Digest of the last content read, compiled or not.
     seen: String,
+    /// Whether a customers file is configured (a policy reading `customer.country`
+    /// without one is refused).
+    customers_file: bool,
 }
 
 impl PolicyFile {
@@ -98,7 +101,14 @@ impl PolicyFile {
             path,
             stamp,
             seen: running.version().to_owned(),
+            customers_file: false,
         }
+    }
+
+    /// Whether the configuration names a customers file.
+    pub fn with_customers_file(mut self, configured: bool) -> PolicyFile {
+        self.customers_file = configured;
+        self
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -128,7 +138,18 @@ impl PolicyFile {
             Ok(policy) if policy.version() == self.seen => Reload::Unchanged,
             Ok(policy) => {
                 self.seen = policy.version().to_owned();
-                Reload::Compiled(policy)
+                let unfillable = crate::customers::unfillable_fields(&policy, self.customers_file);
+                if unfillable.is_empty() {
+                    Reload::Compiled(policy)
+                } else {
+                    Reload::Refused(
+                        unfillable
+                            .iter()
+                            .map(|p| format!("{}: {p}", self.path.display()))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    )
+                }
             }
             Err(errors) => {
                 let digest = puhuri_policy::version_of(&text).to_string();

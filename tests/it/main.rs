@@ -6,6 +6,7 @@ mod after;
 mod artifacts;
 mod contract;
 mod demo;
+mod erred;
 mod faults;
 mod helpers;
 mod ingress;

@@ -14,6 +14,14 @@ use crate::helpers::{Options, spawn_app};
 
 const EXAMPLE: &str = include_str!("../../deploy/local/policy.toml");
 
+/// The example policy reads `customer.country`, which only the customers file fills.
+fn example_customers() -> String {
+    format!(
+        "[policy]\ncustomers_file = \"{}/deploy/local/customers.toml\"\n",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -106,6 +114,7 @@ fn paths(calls: &[puhuri_sim::RecordedCall]) -> Vec<String> {
 async fn the_example_policy_approves_a_domestic_cpu_request_and_submits_the_report() {
     let mut app = spawn_app(Options {
         policy: EXAMPLE,
+        extra_config: example_customers(),
         ..Options::default()
     })
     .await;
@@ -145,6 +154,7 @@ async fn the_example_policy_approves_a_domestic_cpu_request_and_submits_the_repo
 async fn the_example_policy_rejects_an_ended_project_with_the_rendered_reason() {
     let mut app = spawn_app(Options {
         policy: EXAMPLE,
+        extra_config: example_customers(),
         ..Options::default()
     })
     .await;
@@ -186,6 +196,7 @@ async fn the_example_policy_rejects_an_ended_project_with_the_rendered_reason() 
 async fn the_example_policy_holds_a_gpu_heavy_request_without_writing() {
     let mut app = spawn_app(Options {
         policy: EXAMPLE,
+        extra_config: example_customers(),
         ..Options::default()
     })
     .await;
@@ -219,6 +230,7 @@ async fn the_example_policy_holds_a_gpu_heavy_request_without_writing() {
 async fn shadow_mode_publishes_the_decision_and_writes_nothing() {
     let mut app = spawn_app(Options {
         policy: EXAMPLE,
+        extra_config: example_customers(),
         shadow: true,
         ..Options::default()
     })

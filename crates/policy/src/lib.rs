@@ -349,9 +349,6 @@ impl Policy {
             p == path
                 || p.strip_prefix(path)
                     .is_some_and(|rest| rest.starts_with('.'))
-                || path
-                    .strip_prefix(p.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
         })
     }
 
@@ -535,9 +532,7 @@ impl Policy {
             errors.sort_by_key(|e| e.line);
             return Err(PolicyErrors(errors));
         }
-        let needs_customer_details = all_paths
-            .iter()
-            .any(|p| p == "customer" || p == "customer.abbreviation");
+        let needs_customer_details = all_paths.iter().any(|p| p == "customer.abbreviation");
         let needs_granted = all_paths
             .iter()
             .any(|p| p == "granted" || p.starts_with("granted."));

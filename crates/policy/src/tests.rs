@@ -231,12 +231,15 @@ fn explain_reports_every_rule_with_the_facts_it_read() {
 }
 
 #[test]
-fn only_a_policy_reading_the_country_needs_the_customer_record() {
-    assert!(
-        Policy::parse(POLICY)
-            .expect("valid")
-            .needs_customer_details()
-    );
+fn only_a_policy_reading_the_abbreviation_needs_the_customers_list() {
+    let country = Policy::parse(POLICY).expect("valid");
+    assert!(!country.needs_customer_details());
+    assert!(country.reads("customer.country"));
+    let policy = Policy::parse(
+        "[[rule]]\nname = \"a\"\nwhen = \"customer.abbreviation == 'UT'\"\naction = \"hold\"\n",
+    )
+    .expect("valid");
+    assert!(policy.needs_customer_details());
     let policy = Policy::parse(
         "[[rule]]\nname = \"a\"\nwhen = \"customer.slug == 'ut'\"\naction = \"hold\"\n",
     )
@@ -278,4 +281,36 @@ mod parser_properties {
             let _ = Policy::parse(&text);
         }
     }
+}
+
+#[test]
+fn reads_names_the_fields_conditions_and_templates_use() {
+    let policy = Policy::parse(
+        "[[rule]]\nname = \"a\"\nwhen = 'customer.abbreviation == \"UH\"'\naction = \"approve\"\nbackend_id = \"{customer.abbreviation}_{resource.short_uuid}\"\n\n[default]\naction = \"reject\"\nreason = \"x {created_by.username}\"\n",
+    )
+    .unwrap();
+    assert!(policy.reads("customer.abbreviation"), "{:?}", policy);
+    assert!(policy.reads("created_by"));
+    assert!(policy.reads("created_by.username"));
+    assert!(!policy.reads("customer.country"));
+    assert!(!policy.reads("customer.tags"));
+    assert!(policy.needs_customer_details());
+    let policy = Policy::parse(
+        "[[rule]]\nname = \"a\"\nwhen = '\"nordic\" in customer.tags'\naction = \"hold\"\n",
+    )
+    .unwrap();
+    assert!(policy.reads("customer.tags"));
+    assert!(!policy.needs_customer_details());
+}
+
+#[test]
+fn erred_rules_beyond_a_type_skip_the_ones_pinned_to_it() {
+    let policy = Policy::parse(
+        "[[rule]]\nname = \"slurm\"\nwhen = 'offering.type == \"Marketplace.Slurm\" && limits.cpu_k_hours > 1.0'\naction = \"erred\"\nbackend_id = \"x_{resource.short_uuid}\"\nmessage = \"m\"\n\n[[rule]]\nname = \"any\"\nwhen = 'limits.cpu_k_hours > 1.0'\naction = \"erred\"\nbackend_id = \"x_{resource.short_uuid}\"\nmessage = \"m\"\n\n[default]\naction = \"hold\"\nnote = \"n\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        policy.erred_rules_beyond("Marketplace.Slurm"),
+        vec![("any".to_owned(), 8)]
+    );
 }
