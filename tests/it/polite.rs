@@ -220,17 +220,15 @@ async fn an_expired_token_pauses_the_workers_until_it_is_replaced(backend: Backe
     let mut released = HashSet::new();
     // The first delivery refused with 401 goes back to the queue unprocessed.
     let receiver = app.settled.as_mut().expect("workers");
-    let first = tokio::time::timeout(WAIT, async {
-        loop {
-            let settled = receiver.recv().await.expect("settled events");
-            if settled.disposition == Disposition::Released {
-                return settled;
-            }
-            panic!("while the token is expired nothing else settles: {settled:?}");
-        }
-    })
-    .await
-    .expect("a delivery is released");
+    let first = tokio::time::timeout(WAIT, receiver.recv())
+        .await
+        .expect("a delivery settles")
+        .expect("settled events");
+    assert_eq!(
+        first.disposition,
+        Disposition::Released,
+        "while the token is expired nothing else settles: {first:?}"
+    );
     released.insert(first.id.clone());
     assert!(circuit.is_open());
     let (status, content_type, body) = readyz(&app).await;
