@@ -284,3 +284,44 @@ impl CallObserver for Circuit {
         self.metrics.in_flight(open);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_on_sustained_failure_and_on_401_and_only_close_closes_it() {
+        let metrics = Arc::new(Metrics::new());
+        let circuit = Circuit::new(metrics.clone());
+        let ms = Duration::from_millis(1);
+        for _ in 0..BREAKER_FAILURES - 1 {
+            circuit.observe("get order", Some(503), ms);
+        }
+        // A good answer in between starts the count again.
+        circuit.observe("get order", Some(200), ms);
+        for _ in 0..BREAKER_FAILURES - 1 {
+            circuit.observe("get order", None, ms);
+        }
+        assert!(!circuit.is_open());
+        circuit.observe("get order", Some(429), ms);
+        assert_eq!(circuit.open_reason().map(|o| o.kind()), Some("unavailable"));
+        assert_eq!(metrics.circuit().map(|c| c.0), Some("unavailable"));
+        // A 401 wins; a later good answer does not close it.
+        circuit.observe("approve", Some(401), ms);
+        circuit.observe("get order", Some(200), ms);
+        assert_eq!(
+            circuit.open_reason().map(|o| o.kind()),
+            Some("unauthorized")
+        );
+        // 403 and 404 are about one allocation, not the circuit.
+        circuit.close();
+        circuit.observe("approve", Some(403), ms);
+        circuit.observe("get order", Some(404), ms);
+        assert!(!circuit.is_open());
+        assert_eq!(metrics.circuit(), None);
+        // While probing, nothing but the probe's end replaces the state.
+        circuit.set_probing("no answer yet".into());
+        circuit.observe("users me", Some(401), ms);
+        assert_eq!(circuit.open_reason().map(|o| o.kind()), Some("probing"));
+    }
+}
