@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::circuit::{Circuit, FixedToken, REPROBE_FIRST, REPROBE_MAX, TokenFile, TokenSource};
 use crate::config::{Config, Needs, QueueChoice};
 use crate::metrics::Metrics;
+use crate::probe::{ProbeError, ProbeReport};
 use crate::receiver::{self, ReceiverStats};
 use crate::reconciler::Reconciler;
 use crate::reload::PolicyFile;
@@ -77,6 +79,8 @@ pub enum Role {
     Reconciler,
     TeamWatcher,
     PolicyReloader,
+    /// Re-probes Puhuri Core while the circuit is open (`circuit.rs`).
+    Prober,
 }
 
 impl Role {
@@ -88,6 +92,7 @@ impl Role {
             Role::Reconciler => "reconciler",
             Role::TeamWatcher => "team-watcher",
             Role::PolicyReloader => "policy-reloader",
+            Role::Prober => "prober",
         }
     }
 }
@@ -185,6 +190,10 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub worker: Option<Arc<Worker>>,
     pub reconciler: Option<Arc<Reconciler>>,
+    /// The circuit to Puhuri Core, where workers run.
+    pub circuit: Option<Arc<Circuit>>,
+    /// What the start-up probe found, where workers run.
+    pub probe: Option<ProbeReport>,
     supervisor: Supervisor,
     shutdown_deadline: Duration,
     broker_stop: CancellationToken,
@@ -303,8 +312,60 @@ pub async fn start(
 
     let mut worker = None;
     let mut reconciler = None;
+    let mut circuit = None;
+    let mut probe = None;
     if let Some(client) = client {
-        let client = client.with_observer(metrics.clone());
+        let breaker = Arc::new(Circuit::new(metrics.clone()));
+        let client = client.with_observer(breaker.clone());
+        let tokens: Arc<dyn TokenSource> = match &config.puhuri.token_file {
+            Some(path) => Arc::new(TokenFile(path.clone())),
+            None => Arc::new(FixedToken),
+        };
+        // One attempt now: a refused configuration fails start-up here. A refused token or
+        // a failing server holds the roles that call Puhuri Core (the circuit is
+        // `probing`) while the prober retries in the background.
+        let first = match crate::probe::probe(&client, &config.puhuri).await {
+            Ok(report) => Some(probe_passed(report, &client, &breaker, &metrics)),
+            Err(error @ ProbeError::Refused(_)) => {
+                metrics.set_probe(false, serde_json::json!({"error": error.to_string()}));
+                // Nothing was started that needs an orderly stop but the listeners.
+                stop.cancel();
+                broker_stop.cancel();
+                return Err(error.into());
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "start-up probe failed; the workers wait while it is retried");
+                metrics.set_probe(false, serde_json::json!({"pending": error.to_string()}));
+                breaker.set_probing(error.to_string());
+                None
+            }
+        };
+        let pending = first.is_none();
+        let prober_client = client.clone();
+        let prober = breaker.clone();
+        let prober_stop = stop.clone();
+        let prober_config = config.puhuri.clone();
+        let prober_metrics = metrics.clone();
+        supervisor.spawn(Role::Prober, async move {
+            if pending {
+                let Some(report) = startup_probe(
+                    &prober_client,
+                    &prober_config,
+                    &prober_metrics,
+                    tokens.as_ref(),
+                    &prober_stop,
+                )
+                .await?
+                else {
+                    return Ok(());
+                };
+                probe_passed(report, &prober_client, &prober, &prober_metrics);
+            }
+            prober.run(prober_client, tokens, prober_stop).await;
+            Ok(())
+        });
+        circuit = Some(breaker.clone());
+        probe = first;
         let r = Arc::new(
             Reconciler::new(
                 client.clone(),
@@ -317,7 +378,11 @@ pub async fn start(
         reconciler = Some(r.clone());
         if let Some(interval) = config.reconcile.interval {
             let reconcile_stop = stop.clone();
+            let gate = breaker.clone();
             supervisor.spawn(Role::Reconciler, async move {
+                if !gate.wait_closed(&reconcile_stop).await {
+                    return Ok(());
+                }
                 r.run(reconcile_stop).await;
                 Ok(())
             });
@@ -334,7 +399,8 @@ pub async fn start(
             .with_customers(customers)
             .with_metrics(metrics.clone())
             .with_usage(config.usage.clone())
-            .with_team(config.team.clone()),
+            .with_team(config.team.clone())
+            .with_circuit(breaker.clone()),
         );
         if let Some(period) = config.team.watch {
             let watcher = Arc::new(TeamWatcher::new(
@@ -345,7 +411,11 @@ pub async fn start(
                 metrics.clone(),
             ));
             let watch_stop = stop.clone();
+            let gate = breaker.clone();
             supervisor.spawn(Role::TeamWatcher, async move {
+                if !gate.wait_closed(&watch_stop).await {
+                    return Ok(());
+                }
                 watcher.run(watch_stop).await;
                 Ok(())
             });
@@ -358,7 +428,8 @@ pub async fn start(
             Ok(())
         });
         tracing::info!(
-            api = %config.puhuri.api,
+            api = client_api(&probe).map_or("probing", |api| api.name()),
+            max_in_flight = config.puhuri.max_in_flight,
             puhuri = crate::config::redacted_url(config.puhuri.url.as_deref().unwrap_or_default()),
             shadow = config.policy_shadow,
             "workers started"
@@ -374,10 +445,83 @@ pub async fn start(
         metrics_addr,
         worker,
         reconciler,
+        circuit,
+        probe,
         supervisor,
         shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,
     })
+}
+
+fn client_api(probe: &Option<ProbeReport>) -> Option<crate::config::ApiGeneration> {
+    probe.as_ref().map(|p| p.api)
+}
+
+/// Records a passed start-up probe, sets the client's API generation and opens the way
+/// for the roles that call Puhuri Core.
+fn probe_passed(
+    report: ProbeReport,
+    client: &puhuri_client::PuhuriClient,
+    circuit: &Circuit,
+    metrics: &Metrics,
+) -> ProbeReport {
+    for warning in &report.warnings {
+        tracing::warn!(warning = %warning, "start-up probe");
+    }
+    tracing::info!(
+        api = ?report.api,
+        user = %report.user,
+        roles = ?report.provider_roles,
+        offerings = report.offerings.len(),
+        event_consumers = report.event_consumers,
+        "start-up probe passed"
+    );
+    client.set_api(report.api);
+    metrics.set_probe(
+        true,
+        serde_json::to_value(&report).unwrap_or(serde_json::Value::Null),
+    );
+    circuit.close();
+    report
+}
+
+/// Retries the start-up probe (`probe.rs`) after a refused token (401) or a temporary
+/// failure, with a backoff from [`REPROBE_FIRST`] doubling up to [`REPROBE_MAX`]
+/// (re-reading `puhuri.token_file` after a 401), until it passes (`Some`) or `stop` fires
+/// (`None`). A refused configuration (an explicit `puhuri.api` the server does not speak,
+/// no provider role, an offering the user does not manage) is an error: the role fails
+/// and the process stops naming it. `/readyz` shows the probe meanwhile.
+async fn startup_probe(
+    client: &puhuri_client::PuhuriClient,
+    config: &crate::config::PuhuriConfig,
+    metrics: &Metrics,
+    tokens: &dyn TokenSource,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<ProbeReport>> {
+    let mut wait = REPROBE_FIRST;
+    let mut unauthorized = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return Ok(None),
+        }
+        wait = (wait * 2).min(REPROBE_MAX);
+        if unauthorized {
+            crate::circuit::reload_token(client, tokens);
+        }
+        match crate::probe::probe(client, config).await {
+            Ok(report) => return Ok(Some(report)),
+            Err(error @ ProbeError::Refused(_)) => {
+                metrics.set_probe(false, serde_json::json!({"error": error.to_string()}));
+                return Err(error.into());
+            }
+            Err(error) => {
+                unauthorized = matches!(error, ProbeError::Unauthorized(_));
+                metrics.set_probe(false, serde_json::json!({"pending": error.to_string()}));
+                tracing::error!(error = %error, retry_in_secs = wait.as_secs(), "start-up probe failed; retrying");
+            }
+        }
+    }
 }
 
 /// Opens the configured queue backend (RabbitMQ starts its supervisor, tied to `stop`).

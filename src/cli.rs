@@ -278,6 +278,12 @@ pub enum ConfigCommand {
         /// The command the file is for: `serve` (default), `receive` or `work`.
         #[arg(long, value_enum, default_value = "serve")]
         role: RoleArg,
+        /// Also probe Puhuri Core as `work` does at start: the token (`users/me`), the API
+        /// generation the server speaks against `puhuri.api`, the user's provider roles and
+        /// offerings against `puhuri.offerings`, and whether event consumers exist. Fails
+        /// on a refused token, a mismatch or an unreachable server.
+        #[arg(long)]
+        online: bool,
     },
 }
 
@@ -402,7 +408,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::Sign(args) => sign(args),
         Command::Secret(SecretCommand::Generate { kind }) => generate_secret(kind),
-        Command::Config(ConfigCommand::Check { file, role }) => check_config(&file, role.roles()),
+        Command::Config(ConfigCommand::Check { file, role, online }) => {
+            let roles = role.roles();
+            if online && !roles.work {
+                bail!("`--online` probes Puhuri Core, which `receive` does not use");
+            }
+            check_config(&file, roles)?;
+            if online {
+                check_online(&file).await?;
+            }
+            Ok(())
+        }
         Command::Dlq(args) => dlq(args).await,
         Command::Team(args) => team(args).await,
         Command::Usage(UsageArgs {
@@ -782,7 +798,7 @@ fn check_config(path: &Path, roles: Roles) -> anyhow::Result<()> {
         path.display(),
         roles.command(),
         plural(config.sources.len(), "source", "sources"),
-        config.puhuri.api,
+        config.puhuri.api.name(),
         match (&config.policy_file, roles.work) {
             (Some(policy), true) => format!("`{}`", policy.display()),
             (Some(_), false) => "not read by this role".into(),
@@ -803,6 +819,52 @@ fn check_config(path: &Path, roles: Roles) -> anyhow::Result<()> {
                 keys.join(", ")
             );
         }
+    }
+    Ok(())
+}
+
+/// `config check --online`: the start-up probe, once (see `probe.rs`).
+async fn check_online(path: &Path) -> anyhow::Result<()> {
+    let config = load_config(Some(path))?;
+    config.require(
+        "config check --online",
+        crate::config::Needs {
+            puhuri: true,
+            policy: false,
+            sources: false,
+        },
+    )?;
+    let client = config.puhuri.client()?;
+    let report = crate::probe::probe(&client, &config.puhuri).await?;
+    println!(
+        "Puhuri Core: ok (API `{}`: {}; user `{}`{})",
+        match report.api {
+            crate::config::ApiGeneration::Orders => "orders",
+            crate::config::ApiGeneration::Resources => "resources",
+        },
+        report.api_evidence,
+        report.user,
+        if report.is_staff { ", staff" } else { "" }
+    );
+    for role in &report.provider_roles {
+        println!("  role: {role}");
+    }
+    for offering in &report.offerings {
+        println!(
+            "  offering: {} ({}, {})",
+            offering.name, offering.uuid, offering.offering_type
+        );
+    }
+    println!(
+        "  event consumers (GET /api/event-consumers/): {}",
+        if report.event_consumers {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    for warning in &report.warnings {
+        println!("  warning: {warning}");
     }
     Ok(())
 }

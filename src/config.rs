@@ -14,8 +14,8 @@
 //! Environment overrides (each documented in `README.md`):
 //! `PUHURI_APPROVER_LISTEN`, `PUHURI_APPROVER_METRICS_LISTEN`, `PUHURI_APPROVER_DATA_DIR`,
 //! `PUHURI_APPROVER_AMQP_URL`, `PUHURI_APPROVER_AMQP_URLS` (comma-separated),
-//! `PUHURI_APPROVER_PUHURI_URL`,
-//! `PUHURI_APPROVER_PUHURI_TOKEN`, `PUHURI_APPROVER_POLICY`, and
+//! `PUHURI_APPROVER_PUHURI_URL`, `PUHURI_APPROVER_PUHURI_TOKEN`,
+//! `PUHURI_APPROVER_PUHURI_TOKEN_FILE`, `PUHURI_APPROVER_POLICY`, and
 //! `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS` (comma-separated; `<NAME>` is the source name in
 //! upper case with `-` replaced by `_`) or `PUHURI_APPROVER_SOURCE_<NAME>_SECRETS_FILE`.
 //!
@@ -76,6 +76,9 @@ pub enum ConfigError {
     },
     #[error("environment variable `{var}`: {message}")]
     Env { var: String, message: String },
+    /// A file a key (or its environment variable) names cannot be used.
+    #[error("`{key}`: {message}")]
+    KeyFile { key: String, message: String },
     #[error("{}", missing_message(origin, command, missing))]
     Missing {
         /// The file the configuration came from (or [`NO_FILE`]).
@@ -127,8 +130,10 @@ pub const KEYS: &[&str] = &[
     "max_batch",
     // [puhuri]
     "token",
+    "token_file",
     "api",
     "timeout_ms",
+    "max_in_flight",
     "offerings",
     // [policy]
     "file",
@@ -367,13 +372,64 @@ impl Default for UsageConfig {
 
 pub use puhuri_client::ApiGeneration;
 
+/// `puhuri.api`: the generation to speak, or `auto` (what the start-up probe finds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiChoice {
+    Auto,
+    Fixed(ApiGeneration),
+}
+
+impl ApiChoice {
+    /// The generation to assume before the start-up probe: the configured one, or the
+    /// current API for `auto`.
+    pub fn assumed(self) -> ApiGeneration {
+        match self {
+            ApiChoice::Fixed(api) => api,
+            ApiChoice::Auto => ApiGeneration::Orders,
+        }
+    }
+
+    /// The configuration value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiChoice::Auto => "auto",
+            ApiChoice::Fixed(ApiGeneration::Orders) => "orders",
+            ApiChoice::Fixed(ApiGeneration::Resources) => "resources",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Raw {
+            Auto,
+            Orders,
+            Resources,
+        }
+        Ok(match Raw::deserialize(deserializer)? {
+            Raw::Auto => ApiChoice::Auto,
+            Raw::Orders => ApiChoice::Fixed(ApiGeneration::Orders),
+            Raw::Resources => ApiChoice::Fixed(ApiGeneration::Resources),
+        })
+    }
+}
+
+/// Concurrent Puhuri Core calls per process when `puhuri.max_in_flight` is not set.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct PuhuriConfig {
     /// The API base, ending in `/api/`; required by every role that talks to Puhuri Core.
     pub url: Option<String>,
     pub token: Secret,
-    pub api: ApiGeneration,
+    /// Where the token was read from, when a file (re-read on SIGHUP and after a 401).
+    pub token_file: Option<PathBuf>,
+    pub api: ApiChoice,
     pub timeout: Duration,
+    /// The most Puhuri Core calls open at once in this process.
+    pub max_in_flight: usize,
     pub offerings: Vec<String>,
 }
 
@@ -384,11 +440,13 @@ impl PuhuriConfig {
         Ok(puhuri_client::PuhuriClient::new(
             &puhuri_client::ClientConfig {
                 url,
-                api: self.api,
+                // With `auto`, the start-up probe decides (`PuhuriClient::with_api`).
+                api: self.api.assumed(),
                 timeout: self.timeout,
             },
             self.token.expose(),
-        )?)
+        )?
+        .with_max_in_flight(self.max_in_flight))
     }
 }
 
@@ -566,8 +624,10 @@ struct FileUsage {
 struct FilePuhuri {
     url: Option<Spanned<String>>,
     token: Option<Spanned<String>>,
-    api: Option<ApiGeneration>,
+    token_file: Option<Spanned<String>>,
+    api: Option<ApiChoice>,
     timeout_ms: Option<Spanned<u64>>,
+    max_in_flight: Option<Spanned<usize>>,
     #[serde(default)]
     offerings: Vec<String>,
 }
@@ -856,9 +916,47 @@ impl Config {
                 None => None,
             },
         };
-        let token = match env.get("PUHURI_APPROVER_PUHURI_TOKEN") {
-            Some(token) => Secret::new(token),
-            None => match &file.puhuri.token {
+        let token_file = match env.get("PUHURI_APPROVER_PUHURI_TOKEN_FILE") {
+            Some(path) if env.get("PUHURI_APPROVER_PUHURI_TOKEN").is_none() => {
+                Some(PathBuf::from(path))
+            }
+            Some(_) => None,
+            None => match &file.puhuri.token_file {
+                Some(path) if env.get("PUHURI_APPROVER_PUHURI_TOKEN").is_none() => {
+                    if file.puhuri.token.is_some() {
+                        return Err(at.invalid(
+                            path.span(),
+                            "puhuri.token_file",
+                            "give either `puhuri.token` or `puhuri.token_file`, not both",
+                        ));
+                    }
+                    Some(PathBuf::from(path.get_ref()))
+                }
+                _ => None,
+            },
+        };
+        let token_from_file = match &token_file {
+            None => None,
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) if text.trim().is_empty() => {
+                    return Err(ConfigError::KeyFile {
+                        key: "puhuri.token_file".into(),
+                        message: format!("{}: the token file is empty", path.display()),
+                    });
+                }
+                Ok(text) => Some(Secret::new(text.trim())),
+                Err(error) => {
+                    return Err(ConfigError::KeyFile {
+                        key: "puhuri.token_file".into(),
+                        message: format!("{}: cannot read: {error}", path.display()),
+                    });
+                }
+            },
+        };
+        let token = match (env.get("PUHURI_APPROVER_PUHURI_TOKEN"), token_from_file) {
+            (Some(token), _) => Secret::new(token),
+            (None, Some(token)) => token,
+            (None, None) => match &file.puhuri.token {
                 Some(token) if token.get_ref().trim().is_empty() => {
                     return Err(at.invalid(token.span(), "puhuri.token", "the token is empty"));
                 }
@@ -867,6 +965,13 @@ impl Config {
             },
         };
         let timeout = millis(&at, &file.puhuri.timeout_ms, "puhuri.timeout_ms", 10_000)?;
+        let max_in_flight = match &file.puhuri.max_in_flight {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+                return Err(at.invalid(n.span(), "puhuri.max_in_flight", "expected 1 to 1024"));
+            }
+            Some(n) => *n.get_ref(),
+            None => DEFAULT_MAX_IN_FLIGHT,
+        };
 
         let (policy_file, policy_file_from) =
             match (env.get("PUHURI_APPROVER_POLICY"), &file.policy.file) {
@@ -964,8 +1069,10 @@ impl Config {
             puhuri: PuhuriConfig {
                 url: puhuri_url,
                 token,
-                api: file.puhuri.api.unwrap_or(ApiGeneration::Orders),
+                token_file,
+                api: file.puhuri.api.unwrap_or(ApiChoice::Auto),
                 timeout,
+                max_in_flight,
                 offerings: file.puhuri.offerings,
             },
             policy_file,
@@ -1631,7 +1738,8 @@ mod tests {
         assert_eq!(config.queue, QueueChoice::RabbitMq);
         assert_eq!(config.amqp.prefix, "puhuri-approver");
         assert_eq!(config.worker.prefetch, 512);
-        assert_eq!(config.puhuri.api, ApiGeneration::Orders);
+        assert_eq!(config.puhuri.api, ApiChoice::Auto);
+        assert_eq!(config.puhuri.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
     }
 
     #[test]

@@ -327,7 +327,7 @@ pub fn check_policy(policy: &Policy, config: &Config) -> Result<Vec<String>, Vec
     check_policy_with(
         policy,
         config.policy_customers_file.is_some(),
-        config.puhuri.api,
+        config.puhuri.api.assumed(),
     )
 }
 

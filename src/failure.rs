@@ -1,5 +1,6 @@
 //! How processing one work message failed, by what its settlement is: try again later
-//! (a retry tier) or never (the dead letters).
+//! (a retry tier), never (the dead letters), or not this message's fault at all (a
+//! refused token: back to the queue, no attempt counted).
 //!
 //! INVARIANT: an error keeps its kind and its source chain up to the settlement that
 //! logs it and records it as the attempt's reason; nothing is flattened to a string
@@ -41,6 +42,12 @@ impl ProcessError {
             ProcessError::NotYet(_) => true,
             ProcessError::Refused(_) => false,
         }
+    }
+
+    /// Whether Puhuri Core refused the token (401): not the message's fault, so it goes
+    /// back to the queue unprocessed while the service pauses (see `circuit.rs`).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ProcessError::Puhuri(error) if error.is_unauthorized())
     }
 
     /// How long the server asked to wait, when it did.

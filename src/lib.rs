@@ -7,6 +7,7 @@
 //! (secrets and signatures). See `ARCHITECTURE.md` for the codemap and the invariants.
 
 pub mod app;
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notification;
 pub mod otel;
+pub mod probe;
 pub mod receiver;
 pub mod reconciler;
 pub mod reload;

@@ -85,6 +85,15 @@ pub const USAGE_RECORDS: &str = "puhuri_approver_usage_records_total";
 pub const USAGE_REPORTS: &str = "puhuri_approver_usage_reports_total";
 /// Team events published, by `type` (`team.snapshot`, `team.changed`).
 pub const TEAM_EVENTS: &str = "puhuri_approver_team_events_total";
+/// Puhuri Core calls open now in this process (at most `puhuri.max_in_flight`).
+pub const PUHURI_IN_FLIGHT: &str = "puhuri_approver_puhuri_in_flight";
+/// Calls that found every `puhuri.max_in_flight` slot taken and waited for one.
+pub const PUHURI_SLOT_WAITS: &str = "puhuri_approver_puhuri_slot_waits_total";
+/// 1 while Puhuri Core accepts the token; 0 after a 401 until a re-probe succeeds.
+pub const PUHURI_AUTH_OK: &str = "puhuri_approver_puhuri_auth_ok";
+/// 1 while the circuit to Puhuri Core is open (a refused token, or sustained 5xx and
+/// timeouts) and workers take no new deliveries.
+pub const PUHURI_CIRCUIT_OPEN: &str = "puhuri_approver_puhuri_circuit_open";
 
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
 /// in the order `/metrics` lists them.
@@ -112,6 +121,10 @@ pub const METRIC_NAMES: &[&str] = &[
     USAGE_RECORDS,
     USAGE_REPORTS,
     TEAM_EVENTS,
+    PUHURI_IN_FLIGHT,
+    PUHURI_SLOT_WAITS,
+    PUHURI_AUTH_OK,
+    PUHURI_CIRCUIT_OPEN,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -218,6 +231,14 @@ pub struct Metrics {
     usage_records: Family<Labels<1>, Counter>,
     usage_reports: Counter,
     team_events: Family<Labels<1>, Counter>,
+    puhuri_in_flight: Gauge,
+    puhuri_slot_waits: Counter,
+    puhuri_auth_ok: Gauge,
+    puhuri_circuit_open: Gauge,
+    /// The start-up probe's report (`/readyz`), and whether it passed.
+    probe: Mutex<Option<(bool, serde_json::Value)>>,
+    /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
+    circuit: Mutex<Option<(&'static str, String)>>,
     runs_workers: AtomicBool,
     /// Oldest pending message's enqueue time as last seen on delivery (ms), RabbitMQ.
     last_delivered_received_ms: AtomicI64,
@@ -287,6 +308,12 @@ impl Metrics {
             usage_records: Family::default(),
             usage_reports: Counter::default(),
             team_events: Family::default(),
+            puhuri_in_flight: Gauge::default(),
+            puhuri_slot_waits: Counter::default(),
+            puhuri_auth_ok: Gauge::default(),
+            puhuri_circuit_open: Gauge::default(),
+            probe: Mutex::new(None),
+            circuit: Mutex::new(None),
             runs_workers: AtomicBool::new(false),
             last_delivered_received_ms: AtomicI64::new(0),
             puhuri_ok_ms: AtomicI64::new(0),
@@ -438,7 +465,55 @@ impl Metrics {
             "Team events published by type",
             Described(self.team_events.clone()),
         );
+        register(
+            r,
+            PUHURI_IN_FLIGHT,
+            "Puhuri Core calls open now",
+            self.puhuri_in_flight.clone(),
+        );
+        register(
+            r,
+            PUHURI_SLOT_WAITS,
+            "Puhuri Core calls that waited for a free slot (puhuri.max_in_flight)",
+            self.puhuri_slot_waits.clone(),
+        );
+        register(
+            r,
+            PUHURI_AUTH_OK,
+            "1 while Puhuri Core accepts the token (0 after a 401 until a re-probe succeeds)",
+            self.puhuri_auth_ok.clone(),
+        );
+        register(
+            r,
+            PUHURI_CIRCUIT_OPEN,
+            "1 while consumption is paused: the token is refused or Puhuri Core keeps failing",
+            self.puhuri_circuit_open.clone(),
+        );
         self
+    }
+
+    /// Records the start-up probe for `/readyz`: `passed` and what it found (or why not).
+    pub fn set_probe(&self, passed: bool, report: serde_json::Value) {
+        *lock(&self.probe) = Some((passed, report));
+    }
+
+    /// The start-up probe: whether it passed and its report; `None` before it ran or where
+    /// no workers run.
+    pub fn probe(&self) -> Option<(bool, serde_json::Value)> {
+        lock(&self.probe).clone()
+    }
+
+    /// Records the circuit's state: `Some((kind, detail))` while open.
+    pub fn set_circuit(&self, open: Option<(&'static str, String)>) {
+        let unauthorized = matches!(&open, Some(("unauthorized", _)));
+        self.puhuri_auth_ok.set(i64::from(!unauthorized));
+        self.puhuri_circuit_open.set(i64::from(open.is_some()));
+        *lock(&self.circuit) = open;
+    }
+
+    /// Why the circuit is open, when it is.
+    pub fn circuit(&self) -> Option<(&'static str, String)> {
+        lock(&self.circuit).clone()
     }
 
     /// The queue whose depths are read at scrape time.
@@ -557,6 +632,7 @@ impl Metrics {
     /// This process runs workers: readiness checks the policy and Puhuri Core.
     pub fn expect_workers(&self) {
         self.runs_workers.store(true, Ordering::Relaxed);
+        self.puhuri_auth_ok.set(1);
     }
 
     pub fn runs_workers(&self) -> bool {
@@ -638,6 +714,14 @@ impl Metrics {
 impl puhuri_client::CallObserver for Metrics {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration) {
         self.puhuri_call(operation, status, elapsed);
+    }
+
+    fn waited_for_slot(&self, _waited: Duration) {
+        self.puhuri_slot_waits.inc();
+    }
+
+    fn in_flight(&self, open: usize) {
+        self.puhuri_in_flight.set(open as i64);
     }
 }
 

@@ -363,10 +363,14 @@ async fn readiness(State(state): State<Arc<ReceiverState>>) -> Response {
     readiness_response(state.publisher.is_connected(), &state.metrics)
 }
 
-/// `200` when every check passes, else `503`; the body names each check's state:
-/// `broker` (connected), `policy` (loaded by this process's workers) and `puhuri` (no
-/// failure without a good answer within [`crate::metrics::PUHURI_RECENT`]). Checks of a
-/// role this process does not run are `not-applicable`.
+/// `200` when every check passes, else `503` as `application/problem+json`; the body
+/// names each check's state: `broker` (connected), `policy` (loaded by this process's
+/// workers) and `puhuri`: `ok`, `unreachable` (a failure without a good answer within
+/// [`crate::metrics::PUHURI_RECENT`]), `probing` (the start-up probe has not passed yet),
+/// `unauthorized` (the token is refused) or `circuit-open` (sustained failures). Checks of
+/// a role this process does not run are `not-applicable`. Where workers run, `probe` is
+/// what the start-up probe found (or why it has not passed) and `circuit` why the circuit
+/// is open.
 fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
     let workers = metrics.runs_workers();
     let policy = match (workers, metrics.is_policy_loaded()) {
@@ -374,26 +378,83 @@ fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
         (true, true) => "ok",
         (true, false) => "not-loaded",
     };
-    let puhuri = match (workers, metrics.puhuri_reachable()) {
-        (false, _) => "not-applicable",
-        (true, true) => "ok",
-        (true, false) => "unreachable",
-    };
-    let ready = broker && policy != "not-loaded" && puhuri != "unreachable";
-    let body = json!({
-        "status": if ready { "ready" } else { "not-ready" },
-        "checks": {
-            "broker": if broker { "ok" } else { "disconnected" },
-            "policy": policy,
-            "puhuri": puhuri,
-        },
-    });
-    let status = if ready {
-        StatusCode::OK
+    let probe = metrics.probe();
+    let circuit = metrics.circuit();
+    let puhuri = if !workers {
+        "not-applicable"
+    } else if let Some((kind, _)) = &circuit {
+        match *kind {
+            "unauthorized" => "unauthorized",
+            "probing" => "probing",
+            _ => "circuit-open",
+        }
+    } else if !matches!(probe, Some((true, _))) {
+        "probing"
+    } else if metrics.puhuri_reachable() {
+        "ok"
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        "unreachable"
     };
-    (status, axum::Json(body)).into_response()
+    let ready = broker && policy != "not-loaded" && matches!(puhuri, "ok" | "not-applicable");
+    let checks = json!({
+        "broker": if broker { "ok" } else { "disconnected" },
+        "policy": policy,
+        "puhuri": puhuri,
+    });
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not-ready" },
+        "checks": checks,
+    });
+    if workers {
+        body["probe"] = probe
+            .map(|(_, report)| report)
+            .unwrap_or(serde_json::Value::Null);
+        body["circuit"] = match &circuit {
+            Some((kind, detail)) => json!({"state": "open", "reason": kind, "detail": detail}),
+            None => json!({"state": "closed"}),
+        };
+    }
+    if ready {
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    let mut reasons = Vec::new();
+    if !broker {
+        reasons.push("the queue is not connected".to_owned());
+    }
+    if policy == "not-loaded" {
+        reasons.push("no policy is loaded".to_owned());
+    }
+    match puhuri {
+        "unauthorized" | "circuit-open" => {
+            if let Some((_, detail)) = &circuit {
+                reasons.push(detail.clone());
+            }
+        }
+        "probing" => reasons.push(match &circuit {
+            Some((_, detail)) => {
+                format!("the start-up probe of Puhuri Core has not passed: {detail}")
+            }
+            None => "the start-up probe of Puhuri Core has not passed".to_owned(),
+        }),
+        "unreachable" => reasons.push("Puhuri Core has not answered well recently".to_owned()),
+        _ => {}
+    }
+    // Problem Details (RFC 9457): `status` is the HTTP status; the readiness word moves
+    // to `readiness`.
+    body["readiness"] = json!("not-ready");
+    body["type"] = json!("about:blank");
+    body["title"] = json!("Service Unavailable");
+    body["status"] = json!(503);
+    body["detail"] = json!(reasons.join("; "));
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn now_secs() -> i64 {

@@ -7,6 +7,9 @@
 //! decision (or the allocation turned out to be decided already). Transient failures go
 //! to a delay tier and, after `max_attempts`, to the dead-letter queue; permanent ones go
 //! to the dead-letter queue at once. Nothing is acked unprocessed and nothing loops forever.
+//! INVARIANT: a 401 from Puhuri Core is not the message's fault: the delivery goes back to
+//! the queue with no attempt counted, and while the circuit is open (`circuit.rs`) the
+//! worker takes no new deliveries.
 //! INVARIANT: `backend_id` is a deterministic function of the allocation, and
 //! `set_backend_id` is idempotent, so a redelivery writes the same value again at most.
 //! INVARIANT: within one worker process, one allocation is processed by one task at a
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::circuit::Circuit;
 use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
@@ -106,6 +110,8 @@ pub enum Disposition {
     DeadLettered,
     /// Settling failed; the broker will redeliver it.
     LeftToBroker,
+    /// Back to the queue unprocessed, no attempt counted (Puhuri Core refused the token).
+    Released,
 }
 
 pub use crate::failure::ProcessError;
@@ -194,6 +200,7 @@ pub struct Worker {
     usage_config: UsageConfig,
     usage: Arc<UsageReporter>,
     team: TeamConfig,
+    circuit: Arc<Circuit>,
     /// The provider's customers file (country, abbreviation, tags), when configured.
     customers: Arc<CustomerDirectory>,
     abbreviations: Arc<Abbreviations>,
@@ -237,6 +244,7 @@ impl Worker {
             locks: KeyedLocks::default(),
             repeats: Repeats::default(),
             settled: tokio::sync::broadcast::channel(1024).0,
+            circuit: Arc::new(Circuit::new(metrics.clone())),
             metrics,
             customers: Arc::new(CustomerDirectory::default()),
             abbreviations: Arc::new(Abbreviations::default()),
@@ -264,6 +272,12 @@ impl Worker {
         metrics.policy_loaded();
         self.metrics = metrics;
         self.rebuild_usage();
+        self
+    }
+
+    /// Takes no new deliveries while `circuit` is open.
+    pub fn with_circuit(mut self, circuit: Arc<Circuit>) -> Worker {
+        self.circuit = circuit;
         self
     }
 
@@ -338,6 +352,17 @@ impl Worker {
             };
             tracing::info!(prefetch = self.config.prefetch, "worker consuming");
             loop {
+                if let Some(open) = self.circuit.open_reason() {
+                    tracing::warn!(
+                        reason = open.kind(),
+                        detail = open.detail(),
+                        "circuit open: taking no new deliveries until Puhuri Core answers again"
+                    );
+                    if !self.circuit.wait_closed(&stop).await {
+                        break 'outer;
+                    }
+                    tracing::info!("circuit closed: taking deliveries again");
+                }
                 // Cancellation is checked only between deliveries; a started one finishes.
                 let delivery = tokio::select! {
                     biased;
@@ -500,6 +525,17 @@ impl Worker {
                 };
                 (Ok(outcome), disposition)
             }
+            Err(error) if error.is_unauthorized() => {
+                tracing::warn!(error = %error, "Puhuri Core refused the token; the delivery goes back to the queue, no attempt counted");
+                let disposition = match delivery.release().await {
+                    Ok(()) => Disposition::Released,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot release; the broker will redeliver");
+                        Disposition::LeftToBroker
+                    }
+                };
+                (Err(Arc::new(error)), disposition)
+            }
             Err(error) if error.is_transient() => {
                 let reason = error.to_string();
                 let retry_after = error.retry_after();
@@ -547,6 +583,7 @@ impl Worker {
             Disposition::RetryScheduled => "retry-scheduled",
             Disposition::DeadLettered => "dead-lettered",
             Disposition::LeftToBroker => "left-to-broker",
+            Disposition::Released => "released",
         };
         let action = result.as_ref().ok().map(Outcome::name);
         let rule_name = rule.as_deref().unwrap_or("-");

@@ -376,7 +376,16 @@ impl UsageReporter {
             stale: Vec::new(),
         };
         let reason = error.to_string();
-        if !error.is_transient() {
+        if error.is_unauthorized() {
+            // An outage of the whole service, not a fault of these records.
+            tracing::warn!(error = %reason, "Puhuri Core refused the token; usage records go back to the queue");
+            for delivery in deliveries {
+                if let Err(error) = delivery.release().await {
+                    tracing::warn!(error = %error, "cannot release; the broker will redeliver");
+                }
+            }
+            settled.retry = Some(reason);
+        } else if !error.is_transient() {
             tracing::error!(error = %reason, "usage records refused; dead-lettering");
             for delivery in deliveries {
                 self.dead_letter(delivery, &reason).await;

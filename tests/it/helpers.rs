@@ -97,6 +97,10 @@ pub struct Options {
     pub team_watch_secs: u64,
     pub usage_linger_ms: u64,
     pub usage_max_batch: usize,
+    /// `puhuri.max_in_flight`.
+    pub max_in_flight: usize,
+    /// `PUHURI_APPROVER_PUHURI_TOKEN_FILE`: the token from this file instead of the config.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -122,6 +126,8 @@ impl Default for Options {
             usage_max_batch: 256,
             reconcile_recheck_secs: 600,
             backend: Backend::RabbitMq,
+            max_in_flight: 16,
+            token_file: None,
         }
     }
 }
@@ -207,6 +213,7 @@ url = "http://{sim_addr}/api/"
 token = "{TOKEN}"
 api = "{api}"
 timeout_ms = {puhuri_timeout}
+max_in_flight = {max_in_flight}
 
 [[sources]]
 name = "relay"
@@ -223,6 +230,7 @@ secrets = ["{SECRET}"]
 {extra_config}
 "#,
         max_attempts = options.max_attempts,
+        max_in_flight = options.max_in_flight,
         api = options.api,
         extra_config = options.extra_config,
         prefetch = options.prefetch,
@@ -253,6 +261,12 @@ secrets = ["{SECRET}"]
         ),
     ]
     .into_iter()
+    .chain(options.token_file.as_ref().map(|path| {
+        (
+            "PUHURI_APPROVER_PUHURI_TOKEN_FILE".to_owned(),
+            path.display().to_string(),
+        )
+    }))
     .collect();
     let config = Config::parse(&config_text, "test.toml", &env).expect("test config");
     let policy = Policy::parse(options.policy).expect("test policy");

@@ -15,6 +15,7 @@ mod layers;
 mod metrics;
 mod ops;
 mod policy;
+mod polite;
 mod readiness;
 mod recon;
 mod secrets;

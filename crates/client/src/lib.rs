@@ -3,14 +3,20 @@
 //! Speaks both API generations ([`ApiGeneration`]): the current one, where the provider
 //! approves or rejects the *order*, and the 2021 one, where it changes the *resource's*
 //! state. Every call has a timeout; every failure is classified as [`PuhuriError::Transient`]
-//! (try again later), [`PuhuriError::Conflict`] (the allocation changed state: re-fetch) or
-//! [`PuhuriError::Permanent`] (this request can never succeed).
+//! (try again later), [`PuhuriError::Conflict`] (the allocation changed state: re-fetch),
+//! [`PuhuriError::Unauthorized`] (the token is refused: no call can succeed until it is
+//! replaced) or [`PuhuriError::Permanent`] (this request can never succeed).
+//!
+//! At most `max_in_flight` calls are open at once per client and its clones (a semaphore,
+//! held until the answer's body is read); `Retry-After` is read in seconds or as an
+//! HTTP date.
 //!
 //! INVARIANT: the token is sent only in the `Authorization` header and never appears in
 //! an error or a log line. Every path ends with `/` (Waldur answers 301 otherwise and a
 //! followed POST loses its body).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
@@ -21,9 +27,11 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 pub mod ids;
+pub mod probe;
 pub mod states;
 
 pub use ids::{AllocationHint, InvalidUuid, OrderUuid, ResourceUuid, WaldurUuid};
+pub use probe::{Me, OfferingSummary, Permission};
 pub use states::{OrderState, OrderType, ResourceState};
 
 /// Which generation of Waldur's provider API the server speaks.
@@ -67,7 +75,14 @@ pub struct ClientConfig {
 /// answer came) and how long it took. The service counts them in its metrics.
 pub trait CallObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+    /// A call found every slot taken and waited this long for one.
+    fn waited_for_slot(&self, _waited: Duration) {}
+    /// How many calls are open now (after one started or ended).
+    fn in_flight(&self, _open: usize) {}
 }
+
+/// Concurrent calls per client when nothing else is configured.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// A section of the access report shown to an allocation's users (`submit_report`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -162,6 +177,13 @@ pub enum PuhuriError {
         operation: &'static str,
         detail: String,
     },
+    /// 401: the token is missing, invalid or expired. Nothing this token asks can
+    /// succeed until it is replaced; not a property of the allocation.
+    #[error("{operation}: Puhuri Core refused the token (401): {detail}")]
+    Unauthorized {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("{operation}: refused ({status}): {detail}")]
     Permanent {
         operation: &'static str,
@@ -180,6 +202,11 @@ pub enum PuhuriError {
 impl PuhuriError {
     pub fn is_transient(&self) -> bool {
         matches!(self, PuhuriError::Transient { .. })
+    }
+
+    /// Whether the token was refused (401).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, PuhuriError::Unauthorized { .. })
     }
 }
 
@@ -353,6 +380,33 @@ impl Fetched {
     }
 }
 
+/// A successful answer, read whole.
+struct Answer {
+    headers: HeaderMap,
+    bytes: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: DeserializeOwned>(&self, operation: &'static str) -> Result<T, PuhuriError> {
+        serde_json::from_slice(&self.bytes).map_err(|error| PuhuriError::Transient {
+            operation,
+            detail: format!("unreadable response: {error}"),
+            retry_after: None,
+        })
+    }
+}
+
+/// How long `Retry-After` asks to wait: delay-seconds or an HTTP date (RFC 9110); a
+/// date in the past is no wait.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// One page of a list, with the URL of the next page if any.
 #[derive(Debug)]
 pub struct Page<T> {
@@ -368,16 +422,34 @@ pub const PENDING_PAGE_SIZE: u64 = 100;
 #[derive(Clone)]
 pub struct PuhuriClient {
     http: reqwest::Client,
+    /// `Token <token>`, marked sensitive; replaced by [`PuhuriClient::set_token`].
+    auth: Arc<RwLock<HeaderValue>>,
+    slots: Arc<Slots>,
     base: String,
-    api: ApiGeneration,
+    /// Shared by clones: the start-up probe may set it once the server answered.
+    api: Arc<std::sync::atomic::AtomicBool>,
     observer: Option<std::sync::Arc<dyn CallObserver>>,
+}
+
+/// The cap on concurrent calls.
+struct Slots {
+    semaphore: tokio::sync::Semaphore,
+    max: usize,
+}
+
+fn auth_header(token: &str) -> Result<HeaderValue, BuildError> {
+    let mut auth = HeaderValue::from_str(&format!("Token {token}"))
+        .map_err(|_| BuildError::TokenNotAHeader)?;
+    auth.set_sensitive(true);
+    Ok(auth)
 }
 
 impl std::fmt::Debug for PuhuriClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PuhuriClient")
             .field("base", &self.base)
-            .field("api", &self.api)
+            .field("api", &self.api())
+            .field("max_in_flight", &self.slots.max)
             .finish()
     }
 }
@@ -397,13 +469,8 @@ impl PuhuriClient {
     /// A client for `config.url` authenticating with `token` (sent only in the
     /// `Authorization` header, marked sensitive).
     pub fn new(config: &ClientConfig, token: &str) -> Result<PuhuriClient, BuildError> {
-        let mut headers = HeaderMap::new();
-        let mut auth = HeaderValue::from_str(&format!("Token {token}"))
-            .map_err(|_| BuildError::TokenNotAHeader)?;
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
+        let auth = auth_header(token)?;
         let http = reqwest::Client::builder()
-            .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
@@ -413,10 +480,43 @@ impl PuhuriClient {
             .map_err(BuildError::Http)?;
         Ok(PuhuriClient {
             http,
+            auth: Arc::new(RwLock::new(auth)),
+            slots: Arc::new(Slots {
+                semaphore: tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+                max: DEFAULT_MAX_IN_FLIGHT,
+            }),
             base: config.url.clone(),
-            api: config.api,
+            api: Arc::new(std::sync::atomic::AtomicBool::new(
+                config.api == ApiGeneration::Resources,
+            )),
             observer: None,
         })
+    }
+
+    /// Caps the calls open at once (at least 1) for this client and its clones made from
+    /// now on.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        let max = max.max(1);
+        self.slots = Arc::new(Slots {
+            semaphore: tokio::sync::Semaphore::new(max),
+            max,
+        });
+        self
+    }
+
+    /// The cap on calls open at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.slots.max
+    }
+
+    /// Uses `token` from the next call on, in this client and every clone.
+    pub fn set_token(&self, token: &str) -> Result<(), BuildError> {
+        let auth = auth_header(token)?;
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
+        Ok(())
     }
 
     /// Tells `observer` of every call (by operation and status) and its latency.
@@ -445,21 +545,77 @@ impl PuhuriClient {
     }
 
     pub fn api(&self) -> ApiGeneration {
-        self.api
+        if self.api.load(std::sync::atomic::Ordering::Relaxed) {
+            ApiGeneration::Resources
+        } else {
+            ApiGeneration::Orders
+        }
+    }
+
+    /// Speaks `api` from now on, in this client and every clone.
+    pub fn set_api(&self, api: ApiGeneration) {
+        self.api.store(
+            api == ApiGeneration::Resources,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
+    /// Makes one call within a slot, reading the whole answer before the slot is freed.
     async fn call(
         &self,
         operation: &'static str,
         method: Method,
         url: &str,
         body: Option<&Value>,
-    ) -> Result<reqwest::Response, PuhuriError> {
-        let mut request = self.http.request(method, url);
+    ) -> Result<Answer, PuhuriError> {
+        let permit =
+            match self.slots.semaphore.try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let waiting = std::time::Instant::now();
+                    let permit = self.slots.semaphore.acquire().await.map_err(|_| {
+                        PuhuriError::Transient {
+                            operation,
+                            detail: "the client is closed".into(),
+                            retry_after: None,
+                        }
+                    })?;
+                    if let Some(observer) = &self.observer {
+                        observer.waited_for_slot(waiting.elapsed());
+                    }
+                    permit
+                }
+            };
+        self.note_in_flight();
+        let answer = self.call_in_slot(operation, method, url, body).await;
+        drop(permit);
+        self.note_in_flight();
+        answer
+    }
+
+    fn note_in_flight(&self) {
+        if let Some(observer) = &self.observer {
+            observer.in_flight(self.slots.max - self.slots.semaphore.available_permits());
+        }
+    }
+
+    async fn call_in_slot(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, PuhuriError> {
+        let auth = self
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut request = self.http.request(method, url).header(AUTHORIZATION, auth);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -479,16 +635,25 @@ impl PuhuriClient {
             }
         })?;
         let status = response.status();
-        self.record(operation, Some(status), started);
+        let headers = response.headers().clone();
         if status.is_success() {
-            return Ok(response);
+            let bytes = response.bytes().await;
+            self.record(operation, Some(status), started);
+            let bytes = bytes.map_err(|error| PuhuriError::Transient {
+                operation,
+                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
+                retry_after: None,
+            })?;
+            return Ok(Answer {
+                headers,
+                bytes: bytes.to_vec(),
+            });
         }
-        let retry_after = response
-            .headers()
+        self.record(operation, Some(status), started);
+        let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         let text = response.text().await.unwrap_or_default();
         let detail = summarize_body(status, &text);
         Err(classify(operation, status, detail, &text, retry_after))
@@ -499,17 +664,9 @@ impl PuhuriClient {
         operation: &'static str,
         path: &str,
     ) -> Result<T, PuhuriError> {
-        let response = self
-            .call(operation, Method::GET, &self.url(path), None)
-            .await?;
-        response
-            .json::<T>()
-            .await
-            .map_err(|error| PuhuriError::Transient {
-                operation,
-                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
-                retry_after: None,
-            })
+        self.call(operation, Method::GET, &self.url(path), None)
+            .await?
+            .json(operation)
     }
 
     async fn post(
@@ -518,16 +675,15 @@ impl PuhuriClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, PuhuriError> {
-        let response = self
+        let answer = self
             .call(operation, Method::POST, &self.url(path), body.as_ref())
             .await?;
-        let bytes = response.bytes().await.unwrap_or_default();
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        Ok(serde_json::from_slice(&answer.bytes).unwrap_or(Value::Null))
     }
 
     /// The provider's view of resources in this API generation.
     fn resources_path(&self) -> &'static str {
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => "marketplace-provider-resources/",
             ApiGeneration::Resources => "marketplace-resources/",
         }
@@ -649,7 +805,7 @@ impl PuhuriClient {
 
     /// Approves: the order (current API) or the resource's state `ok` (2021 API).
     pub async fn approve(&self, fetched: &Fetched) -> Result<(), PuhuriError> {
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => {
                 let order = order_uuid(fetched, "approve")?;
                 self.post(
@@ -666,7 +822,7 @@ impl PuhuriClient {
 
     /// Rejects with a comment. The 2021 API has no comment: the resource is terminated.
     pub async fn reject(&self, fetched: &Fetched, comment: &str) -> Result<(), PuhuriError> {
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => {
                 let order = order_uuid(fetched, "reject")?;
                 self.post(
@@ -686,7 +842,7 @@ impl PuhuriClient {
     /// offering (405 otherwise; provider-resource `set_as_erred` is staff-only in 7.0 and
     /// never closes the order), so any other offering's request is rejected instead.
     pub fn erred_write(&self, fetched: &Fetched) -> ErredWrite {
-        if self.api == ApiGeneration::Resources {
+        if self.api() == ApiGeneration::Resources {
             return ErredWrite::ResourceState;
         }
         let offering_type = fetched
@@ -750,23 +906,16 @@ impl PuhuriClient {
         };
         let response = self.call("list", Method::GET, &url, None).await?;
         let next = response
-            .headers()
+            .headers
             .get(reqwest::header::LINK)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| link_with_rel(v, "next"));
         let total = response
-            .headers()
+            .headers
             .get("x-result-count")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let items = response
-            .json::<Vec<T>>()
-            .await
-            .map_err(|error| PuhuriError::Transient {
-                operation: "list",
-                detail: format!("unreadable response: {}", describe_reqwest_error(&error)),
-                retry_after: None,
-            })?;
+        let items = response.json::<Vec<T>>("list")?;
         Ok(Page { items, next, total })
     }
 
@@ -796,7 +945,7 @@ impl PuhuriClient {
         let offering = offering_uuid
             .map(|o| format!("&offering_uuid={o}"))
             .unwrap_or_default();
-        match self.api {
+        match self.api() {
             ApiGeneration::Orders => format!(
                 "marketplace-orders/?state=pending-provider&type=Create\
                  &page_size={PENDING_PAGE_SIZE}{offering}&field=uuid&field=marketplace_resource_uuid"
@@ -825,7 +974,7 @@ impl PuhuriClient {
                 .get("uuid")
                 .and_then(Value::as_str)
                 .and_then(WaldurUuid::parse);
-            let hint = match self.api {
+            let hint = match self.api() {
                 ApiGeneration::Orders => AllocationHint {
                     order_uuid: uuid.map(OrderUuid::from),
                     resource_uuid: item
@@ -1090,7 +1239,7 @@ impl PuhuriClient {
         &self,
         offering_uuid: &str,
     ) -> Result<Vec<OfferingComponent>, PuhuriError> {
-        let path = match self.api {
+        let path = match self.api() {
             ApiGeneration::Orders => format!("marketplace-provider-offerings/{offering_uuid}/"),
             ApiGeneration::Resources => format!("marketplace-offerings/{offering_uuid}/"),
         };
@@ -1208,6 +1357,7 @@ fn classify(
 ) -> PuhuriError {
     match status.as_u16() {
         409 => PuhuriError::Conflict { operation, detail },
+        401 => PuhuriError::Unauthorized { operation, detail },
         // The 2021 API answers a wrong state with 400 and this message.
         400 if body.contains("Can't switch from state") => {
             PuhuriError::Conflict { operation, detail }
@@ -1266,6 +1416,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_retry_after_in_seconds_and_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        // 2015-10-21T07:28:00Z is now; 07:30:00 is two minutes later.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
     fn classifies_statuses() {
         let c = |code: u16, body: &str| {
             classify(
@@ -1290,6 +1459,11 @@ mod tests {
             PuhuriError::Permanent { status: 404, .. }
         ));
         assert!(c(429, "").is_transient());
+        assert!(c(401, r#"{"detail":"Token has expired."}"#).is_unauthorized());
+        assert!(matches!(
+            c(403, ""),
+            PuhuriError::Permanent { status: 403, .. }
+        ));
         assert!(c(503, "").is_transient());
     }
 }

@@ -1407,6 +1407,15 @@ impl Settle for EmbeddedSettle {
         Ok(())
     }
 
+    /// The row goes back to the work lane, visible at once, its history unchanged.
+    async fn release(self: Box<Self>, attempts: u32, reasons: &[String]) -> Result<(), QueueError> {
+        Ok(self
+            .embedded
+            .queue
+            .reschedule(&self.claimed, Lane::Work, attempts, reasons, Duration::ZERO)
+            .await?)
+    }
+
     /// The row itself moves: to the dead lane, or back to the work lane visible after
     /// the wait, in one transaction.
     async fn move_to(

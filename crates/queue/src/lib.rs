@@ -331,6 +331,10 @@ pub trait Settle: Send {
     async fn stage_event(&mut self, event: Event) -> Result<(), QueueError>;
     /// Removes it from the queue.
     async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    /// Puts it back in the work queue unchanged, for another consumer or a later
+    /// delivery (RabbitMQ: `basic.nack` with requeue; embedded: visible again at once),
+    /// with this attempt history.
+    async fn release(self: Box<Self>, attempts: u32, reasons: &[String]) -> Result<(), QueueError>;
     /// Stores a durable copy at `to` with this attempt history, then removes the original.
     async fn move_to(
         self: Box<Self>,
@@ -427,6 +431,12 @@ impl Delivery {
             attempts,
             delay: wait,
         })
+    }
+
+    /// Not processed: back to the work queue as it came, counting no attempt (the
+    /// service could not work at all, e.g. Puhuri Core refused its credentials).
+    pub async fn release(self) -> Result<(), QueueError> {
+        self.settle.release(self.attempts, &self.reasons).await
     }
 
     /// Moves it to the dead letters with every attempt's reason.

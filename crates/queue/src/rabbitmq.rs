@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -1112,6 +1112,27 @@ impl Settle for RabbitDelivery {
 
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
         self.settle_ack().await
+    }
+
+    /// `basic.nack` with requeue: the headers (attempts, reasons) are unchanged. After a
+    /// reconnect the broker has requeued it already.
+    async fn release(
+        self: Box<Self>,
+        _attempts: u32,
+        _reasons: &[String],
+    ) -> Result<(), QueueError> {
+        let current = self.broker.session().map(|s| s.generation);
+        if current != Some(self.generation) {
+            return Err(QueueError::Stale);
+        }
+        self.raw
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await?;
+        Ok(())
     }
 
     /// A retry goes to the tier's delay queue with the message's own expiration (the

@@ -54,11 +54,12 @@ pub(crate) fn routes() -> Router<Sim> {
             "/admin/resources/{uuid}/plan_periods/close",
             post(close_plan_period),
         )
+        .merge(super::session::admin_routes())
         .route("/admin", any(not_found))
         .route("/admin/{*rest}", any(not_found))
 }
 
-fn problem(status: u16, detail: impl Into<String>) -> Response {
+pub(crate) fn problem(status: u16, detail: impl Into<String>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({
         "type": "about:blank",
@@ -81,7 +82,7 @@ fn sim_error(error: &SimError) -> Response {
     problem(error.status(), error.to_string())
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
     let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

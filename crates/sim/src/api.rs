@@ -8,7 +8,8 @@
 //! 3. authentication (`Authorization: Token <t>`, keyword case-insensitive):
 //!    401 `Authentication credentials were not provided.` without usable
 //!    credentials, `Invalid token header. ...` for a malformed header,
-//!    `Invalid token.` for an unknown token;
+//!    `Invalid token.` for an unknown token, `Token has expired.` for one
+//!    unused for longer than the token lifetime (`session.rs`);
 //! 4. 405 `Method "X" not allowed.` with `Allow`;
 //! 5. object lookup (404 `No <Model> matches the given query.`, DRF's `Not
 //!    found.` for a malformed uuid), then the
@@ -34,6 +35,7 @@
 //!   `.../{uuid}/`, `.../{uuid}/customers/` (paginated `ProviderCustomerSerializer`:
 //!   `uuid, name, abbreviation, ...` of the organisations with a non-terminated
 //!   resource of the provider's offerings).
+//! - `GET|HEAD /api/users/me/`: the token's user with `permissions` (`session.rs`).
 //! - `GET|HEAD /api/marketplace-provider-offerings/`, `.../{uuid}/`, and the same
 //!   under `/api/marketplace-offerings/`: offerings with their components
 //!   (`billing_type` `limit|usage|fixed|...`) and plan.
@@ -62,7 +64,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -385,6 +386,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     let body = to_bytes(request.into_body(), MAX_BODY).await;
+    let _in_flight = sim.inner.in_flight.enter();
 
     let (latency, fault, slow) = sim.take_fault(&path, uri.query());
     if latency > 0 {
@@ -554,25 +556,7 @@ impl Sim {
                 401,
                 "Invalid token header. No credentials provided.",
             )),
-            [_, token] => {
-                let found = self
-                    .inner
-                    .tokens
-                    .iter()
-                    .enumerate()
-                    .find(|(_, t)| bool::from(t.expose().as_bytes().ct_eq(token.as_bytes())));
-                match found {
-                    Some((index, _)) => Ok(Actor {
-                        username: if index == 0 {
-                            "sp-integration".to_string()
-                        } else {
-                            format!("sp-integration-{}", index + 1)
-                        },
-                        full_name: "Service provider integration".to_string(),
-                    }),
-                    None => Err(ApiError::detail(401, "Invalid token.")),
-                }
-            }
+            [_, token] => self.tokens().authenticate(token).map(super::session::actor),
             _ => Err(ApiError::detail(
                 401,
                 "Invalid token header. Token string should not contain spaces.",
@@ -647,7 +631,7 @@ impl Sim {
             Route::ListAction(collection, action) => act_on_list(model, collection, action, &ctx),
             Route::Me => Ok(Reply::json(
                 200,
-                super::users::me(model, &actor, &query.all("field")),
+                super::session::me(model, &actor, &query.all("field")),
             )),
         };
         result.unwrap_or_else(Reply::from)

@@ -52,6 +52,9 @@
 //!   (body [`NewMember`]; 201, 204; 409 for a duplicate, 404 for a non-member).
 //! - `POST /admin/resources/{uuid}/plan_periods/close` body `{"end": "<RFC 3339>"}`
 //!   -> 200 the closed period.
+//! - `PUT /admin/tokens/lifetime`, `PUT /admin/tokens/{index}`, `POST /admin/tokens/expire`,
+//!   `GET|DELETE /admin/in_flight`: token lifetime, renewal and expiry, and the peak of
+//!   concurrent API calls (`session.rs`).
 //!
 //! # Invariants
 //! - All mutable state (model, recorded calls, faults, random generator) lives
@@ -75,12 +78,12 @@ mod hook;
 mod offerings;
 mod query;
 mod serializers;
+mod session;
 mod state;
 mod team;
 #[cfg(test)]
 mod tests;
 mod usage;
-mod users;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -489,7 +492,8 @@ pub struct Sim {
 
 struct Inner {
     waldur: WaldurVersion,
-    tokens: Vec<puhuri_auth::Secret>,
+    tokens: Mutex<session::Tokens>,
+    in_flight: session::InFlight,
     hook: Option<HookTarget>,
     public_url: Option<String>,
     http: reqwest::Client,
@@ -543,7 +547,8 @@ impl Sim {
             inner: Arc::new(Inner {
                 recorded: tokio::sync::watch::channel(0).0,
                 waldur: config.waldur,
-                tokens: config.tokens,
+                tokens: Mutex::new(session::Tokens::new(config.tokens)),
+                in_flight: session::InFlight::default(),
                 hook: config.hook,
                 public_url: config
                     .public_url
@@ -558,6 +563,47 @@ impl Sim {
                 }),
             }),
         }
+    }
+
+    fn tokens(&self) -> MutexGuard<'_, session::Tokens> {
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives every API token a sliding lifetime (`None`: tokens never expire); counts
+    /// from now.
+    pub fn set_token_lifetime(&self, lifetime: Option<Duration>) {
+        self.tokens().set_lifetime(lifetime);
+    }
+
+    /// Replaces the `index`-th API token (or adds one at `index` = their count), with a
+    /// fresh lifetime; `false` when `index` is beyond the count.
+    pub fn set_token(&self, index: usize, token: puhuri_auth::Secret) -> bool {
+        self.tokens().set(index, token)
+    }
+
+    /// Every API token expires now: calls answer 401 `Token has expired.` until it is
+    /// replaced.
+    pub fn expire_tokens(&self) {
+        self.tokens().expire_all();
+    }
+
+    /// Calls under `/api/` being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.current()
+    }
+
+    /// The most calls under `/api/` answered at once since start or the last
+    /// [`Sim::reset_peak_in_flight`].
+    pub fn peak_in_flight(&self) -> usize {
+        self.inner.in_flight.peak()
+    }
+
+    /// Restarts the peak from the current count.
+    pub fn reset_peak_in_flight(&self) {
+        self.inner.in_flight.reset_peak();
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {

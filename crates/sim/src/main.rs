@@ -36,6 +36,10 @@ struct Args {
     /// path secret appended to a `waldur-hook` URL; otherwise env `PUHURI_SIM_HOOK_SECRET`.
     #[arg(long, value_name = "PATH")]
     hook_secret_file: Option<PathBuf>,
+    /// Give API tokens a sliding lifetime in seconds (Waldur's `TOKEN_LIFETIME`): a token
+    /// unused for longer answers 401 `Token has expired.`.
+    #[arg(long, value_name = "SECS")]
+    token_lifetime_secs: Option<u64>,
     /// Start with an empty catalogue instead of the default offerings and organisations.
     #[arg(long)]
     no_seed: bool,
@@ -109,6 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         public_url: Some(format!("http://{addr}")),
         waldur: args.waldur,
     });
+    sim.set_token_lifetime(args.token_lifetime_secs.map(std::time::Duration::from_secs));
     tracing::info!(listen = %addr, waldur = %args.waldur, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
     let stop = CancellationToken::new();
     let server = tokio::spawn(sim.serve(listener, stop.clone()));

@@ -39,10 +39,8 @@ async fn a_wrong_token_is_refused_with_401(api: ApiGeneration) {
         .fetch_allocation(&resource_hint(&created))
         .await
         .expect_err("the token is wrong");
-    assert!(
-        matches!(error, PuhuriError::Permanent { status: 401, .. }),
-        "{error:?}"
-    );
+    assert!(error.is_unauthorized(), "{error:?}");
+    assert!(!error.is_transient());
     // The token is never in an error.
     assert!(!error.to_string().contains("not-the-token"), "{error}");
 }
@@ -120,7 +118,63 @@ async fn an_injected_429_is_transient_with_its_retry_after(api: ApiGeneration) {
     }
 }
 
+async fn an_expired_token_is_unauthorized_until_the_client_takes_a_new_one(api: ApiGeneration) {
+    let sim = TestSim::start().await;
+    let created = sim.allocation().await;
+    let client = sim.client(api);
+    let copy = client.clone();
+    client
+        .fetch_allocation(&resource_hint(&created))
+        .await
+        .expect("the token works");
+    sim.sim.expire_tokens();
+    let error = client
+        .fetch_allocation(&resource_hint(&created))
+        .await
+        .expect_err("the token expired");
+    assert!(error.is_unauthorized(), "{error:?}");
+    assert!(error.to_string().contains("Token has expired."), "{error}");
+    assert!(
+        sim.sim
+            .set_token(0, puhuri_auth::Secret::new("renewed-token"))
+    );
+    client.set_token("renewed-token").expect("a header value");
+    // Every clone uses the new token.
+    copy.fetch_allocation(&resource_hint(&created))
+        .await
+        .expect("the new token works");
+    let me = copy.me().await.expect("users/me");
+    assert_eq!(me.username, "sp-integration");
+    assert!(me.permissions.iter().any(|p| p.is_provider_customer_role()));
+}
+
+/// No more than `max_in_flight` calls are open at the simulator at once, however many
+/// tasks call.
+async fn concurrent_calls_never_exceed_max_in_flight(api: ApiGeneration) {
+    let sim = TestSim::start().await;
+    let created = sim.allocation().await;
+    sim.sim.set_faults(Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    });
+    let client = sim.client(api).with_max_in_flight(3);
+    sim.sim.reset_peak_in_flight();
+    let calls: Vec<_> = (0..24)
+        .map(|_| {
+            let client = client.clone();
+            let hint = resource_hint(&created);
+            tokio::spawn(async move { client.fetch_allocation(&hint).await.map(drop) })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("joined").expect("the call succeeds");
+    }
+    assert_eq!(sim.sim.peak_in_flight(), 3);
+}
+
 on_both_apis!(
+    an_expired_token_is_unauthorized_until_the_client_takes_a_new_one,
+    concurrent_calls_never_exceed_max_in_flight,
     an_unknown_resource_is_a_permanent_404,
     a_wrong_token_is_refused_with_401,
     approving_twice_is_a_conflict,
