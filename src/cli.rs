@@ -331,7 +331,17 @@ pub enum PolicyCommand {
         file: PathBuf,
         /// The allocation: the policy's allocation object (JSON, as in `policy test` cases),
         /// or a resource as Puhuri Core renders it (with `creation_order`); `-` reads stdin.
-        allocation: PathBuf,
+        /// With `--online`: a resource uuid, an order uuid or a backend_id.
+        allocation: String,
+        /// Fetch the allocation from Puhuri Core as a worker does (the organisation's
+        /// abbreviation, the customers file, the totals granted already) and show the
+        /// decision a worker would take now.
+        #[arg(long)]
+        online: bool,
+        /// The configuration (Puhuri Core URL and token, customers file) for `--online`;
+        /// else env `PUHURI_APPROVER_CONFIG`, else `/etc/puhuri-approver/puhuri-approver.toml`.
+        #[arg(long, short, env = "PUHURI_APPROVER_CONFIG")]
+        config: Option<PathBuf>,
         /// Evaluation time (RFC 3339); now when omitted.
         #[arg(long)]
         now: Option<String>,
@@ -481,9 +491,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(PolicyCommand::Explain {
             file,
             allocation,
+            online,
+            config,
             now,
             json,
-        }) => explain_policy(&file, &allocation, now.as_deref(), json),
+        }) => {
+            let (allocation, missing) = if online {
+                fetch_for_explain(config.as_deref(), &file, &allocation).await?
+            } else {
+                read_allocation(Path::new(&allocation))?
+            };
+            explain_policy(&file, allocation, &missing, now.as_deref(), json)
+        }
         Command::Policy(PolicyCommand::Test { file, cases }) => test_policy(&file, &cases),
     }
 }
@@ -610,7 +629,93 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
 
 /// Reads an allocation for `policy explain`: the allocation object, or a Puhuri Core
 /// resource (recognised by its top-level `uuid`).
-fn read_allocation(path: &Path) -> anyhow::Result<Allocation> {
+/// What an allocation read from a file lacks compared with what a worker gathers.
+const OFFLINE_GAPS: &[&str] = &[
+    "the organisation's abbreviation from Puhuri Core (customer.abbreviation)",
+    "the provider's customers file (customer.country, customer.tags)",
+    "the totals granted already (granted.*)",
+];
+
+/// The allocation a worker would decide now, fetched and gathered as the worker does
+/// it, and what it still waits for (empty when it no longer waits).
+async fn fetch_for_explain(
+    config: Option<&Path>,
+    policy_file: &Path,
+    id: &str,
+) -> anyhow::Result<(Allocation, Vec<String>)> {
+    use puhuri_client::{AllocationHint, OrderUuid, ResourceRef, ResourceUuid, WaldurUuid};
+    let config = tool_config(config)?;
+    config.require(
+        "policy explain --online",
+        crate::config::Needs {
+            puhuri: true,
+            ..Default::default()
+        },
+    )?;
+    let policy = load_policy(policy_file)?;
+    let client = config.puhuri.client()?;
+    let report = crate::probe::probe(&client, &config.puhuri).await?;
+    client.set_api(report.api);
+    let hint = match WaldurUuid::parse(id) {
+        Some(uuid) => match client
+            .find_resource(&ResourceRef::Uuid(uuid.clone()))
+            .await?
+        {
+            Ok(resource) => AllocationHint {
+                resource_uuid: ResourceUuid::parse(&resource.uuid),
+                order_uuid: None,
+            },
+            // Not a resource the token sees: an order, then.
+            Err(_) => AllocationHint {
+                resource_uuid: None,
+                order_uuid: OrderUuid::parse(uuid.as_str()),
+            },
+        },
+        None => {
+            let resource = client
+                .find_resource(&ResourceRef::BackendId(id.to_owned()))
+                .await?
+                .map_err(anyhow::Error::new)?;
+            AllocationHint {
+                resource_uuid: ResourceUuid::parse(&resource.uuid),
+                order_uuid: None,
+            }
+        }
+    };
+    let fetched = client
+        .fetch_allocation(&hint)
+        .await
+        .with_context(|| format!("`{id}`"))?;
+    let customers = match &config.policy_customers_file {
+        Some(path) => crate::customers::CustomerDirectory::load(path)?,
+        None => crate::customers::CustomerDirectory::default(),
+    };
+    let abbreviations = crate::customers::Abbreviations::default();
+    let allocation =
+        crate::facts::gather(&client, &customers, &abbreviations, &policy, &fetched).await?;
+    let mut notes = Vec::new();
+    match fetched.waiting(client.api()) {
+        puhuri_client::Waiting::Yes => {}
+        puhuri_client::Waiting::AlreadyHandled(state) | puhuri_client::Waiting::NotYet(state) => {
+            notes.push(format!(
+                "it does not wait for the provider ({state}): a worker would write nothing"
+            ));
+        }
+    }
+    Ok((allocation, notes))
+}
+
+/// Reads an allocation for `policy explain`, and what a worker would know that it lacks.
+fn read_allocation(path: &Path) -> anyhow::Result<(Allocation, Vec<String>)> {
+    let allocation = read_allocation_file(path)?;
+    let missing = OFFLINE_GAPS
+        .iter()
+        .map(|gap| format!("not fetched: {gap}; `--online ID` gathers it as a worker does"))
+        .collect();
+    Ok((allocation, missing))
+}
+
+fn read_allocation_file(path: &Path) -> anyhow::Result<Allocation> {
     let text = if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
@@ -647,12 +752,12 @@ fn parse_now(now: Option<&str>) -> anyhow::Result<time::OffsetDateTime> {
 
 fn explain_policy(
     file: &Path,
-    allocation: &Path,
+    allocation: Allocation,
+    notes: &[String],
     now: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     let policy = load_policy(file)?;
-    let allocation = read_allocation(allocation)?;
     let explanation = policy.explain(&allocation, parse_now(now)?);
     let verdict = &explanation.verdict;
     let (key, value) = match &verdict.action {
@@ -675,6 +780,7 @@ fn explain_policy(
             "report": report,
             "reasons": verdict.reasons,
             "rule_errors": verdict.errors,
+            "notes": notes,
         });
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
@@ -713,6 +819,9 @@ fn explain_policy(
     }
     for reason in &verdict.reasons {
         println!("  - {reason}");
+    }
+    for note in notes {
+        println!("note: {note}");
     }
     Ok(())
 }

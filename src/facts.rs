@@ -18,6 +18,49 @@ pub struct CustomerExtras<'a> {
     pub entry: Option<&'a crate::customers::CustomerEntry>,
 }
 
+/// The allocation as `policy` sees it, with what it reads beyond the fetched resource and
+/// order: the organisation's abbreviation (the customers file, else the provider's
+/// customers list) and the totals granted already. The worker and `policy explain
+/// --online` both build it here, so the two cannot disagree.
+pub async fn gather(
+    client: &puhuri_client::PuhuriClient,
+    customers: &crate::customers::CustomerDirectory,
+    abbreviations: &crate::customers::Abbreviations,
+    policy: &puhuri_policy::Policy,
+    fetched: &Fetched,
+) -> Result<Allocation, puhuri_client::PuhuriError> {
+    let basic = allocation(fetched, &CustomerExtras::default());
+    let entry = customers.find(&basic.customer.uuid, &basic.customer.slug);
+    let abbreviation =
+        if policy.needs_customer_details() && entry.is_none_or(|e| e.abbreviation.is_empty()) {
+            abbreviations
+                .lookup(client, &basic.offering.provider_uuid, &basic.customer.uuid)
+                .await?
+        } else {
+            None
+        };
+    let mut gathered = allocation(
+        fetched,
+        &CustomerExtras {
+            abbreviation: abbreviation.as_deref(),
+            entry,
+        },
+    );
+    if policy.needs_granted() {
+        let Some(customer) = puhuri_client::WaldurUuid::parse(&gathered.customer.uuid) else {
+            return Err(puhuri_client::PuhuriError::Unusable {
+                operation: "granted",
+                detail:
+                    "the allocation names no organisation, so what it was granted cannot be summed"
+                        .into(),
+            });
+        };
+        let totals = client.list_granted(&customer).await?;
+        gathered.granted = granted(&totals, &gathered.project.uuid, &gathered.resource.uuid);
+    }
+    Ok(gathered)
+}
+
 /// The policy's view of the allocation. `customer.uuid/name/slug` come from the resource
 /// or order; `abbreviation` from the customers-file entry, else the provider's customers
 /// list; `country` and `tags` only from the customers-file entry. `created_by.username`

@@ -37,7 +37,6 @@ use crate::notification::{AllocationHint, WorkItem};
 use puhuri_queue::{Broker, ClaimGuard, Delivery, Retried};
 
 use crate::customers::{Abbreviations, CustomerDirectory};
-use crate::facts::CustomerExtras;
 use crate::reload::{PolicyHandle, ReloadCounters};
 use crate::team::{ResourceSummary, TeamEvent};
 use crate::usage::report::{UsageReporter, UsageSettled};
@@ -782,44 +781,14 @@ impl Worker {
         policy: &Policy,
         fetched: &Fetched,
     ) -> Result<puhuri_policy::Allocation, PuhuriError> {
-        let basic = crate::facts::allocation(fetched, &CustomerExtras::default());
-        let entry = self
-            .customers
-            .find(&basic.customer.uuid, &basic.customer.slug);
-        let abbreviation =
-            if policy.needs_customer_details() && entry.is_none_or(|e| e.abbreviation.is_empty()) {
-                self.abbreviations
-                    .lookup(
-                        &self.client,
-                        &basic.offering.provider_uuid,
-                        &basic.customer.uuid,
-                    )
-                    .await?
-            } else {
-                None
-            };
-        let mut allocation = crate::facts::allocation(
+        crate::facts::gather(
+            &self.client,
+            &self.customers,
+            &self.abbreviations,
+            policy,
             fetched,
-            &CustomerExtras {
-                abbreviation: abbreviation.as_deref(),
-                entry,
-            },
-        );
-        if policy.needs_granted() {
-            let Some(customer) = puhuri_client::WaldurUuid::parse(&allocation.customer.uuid) else {
-                return Err(PuhuriError::Unusable {
-                    operation: "granted",
-                    detail: "the allocation names no organisation, so what it was granted cannot be summed".into(),
-                });
-            };
-            let granted = self.client.list_granted(&customer).await?;
-            allocation.granted = crate::facts::granted(
-                &granted,
-                &allocation.project.uuid,
-                &allocation.resource.uuid,
-            );
-        }
-        Ok(allocation)
+        )
+        .await
     }
 
     /// The step function: decide one notification and write the decision. Tests call it

@@ -142,3 +142,109 @@ async fn dlq_on_rabbitmq_declares_nothing_and_names_what_is_missing() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+const BY_ABBREVIATION: &str = r#"
+[[rule]]
+name = "known-university"
+when = 'customer.abbreviation == "UH"'
+action = "approve"
+backend_id = "{customer.abbreviation}_{resource.short_uuid}"
+
+[default]
+action = "reject"
+reason = "unknown organisation `{customer.abbreviation}`"
+"#;
+
+/// Runs the binary off the async runtime (the in-process simulator answers it meanwhile).
+async fn tool_async(cwd: &Path, args: Vec<String>) -> Output {
+    let cwd = cwd.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tool(&cwd, &args)
+    })
+    .await
+    .expect("join")
+}
+
+/// `policy explain --online` gathers the allocation as a worker does (here the
+/// organisation's abbreviation from the provider's customers list), so it shows the
+/// decision the worker would take; a resource read from a file lacks it, and says so.
+#[tokio::test]
+async fn policy_explain_online_decides_as_the_worker_and_a_file_names_what_it_lacks() {
+    let app = crate::helpers::spawn_app(crate::helpers::Options {
+        policy: BY_ABBREVIATION,
+        // Nothing is written, so the allocation keeps waiting.
+        shadow: true,
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let request: puhuri_sim::NewAllocation = serde_json::from_value(
+        serde_json::json!({"offering": "LUMI-C", "limits": {"cpu_k_hours": 100}}),
+    )
+    .expect("request");
+    let created = app.sim.create_allocation(request).await.expect("created");
+    let dir = temp_dir("explain-online");
+    let config = app.write_config(&dir).display().to_string();
+    let policy = dir.join("policy.toml").display().to_string();
+
+    for id in [&created.resource_uuid, &created.order_uuid] {
+        let output = tool_async(
+            &dir,
+            [
+                "policy", "explain", &policy, "--online", id, "--config", &config,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        )
+        .await;
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{id}: {stdout}{stderr}");
+        assert!(
+            stdout.contains("decision: approve by rule `known-university`"),
+            "{id}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("backend_id: UH_{}", &created.resource_uuid[..8])),
+            "{id}: {stdout}"
+        );
+        assert!(!stdout.contains("not fetched"), "{id}: {stdout}");
+    }
+
+    // The same allocation as Puhuri Core renders it, from a file: no abbreviation.
+    let resource: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/marketplace-provider-resources/{}/",
+            app.sim_url, created.resource_uuid
+        ))
+        .header("authorization", format!("Token {}", crate::helpers::TOKEN))
+        .send()
+        .await
+        .expect("simulator answers")
+        .json()
+        .await
+        .expect("JSON");
+    let file = dir.join("resource.json");
+    std::fs::write(&file, resource.to_string()).expect("write resource");
+    let output = tool_async(
+        &dir,
+        vec![
+            "policy".into(),
+            "explain".into(),
+            policy.clone(),
+            file.display().to_string(),
+        ],
+    )
+    .await;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("decision: reject by the default"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not fetched: the organisation's abbreviation"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}
