@@ -14,9 +14,11 @@
 //! `set_backend_id` is idempotent, so a redelivery writes the same value again at most.
 //! INVARIANT: within one worker process, one allocation is processed by one task at a
 //! time: every hint is resolved to the allocation's resource uuid before the lock is
-//! taken, so hints naming its order and its resource serialize. Across processes, the
-//! state is re-read right before a write Puhuri Core accepts in any state (erred, and
-//! every write of the 2021 API), and Puhuri Core's state machine (409) guards the rest.
+//! taken, so hints naming its order and its resource serialize. Across processes, a
+//! write Puhuri Core accepts in any state (erred, and every write of the 2021 API) is
+//! made only under a claim on the allocation (`Broker::claim`) and after a re-read under
+//! it; an allocation that cannot be claimed is retried, never written unclaimed. Puhuri
+//! Core's state machine (409) guards the rest.
 //! INVARIANT: every allocation this service decides gets its decision event with a
 //! stable id, and the delivery is acked only with the event published (RabbitMQ: after
 //! its confirm; embedded: in the ack's transaction). A retry that finds the allocation
@@ -746,9 +748,12 @@ impl Worker {
                         "another worker process is writing this allocation".into(),
                     ));
                 }
+                // Unclaimed, the write could race another process: retried later.
                 Err(error) => {
-                    tracing::warn!(error = %error, "allocation not claimed; writing after the re-read alone");
-                    None
+                    tracing::warn!(error = %error, "allocation not claimed; not written, retried");
+                    return Err(ProcessError::NotYet(
+                        format!("the allocation could not be claimed: {error}").into(),
+                    ));
                 }
             }
         } else {

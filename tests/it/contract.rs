@@ -237,6 +237,41 @@ async fn purge_removes_dead_letters(backend: Backend) {
     harness.clean_up(&broker).await;
 }
 
+/// Two processes claim keys against each other. A refusal (on RabbitMQ the broker closes
+/// that claim's channel) leaves the refused process's connection, and so the claims it
+/// holds, in place: the other process stays excluded until they are released.
+async fn a_refused_claim_keeps_the_claims_its_process_holds(backend: Backend) {
+    let harness = Harness::new(backend, vec![Duration::from_millis(100)]);
+    let (first, _first_stop) = harness.open().await;
+    let (second, _second_stop) = harness.open().await;
+    let ttl = Duration::from_secs(60);
+    let key_a = format!("{}.a", harness.prefix);
+    let key_b = format!("{}.b", harness.prefix);
+    let a = first.claim(&key_a, ttl).await.expect("answered");
+    let a = a.expect("a granted to the first");
+    let b = second.claim(&key_b, ttl).await.expect("answered");
+    let b = b.expect("b granted to the second");
+    for i in 0..10 {
+        let refused = second.claim(&key_a, ttl).await.expect("answered");
+        assert!(refused.is_none(), "a is held by the first");
+        puhuri_approver::work::publish_notification(&second, &item(&format!("claim-{i}")))
+            .await
+            .expect("the refused process still publishes");
+        let taken = first.claim(&key_b, ttl).await.expect("answered");
+        assert!(taken.is_none(), "b is still held by the second (round {i})");
+    }
+    a.release().await;
+    b.release().await;
+    let b = first.claim(&key_b, ttl).await.expect("answered");
+    let a = second.claim(&key_a, ttl).await.expect("answered");
+    let (Some(a), Some(b)) = (a, b) else {
+        panic!("released claims are granted again");
+    };
+    a.release().await;
+    b.release().await;
+    harness.clean_up(&first).await;
+}
+
 on_both_backends!(
     publish_is_confirmed_consumed_and_acked_once,
     concurrent_publishes_are_all_confirmed,
@@ -244,4 +279,5 @@ on_both_backends!(
     a_retry_waits_for_its_tier_and_keeps_its_history,
     the_last_attempt_dead_letters_and_replay_brings_it_back,
     purge_removes_dead_letters,
+    a_refused_claim_keeps_the_claims_its_process_holds,
 );

@@ -80,6 +80,11 @@ impl Session {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         &self.channels[index]
     }
+
+    /// Whether the connection and its publishing channels are open.
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
 }
 
 struct Inner {
@@ -195,16 +200,22 @@ impl RabbitBroker {
                         tokio::select! {
                             () = stop.cancelled() => break,
                             event = events.next() => match event {
+                                // lapin reports a channel's error here too: a refused
+                                // claim (RESOURCE_LOCKED) closes only its own channel.
+                                // Reconnecting for it would drop every claim this process
+                                // holds and requeue its unacked deliveries mid-write.
                                 Some(lapin::Event::Error(error)) => {
-                                    tracing::warn!(error = %error, "broker connection failed");
-                                    break;
+                                    if !session.is_up() {
+                                        tracing::warn!(error = %error, "broker connection failed");
+                                        break;
+                                    }
+                                    tracing::debug!(error = %error, "a channel closed with an error; the connection stays");
                                 }
                                 Some(_) => {}
                                 None => break,
                             },
                             _ = tick.tick() => {
-                                let channels_ok = session.channels.iter().all(|c| c.status().connected());
-                                if !session.connection.status().connected() || !channels_ok {
+                                if !session.is_up() {
                                     tracing::warn!("broker connection or channel closed");
                                     break;
                                 }
