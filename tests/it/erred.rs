@@ -20,7 +20,8 @@ action = "hold"
 note = "not an automatic case"
 "#;
 
-const BY_ABBREVIATION: &str = r#"
+/// Approves the organisation abbreviated `UH` (as the provider's customers list names it).
+pub const BY_ABBREVIATION: &str = r#"
 [[rule]]
 name = "known-university"
 when = 'customer.abbreviation == "UH"'

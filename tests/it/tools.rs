@@ -143,18 +143,6 @@ async fn dlq_on_rabbitmq_declares_nothing_and_names_what_is_missing() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-const BY_ABBREVIATION: &str = r#"
-[[rule]]
-name = "known-university"
-when = 'customer.abbreviation == "UH"'
-action = "approve"
-backend_id = "{customer.abbreviation}_{resource.short_uuid}"
-
-[default]
-action = "reject"
-reason = "unknown organisation `{customer.abbreviation}`"
-"#;
-
 /// Runs the binary off the async runtime (the in-process simulator answers it meanwhile).
 async fn tool_async(cwd: &Path, args: Vec<String>) -> Output {
     let cwd = cwd.to_owned();
@@ -172,7 +160,7 @@ async fn tool_async(cwd: &Path, args: Vec<String>) -> Output {
 #[tokio::test]
 async fn policy_explain_online_decides_as_the_worker_and_a_file_names_what_it_lacks() {
     let app = crate::helpers::spawn_app(crate::helpers::Options {
-        policy: BY_ABBREVIATION,
+        policy: crate::erred::BY_ABBREVIATION,
         // Nothing is written, so the allocation keeps waiting.
         shadow: true,
         ..crate::helpers::Options::default()

@@ -593,31 +593,9 @@ impl RabbitBroker {
     /// queue is durable (events, persistent, survive a broker restart) and expires a
     /// minute after its last use.
     pub async fn bind_events_queue(&self, queue: &str, binding: &str) -> Result<(), QueueError> {
-        let session = self.session().ok_or(PublishError::Unavailable)?;
-        let channel = session.connection.create_channel().await?;
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.into(),
-                self.inner.topology.events_exchange().into(),
-                binding.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(())
+        self.declare_events_queue(queue, binding, arguments).await
     }
 }
 
@@ -629,10 +607,20 @@ impl RabbitBroker {
         queue: &str,
         binding: &str,
     ) -> Result<(), QueueError> {
-        let session = self.session().ok_or(PublishError::Unavailable)?;
-        let channel = session.connection.create_channel().await?;
         let mut arguments = quorum_arguments();
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+        self.declare_events_queue(queue, binding, arguments).await
+    }
+
+    /// Declares a durable queue with `arguments` and binds it to the events exchange.
+    async fn declare_events_queue(
+        &self,
+        queue: &str,
+        binding: &str,
+        arguments: FieldTable,
+    ) -> Result<(), QueueError> {
+        let session = self.session().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
         channel
             .queue_declare(
                 queue.into(),
