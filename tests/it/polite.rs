@@ -305,7 +305,7 @@ on_both_backends!(an_expired_token_pauses_the_workers_until_it_is_replaced);
 /// the simulator never sees more calls open at once.
 #[tokio::test]
 async fn a_burst_never_has_more_than_max_in_flight_calls_open() {
-    const COUNT: usize = 1_000;
+    const COUNT: usize = 10_000;
     const CAP: usize = 8;
     let mut app = spawn_app(Options {
         max_in_flight: CAP,
