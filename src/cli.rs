@@ -1377,10 +1377,12 @@ async fn usage_push(
         if parsed.errors.len() > 50 {
             eprintln!("... and {} more", parsed.errors.len() - 50);
         }
+        let lines: std::collections::BTreeSet<usize> =
+            parsed.errors.iter().map(|e| e.line).collect();
         bail!(
             "{}: {}; nothing was queued",
             file.display(),
-            plural(parsed.errors.len(), "invalid record", "invalid records")
+            plural(lines.len(), "invalid record", "invalid records")
         );
     }
     if parsed.records.is_empty() {

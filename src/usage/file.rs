@@ -164,10 +164,15 @@ pub fn parse(text: &str, format: Format) -> Parsed {
     parsed
 }
 
+/// Every problem of the line is listed, not only the first.
 fn validate(line: usize, raw: RawRecord, parsed: &mut Parsed) {
-    match raw.validate() {
+    match raw.validate_all() {
         Ok(record) => parsed.records.push((line, record)),
-        Err(e) => parsed.errors.push(error(line, e.field, e.invalid)),
+        Err(problems) => {
+            for e in problems {
+                parsed.errors.push(error(line, e.field, e.invalid));
+            }
+        }
     }
 }
 
@@ -369,6 +374,26 @@ fn read_csv(bytes: &[u8], parsed: &mut Parsed) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_problem_of_a_line_is_listed() {
+        let text = "backend_id,component,amount,month\n\
+            proj_a,cpu k,1.5.0,2026-13\n\
+            proj_b,cpu_k_hours,1,2026-11\n";
+        let parsed = parse(text, Format::Csv);
+        let fields: Vec<(usize, &str)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.line, e.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![(2, "component"), (2, "amount"), (2, "month")],
+            "{:?}",
+            parsed.errors
+        );
+        assert_eq!(parsed.records.len(), 1);
+    }
 
     #[test]
     fn csv_with_quotes_users_and_errors_naming_lines_and_fields() {

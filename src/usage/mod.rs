@@ -371,75 +371,120 @@ fn valid_component(name: &str) -> bool {
 }
 
 impl RawRecord {
+    /// The record, or its first problem.
     pub fn validate(self) -> Result<UsageRecord, RecordError> {
-        let allocation = match (self.resource_uuid, self.backend_id) {
-            (Some(_), Some(_)) => {
-                return Err(Invalid::BothAllocations.into());
+        self.validate_all().map_err(|problems| {
+            // `validate_all` never returns an empty list; the fallback only keeps this total.
+            problems
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Invalid::NoAllocation.into())
+        })
+    }
+
+    /// The record, or every problem it has, in field order (never an empty list).
+    pub fn validate_all(self) -> Result<UsageRecord, Vec<RecordError>> {
+        let mut problems: Vec<RecordError> = Vec::new();
+        let mut check = |result: Result<(), Invalid>| {
+            if let Err(invalid) = result {
+                problems.push(invalid.into());
             }
-            (Some(uuid), None) => ResourceRef::Uuid(
-                WaldurUuid::parse(&uuid).ok_or_else(|| Invalid::NotAUuid(uuid.clone()))?,
-            ),
+        };
+        let allocation = match (self.resource_uuid, self.backend_id) {
+            (Some(_), Some(_)) => Err(Invalid::BothAllocations),
+            (Some(uuid), None) => WaldurUuid::parse(&uuid)
+                .map(ResourceRef::Uuid)
+                .ok_or(Invalid::NotAUuid(uuid)),
             (None, Some(backend_id)) => {
                 let trimmed = backend_id.trim();
                 if trimmed.is_empty() || trimmed.len() > 255 {
-                    return Err(Invalid::BackendId.into());
+                    Err(Invalid::BackendId)
+                } else {
+                    Ok(ResourceRef::BackendId(trimmed.to_owned()))
                 }
-                ResourceRef::BackendId(trimmed.to_owned())
             }
-            (None, None) => {
-                return Err(Invalid::NoAllocation.into());
+            (None, None) => Err(Invalid::NoAllocation),
+        };
+        let allocation = allocation.map_err(|e| check(Err(e))).ok();
+        if !valid_component(&self.component) {
+            check(Err(Invalid::Component(self.component.clone())));
+        }
+        let amount = match Amount::from_json(&self.amount) {
+            Ok(amount) if amount.cents() > MAX_CENTS => {
+                check(Err(Invalid::AmountTooLarge));
+                None
+            }
+            Ok(amount) => Some(amount),
+            Err(error) => {
+                check(Err(Invalid::Amount(error)));
+                None
             }
         };
-        if !valid_component(&self.component) {
-            return Err(Invalid::Component(self.component).into());
-        }
-        let amount = Amount::from_json(&self.amount).map_err(Invalid::Amount)?;
-        if amount.cents() > MAX_CENTS {
-            return Err(Invalid::AmountTooLarge.into());
-        }
-        let month = Month::parse(&self.month).map_err(Invalid::Month)?;
+        let month = Month::parse(&self.month)
+            .map_err(|e| check(Err(Invalid::Month(e))))
+            .ok();
         let mut users = BTreeMap::new();
-        let mut split = Amount::ZERO;
+        let mut split = Some(Amount::ZERO);
         for (username, value) in self.users.unwrap_or_default() {
             if username.trim().is_empty() || username.len() > 150 {
-                return Err(Invalid::Username.into());
+                check(Err(Invalid::Username));
+                continue;
             }
-            let share = Amount::from_json(&value).map_err(|error| Invalid::UserAmount {
-                user: username.clone(),
-                error,
-            })?;
-            split = split.checked_add(share).ok_or(Invalid::SplitTooLarge)?;
-            users.insert(username, share);
+            match Amount::from_json(&value) {
+                Ok(share) => {
+                    split = match split.map(|s| s.checked_add(share)) {
+                        Some(Some(total)) => Some(total),
+                        Some(None) => {
+                            check(Err(Invalid::SplitTooLarge));
+                            None
+                        }
+                        None => None,
+                    };
+                    users.insert(username, share);
+                }
+                Err(error) => check(Err(Invalid::UserAmount {
+                    user: username.clone(),
+                    error,
+                })),
+            }
         }
-        if split > amount {
-            return Err(Invalid::SplitAboveAmount { split, amount }.into());
+        if let (Some(split), Some(amount)) = (split, amount)
+            && split > amount
+        {
+            check(Err(Invalid::SplitAboveAmount { split, amount }));
         }
         let measured_at = match self.measured_at {
             None => None,
-            Some(text) => Some(
+            Some(text) => {
                 OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| Invalid::MeasuredAt(text.clone()))?,
-            ),
+                    .map_err(|_| check(Err(Invalid::MeasuredAt(text.clone()))))
+                    .ok()
+            }
         };
         let description = self.description.unwrap_or_default();
         if description.chars().count() > 1000 {
-            return Err(Invalid::Description.into());
+            check(Err(Invalid::Description));
         }
         if let Some(id) = &self.id
             && (id.is_empty() || id.len() > 200)
         {
-            return Err(Invalid::Id.into());
+            check(Err(Invalid::Id));
         }
-        Ok(UsageRecord {
-            id: self.id,
-            allocation,
-            component: self.component,
-            amount,
-            month,
-            users,
-            measured_at,
-            description,
-        })
+        match (allocation, amount, month) {
+            (Some(allocation), Some(amount), Some(month)) if problems.is_empty() => {
+                Ok(UsageRecord {
+                    id: self.id,
+                    allocation,
+                    component: self.component,
+                    amount,
+                    month,
+                    users,
+                    measured_at,
+                    description,
+                })
+            }
+            _ => Err(problems),
+        }
     }
 }
 
