@@ -564,6 +564,7 @@ async fn usage_push_queues_a_file_and_refuses_a_bad_one_whole() {
         .spawn_output()
         .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
+    crate::helpers::assert_for_people("usage push of a bad file", &stderr);
     assert!(!output.status.success());
     assert!(
         stderr.contains(&format!("{}:3: amount:", bad.display())),

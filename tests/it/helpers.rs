@@ -873,3 +873,17 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// Debug renderings that must never reach an operator: output and log lines are written
+/// for people (`Display`), not as Rust values.
+pub const NOT_FOR_PEOPLE: &[&str] = &["Some(", "None)", "Ok(", "Err(", "`Orders`", "`Resources`"];
+
+/// Fails when `text` (a command's output, or the service's own log lines) shows a Rust
+/// value's `Debug` form.
+pub fn assert_for_people(what: &str, text: &str) {
+    for artifact in NOT_FOR_PEOPLE {
+        if let Some(line) = text.lines().find(|line| line.contains(artifact)) {
+            panic!("{what}: `{artifact}` in a line for people: {line}");
+        }
+    }
+}

@@ -1025,6 +1025,13 @@ async fn no_secret_or_token_appears_in_the_logs() {
     down.stop().await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    // The service's own lines (not its libraries' debug output) are written for people.
+    let own: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(" puhuri_"))
+        .collect();
+    assert!(!own.is_empty(), "no line of the service was captured");
+    crate::helpers::assert_for_people("the service's log lines", &own.join("\n"));
     for expected in [
         "notification queued",
         "notification refused",

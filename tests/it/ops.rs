@@ -27,8 +27,11 @@ async fn run(mut command: Command) -> Output {
         .expect("run the binary")
 }
 
+/// A command's output, checked to be written for people.
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    crate::helpers::assert_for_people("a command's output", &text);
+    text
 }
 
 /// A port on which nobody listens (bound, then released).

@@ -61,6 +61,8 @@ fn forbidden() -> Vec<String> {
 fn assert_no_secret(what: &str, output: &Output) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    crate::helpers::assert_for_people(what, &stdout);
+    crate::helpers::assert_for_people(what, &stderr);
     for form in forbidden() {
         assert!(
             !stdout.contains(&form) && !stderr.contains(&form),

@@ -27,11 +27,15 @@ fn tool(cwd: &Path, args: &[&str]) -> Output {
         .expect("run the binary")
 }
 
+/// A command's stdout and stderr, checked to be written for people.
 fn text(output: &Output) -> (String, String) {
-    (
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    );
+    crate::helpers::assert_for_people("stdout", &stdout);
+    crate::helpers::assert_for_people("stderr", &stderr);
+    (stdout, stderr)
 }
 
 /// An embedded queue in `dir` holding one dead letter with id `id`.

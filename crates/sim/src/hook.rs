@@ -138,7 +138,11 @@ pub(crate) async fn deliver(client: reqwest::Client, delivery: Delivery) {
         .post(&delivery.url)
         .header(CONTENT_TYPE, "application/json")
         .body(delivery.body);
-    let id = delivery.signed.as_ref().map(|(id, _, _)| id.clone());
+    // Waldur's own hooks carry no id.
+    let id = delivery
+        .signed
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |(id, _, _)| id.clone());
     if let Some((id, ts, signature)) = delivery.signed {
         request = request
             .header(HEADER_ID, id)
@@ -147,13 +151,13 @@ pub(crate) async fn deliver(client: reqwest::Client, delivery: Delivery) {
     }
     match request.send().await {
         Ok(response) if response.status().is_success() => {
-            tracing::debug!(%host, status = response.status().as_u16(), webhook_id = ?id, "hook delivered");
+            tracing::debug!(%host, status = response.status().as_u16(), webhook_id = %id, "hook delivered");
         }
         Ok(response) => {
-            tracing::warn!(%host, status = response.status().as_u16(), webhook_id = ?id, "hook refused by its receiver; not retried");
+            tracing::warn!(%host, status = response.status().as_u16(), webhook_id = %id, "hook refused by its receiver; not retried");
         }
         Err(error) => {
-            tracing::warn!(%host, error = %error.without_url(), webhook_id = ?id, "hook delivery failed; not retried");
+            tracing::warn!(%host, error = %error.without_url(), webhook_id = %id, "hook delivery failed; not retried");
         }
     }
 }
