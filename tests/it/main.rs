@@ -7,6 +7,7 @@ mod artifacts;
 mod cluster;
 mod contract;
 mod demo;
+mod docs;
 mod erred;
 mod faults;
 mod helpers;
