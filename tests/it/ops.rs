@@ -595,3 +595,65 @@ fn config_check_traces_a_missing_policy_file_to_its_line_and_says_each_error_onc
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Waits until the log file holds `text` (the process writes it when the event happens).
+async fn logged(log: &std::path::Path, text: &str, after: usize) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let logs = std::fs::read_to_string(log).unwrap_or_default();
+        if logs.get(after..).is_some_and(|new| new.contains(text)) {
+            return logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{text}` never logged: {logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGHUP always answers: "policy unchanged" with the running version, or the new one.
+#[tokio::test]
+async fn sighup_says_whether_the_policy_changed() {
+    let app = spawn_app(Options::default()).await;
+    let dir = temp_dir("sighup");
+    let config = app.write_config(&dir);
+    let log = dir.join("work.log");
+    let mut child = approver()
+        .arg("work")
+        .arg("--config")
+        .arg(&config)
+        .env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url())
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start work");
+    let hangup = |pid: u32| {
+        let _ = Command::new("kill")
+            .args(["-s", "HUP", "--"])
+            .arg(pid.to_string())
+            .status();
+    };
+    let logs = logged(&log, "workers started", 0).await;
+    hangup(child.id());
+    let logs = logged(&log, "policy unchanged", logs.len()).await;
+    let line = logs
+        .lines()
+        .find(|line| line.contains("policy unchanged"))
+        .unwrap_or_default();
+    assert!(line.contains("version=sha256:"), "{line}");
+    crate::helpers::assert_for_people("work's log", &logs);
+
+    let policy = dir.join("policy.toml");
+    let mut text = std::fs::read_to_string(&policy).expect("read policy");
+    text.push_str("\n# edited\n");
+    std::fs::write(&policy, text).expect("edit policy");
+    hangup(child.id());
+    logged(&log, "policy reloaded", logs.len()).await;
+
+    terminate(child.id());
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}
