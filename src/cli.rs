@@ -423,9 +423,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if online && !roles.work {
                 bail!("`--online` probes Puhuri Core, which `receive` does not use");
             }
-            check_config(&file, roles)?;
+            let config = check_config(&file, roles)?;
             if online {
-                check_online(&file).await?;
+                check_online(&config).await?;
             }
             Ok(())
         }
@@ -643,7 +643,9 @@ async fn fetch_for_explain(
     policy_file: &Path,
     id: &str,
 ) -> anyhow::Result<(Allocation, Vec<String>)> {
-    use puhuri_client::{AllocationHint, OrderUuid, ResourceRef, ResourceUuid, WaldurUuid};
+    use puhuri_client::{
+        AllocationHint, OrderUuid, PuhuriError, ResourceRef, ResourceUuid, WaldurUuid,
+    };
     let config = tool_config(config)?;
     config.require(
         "policy explain --online",
@@ -656,36 +658,31 @@ async fn fetch_for_explain(
     let client = config.puhuri.client()?;
     let report = crate::probe::probe(&client, &config.puhuri).await?;
     client.set_api(report.api);
-    let hint = match WaldurUuid::parse(id) {
-        Some(uuid) => match client
-            .find_resource(&ResourceRef::Uuid(uuid.clone()))
-            .await?
-        {
-            Ok(resource) => AllocationHint {
-                resource_uuid: ResourceUuid::parse(&resource.uuid),
-                order_uuid: None,
-            },
-            // Not a resource the token sees: an order, then.
-            Err(_) => AllocationHint {
-                resource_uuid: None,
-                order_uuid: OrderUuid::parse(uuid.as_str()),
-            },
+    let by_resource = |uuid: &str| AllocationHint {
+        resource_uuid: ResourceUuid::parse(uuid),
+        order_uuid: None,
+    };
+    let fetched = match WaldurUuid::parse(id) {
+        // A resource uuid; one the token does not see as a resource is an order's.
+        Some(uuid) => match client.fetch_allocation(&by_resource(uuid.as_str())).await {
+            Err(PuhuriError::Permanent { status: 404, .. }) => {
+                let order = AllocationHint {
+                    resource_uuid: None,
+                    order_uuid: OrderUuid::parse(uuid.as_str()),
+                };
+                client.fetch_allocation(&order).await
+            }
+            fetched => fetched,
         },
         None => {
             let resource = client
                 .find_resource(&ResourceRef::BackendId(id.to_owned()))
                 .await?
                 .map_err(anyhow::Error::new)?;
-            AllocationHint {
-                resource_uuid: ResourceUuid::parse(&resource.uuid),
-                order_uuid: None,
-            }
+            client.fetch_allocation(&by_resource(&resource.uuid)).await
         }
-    };
-    let fetched = client
-        .fetch_allocation(&hint)
-        .await
-        .with_context(|| format!("`{id}`"))?;
+    }
+    .with_context(|| format!("`{id}`"))?;
     let customers = match &config.policy_customers_file {
         Some(path) => crate::customers::CustomerDirectory::load(path)?,
         None => crate::customers::CustomerDirectory::default(),
@@ -883,7 +880,8 @@ fn report_policy_context(
     }
 }
 
-fn check_config(path: &Path, roles: Roles) -> anyhow::Result<()> {
+/// Runs the role's start-up checks on the file; the configuration when they pass.
+fn check_config(path: &Path, roles: Roles) -> anyhow::Result<Config> {
     let config = load_config(Some(path))?;
     // What the role checks before it opens anything, in the same order.
     config.require(roles.command(), roles.needs())?;
@@ -929,28 +927,18 @@ fn check_config(path: &Path, roles: Roles) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(config)
 }
 
 /// `config check --online`: the start-up probe, once (see `probe.rs`).
-async fn check_online(path: &Path) -> anyhow::Result<()> {
-    let config = load_config(Some(path))?;
-    config.require(
-        "config check --online",
-        crate::config::Needs {
-            puhuri: true,
-            policy: false,
-            sources: false,
-        },
-    )?;
+/// The start-up probe against a configuration `check_config` passed for a work role
+/// (so Puhuri Core's URL and token are set).
+async fn check_online(config: &Config) -> anyhow::Result<()> {
     let client = config.puhuri.client()?;
     let report = crate::probe::probe(&client, &config.puhuri).await?;
     println!(
         "Puhuri Core: ok (API `{}`: {}; user `{}`{})",
-        match report.api {
-            crate::config::ApiGeneration::Orders => "orders",
-            crate::config::ApiGeneration::Resources => "resources",
-        },
+        report.api.name(),
         report.api_evidence,
         report.user,
         if report.is_staff { ", staff" } else { "" }

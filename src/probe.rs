@@ -66,15 +66,13 @@ impl ProbeError {
     }
 }
 
+/// A uuid as Waldur writes it in paths (32 lower-case hex digits), for comparisons; any
+/// other text only trimmed and lower-cased.
 fn bare(uuid: &str) -> String {
-    uuid.trim().replace('-', "").to_ascii_lowercase()
-}
-
-fn name(api: ApiGeneration) -> &'static str {
-    match api {
-        ApiGeneration::Orders => "orders",
-        ApiGeneration::Resources => "resources",
-    }
+    puhuri_client::WaldurUuid::parse(uuid.trim()).map_or_else(
+        || uuid.trim().to_ascii_lowercase(),
+        |uuid| uuid.as_str().to_owned(),
+    )
 }
 
 /// Probes Puhuri Core with `client` against `config` (see the module documentation).
@@ -104,8 +102,8 @@ pub async fn probe(
     {
         return Err(ProbeError::Refused(format!(
             "`puhuri.api = \"{}\"` does not match the server: {api_evidence}; set `puhuri.api = \"{}\"` or `\"auto\"`",
-            name(configured),
-            name(api),
+            configured.name(),
+            api.name(),
         )));
     }
     let mut warnings = Vec::new();

@@ -688,8 +688,8 @@ async fn writes_applied_then_answered_5xx_are_decided_once_with_their_events(bac
     app.stop().await;
 }
 
-/// Approves small LUMI-C requests, rejects big ones, marks big LUMI-G requests erred
-/// (a write Puhuri Core accepts in any state) and holds the rest.
+/// [`crate::helpers::APPROVE_SMALL`] plus erred for every LUMI-Slurm request (the order's
+/// `set_state_erred`, a write Puhuri Core accepts in any state); holds the rest.
 const PAIR_POLICY: &str = r#"
 [[rule]]
 name = "small-lumi-c"

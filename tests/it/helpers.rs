@@ -319,6 +319,28 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET /readyz`: the status, the content type and the body (null when not JSON).
+    pub async fn readyz(&self) -> (u16, String, Value) {
+        let response = self
+            .http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (
+            status,
+            content_type,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// Posts a body to a source, signed with `secret` under notification id `id`.
     pub async fn post_signed(
         &self,

@@ -106,6 +106,12 @@ async fn assert_refused(app: &TestApp, response: reqwest::Response, status: u16,
         Some("application/problem+json")
     );
     let body: Value = response.json().await.expect("problem json");
+    assert_problem_counted(app, &body, status, cause).await;
+}
+
+/// Asserts a problem body's `type` and `status`, that nothing was queued, and that the
+/// refusal was counted by its cause.
+async fn assert_problem_counted(app: &TestApp, body: &Value, status: u16, cause: &str) {
     assert_eq!(
         body["type"],
         json!(format!("urn:puhuri-approver:problem:{cause}")),
@@ -1278,22 +1284,7 @@ async fn assert_raw_refused(app: &TestApp, answer: RawAnswer, status: u16, cause
         answer.head
     );
     let body: Value = serde_json::from_str(&answer.body).expect("problem json");
-    assert_eq!(
-        body["type"],
-        json!(format!("urn:puhuri-approver:problem:{cause}")),
-        "{body}"
-    );
-    assert_eq!(body["status"], json!(status));
-    assert_eq!(app.work_queue_depth().await, 0, "nothing is queued");
-    let counted = app
-        .running
-        .as_ref()
-        .expect("running")
-        .stats
-        .refusals()
-        .into_iter()
-        .any(|(c, n)| c == cause && n >= 1);
-    assert!(counted, "`{cause}` is counted");
+    assert_problem_counted(app, &body, status, cause).await;
 }
 
 /// A signed request for `relay` with `extra` header lines, as raw bytes.

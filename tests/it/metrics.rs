@@ -190,17 +190,6 @@ fn notifications(source: &str, outcome: &str, cause: &str) -> String {
     )
 }
 
-async fn ready(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz answer");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("readyz json"))
-}
-
 async fn every_metric_moves_with_its_event(backend: Backend) {
     let mut app = spawn_app(Options {
         backend,
@@ -457,7 +446,7 @@ async fn queue_depth_and_age_move_while_nobody_consumes(backend: Backend) {
     assert_eq!(value(&after, metrics::QUEUE_DEPTH), 1.0);
     assert!(value(&after, metrics::QUEUE_OLDEST_AGE) >= 1.0, "{after}");
     // A receiver-only process checks only the broker.
-    let (status, body) = ready(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["policy"], "not-applicable");
     app.stop().await;
@@ -491,7 +480,7 @@ async fn broker_down_shows_in_metrics_and_readiness() {
         ),
         1.0
     );
-    let (status, body) = ready(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["broker"], "disconnected");
     app.stop().await;
@@ -504,7 +493,7 @@ async fn readiness_stays_ok_after_one_failure_following_good_answers() {
         ..Options::default()
     })
     .await;
-    let (status, body) = ready(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["checks"],
@@ -523,12 +512,12 @@ async fn readiness_stays_ok_after_one_failure_following_good_answers() {
     );
     // The start-up probe's good answers are recent: one failure does not make Puhuri Core
     // unreachable (that takes failures without a good answer for `PUHURI_RECENT`).
-    let (status, body) = ready(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["puhuri"], "ok");
     // The retry reaches it.
     app.settled("msg_metrics_unreachable").await;
-    let (status, body) = ready(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 200, "{body}");
     app.stop().await;
 }

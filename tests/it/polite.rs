@@ -13,28 +13,11 @@ use puhuri_approver::worker::{Disposition, Outcome};
 use puhuri_auth::secret::Secret;
 use puhuri_policy::Policy;
 use puhuri_sim::{CreatedAllocation, Faults, NewAllocation, Sim, SimConfig, WaldurVersion};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{APPROVE_SMALL, Backend, Options, TOKEN, WAIT, spawn_app, temp_dir};
 use crate::on_both_backends;
-
-async fn readyz(app: &crate::helpers::TestApp) -> (u16, String, Value) {
-    let response = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz answers");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (status, content_type, response.json().await.expect("json"))
-}
 
 async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
     let text = app
@@ -68,7 +51,7 @@ async fn readyz_shows_the_start_up_probe() {
         ..Options::default()
     })
     .await;
-    let (status, _, body) = readyz(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 200, "{body}");
     let probe = &body["probe"];
     assert_eq!(probe["api"], "orders", "{body}");
@@ -231,7 +214,7 @@ async fn an_expired_token_pauses_the_workers_until_it_is_replaced(backend: Backe
     );
     released.insert(first.id.clone());
     assert!(circuit.is_open());
-    let (status, content_type, body) = readyz(&app).await;
+    let (status, content_type, body) = app.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(content_type, "application/problem+json");
     assert_eq!(body["checks"]["puhuri"], "unauthorized", "{body}");
@@ -289,7 +272,7 @@ async fn an_expired_token_pauses_the_workers_until_it_is_replaced(backend: Backe
     let running = app.running.as_ref().expect("running");
     assert_eq!(running.broker.dead_depth().await.expect("dead depth"), 0);
     assert_eq!(metric(&app, "puhuri_approver_puhuri_auth_ok").await, 1.0);
-    let (status, _, body) = readyz(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 200, "{body}");
     eprintln!(
         "token expiry ({backend:?}): {} deliveries released while paused, 15 decided after renewal",

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use puhuri_approver::app::Roles;
-use serde_json::Value;
 
 use crate::helpers::{Backend, Options, TestApp, spawn_app};
 
@@ -19,17 +18,6 @@ async fn receiver() -> TestApp {
         ..Options::default()
     })
     .await
-}
-
-async fn readyz(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Posts a notification and checks it is refused as unavailable, as problem+json.
@@ -63,13 +51,13 @@ async fn deleted_queue_files_fail_readiness_and_writes_are_refused() {
         app.notify("msg_before_delete", &created).await.status(),
         202
     );
-    assert_eq!(readyz(&app).await.0, 200);
+    assert_eq!(app.readyz().await.0, 200);
     for file in queue_files(&app) {
         std::fs::remove_file(&file).expect("delete a queue file");
     }
     // The next write finds the files gone before it commits.
     assert_refused(&app, "msg_after_delete").await;
-    let (status, body) = readyz(&app).await;
+    let (status, _, body) = app.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["broker"], "disconnected", "{body}");
     // And it stays so: nothing it accepted could survive a restart.
@@ -85,7 +73,7 @@ async fn a_replaced_queue_file_fails_readiness_without_traffic_and_writes_are_re
         app.notify("msg_before_replace", &created).await.status(),
         202
     );
-    assert_eq!(readyz(&app).await.0, 200);
+    assert_eq!(app.readyz().await.0, 200);
     // Another file at the same path, as a restore from a backup would leave it.
     let database = &queue_files(&app)[0];
     let copy = database.with_extension("copy");
@@ -94,7 +82,7 @@ async fn a_replaced_queue_file_fails_readiness_without_traffic_and_writes_are_re
     // Without any write, the periodic check finds it (every second).
     let failed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let (status, _) = readyz(&app).await;
+            let (status, _, _) = app.readyz().await;
             if status == 503 {
                 return;
             }
