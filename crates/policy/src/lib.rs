@@ -161,6 +161,17 @@ struct FilePolicy {
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<toml::Table>>,
     default: Option<Spanned<toml::Table>>,
+    /// What an operator's approval from the review queue writes.
+    manual: Option<Spanned<toml::Table>>,
+}
+
+/// `[manual]`: the `backend_id` template and access report of approvals an operator
+/// makes from the review queue (the rejection comment is the operator's reason).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileManual {
+    backend_id: Option<String>,
+    report: Option<Vec<ReportSection>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +211,8 @@ struct ActionSpec<'a> {
 pub struct Policy {
     rules: Vec<Rule>,
     default: CompiledAction,
+    /// `[manual]`, compiled as an approval.
+    manual: CompiledAction,
     components: Vec<String>,
     version: Arc<str>,
     env: Arc<cel::Env>,
@@ -250,6 +263,24 @@ enum CompiledAction {
     Hold {
         note: Template,
     },
+}
+
+/// What an operator decided for an allocation in the review queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManualDecision {
+    /// Approve as `[manual]` says.
+    Approve,
+    /// Reject; `reason` becomes the provider's rejection comment.
+    Reject { reason: String },
+}
+
+/// `[manual]` when the policy has none: the default `backend_id`, no report.
+fn manual_default(components: &[String]) -> CompiledAction {
+    CompiledAction::Approve {
+        backend_id: Template::parse(DEFAULT_BACKEND_ID, components)
+            .unwrap_or_else(|_| Template::text("")),
+        report: Vec::new(),
+    }
 }
 
 /// The default `backend_id` template: unique and stable for an allocation.
@@ -307,12 +338,14 @@ fn cel_env() -> Arc<cel::Env> {
 impl Policy {
     /// A policy with no rules: everything is held.
     pub fn hold_everything() -> Policy {
+        let components: Vec<String> = DEFAULT_COMPONENTS.iter().map(|c| c.to_string()).collect();
         Policy {
             rules: Vec::new(),
             default: CompiledAction::Hold {
                 note: Template::text("no policy is configured"),
             },
-            components: DEFAULT_COMPONENTS.iter().map(|c| c.to_string()).collect(),
+            manual: manual_default(&components),
+            components,
             version: "none".into(),
             env: cel_env(),
             needs_customer_details: false,
@@ -528,6 +561,42 @@ impl Policy {
                 }
             }
         };
+        let manual = match &file.manual {
+            None => manual_default(&components),
+            Some(table) => {
+                let line = line_of(text, table.span().start);
+                let compiled = table
+                    .get_ref()
+                    .clone()
+                    .try_into::<FileManual>()
+                    .map_err(|e| vec![e.message().trim_end().to_owned()])
+                    .and_then(|m| {
+                        let spec = ActionSpec {
+                            action: "approve",
+                            backend_id: m.backend_id.as_ref(),
+                            reason: None,
+                            message: None,
+                            note: None,
+                            report: m.report.as_ref(),
+                        };
+                        compile_action(&spec, &components, &mut all_paths)
+                    });
+                match compiled {
+                    Ok(action) => action,
+                    Err(problems) => {
+                        for message in problems {
+                            errors.push(PolicyError {
+                                line,
+                                column: None,
+                                rule: "manual".into(),
+                                message,
+                            });
+                        }
+                        manual_default(&components)
+                    }
+                }
+            }
+        };
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.line);
             return Err(PolicyErrors(errors));
@@ -539,6 +608,7 @@ impl Policy {
         Ok(Policy {
             rules,
             default,
+            manual,
             components,
             version: version_of(text),
             env,
@@ -558,6 +628,40 @@ impl Policy {
     /// condition read.
     pub fn explain(&self, allocation: &Allocation, now: OffsetDateTime) -> Explanation {
         self.run(allocation, now, true)
+    }
+
+    /// The verdict of an operator's decision from the review queue: an approval renders
+    /// `[manual]` (its `backend_id` and report; a `backend_id` that renders unusable
+    /// turns it into a hold, as for a rule), a rejection carries the operator's reason.
+    /// No rule decided it (`rule` is `None`).
+    pub fn decide_manually(
+        &self,
+        allocation: &Allocation,
+        now: OffsetDateTime,
+        decision: &ManualDecision,
+    ) -> Verdict {
+        let mut reasons = Vec::new();
+        let action = match decision {
+            ManualDecision::Approve => {
+                reasons.push("approved by an operator: `[manual]` applies".into());
+                let view = allocation.view(&self.components, now);
+                render_action(&self.manual, &view, &mut reasons)
+            }
+            ManualDecision::Reject { reason } => {
+                reasons.push("rejected by an operator".into());
+                Action::Reject {
+                    reason: reason.clone(),
+                }
+            }
+        };
+        Verdict {
+            action,
+            rule: None,
+            reasons,
+            errors: Vec::new(),
+            policy_version: self.version.clone(),
+            allocation: allocation.ids(),
+        }
     }
 
     fn run(&self, allocation: &Allocation, now: OffsetDateTime, every_rule: bool) -> Explanation {

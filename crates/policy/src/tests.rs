@@ -314,3 +314,76 @@ fn erred_rules_beyond_a_type_skip_the_ones_pinned_to_it() {
         vec![("any".to_owned(), 8)]
     );
 }
+
+#[test]
+fn manual_approvals_render_the_manual_section() {
+    let policy = Policy::parse(
+        r#"
+[default]
+action = "hold"
+note = "for the committee"
+
+[manual]
+backend_id = "m_{resource.slug}"
+report = [{ header = "Access", body = "Log in as {project.slug}" }]
+"#,
+    )
+    .expect("policy");
+    let verdict = policy.decide_manually(&allocation(), now(), &ManualDecision::Approve);
+    assert_eq!(verdict.rule, None);
+    assert_eq!(
+        verdict.action,
+        Action::Approve {
+            backend_id: "m_sample".into(),
+            report: vec![ReportSection {
+                header: "Access".into(),
+                body: "Log in as climate".into()
+            }]
+        }
+    );
+    let rejected = policy.decide_manually(
+        &allocation(),
+        now(),
+        &ManualDecision::Reject {
+            reason: "no budget left".into(),
+        },
+    );
+    assert_eq!(
+        rejected.action,
+        Action::Reject {
+            reason: "no budget left".into()
+        }
+    );
+    // Without `[manual]`: the default backend_id and no report.
+    let plain = Policy::parse("[default]\naction = \"hold\"\n").expect("policy");
+    assert_eq!(
+        plain
+            .decide_manually(&allocation(), now(), &ManualDecision::Approve)
+            .action,
+        Action::Approve {
+            backend_id: "a1916bd53fd04b1ab1a4e700c926607b".into(),
+            report: Vec::new()
+        }
+    );
+}
+
+#[test]
+fn the_manual_section_is_checked_like_a_rule() {
+    for (text, wanted) in [
+        ("[manual]\nbackend_id = \"fixed\"\n", "has no placeholder"),
+        ("[manual]\nreason = \"x\"\n", "unknown field `reason`"),
+        (
+            "[manual]\nbackend_id = \"{resource.nope}\"\n",
+            "`backend_id`",
+        ),
+    ] {
+        let errors = Policy::parse(text).expect_err(text);
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|e| e.rule == "manual" && e.line == 1 && e.message.contains(wanted)),
+            "{text}: {errors}"
+        );
+    }
+}
