@@ -1424,6 +1424,9 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                     .map(|letter| {
                         let allocation = match crate::work::dead(letter) {
                             Ok(Work::Allocation(item)) => item.hint.to_string(),
+                            Ok(Work::Operator(work)) => {
+                                format!("{} by operator {}", work.item.hint, work.operator.name)
+                            }
                             Ok(Work::Usage(record)) => {
                                 format!("usage of {} for {}", record.allocation, record.month)
                             }

@@ -63,6 +63,30 @@ pub struct DecisionEvent {
     pub mode: &'static str,
     /// Whether the decision was written to Puhuri Core.
     pub written: bool,
+    /// Who decided, when a person did (an operator, from the review queue); absent when
+    /// the policy's rules decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<DecidedBy>,
+}
+
+/// Who decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecidedBy {
+    /// `operator`.
+    pub kind: &'static str,
+    pub name: String,
+    /// The operator's comment (for a rejection: the reason the requester sees).
+    pub comment: String,
+}
+
+impl DecidedBy {
+    pub fn operator(name: &str, comment: &str) -> DecidedBy {
+        DecidedBy {
+            kind: "operator",
+            name: name.to_owned(),
+            comment: comment.to_owned(),
+        }
+    }
 }
 
 /// What became of the allocation, as the event's `type` names it.
@@ -126,6 +150,7 @@ impl DecisionEvent {
             policy_version: verdict.policy_version.to_string(),
             mode: if shadow { "shadow" } else { "enforce" },
             written: !shadow,
+            decided_by: None,
         }
     }
 

@@ -94,6 +94,15 @@ pub const PUHURI_AUTH_OK: &str = "puhuri_approver_puhuri_auth_ok";
 /// 1 while the circuit to Puhuri Core is open (a refused token, or sustained 5xx and
 /// timeouts) and workers take no new deliveries.
 pub const PUHURI_CIRCUIT_OPEN: &str = "puhuri_approver_puhuri_circuit_open";
+/// Allocations held for a person, as the review queue's last listing found them.
+pub const REVIEW_HELD: &str = "puhuri_approver_review_held";
+/// Age in seconds of the oldest held allocation at the review queue's last listing.
+pub const REVIEW_OLDEST_AGE: &str = "puhuri_approver_review_oldest_held_age_seconds";
+/// Operators' decisions settled by the workers, by `action` (`approve`, `reject`) and
+/// `outcome` (`approved`, `rejected`, `already-handled`, …).
+pub const OPERATOR_DECISIONS: &str = "puhuri_approver_operator_decisions_total";
+/// Requests to the review page by `route` (the matched route, never the path) and `status`.
+pub const REVIEW_REQUESTS: &str = "puhuri_approver_review_requests_total";
 
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
 /// in the order `/metrics` lists them.
@@ -125,6 +134,10 @@ pub const METRIC_NAMES: &[&str] = &[
     PUHURI_SLOT_WAITS,
     PUHURI_AUTH_OK,
     PUHURI_CIRCUIT_OPEN,
+    REVIEW_HELD,
+    REVIEW_OLDEST_AGE,
+    OPERATOR_DECISIONS,
+    REVIEW_REQUESTS,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -235,6 +248,10 @@ pub struct Metrics {
     puhuri_slot_waits: Counter,
     puhuri_auth_ok: Gauge,
     puhuri_circuit_open: Gauge,
+    review_held: Gauge,
+    review_oldest_age: Gauge<f64, AtomicU64>,
+    operator_decisions: Family<Labels<2>, Counter>,
+    review_requests: Family<Labels<2>, Counter>,
     /// The start-up probe's report (`/readyz`), and whether it passed.
     probe: Mutex<Option<(bool, serde_json::Value)>>,
     /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
@@ -312,6 +329,10 @@ impl Metrics {
             puhuri_slot_waits: Counter::default(),
             puhuri_auth_ok: Gauge::default(),
             puhuri_circuit_open: Gauge::default(),
+            review_held: Gauge::default(),
+            review_oldest_age: Gauge::default(),
+            operator_decisions: Family::default(),
+            review_requests: Family::default(),
             probe: Mutex::new(None),
             circuit: Mutex::new(None),
             runs_workers: AtomicBool::new(false),
@@ -489,7 +510,53 @@ impl Metrics {
             "1 while consumption is paused: the token is refused or Puhuri Core keeps failing",
             self.puhuri_circuit_open.clone(),
         );
+        register(
+            r,
+            REVIEW_HELD,
+            "Allocations held for a person at the review queue's last listing",
+            self.review_held.clone(),
+        );
+        register(
+            r,
+            REVIEW_OLDEST_AGE,
+            "Age in seconds of the oldest held allocation at the review queue's last listing",
+            self.review_oldest_age.clone(),
+        );
+        register(
+            r,
+            OPERATOR_DECISIONS,
+            "Operators' decisions settled by the workers, by action and outcome",
+            Described(self.operator_decisions.clone()),
+        );
+        register(
+            r,
+            REVIEW_REQUESTS,
+            "Requests to the review page by route and HTTP status",
+            Described(self.review_requests.clone()),
+        );
         self
+    }
+
+    /// The review queue as a listing found it: how many are held, the oldest's age.
+    pub fn review_listed(&self, held: usize, oldest_age_secs: f64) {
+        self.review_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.review_oldest_age.set(oldest_age_secs);
+    }
+
+    /// An operator's decision, settled.
+    pub fn operator_decision(&self, action: &str, outcome: &str) {
+        let labels = [
+            ("action", action.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        self.operator_decisions.get_or_create(&labels).inc();
+    }
+
+    /// One answered request of the review page.
+    pub fn review_request(&self, route: &str, status: u16) {
+        let labels = [("route", route.to_owned()), ("status", status.to_string())];
+        self.review_requests.get_or_create(&labels).inc();
     }
 
     /// Records the start-up probe for `/readyz`: `passed` and what it found (or why not).

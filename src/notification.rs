@@ -310,6 +310,93 @@ fn body_digest_id(prefix: &str, source: &str, body: &[u8]) -> String {
 pub enum Envelope {
     #[serde(rename = "1")]
     V1(WorkItem),
+    /// An operator's decision from the review queue. A tag of its own, so that a worker
+    /// that predates it dead-letters it (replayable once upgraded) rather than reading it
+    /// as a plain notification and dropping the decision.
+    #[serde(rename = "operator.1")]
+    Operator(OperatorWork),
+}
+
+/// An operator's decision, queued for the workers: the allocation (a [`WorkItem`]) and
+/// what the operator decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorWork {
+    #[serde(flatten)]
+    pub item: WorkItem,
+    pub operator: OperatorDecision,
+}
+
+/// What an operator decided, who, and what they wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorDecision {
+    pub action: OperatorAction,
+    /// The operator's name (the review page's login, or `review --as` / the OS user).
+    pub name: String,
+    /// The operator's comment; for a rejection, the reason the requester sees
+    /// (never empty).
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// Approve or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorAction {
+    Approve,
+    Reject,
+}
+
+impl OperatorAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            OperatorAction::Approve => "approve",
+            OperatorAction::Reject => "reject",
+        }
+    }
+}
+
+impl OperatorDecision {
+    /// An operator's decision, checked: a name, and a reason for a rejection. Comments
+    /// are kept to 1,000 characters (Puhuri Core's rejection comment is free text).
+    pub fn new(
+        action: OperatorAction,
+        name: &str,
+        comment: &str,
+    ) -> Result<OperatorDecision, &'static str> {
+        let name = name.trim();
+        let comment = comment.trim();
+        if name.is_empty() {
+            return Err("the operator has no name");
+        }
+        if name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(
+                "the operator's name is longer than 200 characters or has control characters",
+            );
+        }
+        if action == OperatorAction::Reject && comment.is_empty() {
+            return Err(
+                "a rejection needs a reason: the requester sees it as the rejection comment",
+            );
+        }
+        if comment.chars().count() > 1000 {
+            return Err("the comment is longer than 1,000 characters");
+        }
+        Ok(OperatorDecision {
+            action,
+            name: name.to_owned(),
+            comment: comment.to_owned(),
+        })
+    }
+
+    /// The policy's form of the decision.
+    pub fn manual(&self) -> puhuri_policy::ManualDecision {
+        match self.action {
+            OperatorAction::Approve => puhuri_policy::ManualDecision::Approve,
+            OperatorAction::Reject => puhuri_policy::ManualDecision::Reject {
+                reason: self.comment.clone(),
+            },
+        }
+    }
 }
 
 impl Envelope {
@@ -323,6 +410,17 @@ impl Envelope {
             V1(&'a WorkItem),
         }
         serde_json::to_vec(&Borrowed::V1(item))
+    }
+
+    /// The queue message of an operator's decision.
+    pub fn encode_operator(work: &OperatorWork) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        #[serde(tag = "v")]
+        enum Borrowed<'a> {
+            #[serde(rename = "operator.1")]
+            Operator(&'a OperatorWork),
+        }
+        serde_json::to_vec(&Borrowed::Operator(work))
     }
 }
 
@@ -447,7 +545,9 @@ mod tests {
         assert!(json.starts_with(r#"{"v":"1","#), "{json}");
         let back: Envelope = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, envelope);
-        let Envelope::V1(item) = &envelope;
+        let Envelope::V1(item) = &envelope else {
+            panic!("a notification")
+        };
         let encoded = Envelope::encode(item).expect("encodes");
         assert_eq!(String::from_utf8(encoded).expect("utf-8"), json);
     }

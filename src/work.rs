@@ -7,7 +7,7 @@
 
 use puhuri_queue::{Broker, DeadLetter, Delivery, Kind, PublishError};
 
-use crate::notification::{Envelope, WorkItem};
+use crate::notification::{Envelope, OperatorWork, WorkItem};
 use crate::usage::{RecordDecodeError, UsageRecord};
 
 /// One work message, decoded.
@@ -17,6 +17,8 @@ pub enum Work {
     Allocation(WorkItem),
     /// A usage record (`schemas/usage-record.v1.schema.json`), as other systems publish it.
     Usage(UsageRecord),
+    /// An operator's decision from the review queue.
+    Operator(OperatorWork),
 }
 
 /// Why a work message cannot be decoded. It can never succeed: it is dead-lettered.
@@ -36,6 +38,16 @@ pub fn decode(kind: Option<Kind>, body: &[u8]) -> Result<Work, DecodeError> {
     match kind {
         Some(Kind::Allocation) => match serde_json::from_slice::<Envelope>(body) {
             Ok(Envelope::V1(item)) => Ok(Work::Allocation(item)),
+            Ok(Envelope::Operator(work)) => {
+                // Checked again: a body from elsewhere must hold what the review checks.
+                crate::notification::OperatorDecision::new(
+                    work.operator.action,
+                    &work.operator.name,
+                    &work.operator.comment,
+                )
+                .map_err(|problem| DecodeError::Envelope(serde::de::Error::custom(problem)))?;
+                Ok(Work::Operator(work))
+            }
             Err(error) => Err(DecodeError::Envelope(error)),
         },
         Some(Kind::Usage) => UsageRecord::decode(body)
@@ -59,6 +71,14 @@ pub fn dead(letter: &DeadLetter) -> Result<Work, DecodeError> {
 pub async fn publish_notification(broker: &Broker, item: &WorkItem) -> Result<(), PublishError> {
     let body = Envelope::encode(item).map_err(PublishError::Encode)?;
     broker.publish_work(Kind::Allocation, &item.id, &body).await
+}
+
+/// Queues an operator's decision for the workers; `Ok` only once it is durable.
+pub async fn publish_operator(broker: &Broker, work: &OperatorWork) -> Result<(), PublishError> {
+    let body = Envelope::encode_operator(work).map_err(PublishError::Encode)?;
+    broker
+        .publish_work(Kind::Allocation, &work.item.id, &body)
+        .await
 }
 
 /// Queues a usage record (its JSON wire form) for the workers; `Ok` only once durable.

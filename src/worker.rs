@@ -35,7 +35,7 @@ use crate::circuit::Circuit;
 use crate::config::{ApiGeneration, TeamConfig, UsageConfig, WorkerConfig};
 use crate::decision::{Decided, DecisionEvent};
 use crate::metrics::Metrics;
-use crate::notification::{AllocationHint, WorkItem};
+use crate::notification::{AllocationHint, OperatorDecision, WorkItem};
 use puhuri_queue::{Broker, ClaimGuard, Delivery, Retried};
 
 use crate::customers::{Abbreviations, CustomerDirectory};
@@ -384,8 +384,9 @@ impl Worker {
     }
 
     async fn handle(&self, delivery: Delivery) {
-        let item = match crate::work::delivered(&delivery) {
-            Ok(Work::Allocation(item)) => item,
+        let (item, operator) = match crate::work::delivered(&delivery) {
+            Ok(Work::Allocation(item)) => (item, None),
+            Ok(Work::Operator(work)) => (work.item, Some(work.operator)),
             Ok(Work::Usage(record)) => {
                 self.usage.add(record, delivery).await;
                 return;
@@ -407,14 +408,19 @@ impl Worker {
             // Signed: OpenTelemetry attributes have no unsigned integers.
             attempt = i64::from(delivery.attempts) + 1,
             redelivered = delivery.redelivered,
+            operator = tracing::field::Empty,
         );
+        if let Some(operator) = &operator {
+            span.record("operator", operator.name.as_str());
+        }
         crate::otel::join_notification_trace(&span, &item.id);
+        let operator = operator.as_ref();
         async move {
             // The allocation's identity first, so that every hint of it shares one lock.
             let item = match self.resolve(&item).await {
                 Ok(resolved) => resolved,
                 Err(error) => {
-                    self.settle(delivery, &item, Err(error)).await;
+                    self.settle(delivery, &item, operator, Err(error)).await;
                     return;
                 }
             };
@@ -422,11 +428,11 @@ impl Worker {
             let lock = self.locks.lock_for(&key);
             let result = {
                 let _guard = lock.lock().await;
-                self.process(&item).await
+                self.decide(&item, operator).await
             };
             drop(lock);
             self.locks.release(&key);
-            self.settle(delivery, &item, result).await;
+            self.settle(delivery, &item, operator, result).await;
         }
         .instrument(span)
         .await
@@ -459,6 +465,7 @@ impl Worker {
         &self,
         mut delivery: Delivery,
         item: &WorkItem,
+        operator: Option<&OperatorDecision>,
         result: Result<(Outcome, Option<Verdict>), ProcessError>,
     ) {
         let attempt = delivery.attempts + 1;
@@ -468,7 +475,7 @@ impl Worker {
         let result = match result {
             Ok((outcome, verdict)) => {
                 match self
-                    .publish_decision(&mut delivery, item, &outcome, verdict.as_ref())
+                    .publish_decision(&mut delivery, item, operator, &outcome, verdict.as_ref())
                     .await
                 {
                     Ok(staged) => {
@@ -497,8 +504,13 @@ impl Worker {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64 - item.received_at_ms)
                     .unwrap_or(0);
+                if let Some(operator) = operator {
+                    self.metrics
+                        .operator_decision(operator.action.name(), outcome.name());
+                }
                 tracing::info!(
                     outcome = outcome.name(),
+                    operator = operator.map(|o| o.name.as_str()).unwrap_or("-"),
                     rule = verdict
                         .as_ref()
                         .and_then(|v| v.rule.as_deref())
@@ -609,6 +621,7 @@ impl Worker {
         &self,
         delivery: &mut Delivery,
         item: &WorkItem,
+        operator: Option<&OperatorDecision>,
         outcome: &Outcome,
         verdict: Option<&Verdict>,
     ) -> Result<Option<String>, String> {
@@ -626,7 +639,13 @@ impl Worker {
             },
             Outcome::NotWaiting { .. } => return Ok(None),
         };
-        let event = DecisionEvent::new(&item.id, decided, verdict, self.shadow);
+        let mut event = DecisionEvent::new(&item.id, decided, verdict, self.shadow);
+        if let Some(operator) = operator {
+            event.decided_by = Some(crate::decision::DecidedBy::operator(
+                &operator.name,
+                &operator.comment,
+            ));
+        }
         let repeatable = self.shadow || decided == Decided::Held;
         if repeatable && self.repeats.seen(&event.id) {
             return Ok(None);
@@ -678,6 +697,7 @@ impl Worker {
         &self,
         fetched: &Fetched,
         state: String,
+        operator: Option<&OperatorDecision>,
     ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
         let mut done = Outcome::AlreadyHandled { state, found: None };
         let api = self.client.api();
@@ -695,7 +715,7 @@ impl Worker {
                 return Ok((done, None));
             }
         };
-        let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
+        let verdict = verdict_for(&policy, &allocation, operator);
         if !written_as(&verdict.action, decided, fetched) {
             return Ok((done, None));
         }
@@ -728,6 +748,7 @@ impl Worker {
     async fn recheck(
         &self,
         item: &WorkItem,
+        operator: Option<&OperatorDecision>,
         policy: &Policy,
         action: &Action,
         fetched: Fetched,
@@ -770,7 +791,7 @@ impl Worker {
             Waiting::Yes => Ok(Ok((now, claim))),
             Waiting::AlreadyHandled(state) => {
                 release(claim).await;
-                Ok(Err(self.already_handled(&now, state).await?))
+                Ok(Err(self.already_handled(&now, state, operator).await?))
             }
             Waiting::NotYet(state) => {
                 release(claim).await;
@@ -802,15 +823,28 @@ impl Worker {
         &self,
         item: &WorkItem,
     ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
+        self.decide(item, None).await
+    }
+
+    /// [`Worker::process`], or an operator's decision: re-fetched and checked still
+    /// waiting like any notification, then written exactly as the policy's decision is,
+    /// with `[manual]` (or the operator's reason) in place of the rules.
+    pub async fn decide(
+        &self,
+        item: &WorkItem,
+        operator: Option<&OperatorDecision>,
+    ) -> Result<(Outcome, Option<Verdict>), ProcessError> {
         let fetched = self.client.fetch_allocation(&item.hint).await?;
         match fetched.waiting(self.client.api()) {
-            Waiting::AlreadyHandled(state) => return self.already_handled(&fetched, state).await,
+            Waiting::AlreadyHandled(state) => {
+                return self.already_handled(&fetched, state, operator).await;
+            }
             Waiting::NotYet(state) => return Ok((Outcome::NotWaiting { state }, None)),
             Waiting::Yes => {}
         }
         let policy = self.policy();
         let allocation = self.allocation(&policy, &fetched).await?;
-        let verdict = policy.evaluate(&allocation, time::OffsetDateTime::now_utc());
+        let verdict = verdict_for(&policy, &allocation, operator);
         if self.shadow {
             tracing::info!(
                 action = verdict.action.name(),
@@ -821,7 +855,7 @@ impl Worker {
             return Ok((outcome, Some(verdict)));
         }
         let fetched = match self
-            .recheck(item, &policy, &verdict.action, fetched)
+            .recheck(item, operator, &policy, &verdict.action, fetched)
             .await?
         {
             Ok(fetched) => fetched,
@@ -837,7 +871,7 @@ impl Worker {
                 let now = self.client.fetch_allocation(&item.hint).await?;
                 match now.waiting(self.client.api()) {
                     Waiting::AlreadyHandled(state) => {
-                        return self.already_handled(&now, state).await;
+                        return self.already_handled(&now, state, operator).await;
                     }
                     Waiting::NotYet(state) => Outcome::NotWaiting { state },
                     Waiting::Yes => {
@@ -935,6 +969,19 @@ impl Worker {
             }
             Action::Hold { note } => Ok(Outcome::Held { note: note.clone() }),
         }
+    }
+}
+
+/// The policy's verdict, or the operator's decision rendered by the policy's `[manual]`.
+fn verdict_for(
+    policy: &Policy,
+    allocation: &puhuri_policy::Allocation,
+    operator: Option<&OperatorDecision>,
+) -> Verdict {
+    let now = time::OffsetDateTime::now_utc();
+    match operator {
+        Some(operator) => policy.decide_manually(allocation, now, &operator.manual()),
+        None => policy.evaluate(allocation, now),
     }
 }
 
