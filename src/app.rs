@@ -81,6 +81,8 @@ pub enum Role {
     PolicyReloader,
     /// Re-probes Puhuri Core while the circuit is open (`circuit.rs`).
     Prober,
+    /// The review page on `review.listen`.
+    Review,
 }
 
 impl Role {
@@ -93,6 +95,7 @@ impl Role {
             Role::TeamWatcher => "team-watcher",
             Role::PolicyReloader => "policy-reloader",
             Role::Prober => "prober",
+            Role::Review => "review",
         }
     }
 }
@@ -188,6 +191,8 @@ pub struct Running {
     /// Where `/metrics`, `/healthz` and `/readyz` are served apart from the receiver
     /// (`metrics_listen`), when configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the review page is served (`review.listen`), where workers run.
+    pub review_addr: Option<SocketAddr>,
     pub worker: Option<Arc<Worker>>,
     pub reconciler: Option<Arc<Reconciler>>,
     /// The circuit to Puhuri Core, where workers run.
@@ -255,6 +260,23 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {listen} (metrics_listen)"))?,
         ),
     };
+    // The review page runs with the workers (it reads Puhuri Core and the policy).
+    let review_listener = match config.review.listen.filter(|_| roles.work) {
+        None => None,
+        Some(listen) => Some(
+            TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (review.listen)"))?,
+        ),
+    };
+    let review_auth = match &review_listener {
+        Some(_) => Some(crate::review::session::Auth::new(&config.review)?),
+        None => None,
+    };
+    let review_addr = review_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let addr = receiver_listener
         .as_ref()
         .map(TcpListener::local_addr)
@@ -404,7 +426,7 @@ pub async fn start(
         );
         if let Some(period) = config.team.watch {
             let watcher = Arc::new(TeamWatcher::new(
-                client,
+                client.clone(),
                 broker.clone(),
                 config.puhuri.offerings.clone(),
                 config.team.clone(),
@@ -420,6 +442,33 @@ pub async fn start(
                 Ok(())
             });
             tracing::info!(period_secs = period.as_secs(), "team watcher started");
+        }
+        if let (Some(listener), Some(auth)) = (review_listener, review_auth) {
+            let customers = match &config.policy_customers_file {
+                Some(path) => crate::customers::CustomerDirectory::load(path)?,
+                None => crate::customers::CustomerDirectory::default(),
+            };
+            let page = Arc::new(crate::review::web::ReviewPage {
+                review: crate::review::Review::new(
+                    client.clone(),
+                    w.policy_handle().clone(),
+                    customers,
+                    config.puhuri.offerings.clone(),
+                ),
+                broker: broker.clone(),
+                auth,
+                metrics: metrics.clone(),
+            });
+            let router = crate::review::web::router(page);
+            let server_stop = stop.clone();
+            supervisor.spawn(Role::Review, async move {
+                receiver::serve(listener, router, None, header_timeout, server_stop)
+                    .await
+                    .context("the review page's HTTP server stopped")
+            });
+            if let Some(addr) = review_addr {
+                tracing::info!(listen = %addr, "review page listening");
+            }
         }
         worker = Some(w.clone());
         let worker_stop = stop.clone();
@@ -443,6 +492,7 @@ pub async fn start(
         stats,
         metrics,
         metrics_addr,
+        review_addr,
         worker,
         reconciler,
         circuit,

@@ -104,6 +104,15 @@ pub const KEYS: &[&str] = &[
     "policy",
     "receiver",
     "sources",
+    "review",
+    // [review]
+    "session_key_file",
+    "session_secs",
+    "secure_cookie",
+    "trusted_header",
+    "trusted_proxies",
+    "operators",
+    "token_sha256",
     // [amqp]
     "url",
     "urls",
@@ -249,6 +258,35 @@ pub struct Config {
     pub policy_customers_file: Option<PathBuf>,
     pub receiver: ReceiverConfig,
     pub sources: Vec<SourceConfig>,
+    /// The review page (`[review]`): off unless `review.listen` is set.
+    pub review: ReviewConfig,
+}
+
+/// `[review]`: the review page's listener and how operators authenticate.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewConfig {
+    /// Where the review page is served; `None`: not served.
+    pub listen: Option<SocketAddr>,
+    /// The HMAC key of session cookies (32 bytes or more); `None`: a random key per
+    /// process, so sessions end when the process does.
+    pub session_key_file: Option<PathBuf>,
+    /// How long a session lasts.
+    pub session: Duration,
+    /// Whether the session cookie is `Secure` (sent only over HTTPS).
+    pub secure_cookie: bool,
+    /// The header a reverse proxy sets to the authenticated operator's name.
+    pub trusted_header: Option<String>,
+    /// The proxies whose `trusted_header` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Operators who log in with a token, by its SHA-256.
+    pub operators: Vec<ReviewOperator>,
+}
+
+/// An operator who logs in with a token; only the token's SHA-256 is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewOperator {
+    pub name: String,
+    pub token_sha256: [u8; 32],
 }
 
 /// The queue backend: RabbitMQ when an AMQP URL is configured, else the embedded queue.
@@ -552,6 +590,28 @@ struct FileConfig {
     receiver: FileReceiver,
     #[serde(default)]
     sources: Vec<Spanned<FileSource>>,
+    #[serde(default)]
+    review: FileReview,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReview {
+    listen: Option<Spanned<String>>,
+    session_key_file: Option<String>,
+    session_secs: Option<Spanned<u64>>,
+    secure_cookie: Option<bool>,
+    trusted_header: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    operators: Vec<Spanned<FileOperator>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOperator {
+    name: String,
+    token_sha256: String,
 }
 
 /// The two addresses `healthcheck` reads; every other key is left to the service.
@@ -725,6 +785,7 @@ impl Config {
 
         let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
 
+        let review = review_config(&at, &file.review, [Some(listen), metrics_listen])?;
         let (amqp_urls, amqp_configured) = amqp_urls(&at, &file.amqp, env)?;
         let queue = match file
             .queue
@@ -1048,6 +1109,7 @@ impl Config {
             origin: path.to_owned(),
             listen,
             metrics_listen,
+            review,
             queue,
             amqp: AmqpConfig {
                 urls: amqp_urls.into_iter().map(Secret::new).collect(),
@@ -1518,6 +1580,143 @@ fn source_config(
 }
 
 /// An address (`192.0.2.7`, `2001:db8::1`) or a CIDR network (`192.0.2.0/24`).
+/// `[review]`, checked: an address that differs from the others, a way to authenticate
+/// whenever the page is served, proxies for a trusted header, operators' token hashes.
+fn review_config(
+    at: &Locator<'_>,
+    file: &FileReview,
+    others: [Option<SocketAddr>; 2],
+) -> Result<ReviewConfig, ConfigError> {
+    let listen = match &file.listen {
+        None => None,
+        Some(value) => {
+            let addr: SocketAddr = value.get_ref().trim().parse().map_err(|_| {
+                at.invalid(
+                    value.span(),
+                    "review.listen",
+                    "expected an address and port such as `127.0.0.1:8090`",
+                )
+            })?;
+            if others.contains(&Some(addr)) && addr.port() != 0 {
+                return Err(at.invalid(
+                    value.span(),
+                    "review.listen",
+                    "must differ from `listen` and `metrics_listen`: the review page has a listener of its own",
+                ));
+            }
+            Some(addr)
+        }
+    };
+    let session = match &file.session_secs {
+        Some(secs) if *secs.get_ref() < 60 || *secs.get_ref() > 7 * 86_400 => {
+            return Err(at.invalid(
+                secs.span(),
+                "review.session_secs",
+                "expected 60 to 604800 seconds (a week)",
+            ));
+        }
+        Some(secs) => Duration::from_secs(*secs.get_ref()),
+        None => Duration::from_secs(8 * 3600),
+    };
+    let trusted_header = match &file.trusted_header {
+        None => None,
+        Some(name) => {
+            let valid = axum::http::HeaderName::from_bytes(name.get_ref().trim().as_bytes()).ok();
+            match valid {
+                Some(header) => Some(header.as_str().to_owned()),
+                None => {
+                    return Err(at.invalid(
+                        name.span(),
+                        "review.trusted_header",
+                        "not an HTTP header name",
+                    ));
+                }
+            }
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    if let Some(list) = &file.trusted_proxies {
+        for (index, entry) in list.get_ref().iter().enumerate() {
+            trusted_proxies.push(parse_network(entry).ok_or_else(|| {
+                at.invalid(
+                    list.span(),
+                    "review.trusted_proxies",
+                    &format!(
+                        "entry #{} is not an address or a CIDR network such as `10.0.0.0/8`",
+                        index + 1
+                    ),
+                )
+            })?);
+        }
+    }
+    if let Some(header) = &file.trusted_header
+        && trusted_proxies.is_empty()
+    {
+        return Err(at.invalid(
+            header.span(),
+            "review.trusted_header",
+            "needs `review.trusted_proxies`: the header is believed only from those addresses",
+        ));
+    }
+    let mut operators: Vec<ReviewOperator> = Vec::new();
+    for operator in &file.operators {
+        let name = operator.get_ref().name.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(at.invalid(
+                operator.span(),
+                "review.operators.name",
+                "expected 1 to 200 characters without control characters",
+            ));
+        }
+        if operators.iter().any(|o| o.name == name) {
+            return Err(at.invalid(
+                operator.span(),
+                "review.operators.name",
+                &format!("operator `{name}` is listed twice"),
+            ));
+        }
+        let hex = operator.get_ref().token_sha256.trim();
+        let mut digest = [0u8; 32];
+        let parsed = hex.len() == 64
+            && hex.is_ascii()
+            && digest.iter_mut().enumerate().all(|(i, byte)| {
+                u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
+                    .map(|b| *byte = b)
+                    .is_ok()
+            });
+        if !parsed {
+            return Err(at.invalid(
+                operator.span(),
+                "review.operators.token_sha256",
+                "expected the token's SHA-256 as 64 hexadecimal digits (`secret generate --kind review-token` prints it)",
+            ));
+        }
+        operators.push(ReviewOperator {
+            name: name.to_owned(),
+            token_sha256: digest,
+        });
+    }
+    if let Some(value) = &file.listen
+        && operators.is_empty()
+        && trusted_header.is_none()
+    {
+        return Err(at.invalid(
+            value.span(),
+            "review.listen",
+            "no operator could log in: add `[[review.operators]]` or `review.trusted_header`",
+        ));
+    }
+    Ok(ReviewConfig {
+        listen,
+        session_key_file: file.session_key_file.as_deref().map(|p| at.relative(p)),
+        session,
+        secure_cookie: file.secure_cookie.unwrap_or(true),
+        trusted_header,
+        trusted_proxies,
+        operators,
+    })
+}
+
 pub fn parse_network(value: &str) -> Option<IpNet> {
     let value = value.trim();
     if let Ok(net) = value.parse::<IpNet>() {

@@ -26,6 +26,7 @@ pub mod probe;
 pub mod receiver;
 pub mod reconciler;
 pub mod reload;
+pub mod review;
 pub mod team;
 pub mod usage;
 pub mod work;
