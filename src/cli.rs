@@ -82,6 +82,13 @@ pub enum Command {
     Team(TeamArgs),
     /// Usage reporting tools.
     Usage(UsageArgs),
+    /// The review queue: allocations the policy holds for a person, and their decision.
+    ///
+    /// `list` and `show` read Puhuri Core and the configured policy as a worker would;
+    /// `approve` and `reject` queue the operator's decision on the configured queue, and a
+    /// worker writes it (re-fetched, only while it still waits) as an automatic decision
+    /// is written, with the policy's `[manual]` section.
+    Review(ReviewArgs),
     /// Print signature headers for a body, to send a test notification with curl.
     Sign(SignArgs),
     /// Secret tools.
@@ -132,6 +139,62 @@ pub struct UsageArgs {
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: UsageCommand,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReviewArgs {
+    /// The configuration the service runs with; else env `PUHURI_APPROVER_CONFIG`, else
+    /// `/etc/puhuri-approver/puhuri-approver.toml` when it exists. `[[sources]]` are not read.
+    #[arg(long, short, env = "PUHURI_APPROVER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ReviewCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// List the allocations the policy holds now, oldest first: the rule that held each
+    /// and its note, limits, project, organisation, end date, requester, granted totals.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only this offering (its uuid or name).
+        #[arg(long)]
+        offering: Option<String>,
+        /// Only what this rule held (`default`: held by the default).
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Show how the policy decides one allocation now (as `policy explain --online`) and
+    /// what an operator's approval would write.
+    Show {
+        /// The allocation's resource uuid.
+        id: String,
+    },
+    /// Queue an operator's approval: backend_id and access report from the policy's
+    /// `[manual]` section, then the team snapshot, as an automatic approval.
+    Approve {
+        /// The allocation's resource uuid.
+        id: String,
+        /// A comment kept in the decision event.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// The operator's name in the decision event; default: the OS user (`$USER`).
+        #[arg(long = "as", value_name = "NAME")]
+        operator: Option<String>,
+    },
+    /// Queue an operator's rejection with the reason the requester sees.
+    Reject {
+        /// The allocation's resource uuid.
+        id: String,
+        /// The rejection comment the requester sees (required, not empty).
+        #[arg(long)]
+        reason: String,
+        /// The operator's name in the decision event; default: the OS user (`$USER`).
+        #[arg(long = "as", value_name = "NAME")]
+        operator: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,7 +318,9 @@ pub enum SecretCommand {
     /// `puhuri-approver secret generate --kind path-secret > /etc/puhuri-approver/hook-path`.
     Generate {
         /// `path-secret` (43 URL-safe characters), `standard-webhooks` (`whsec_` and
-        /// base64) or `github` (64 hexadecimal digits).
+        /// base64), `github` (64 hexadecimal digits) or `review-token` (an operator's
+        /// token for the review page, 43 URL-safe characters; its SHA-256 for
+        /// `[[review.operators]] token_sha256` goes to standard error).
         #[arg(long, value_enum)]
         kind: SecretKindArg,
     },
@@ -266,6 +331,7 @@ pub enum SecretKindArg {
     PathSecret,
     StandardWebhooks,
     Github,
+    ReviewToken,
 }
 
 #[derive(Debug, Subcommand)]
@@ -431,6 +497,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq(args) => dlq(args).await,
         Command::Team(args) => team(args).await,
+        Command::Review(args) => review(args).await,
         Command::Usage(UsageArgs {
             config,
             command:
@@ -557,17 +624,26 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// Prints a new secret of `kind`, from the operating system's random source.
-fn generate_secret(kind: SecretKindArg) -> anyhow::Result<()> {
+fn generate_secret(kind_arg: SecretKindArg) -> anyhow::Result<()> {
     use puhuri_auth::generate::{SECRET_BYTES, SecretKind, encode};
-    let kind = match kind {
+    let kind = match kind_arg {
         SecretKindArg::PathSecret => SecretKind::PathSecret,
         SecretKindArg::StandardWebhooks => SecretKind::StandardWebhooks,
         SecretKindArg::Github => SecretKind::Github,
+        SecretKindArg::ReviewToken => SecretKind::PathSecret,
     };
     let mut random = [0u8; SECRET_BYTES];
     getrandom::fill(&mut random)
         .map_err(|error| anyhow::anyhow!("the operating system gave no random bytes: {error}"))?;
-    println!("{}", encode(kind, &random));
+    let secret = encode(kind, &random);
+    println!("{secret}");
+    if matches!(kind_arg, SecretKindArg::ReviewToken) {
+        let digest = crate::review::session::token_sha256(&secret);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        eprintln!(
+            "token_sha256 = \"{hex}\"  # for [[review.operators]]; give the token above to the operator"
+        );
+    }
     Ok(())
 }
 
@@ -1280,6 +1356,245 @@ async fn open_existing_queue(
         );
     }
     Ok(broker)
+}
+
+/// The review queue over the configuration's Puhuri Core and policy.
+async fn review_source(
+    config: &Config,
+    origin: Option<&Path>,
+) -> anyhow::Result<crate::review::Review> {
+    config.require(
+        "review",
+        crate::config::Needs {
+            puhuri: true,
+            policy: true,
+            ..Default::default()
+        },
+    )?;
+    let Some((_, policy)) = load_named_policy(config, origin)? else {
+        bail!("`review` needs `policy.file`");
+    };
+    let client = config.puhuri.client()?;
+    let report = crate::probe::probe(&client, &config.puhuri).await?;
+    client.set_api(report.api);
+    let customers = match &config.policy_customers_file {
+        Some(path) => crate::customers::CustomerDirectory::load(&resolve_relative(
+            origin.unwrap_or(Path::new(".")),
+            path,
+        ))?,
+        None => crate::customers::CustomerDirectory::default(),
+    };
+    Ok(crate::review::Review::new(
+        client,
+        crate::reload::PolicyHandle::new(policy),
+        customers,
+        config.puhuri.offerings.clone(),
+    ))
+}
+
+/// The operator for the CLI: `--as`, else the OS user.
+fn cli_operator(name: Option<String>) -> anyhow::Result<String> {
+    match name
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+    {
+        Some(name) if !name.trim().is_empty() => Ok(name),
+        _ => bail!(
+            "no operator name: pass `--as NAME` (the OS user is not known: `USER` is not set)"
+        ),
+    }
+}
+
+async fn review(args: ReviewArgs) -> anyhow::Result<()> {
+    use crate::review::{Filter, age_text, amounts};
+    let config = tool_config(args.config.as_deref())?;
+    let origin = args.config.as_deref().or_else(|| {
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        default.exists().then_some(default)
+    });
+    match args.command {
+        ReviewCommand::List {
+            json,
+            offering,
+            rule,
+        } => {
+            let review = review_source(&config, origin).await?;
+            let held = review.list(&Filter { offering, rule }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&held)?);
+                return Ok(());
+            }
+            let rows = held
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.id.clone(),
+                        age_text(h.age_secs),
+                        h.offering.name.clone(),
+                        h.project.name.clone(),
+                        h.customer.name.clone(),
+                        amounts(&h.limits),
+                        h.rule.clone().unwrap_or_else(|| "default".into()),
+                        shorten(&h.note, 60),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "AGE",
+                        "OFFERING",
+                        "PROJECT",
+                        "ORGANISATION",
+                        "LIMITS",
+                        "RULE",
+                        "NOTE"
+                    ],
+                    rows
+                )
+            );
+            println!(
+                "{} held for a person",
+                plural(held.len(), "allocation", "allocations")
+            );
+            Ok(())
+        }
+        ReviewCommand::Show { id } => {
+            let review = review_source(&config, origin).await?;
+            let shown = review.show(&id).await?;
+            let h = &shown.held;
+            println!("allocation {} ({})", h.id, h.name);
+            println!("  order:        {}", h.order_uuid);
+            println!("  offering:     {}", h.offering.name);
+            println!("  project:      {}", h.project.name);
+            println!("  organisation: {}", h.customer.name);
+            println!(
+                "  requested by: {}",
+                if h.requested_by.is_empty() {
+                    "-"
+                } else {
+                    &h.requested_by
+                }
+            );
+            println!(
+                "  requested:    {} ({} ago)",
+                h.created,
+                age_text(h.age_secs)
+            );
+            println!("  ends:         {}", h.end_date.as_deref().unwrap_or("-"));
+            println!("  limits:       {}", amounts(&h.limits));
+            println!(
+                "  granted:      organisation {}; project {}",
+                amounts(&h.granted.customer),
+                amounts(&h.granted.project)
+            );
+            let verdict = &shown.explanation.verdict;
+            for rule in &shown.explanation.rules {
+                let first = verdict.rule.as_deref() == Some(rule.rule.as_str());
+                println!(
+                    "  {} line {:>4}  {:<12} {}",
+                    if first { "=>" } else { "  " },
+                    rule.line,
+                    rule.result,
+                    rule.rule
+                );
+                if let Some(error) = &rule.error {
+                    println!("                        error: {error}");
+                }
+                for (path, value) in &rule.facts {
+                    println!("                        {path} = {value}");
+                }
+            }
+            println!(
+                "decision now: {} by {}",
+                verdict.action.name(),
+                verdict
+                    .rule
+                    .as_deref()
+                    .map(|r| format!("rule `{r}`"))
+                    .unwrap_or_else(|| "the default".into())
+            );
+            if let Action::Hold { note } = &verdict.action {
+                println!("note: {note}");
+            }
+            for reason in &verdict.reasons {
+                println!("  - {reason}");
+            }
+            match (&shown.not_waiting, &shown.manual_backend_id) {
+                (Some(state), _) => println!(
+                    "it does not wait for the provider ({state}): an operator's decision writes nothing"
+                ),
+                (None, Ok(backend_id)) => {
+                    println!("an operator's approval sets backend_id {backend_id} ([manual])")
+                }
+                (None, Err(why)) => println!("an operator's approval would hold it again: {why}"),
+            }
+            Ok(())
+        }
+        ReviewCommand::Approve {
+            id,
+            comment,
+            operator,
+        } => {
+            review_decide(
+                &config,
+                origin,
+                &id,
+                crate::notification::OperatorAction::Approve,
+                operator,
+                &comment,
+            )
+            .await
+        }
+        ReviewCommand::Reject {
+            id,
+            reason,
+            operator,
+        } => {
+            review_decide(
+                &config,
+                origin,
+                &id,
+                crate::notification::OperatorAction::Reject,
+                operator,
+                &reason,
+            )
+            .await
+        }
+    }
+}
+
+async fn review_decide(
+    config: &Config,
+    origin: Option<&Path>,
+    id: &str,
+    action: crate::notification::OperatorAction,
+    operator: Option<String>,
+    comment: &str,
+) -> anyhow::Result<()> {
+    let operator = cli_operator(operator)?;
+    // Checked before anything is read or opened.
+    crate::notification::OperatorDecision::new(action, &operator, comment)
+        .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+    let review = review_source(config, origin).await?;
+    let stop = CancellationToken::new();
+    let broker = open_existing_queue(config, &stop).await?;
+    let queued = review.decide(&broker, id, action, &operator, comment).await;
+    stop.cancel();
+    let work = queued?;
+    println!(
+        "{} of {} by {} queued ({}); a worker writes it while the allocation still waits",
+        match action {
+            crate::notification::OperatorAction::Approve => "approval",
+            crate::notification::OperatorAction::Reject => "rejection",
+        },
+        work.item.hint,
+        work.operator.name,
+        work.item.id
+    );
+    Ok(())
 }
 
 async fn team(args: TeamArgs) -> anyhow::Result<()> {
