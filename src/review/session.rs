@@ -207,6 +207,22 @@ impl Auth {
         Ok((self.sign(&format!("login|{expires}|{csrf}")), csrf))
     }
 
+    /// The CSRF token a login form's cookie was issued with, while it is valid (a page
+    /// shown again, or another request of the browser, keeps the form it has).
+    pub fn login_form_csrf(&self, cookie: &str) -> Option<String> {
+        let payload = self.verify(cookie)?;
+        let mut parts = payload.splitn(3, '|');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("login"), Some(expires), Some(issued))
+                // A minute of slack: a form kept is still usable for a while.
+                if expires.parse::<u64>().is_ok_and(|e| e > now_secs() + 60) =>
+            {
+                Some(issued.to_owned())
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a login form's CSRF token is the one its cookie was issued with.
     pub fn login_form_matches(&self, cookie: &str, csrf: &str) -> bool {
         let Some(payload) = self.verify(cookie) else {

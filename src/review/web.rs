@@ -114,17 +114,30 @@ impl ReviewPage {
         self.auth.session(value)
     }
 
-    /// 401 with the login form (and its cookie), never data.
-    fn unauthenticated(&self, message: Option<&str>) -> Response {
-        let (cookie, csrf) = match self.auth.new_login_form() {
-            Ok(form) => form,
-            Err(error) => return failure(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    /// 401 with the login form (and its cookie, unless the browser has a valid one),
+    /// never data.
+    fn unauthenticated(&self, headers: &HeaderMap, message: Option<&str>) -> Response {
+        let kept = headers
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| session::cookie(c, session::LOGIN_COOKIE))
+            .and_then(|c| self.auth.login_form_csrf(c));
+        let (set, csrf) = match kept {
+            Some(csrf) => (None, csrf),
+            None => match self.auth.new_login_form() {
+                Ok((cookie, csrf)) => (
+                    Some(self.auth.set_cookie(
+                        session::LOGIN_COOKIE,
+                        Some(&cookie),
+                        self.auth.login_form_lifetime(),
+                    )),
+                    csrf,
+                ),
+                Err(error) => {
+                    return failure(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string());
+                }
+            },
         };
-        let set = self.auth.set_cookie(
-            session::LOGIN_COOKIE,
-            Some(&cookie),
-            self.auth.login_form_lifetime(),
-        );
         let proxied = self.auth.config().trusted_header.is_some();
         let tokens = !self.auth.config().operators.is_empty();
         let body = layout(
@@ -152,7 +165,7 @@ impl ReviewPage {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Cookie realm=\"puhuri-review\", form-action=\"/login\""),
         );
-        if let Ok(value) = HeaderValue::from_str(&set) {
+        if let Some(Ok(value)) = set.map(|set| HeaderValue::from_str(&set)) {
             headers.insert(header::SET_COOKIE, value);
         }
         response
@@ -236,7 +249,7 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Response {
     let Some(operator) = page.operator(peer, &headers) else {
-        return page.unauthenticated(None);
+        return page.unauthenticated(&headers, None);
     };
     let filter = Filter {
         offering: query.offering.filter(|o| !o.trim().is_empty()),
@@ -312,7 +325,7 @@ async fn show(
     Query(query): Query<ShowQuery>,
 ) -> Response {
     let Some(operator) = page.operator(peer, &headers) else {
-        return page.unauthenticated(None);
+        return page.unauthenticated(&headers, None);
     };
     let shown = match page.review.show(&id).await {
         Ok(shown) => shown,
@@ -437,7 +450,7 @@ async fn decide(
     action: OperatorAction,
 ) -> Response {
     let Some(operator) = page.operator(peer, &headers) else {
-        return page.unauthenticated(None);
+        return page.unauthenticated(&headers, None);
     };
     if !session::same(&operator.csrf, &form.csrf) {
         tracing::warn!(operator = %operator.name, action = action.name(), "form refused: its CSRF token is missing or wrong");
@@ -482,7 +495,7 @@ async fn login_form(
     if let Some(operator) = page.operator(peer, &headers) {
         return served(&operator, Redirect::to("/"));
     }
-    page.unauthenticated(None)
+    page.unauthenticated(&headers, None)
 }
 
 #[derive(Debug, Deserialize)]
@@ -511,7 +524,7 @@ async fn login(
     }
     let Some(name) = page.auth.operator_of_token(&form.token) else {
         tracing::warn!("login refused: unknown token");
-        return page.unauthenticated(Some("That token is not an operator's."));
+        return page.unauthenticated(&headers, Some("That token is not an operator's."));
     };
     let (value, operator) = match page.auth.new_session(&name) {
         Ok(session) => session,
@@ -542,7 +555,7 @@ async fn logout(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let Some(operator) = page.operator(peer, &headers) else {
-        return page.unauthenticated(None);
+        return page.unauthenticated(&headers, None);
     };
     if !session::same(&operator.csrf, &form.csrf) {
         return served(
@@ -577,6 +590,6 @@ async fn not_found(
             &operator,
             failure(StatusCode::NOT_FOUND, "There is no such page."),
         ),
-        None => page.unauthenticated(None),
+        None => page.unauthenticated(&headers, None),
     }
 }

@@ -19,6 +19,7 @@ mod policy;
 mod polite;
 mod readiness;
 mod recon;
+mod review;
 mod secrets;
 mod spine;
 mod telemetry;

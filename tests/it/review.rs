@@ -1,0 +1,581 @@
+//! The review queue: an operator decides a held allocation from the review page (in
+//! headless Chromium, driven through chromedriver) or the `review` commands, and the
+//! worker writes it as an automatic decision, with `decided_by` in the event.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use puhuri_approver::worker::{Outcome, Settled};
+use puhuri_sim::CreatedAllocation;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, Options, TestApp, WAIT, spawn_app, temp_dir};
+
+/// Small requests are approved, big ones held for the allocation panel; operators'
+/// approvals write the `[manual]` backend_id and access report.
+const POLICY: &str = r#"
+[[rule]]
+name = "small"
+when = 'limits.cpu_k_hours <= 1000'
+action = "approve"
+backend_id = "{project.slug}_{resource.short_uuid}"
+report = [{ header = "Access", body = "Project {project.slug}" }]
+
+[[rule]]
+name = "panel"
+when = 'limits.cpu_k_hours > 1000'
+action = "hold"
+note = "above 1000 CPU k-hours: the allocation panel decides"
+
+[default]
+action = "hold"
+note = "not an automatic case"
+
+[manual]
+backend_id = "{project.slug}_{resource.short_uuid}"
+report = [{ header = "Access", body = "Project {project.slug}" }]
+"#;
+
+const OPERATOR_TOKEN: &str = "alice-review-token-not-for-production";
+
+fn review_config() -> String {
+    let digest = puhuri_approver::review::session::token_sha256(OPERATOR_TOKEN);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "[review]\nlisten = \"127.0.0.1:0\"\nsecure_cookie = false\n\n[[review.operators]]\nname = \"alice\"\ntoken_sha256 = \"{hex}\"\n"
+    )
+}
+
+async fn review_app(backend: Backend) -> TestApp {
+    spawn_app(Options {
+        policy: POLICY,
+        backend,
+        extra_config: review_config(),
+        ..Options::default()
+    })
+    .await
+}
+
+fn review_url(app: &TestApp, path: &str) -> String {
+    let addr = app
+        .running
+        .as_ref()
+        .and_then(|r| r.review_addr)
+        .expect("the review page is served");
+    format!("http://{addr}{path}")
+}
+
+/// Waits for the worker to settle a delivery about this allocation.
+async fn settled_for(app: &mut TestApp, created: &CreatedAllocation) -> Settled {
+    let receiver = app.settled.as_mut().expect("workers run");
+    let wait = async {
+        loop {
+            match receiver.recv().await {
+                Ok(settled)
+                    if settled.hint.resource_uuid.as_ref().map(|r| r.to_string())
+                        == Some(created.resource_uuid.clone()) =>
+                {
+                    return settled;
+                }
+                Ok(_) => continue,
+                Err(error) => panic!("worker events ended: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("the operator's decision was settled in time")
+}
+
+/// The write calls of one allocation, as `METHOD path-tail status`.
+fn writes(app: &TestApp, created: &CreatedAllocation) -> Vec<String> {
+    app.writes_for(created)
+        .into_iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| {
+            let tail = c
+                .path
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            format!("{} {tail} {}", c.method, c.status)
+        })
+        .collect()
+}
+
+/// A form's body, as a browser encodes it.
+fn form_body(pairs: &[(&str, String)]) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".into(),
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// chromedriver on a free port, stopped (by its own pid) when dropped.
+struct ChromeDriver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> ChromeDriver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (deploy/local/ensure-chromium installs it)");
+        // It says so on standard output once it listens.
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let started = lines
+            .by_ref()
+            .take(20)
+            .map_while(Result::ok)
+            .any(|line| line.contains("started successfully"));
+        assert!(started, "chromedriver did not say it started");
+        // Keep reading its output so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ChromeDriver { child, port }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &ChromeDriver) -> fantoccini::Client {
+    let mut capabilities = fantoccini::wd::Capabilities::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"]
+        }),
+    );
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session")
+}
+
+async fn approve_by_hand(app: &TestApp, created: &CreatedAllocation) {
+    let approved = app
+        .http
+        .post(format!(
+            "{}/api/marketplace-orders/{}/approve_by_provider/",
+            app.sim_url, created.order_uuid
+        ))
+        .header("authorization", format!("Token {}", crate::helpers::TOKEN))
+        .send()
+        .await
+        .expect("sim answers");
+    assert_eq!(approved.status(), 200);
+}
+
+#[tokio::test]
+async fn an_operator_approves_a_held_allocation_in_a_browser() {
+    let mut app = review_app(Backend::RabbitMq).await;
+    let mut tap = app.tap_events().await;
+    let held = app.create(json!({"cpu_k_hours": 5000})).await;
+    let other = app.create(json!({"cpu_k_hours": 8000})).await;
+    let driver = ChromeDriver::start();
+    let client = browser(&driver).await;
+
+    // Without a session: the login form, never the queue.
+    let anonymous = app
+        .http
+        .get(review_url(&app, "/"))
+        .send()
+        .await
+        .expect("review page answers");
+    assert_eq!(anonymous.status(), 401);
+    let csp = anonymous
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    let body = anonymous.text().await.expect("body");
+    assert!(body.contains("name=\"token\""), "{body}");
+    assert!(!body.contains(&held.resource_uuid), "{body}");
+
+    // Log in with the operator's token.
+    client.goto(&review_url(&app, "/")).await.expect("open");
+    let token = client
+        .find(fantoccini::Locator::Id("token"))
+        .await
+        .expect("the login form");
+    token.send_keys(OPERATOR_TOKEN).await.expect("type");
+    client
+        .find(fantoccini::Locator::Css("form button[type=submit]"))
+        .await
+        .expect("log in button")
+        .click()
+        .await
+        .expect("log in");
+    let listed = client
+        .wait()
+        .at_most(WAIT)
+        .for_element(fantoccini::Locator::Css(&format!(
+            "a[href='/allocations/{}']",
+            held.resource_uuid
+        )))
+        .await;
+    let Ok(link) = listed else {
+        let page = client.source().await.unwrap_or_default();
+        panic!("the held allocation is not listed: {page}");
+    };
+    let page = client.source().await.expect("source");
+    assert!(page.contains("above 1000 CPU k-hours: the allocation panel decides"));
+    assert!(page.contains("rule panel"));
+    assert!(page.contains("cpu_k_hours=5000"));
+    assert!(page.contains("Signed in as"));
+    let shot = client.screenshot().await.expect("screenshot");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+    std::fs::create_dir_all(&dir).expect("target/tmp");
+    std::fs::write(dir.join("review.png"), &shot).expect("write the screenshot");
+
+    // The detail view, then approve.
+    link.click().await.expect("open the allocation");
+    let comment = client
+        .wait()
+        .at_most(WAIT)
+        .for_element(fantoccini::Locator::Id("comment"))
+        .await
+        .expect("the approve form");
+    let csrf = client
+        .find(fantoccini::Locator::Css("input[name=csrf]"))
+        .await
+        .expect("csrf field")
+        .attr("value")
+        .await
+        .expect("csrf value")
+        .expect("a csrf token");
+    let detail = client.source().await.expect("source");
+    assert!(detail.contains("matched"), "{detail}");
+    comment
+        .send_keys("panel minutes 2026-12")
+        .await
+        .expect("type");
+    client
+        .find(fantoccini::Locator::Css("button.approve"))
+        .await
+        .expect("approve button")
+        .click()
+        .await
+        .expect("approve");
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(fantoccini::Locator::Css("p.notice"))
+        .await
+        .expect("the decision is queued");
+    let settled = settled_for(&mut app, &held).await;
+    let backend_id = match settled.result.as_ref().ok() {
+        Some(Outcome::Approved { backend_id }) => backend_id.clone(),
+        other => panic!("approved, not {other:?}"),
+    };
+    assert!(
+        backend_id.ends_with(&held.resource_uuid[..8]),
+        "{backend_id}"
+    );
+    // The same calls as an automatic approval: set_backend_id, approve, report.
+    assert_eq!(
+        writes(&app, &held),
+        vec![
+            "POST set_backend_id 200",
+            "POST approve_by_provider 200",
+            "POST submit_report 200"
+        ]
+    );
+    assert_eq!(app.order_state(&held), "done");
+    let session = client
+        .get_named_cookie("puhuri_review_session")
+        .await
+        .expect("a session cookie");
+    assert_eq!(session.http_only(), Some(true));
+    let cookie = format!("puhuri_review_session={}", session.value());
+
+    // The decision event, with who decided.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let event = loop {
+        tap.read().await;
+        if let Some(event) = tap
+            .seen
+            .iter()
+            .find(|e| e["allocation"]["resource_uuid"] == held.resource_uuid.as_str())
+        {
+            break event.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no decision event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["type"], "allocation.approved");
+    assert_eq!(event["backend_id"], backend_id.as_str());
+    assert_eq!(
+        event["decided_by"],
+        json!({"kind": "operator", "name": "alice", "comment": "panel minutes 2026-12"})
+    );
+
+    // A second click writes nothing.
+    let http = app.http.clone();
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        async move {
+            http.post(path)
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form_body(&form))
+                .send()
+                .await
+                .expect("review page answers")
+        }
+    };
+    let again = post(
+        review_url(
+            &app,
+            &format!("/allocations/{}/approve", held.resource_uuid),
+        ),
+        vec![("csrf", csrf.clone()), ("comment", String::new())],
+    )
+    .await;
+    assert_eq!(again.status(), 200, "followed to the allocation");
+    let settled = settled_for(&mut app, &held).await;
+    assert!(
+        matches!(
+            settled.result.as_ref().ok(),
+            Some(Outcome::AlreadyHandled { .. })
+        ),
+        "{:?}",
+        settled.result
+    );
+    assert_eq!(writes(&app, &held).len(), 3, "nothing more was written");
+
+    // Decided meanwhile in Puhuri Core: the operator's approval writes nothing.
+    approve_by_hand(&app, &other).await;
+    let before = writes(&app, &other);
+    let late = post(
+        review_url(
+            &app,
+            &format!("/allocations/{}/approve", other.resource_uuid),
+        ),
+        vec![("csrf", csrf.clone()), ("comment", String::new())],
+    )
+    .await;
+    assert_eq!(late.status(), 200);
+    let settled = settled_for(&mut app, &other).await;
+    assert_eq!(
+        settled.result.ok(),
+        Some(Outcome::AlreadyHandled {
+            state: "order is done".into(),
+            found: None
+        })
+    );
+    assert_eq!(writes(&app, &other), before);
+
+    // A forged form without the CSRF token is refused, and nothing is queued.
+    let forged = post(
+        review_url(
+            &app,
+            &format!("/allocations/{}/reject", other.resource_uuid),
+        ),
+        vec![("reason", "forged".into())],
+    )
+    .await;
+    assert_eq!(forged.status(), 403);
+    // A form posted without a session: 401, never data.
+    let no_session = app
+        .http
+        .post(review_url(
+            &app,
+            &format!("/allocations/{}/approve", other.resource_uuid),
+        ))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("csrf", csrf.clone())]))
+        .send()
+        .await
+        .expect("review page answers");
+    assert_eq!(no_session.status(), 401);
+    assert_eq!(app.work_queue_depth().await, 0);
+
+    // The page's requests are counted.
+    let metrics = app
+        .running
+        .as_ref()
+        .expect("running")
+        .metrics
+        .scrape()
+        .await;
+    assert!(
+        metrics.contains("puhuri_approver_review_requests_total{route=\"/allocations/{id}/approve\",status=\"303\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "puhuri_approver_operator_decisions_total{action=\"approve\",outcome=\"approved\"} 1"
+        ),
+        "{metrics}"
+    );
+    let _ = client.close().await;
+    drop(driver);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_review_commands_list_show_and_reject() {
+    let mut app = review_app(Backend::Embedded).await;
+    let held = app.create(json!({"cpu_k_hours": 5000})).await;
+    let small = app.create(json!({"cpu_k_hours": 10})).await;
+    let dir = temp_dir("review-cli");
+    let config = app.write_config(&dir);
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
+            command
+                .arg("review")
+                .args(&args)
+                .arg("--config")
+                .arg(&config);
+            tokio::task::spawn_blocking(move || command.output())
+                .await
+                .expect("join")
+                .expect("run the binary")
+        }
+    };
+
+    let listed = run(vec!["list".into(), "--json".into()]).await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let list: Value = serde_json::from_str(&stdout).expect("JSON");
+    let ids: Vec<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert!(ids.contains(&held.resource_uuid.as_str()), "{stdout}");
+    assert!(
+        !ids.contains(&small.resource_uuid.as_str()),
+        "the policy approves it: {stdout}"
+    );
+    let entry = &list[0];
+    assert_eq!(entry["rule"], "panel");
+    assert_eq!(
+        entry["note"],
+        "above 1000 CPU k-hours: the allocation panel decides"
+    );
+    assert_eq!(entry["limits"]["cpu_k_hours"], 5000.0);
+
+    let filtered = run(vec!["list".into(), "--rule".into(), "default".into()]).await;
+    let text = String::from_utf8_lossy(&filtered.stdout);
+    assert!(text.contains("0 allocations held for a person"), "{text}");
+    crate::helpers::assert_for_people("review list", &text);
+
+    let shown = run(vec!["show".into(), held.resource_uuid.clone()]).await;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(text.contains("=> line"), "{text}");
+    assert!(
+        text.contains("decision now: hold by rule `panel`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("an operator's approval sets backend_id"),
+        "{text}"
+    );
+    crate::helpers::assert_for_people("review show", &text);
+
+    // A rejection needs a reason; a wrong id is named.
+    let empty = run(vec![
+        "reject".into(),
+        held.resource_uuid.clone(),
+        "--reason".into(),
+        " ".into(),
+        "--as".into(),
+        "bob".into(),
+    ])
+    .await;
+    assert!(!empty.status.success());
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("a rejection needs a reason"), "{stderr}");
+    let wrong = run(vec!["show".into(), "not-a-uuid".into()]).await;
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("`not-a-uuid` is not an allocation's uuid"),
+        "{stderr}"
+    );
+
+    let rejected = run(vec![
+        "reject".into(),
+        held.resource_uuid.clone(),
+        "--reason".into(),
+        "the panel declined: no budget left in 2026".into(),
+        "--as".into(),
+        "bob".into(),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&rejected.stdout);
+    assert!(
+        rejected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rejected.stderr)
+    );
+    assert!(text.contains("rejection of resource"), "{text}");
+    let settled = settled_for(&mut app, &held).await;
+    assert_eq!(
+        settled.result.ok(),
+        Some(Outcome::Rejected {
+            reason: "the panel declined: no budget left in 2026".into()
+        })
+    );
+    assert_eq!(app.order_state(&held), "rejected");
+    let mut events = app.tap_events().await;
+    events.read().await;
+    let event = events
+        .seen
+        .iter()
+        .find(|e| e["allocation"]["resource_uuid"] == held.resource_uuid.as_str())
+        .expect("a decision event");
+    assert_eq!(event["type"], "allocation.rejected");
+    assert_eq!(
+        event["reason"],
+        "the panel declined: no budget left in 2026"
+    );
+    assert_eq!(event["decided_by"]["name"], "bob");
+    let _ = std::fs::remove_dir_all(dir);
+    app.stop().await;
+}
