@@ -1621,7 +1621,7 @@ fn review_config(
     let trusted_header = match &file.trusted_header {
         None => None,
         Some(name) => {
-            let valid = axum::http::HeaderName::from_bytes(name.get_ref().trim().as_bytes()).ok();
+            let valid = hyper::http::HeaderName::from_bytes(name.get_ref().trim().as_bytes()).ok();
             match valid {
                 Some(header) => Some(header.as_str().to_owned()),
                 None => {
