@@ -785,7 +785,7 @@ impl Config {
 
         let (listen, metrics_listen) = addresses(&at, &file.listen, &file.metrics_listen, env)?;
 
-        let review = review_config(&at, &file.review, [Some(listen), metrics_listen])?;
+        let review = review_config(&at, &file.review, [Some(listen), metrics_listen], env)?;
         let (amqp_urls, amqp_configured) = amqp_urls(&at, &file.amqp, env)?;
         let queue = match file
             .queue
@@ -1586,10 +1586,23 @@ fn review_config(
     at: &Locator<'_>,
     file: &FileReview,
     others: [Option<SocketAddr>; 2],
+    env: &dyn Environment,
 ) -> Result<ReviewConfig, ConfigError> {
-    let listen = match &file.listen {
-        None => None,
-        Some(value) => {
+    let from_env = env.get("PUHURI_APPROVER_REVIEW_LISTEN");
+    let listen = match (&from_env, &file.listen) {
+        (Some(value), _) => {
+            Some(
+                value
+                    .trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::Env {
+                        var: "PUHURI_APPROVER_REVIEW_LISTEN".into(),
+                        message: "expected an address and port such as `127.0.0.1:8070`".into(),
+                    })?,
+            )
+        }
+        (None, None) => None,
+        (None, Some(value)) => {
             let addr: SocketAddr = value.get_ref().trim().parse().map_err(|_| {
                 at.invalid(
                     value.span(),
@@ -1696,15 +1709,16 @@ fn review_config(
             token_sha256: digest,
         });
     }
-    if let Some(value) = &file.listen
-        && operators.is_empty()
-        && trusted_header.is_none()
-    {
-        return Err(at.invalid(
-            value.span(),
-            "review.listen",
-            "no operator could log in: add `[[review.operators]]` or `review.trusted_header`",
-        ));
+    if listen.is_some() && operators.is_empty() && trusted_header.is_none() {
+        let message =
+            "no operator could log in: add `[[review.operators]]` or `review.trusted_header`";
+        return Err(match &file.listen {
+            Some(value) => at.invalid(value.span(), "review.listen", message),
+            None => ConfigError::Env {
+                var: "PUHURI_APPROVER_REVIEW_LISTEN".into(),
+                message: message.into(),
+            },
+        });
     }
     Ok(ReviewConfig {
         listen,

@@ -146,6 +146,13 @@ pub async fn run(
 
     // Fresh credentials for this run: the simulator's token and the hook's signing secret.
     let token = uuid::Uuid::new_v4().simple().to_string();
+    // The review page's operator token: made for this run, printed below; a demo login,
+    // never one for production.
+    let review_token = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    let review_hash: String = crate::review::session::token_sha256(&review_token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let secret_text = WebhookSecret::generate_text();
     let secret =
         WebhookSecret::parse(&secret_text).map_err(|e| anyhow::anyhow!("demo secret: {e}"))?;
@@ -204,6 +211,15 @@ url = "http://{sim_addr}/api/"
 name = "simulator"
 format = "allocation"
 auth = "standard-webhooks"
+
+# The review page, for this run only: plain HTTP on loopback, one demo operator.
+[review]
+listen = "127.0.0.1:0"
+secure_cookie = false
+
+[[review.operators]]
+name = "demo"
+token_sha256 = "{review_hash}"
 "#,
         data_dir = toml_path(&data_dir),
         customers_file = toml_path(&customers_path),
@@ -236,6 +252,12 @@ auth = "standard-webhooks"
         data_dir.display()
     )?;
     writeln!(out, "  policy                 {policy_name}")?;
+    if let Some(review) = running.review_addr {
+        writeln!(
+            out,
+            "  review page            http://{review}/  (log in with the demo token {review_token}; demo only, not for production)"
+        )?;
+    }
     writeln!(out)?;
     writeln!(
         out,

@@ -180,6 +180,8 @@ async fn the_docs_command_blocks_run_as_written() {
                 format!("http://127.0.0.1:{sim_port}/api/"),
             )
             .env("PUHURI_APPROVER_AMQP_URL", amqp_url())
+            // The review page on a port of its own choosing.
+            .env("PUHURI_APPROVER_REVIEW_LISTEN", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
