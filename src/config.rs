@@ -2377,4 +2377,43 @@ mod tests {
             "t.toml:2:18: `metrics_listen`: expected an address such as `0.0.0.0:9090`"
         );
     }
+
+    #[test]
+    fn the_review_page_is_off_unless_listened_for_and_needs_a_login() {
+        let config = parse("").expect("defaults");
+        assert_eq!(config.review.listen, None);
+        let hash = "ab".repeat(32);
+        let config = parse(&format!(
+            "[review]\nlisten = \"127.0.0.1:8070\"\n\n[[review.operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n"
+        ))
+        .expect("review");
+        assert_eq!(
+            config.review.listen,
+            Some("127.0.0.1:8070".parse().expect("addr"))
+        );
+        assert_eq!(config.review.operators[0].token_sha256, [0xab; 32]);
+        assert!(config.review.secure_cookie);
+        for (text, wanted) in [
+            (
+                "[review]\nlisten = \"127.0.0.1:8070\"\n".to_owned(),
+                "test.toml:2:10: `review.listen`: no operator could log in",
+            ),
+            (
+                "[review]\ntrusted_header = \"X-Forwarded-User\"\n".to_owned(),
+                "test.toml:2:18: `review.trusted_header`: needs `review.trusted_proxies`",
+            ),
+            (
+                "[[review.operators]]\nname = \"a\"\ntoken_sha256 = \"secret-token-pasted-here\"\n".to_owned(),
+                "`review.operators.token_sha256`: expected the token's SHA-256",
+            ),
+            (
+                "listen = \"127.0.0.1:8080\"\n[review]\nlisten = \"127.0.0.1:8080\"\ntrusted_header = \"x-user\"\ntrusted_proxies = [\"10.0.0.1\"]\n".to_owned(),
+                "`review.listen`: must differ from `listen`",
+            ),
+        ] {
+            let error = parse(&text).expect_err(&text).to_string();
+            assert!(error.contains(wanted), "{error}");
+            assert!(!error.contains("secret-token-pasted-here"), "{error}");
+        }
+    }
 }

@@ -133,4 +133,34 @@ mod tests {
             Err(DecodeError::UnknownKind)
         ));
     }
+
+    #[test]
+    fn an_operator_decision_has_an_envelope_tag_of_its_own() {
+        use crate::notification::{OperatorAction, OperatorDecision, OperatorWork};
+        let item: WorkItem = serde_json::from_str(
+            r#"{"id":"review_1","source":"review","event_type":"operator.approve","resource_uuid":"a1916bd53fd04b1ab1a4e700c926607b","received_at_ms":1}"#,
+        )
+        .expect("item");
+        let work = OperatorWork {
+            item,
+            operator: OperatorDecision::new(OperatorAction::Approve, "alice", "ok").expect("ok"),
+        };
+        let body = Envelope::encode_operator(&work).expect("encodes");
+        assert!(body.starts_with(br#"{"v":"operator.1""#));
+        assert!(
+            matches!(decode(Some(Kind::Allocation), &body), Ok(Work::Operator(w)) if w == work)
+        );
+        // A rejection without a reason is refused here too, whoever queued it.
+        let forged = String::from_utf8_lossy(&body)
+            .replace(r#""action":"approve""#, r#""action":"reject""#)
+            .replace(r#""comment":"ok""#, r#""comment":"  ""#);
+        assert!(
+            decode(Some(Kind::Allocation), forged.as_bytes())
+                .is_err_and(|e| e.to_string().contains("a rejection needs a reason"))
+        );
+        assert_eq!(
+            OperatorDecision::new(OperatorAction::Approve, " ", "").err(),
+            Some("the operator has no name")
+        );
+    }
 }
