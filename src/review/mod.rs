@@ -152,7 +152,12 @@ impl Review {
         hints.retain(|hint| seen.insert(hint.key()));
         let results: Vec<Result<Option<Held>, ReviewError>> = futures_util::stream::iter(hints)
             .map(|hint| async move {
-                let fetched = self.client.fetch_allocation(&hint).await?;
+                let fetched = match self.client.fetch_allocation(&hint).await {
+                    Ok(fetched) => fetched,
+                    // Gone between the listing and the read: it waits for nobody.
+                    Err(PuhuriError::Permanent { status: 404, .. }) => return Ok(None),
+                    Err(error) => return Err(error.into()),
+                };
                 if fetched.waiting(self.client.api()) != Waiting::Yes {
                     return Ok(None);
                 }
