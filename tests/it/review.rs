@@ -579,3 +579,98 @@ async fn the_review_commands_list_show_and_reject() {
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_operator() {
+    let mut app = spawn_app(Options {
+        policy: POLICY,
+        backend: Backend::Embedded,
+        extra_config: "[review]\nlisten = \"127.0.0.1:0\"\ntrusted_header = \"X-Forwarded-User\"\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\"]\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let held = app.create(json!({"cpu_k_hours": 5000})).await;
+    let detail = review_url(&app, &format!("/allocations/{}", held.resource_uuid));
+    // Without the header there is no operator: 401 and no data.
+    let anonymous = app.http.get(&detail).send().await.expect("answers");
+    assert_eq!(anonymous.status(), 401);
+    let body = anonymous.text().await.expect("body");
+    assert!(!body.contains("5000"), "{body}");
+
+    let page = app
+        .http
+        .get(&detail)
+        .header("x-forwarded-user", "carol")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()
+            .get("x-content-type-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
+    let body = page.text().await.expect("body");
+    assert!(
+        body.contains("Signed in as <strong>carol</strong>"),
+        "{body}"
+    );
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf token in the form")
+        .to_owned();
+    // Another operator's token is not this one's.
+    let as_dave = app
+        .http
+        .post(format!("{detail}/reject"))
+        .header("x-forwarded-user", "dave")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[
+            ("csrf", csrf.clone()),
+            ("reason", "no".into()),
+        ]))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(as_dave.status(), 403);
+    let rejected = app
+        .http
+        .post(format!("{detail}/reject"))
+        .header("x-forwarded-user", "carol")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[
+            ("csrf", csrf.clone()),
+            ("reason", "the panel declined".into()),
+        ]))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(rejected.status(), 200, "followed to the allocation");
+    let settled = settled_for(&mut app, &held).await;
+    assert_eq!(
+        settled.result.ok(),
+        Some(Outcome::Rejected {
+            reason: "the panel declined".into()
+        })
+    );
+    // Decided: the detail says so and offers no form.
+    let after = app
+        .http
+        .get(&detail)
+        .header("x-forwarded-user", "carol")
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        after.contains("no longer waits for the provider"),
+        "{after}"
+    );
+    assert!(!after.contains("/reject\""), "{after}");
+    app.stop().await;
+}
