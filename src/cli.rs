@@ -52,7 +52,8 @@ pub enum LogFormat {
 /// The production commands first, in the order an operator meets them; tools last.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run every role in one process: receiver, workers, reconciler and team watcher.
+    /// Run every role in one process: receiver, workers, reconciler and team watcher (and
+    /// the review page when `review.listen` is set).
     ///
     /// Needs `puhuri.url`, `puhuri.token`, `policy.file` and `[[sources]]`; every missing
     /// one is named before anything is opened or created.
@@ -61,7 +62,8 @@ pub enum Command {
     ///
     /// Needs `[[sources]]` only: the policy is neither read nor required.
     Receive(ServiceArgs),
-    /// Run the workers, reconciler and team watcher only (the queue in, Puhuri Core out).
+    /// Run the workers, reconciler and team watcher only (the queue in, Puhuri Core out),
+    /// and the review page when `review.listen` is set.
     ///
     /// Needs `puhuri.url`, `puhuri.token` and `policy.file`; every missing one is named
     /// before anything is opened or created.
