@@ -580,8 +580,33 @@ async fn the_review_commands_list_show_and_reject() {
     app.stop().await;
 }
 
+/// Log lines written by this test's thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_trusted_proxy_names_the_operator() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Callsite interest is the union over live dispatchers (see ingress.rs); this test's
+    // current-thread runtime runs the page on this thread.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _logs = tracing::subscriber::set_default(subscriber);
     let mut app = spawn_app(Options {
         policy: POLICY,
         backend: Backend::Embedded,
@@ -672,5 +697,22 @@ async fn a_trusted_proxy_names_the_operator() {
         "{after}"
     );
     assert!(!after.contains("/reject\""), "{after}");
+    // Every request is logged with its operator; a refused form says why, without the token.
+    let logs = String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    assert!(
+        logs.contains(
+            "review request operator=carol method=POST route=/allocations/{id}/reject status=303"
+        ),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("review request operator=\"-\" method=GET"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("form refused: its CSRF token is missing or wrong operator=dave"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&csrf), "{logs}");
     app.stop().await;
 }
