@@ -340,6 +340,40 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
         json!({"kind": "operator", "name": "alice", "comment": "panel minutes 2026-12"})
     );
 
+    // An automatic approval of a small request: the same calls, and the same event but
+    // for `decided_by`.
+    let automatic = app.create(json!({"cpu_k_hours": 10})).await;
+    assert_eq!(app.notify("msg_automatic", &automatic).await.status(), 202);
+    app.settled("msg_automatic").await;
+    assert_eq!(writes(&app, &automatic), writes(&app, &held));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let automatic_event = loop {
+        tap.read().await;
+        if let Some(event) = tap
+            .seen
+            .iter()
+            .find(|e| e["allocation"]["resource_uuid"] == automatic.resource_uuid.as_str())
+        {
+            break event.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no automatic decision event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let keys = |event: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = event
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.retain(|k| k != "decided_by");
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&event), keys(&automatic_event));
+    assert_eq!(automatic_event.get("decided_by"), None);
+
     // A second click writes nothing.
     let http = app.http.clone();
     let post = |path: String, form: Vec<(&'static str, String)>| {
@@ -438,6 +472,11 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
         metrics.contains(
             "puhuri_approver_operator_decisions_total{action=\"approve\",outcome=\"approved\"} 1"
         ),
+        "{metrics}"
+    );
+    // A team snapshot followed each approval, the operator's as the automatic one.
+    assert!(
+        metrics.contains("puhuri_approver_team_events_total{type=\"team.snapshot\"} 2"),
         "{metrics}"
     );
     let _ = client.close().await;
