@@ -276,6 +276,8 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
         .expect("a csrf token");
     let detail = client.source().await.expect("source");
     assert!(detail.contains("matched"), "{detail}");
+    let shot = client.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join("review-detail.png"), &shot).expect("write the screenshot");
     comment
         .send_keys("panel minutes 2026-12")
         .await
