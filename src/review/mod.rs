@@ -161,7 +161,7 @@ impl Review {
                 if fetched.waiting(self.client.api()) != Waiting::Yes {
                     return Ok(None);
                 }
-                let (held, explanation) = self.evaluate(&fetched).await?;
+                let (held, explanation, _) = self.evaluate(&fetched).await?;
                 Ok(matches!(explanation.verdict.action, Action::Hold { .. }).then_some(held))
             })
             .buffer_unordered(LIST_CONCURRENCY)
@@ -185,17 +185,8 @@ impl Review {
             Waiting::Yes => None,
             Waiting::AlreadyHandled(state) | Waiting::NotYet(state) => Some(state),
         };
-        let (held, explanation) = self.evaluate(&fetched).await?;
-        let policy = self.policy.current();
-        let allocation = crate::facts::gather(
-            &self.client,
-            &self.customers,
-            &self.abbreviations,
-            &policy,
-            &fetched,
-        )
-        .await?;
-        let manual = policy.decide_manually(
+        let (held, explanation, allocation) = self.evaluate(&fetched).await?;
+        let manual = self.policy.current().decide_manually(
             &allocation,
             time::OffsetDateTime::now_utc(),
             &puhuri_policy::ManualDecision::Approve,
@@ -268,7 +259,10 @@ impl Review {
 
     /// The allocation as a worker gathers it, with the totals granted already (read
     /// also when the policy does not), and the policy's explanation.
-    async fn evaluate(&self, fetched: &Fetched) -> Result<(Held, Explanation), ReviewError> {
+    async fn evaluate(
+        &self,
+        fetched: &Fetched,
+    ) -> Result<(Held, Explanation, puhuri_policy::Allocation), ReviewError> {
         let policy = self.policy.current();
         let mut allocation = crate::facts::gather(
             &self.client,
@@ -337,7 +331,7 @@ impl Review {
             created,
             age_secs,
         };
-        Ok((held, explanation))
+        Ok((held, explanation, allocation))
     }
 }
 
