@@ -5,6 +5,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use puhuri_approver::worker::{Outcome, Settled};
 use puhuri_sim::CreatedAllocation;
 use serde_json::{Value, json};
@@ -202,7 +203,26 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
     let other = app.create(json!({"cpu_k_hours": 8000})).await;
     let driver = ChromeDriver::start();
     let client = browser(&driver).await;
+    // The browser session is closed whatever the outcome, so no Chromium outlives the test.
+    let outcome =
+        std::panic::AssertUnwindSafe(operator_session(&mut app, &client, &mut tap, &held, &other))
+            .catch_unwind()
+            .await;
+    let _ = client.close().await;
+    drop(driver);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    app.stop().await;
+}
 
+async fn operator_session(
+    app: &mut TestApp,
+    client: &fantoccini::Client,
+    tap: &mut crate::helpers::EventTap,
+    held: &CreatedAllocation,
+    other: &CreatedAllocation,
+) {
     // Without a session: the login form, never the queue.
     let anonymous = app
         .http
@@ -295,7 +315,7 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
         .for_element(fantoccini::Locator::Css("p.notice"))
         .await
         .expect("the decision is queued");
-    let settled = settled_for(&mut app, &held).await;
+    let settled = settled_for(app, &held).await;
     let backend_id = match settled.result.as_ref().ok() {
         Some(Outcome::Approved { backend_id }) => backend_id.clone(),
         other => panic!("approved, not {other:?}"),
@@ -400,7 +420,7 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
     )
     .await;
     assert_eq!(again.status(), 200, "followed to the allocation");
-    let settled = settled_for(&mut app, &held).await;
+    let settled = settled_for(app, &held).await;
     assert!(
         matches!(
             settled.result.as_ref().ok(),
@@ -423,7 +443,7 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
     )
     .await;
     assert_eq!(late.status(), 200);
-    let settled = settled_for(&mut app, &other).await;
+    let settled = settled_for(app, &other).await;
     assert_eq!(
         settled.result.ok(),
         Some(Outcome::AlreadyHandled {
@@ -481,9 +501,6 @@ async fn an_operator_approves_a_held_allocation_in_a_browser() {
         metrics.contains("puhuri_approver_team_events_total{type=\"team.snapshot\"} 2"),
         "{metrics}"
     );
-    let _ = client.close().await;
-    drop(driver);
-    app.stop().await;
 }
 
 #[tokio::test]
