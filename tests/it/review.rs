@@ -226,7 +226,7 @@ async fn operator_session(
     // Without a session: the login form, never the queue.
     let anonymous = app
         .http
-        .get(review_url(&app, "/"))
+        .get(review_url(app, "/"))
         .send()
         .await
         .expect("review page answers");
@@ -243,7 +243,7 @@ async fn operator_session(
     assert!(!body.contains(&held.resource_uuid), "{body}");
 
     // Log in with the operator's token.
-    client.goto(&review_url(&app, "/")).await.expect("open");
+    client.goto(&review_url(app, "/")).await.expect("open");
     let token = client
         .find(fantoccini::Locator::Id("token"))
         .await
@@ -315,7 +315,7 @@ async fn operator_session(
         .for_element(fantoccini::Locator::Css("p.notice"))
         .await
         .expect("the decision is queued");
-    let settled = settled_for(app, &held).await;
+    let settled = settled_for(app, held).await;
     let backend_id = match settled.result.as_ref().ok() {
         Some(Outcome::Approved { backend_id }) => backend_id.clone(),
         other => panic!("approved, not {other:?}"),
@@ -326,14 +326,14 @@ async fn operator_session(
     );
     // The same calls as an automatic approval: set_backend_id, approve, report.
     assert_eq!(
-        writes(&app, &held),
+        writes(app, held),
         vec![
             "POST set_backend_id 200",
             "POST approve_by_provider 200",
             "POST submit_report 200"
         ]
     );
-    assert_eq!(app.order_state(&held), "done");
+    assert_eq!(app.order_state(held), "done");
     let session = client
         .get_named_cookie("puhuri_review_session")
         .await
@@ -367,7 +367,7 @@ async fn operator_session(
     let automatic = app.create(json!({"cpu_k_hours": 10})).await;
     assert_eq!(app.notify("msg_automatic", &automatic).await.status(), 202);
     app.settled("msg_automatic").await;
-    assert_eq!(writes(&app, &automatic), writes(&app, &held));
+    assert_eq!(writes(app, &automatic), writes(app, held));
     let deadline = tokio::time::Instant::now() + WAIT;
     let automatic_event = loop {
         tap.read().await;
@@ -412,15 +412,12 @@ async fn operator_session(
         }
     };
     let again = post(
-        review_url(
-            &app,
-            &format!("/allocations/{}/approve", held.resource_uuid),
-        ),
+        review_url(app, &format!("/allocations/{}/approve", held.resource_uuid)),
         vec![("csrf", csrf.clone()), ("comment", String::new())],
     )
     .await;
     assert_eq!(again.status(), 200, "followed to the allocation");
-    let settled = settled_for(app, &held).await;
+    let settled = settled_for(app, held).await;
     assert!(
         matches!(
             settled.result.as_ref().ok(),
@@ -429,21 +426,21 @@ async fn operator_session(
         "{:?}",
         settled.result
     );
-    assert_eq!(writes(&app, &held).len(), 3, "nothing more was written");
+    assert_eq!(writes(app, held).len(), 3, "nothing more was written");
 
     // Decided meanwhile in Puhuri Core: the operator's approval writes nothing.
-    approve_by_hand(&app, &other).await;
-    let before = writes(&app, &other);
+    approve_by_hand(app, other).await;
+    let before = writes(app, other);
     let late = post(
         review_url(
-            &app,
+            app,
             &format!("/allocations/{}/approve", other.resource_uuid),
         ),
         vec![("csrf", csrf.clone()), ("comment", String::new())],
     )
     .await;
     assert_eq!(late.status(), 200);
-    let settled = settled_for(app, &other).await;
+    let settled = settled_for(app, other).await;
     assert_eq!(
         settled.result.ok(),
         Some(Outcome::AlreadyHandled {
@@ -451,14 +448,11 @@ async fn operator_session(
             found: None
         })
     );
-    assert_eq!(writes(&app, &other), before);
+    assert_eq!(writes(app, other), before);
 
     // A forged form without the CSRF token is refused, and nothing is queued.
     let forged = post(
-        review_url(
-            &app,
-            &format!("/allocations/{}/reject", other.resource_uuid),
-        ),
+        review_url(app, &format!("/allocations/{}/reject", other.resource_uuid)),
         vec![("reason", "forged".into())],
     )
     .await;
@@ -467,7 +461,7 @@ async fn operator_session(
     let no_session = app
         .http
         .post(review_url(
-            &app,
+            app,
             &format!("/allocations/{}/approve", other.resource_uuid),
         ))
         .header("content-type", "application/x-www-form-urlencoded")
