@@ -11,12 +11,13 @@
 //!    measured in the same run with the same message size, confirm channels and
 //!    in-flight count, and its CPU per notification is the receiver's cost;
 //! 2. idle RSS of a fresh `serve` process once ready (no team watcher, no reconciler: a
-//!    process that lists nothing);
-//! 3. **ingest**: the whole pipeline, as many notifications as accepted;
-//! 4. **rate**: `--rate` notifications per second (open loop: latency counts from the
+//!    process that lists nothing), and how much of it is mapped files (code);
+//! 3. **rate**: `--rate` notifications per second (open loop: latency counts from the
 //!    intended send time, so a stalled service cannot hide its stall);
-//! 5. **latency**: `--upstream-rate` (low) with `--upstream-latency-ms` L added to every
+//! 4. **latency**: `--upstream-rate` (low) with `--upstream-latency-ms` L added to every
 //!    simulator call: the time to a decision against its `3 × L + 5` ms target;
+//! 5. **ingest**: the whole pipeline, as many notifications as accepted (after the paced
+//!    phases, so that their peak RSS is not its backlog's);
 //! 6. **burst**: `--burst` allocations created, then notified all at once, with the same
 //!    latency, drained under `puhuri.max_in_flight` (`--max-in-flight`): the drain time
 //!    against the cap's ideal, `N × calls per decision × L / cap`;
@@ -141,6 +142,8 @@ pub struct BackendReport {
     pub backend: String,
     /// RSS of the `serve` process once ready, before any load.
     pub idle_rss_kib: u64,
+    /// The part of it that maps files (the executable's code and libraries), not heap.
+    pub idle_rss_file_kib: u64,
     /// RSS of the receiver-only (`receive`) process once ready, before any load.
     pub receiver_idle_rss_kib: u64,
     /// RSS of the `serve` process after its phases, once its queue is drained.
@@ -321,7 +324,7 @@ async fn run_all(options: &BenchOptions, cx: &Context_) -> anyhow::Result<BenchR
     for backend in backends {
         let mut measured = run_backend(options, cx, backend).await?;
         if let Some(baseline) = report.baseline.as_ref().filter(|b| b.per_sec > 0.0) {
-            if let Some(ingest) = measured.phases.first() {
+            if let Some(ingest) = measured.phases.iter().find(|p| p.name == "ingest") {
                 measured.ratio_to_baseline = Some(ingest.accepted_per_sec / baseline.per_sec);
             }
             if *backend == "rabbitmq"
@@ -584,9 +587,10 @@ async fn run_backend(
     let prefix = format!("puhuri-approver-bench-{}", cx.run_id);
     with_service(options, cx, backend, "serve", &prefix, async |service, url| {
         let idle_rss_kib = service.idle_rss_kib().await;
+        let idle_rss_file_kib = service.memory_kib("RssFile:");
         let mut phases = Vec::new();
-        eprintln!("bench: {backend}: ingest, as fast as accepted");
-        phases.push(run_phase(cx, service, url, &Phase::ingest(), options).await);
+        // The paced phases first, so that the rate phase's peak RSS is its own and not
+        // what the backlog of the as-fast-as-accepted phase left.
         eprintln!("bench: {backend}: {} notifications/s", options.rate);
         phases.push(run_phase(cx, service, url, &Phase::rate(options.rate), options).await);
         let latency = options.upstream_latency_ms;
@@ -597,6 +601,10 @@ async fn run_backend(
             );
             let phase = Phase::latency(options.upstream_rate, latency);
             phases.push(run_phase(cx, service, url, &phase, options).await);
+        }
+        eprintln!("bench: {backend}: ingest, as fast as accepted");
+        phases.push(run_phase(cx, service, url, &Phase::ingest(), options).await);
+        if latency > 0 {
             if options.burst > 0 {
                 eprintln!(
                     "bench: {backend}: burst of {} notifications at once, upstream +{latency} ms, max_in_flight {}",
@@ -621,6 +629,7 @@ async fn run_backend(
         Ok(BackendReport {
             backend: backend.to_owned(),
             idle_rss_kib,
+            idle_rss_file_kib,
             receiver_idle_rss_kib,
             rss_after_load_kib,
             receive: Some(receive),
@@ -656,8 +665,9 @@ async fn with_service<T>(
         &config_path,
         service_config(backend, listen, cx.sim_addr, prefix, &dir, options),
     )?;
-    eprintln!("bench: {backend}: starting `{role}`");
     let mut service = Service::start(cx, role, &config_path, &dir)?;
+    // The pid, for a profiler to attach to.
+    eprintln!("bench: {backend}: `{role}` started (pid {})", service.pid);
     let result = async {
         service
             .wait_ready(&cx.http, &format!("http://{listen}/readyz"))
@@ -1235,6 +1245,13 @@ fn print_report(report: &BenchReport) {
                 us(receive.cpu_us_per_notification)
             );
         }
+        println!(
+            "  idle RSS of serve: {:.1} MiB mapped files (code), {:.1} MiB heap and stacks",
+            mib(backend.idle_rss_file_kib),
+            mib(backend
+                .idle_rss_kib
+                .saturating_sub(backend.idle_rss_file_kib))
+        );
         if let Some(ratio) = backend.ratio_to_baseline {
             println!(
                 "  whole pipeline (ingest phase) / baseline = {:.0} %",
