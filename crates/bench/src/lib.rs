@@ -604,15 +604,13 @@ async fn run_backend(
         }
         eprintln!("bench: {backend}: ingest, as fast as accepted");
         phases.push(run_phase(cx, service, url, &Phase::ingest(), options).await);
-        if latency > 0 {
-            if options.burst > 0 {
-                eprintln!(
-                    "bench: {backend}: burst of {} notifications at once, upstream +{latency} ms, max_in_flight {}",
-                    options.burst, options.max_in_flight
-                );
-                let phase = Phase::burst(options.burst, latency);
-                phases.push(run_phase(cx, service, url, &phase, options).await);
-            }
+        if latency > 0 && options.burst > 0 {
+            eprintln!(
+                "bench: {backend}: burst of {} notifications at once, upstream +{latency} ms, max_in_flight {}",
+                options.burst, options.max_in_flight
+            );
+            let phase = Phase::burst(options.burst, latency);
+            phases.push(run_phase(cx, service, url, &phase, options).await);
         }
         // Idle again, after the load: what the allocator kept.
         let rss_after_load_kib = service.idle_rss_kib().await;
@@ -1131,7 +1129,7 @@ async fn run_phase(
         calls_per_decision,
         peak_upstream_in_flight,
         e2e_p50_target_ms: (phase.latency_ms > 0 && !is_burst)
-            .then(|| APPROVAL_ROUND_TRIPS * phase.latency_ms as f64 + LATENCY_SLACK_MS),
+            .then_some(APPROVAL_ROUND_TRIPS * phase.latency_ms as f64 + LATENCY_SLACK_MS),
         drain_secs: (is_burst && decided > 0).then_some(decision_secs),
         ideal_drain_secs: calls_per_decision
             .filter(|_| is_burst)
