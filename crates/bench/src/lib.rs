@@ -86,6 +86,9 @@ pub struct BenchOptions {
     pub burst: usize,
     /// `puhuri.max_in_flight` of the service under test: the cap the burst drains under.
     pub max_in_flight: usize,
+    /// `team.snapshot_on_approval` of the service under test (a GET and an event per
+    /// approval when on).
+    pub team_snapshots: bool,
     /// Requests in flight in the ingest phase (and publishes in flight of the baseline).
     pub concurrency: usize,
     /// `worker.prefetch` of the service under test.
@@ -131,6 +134,7 @@ pub struct ReportOptions {
     pub upstream_rate: f64,
     pub burst: usize,
     pub max_in_flight: usize,
+    pub team_snapshots: bool,
     pub publish_channels: usize,
     pub concurrency: usize,
     pub prefetch: u16,
@@ -294,6 +298,7 @@ async fn run_all(options: &BenchOptions, cx: &Context_) -> anyhow::Result<BenchR
             upstream_rate: options.upstream_rate,
             burst: options.burst,
             max_in_flight: options.max_in_flight,
+            team_snapshots: options.team_snapshots,
             publish_channels: PUBLISH_CHANNELS,
             concurrency: options.concurrency,
             prefetch: options.prefetch,
@@ -401,6 +406,7 @@ fn service_config(
 ) -> String {
     let prefetch = options.prefetch;
     let max_in_flight = options.max_in_flight;
+    let team_snapshots = options.team_snapshots;
     let queue = match backend {
         "rabbitmq" => format!(
             "backend = \"rabbitmq\"\n\n[amqp]\nprefix = \"{prefix}\"\npublish_channels = {PUBLISH_CHANNELS}"
@@ -428,6 +434,7 @@ interval_secs = 0
 
 [team]
 watch_secs = 0
+snapshot_on_approval = {team_snapshots}
 
 [policy]
 file = "policy.toml"
@@ -1212,8 +1219,13 @@ fn print_report(report: &BenchReport) {
     let o = &report.options;
     println!();
     println!(
-        "puhuri-bench: phases of {:.0} s, prefetch {}, max_in_flight {}, ingest concurrency {}, {} confirm channels",
-        o.duration_secs, o.prefetch, o.max_in_flight, o.concurrency, o.publish_channels
+        "puhuri-bench: phases of {:.0} s, prefetch {}, max_in_flight {}, ingest concurrency {}, {} confirm channels, team snapshots {}",
+        o.duration_secs,
+        o.prefetch,
+        o.max_in_flight,
+        o.concurrency,
+        o.publish_channels,
+        if o.team_snapshots { "on" } else { "off" }
     );
     if let Some(b) = &report.baseline {
         println!(

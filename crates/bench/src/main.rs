@@ -36,6 +36,10 @@ struct Args {
     /// `puhuri.max_in_flight` of the service under test (the burst drains under it).
     #[arg(long, default_value_t = 16)]
     max_in_flight: usize,
+    /// `team.snapshot_on_approval` of the service under test (`false` leaves team events to
+    /// the watcher: one GET and one event less per approval).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    team_snapshots: bool,
     /// Requests in flight in the as-fast-as-accepted ingest phase, and publishes in flight
     /// of the baseline.
     #[arg(long, default_value_t = 64)]
@@ -70,6 +74,7 @@ async fn main() -> std::process::ExitCode {
         upstream_rate: args.upstream_rate,
         burst: args.burst,
         max_in_flight: args.max_in_flight.clamp(1, 1024),
+        team_snapshots: args.team_snapshots,
         concurrency: args.concurrency.max(1),
         prefetch: args.prefetch.max(1),
         reconcile: args.reconcile,
