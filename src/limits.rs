@@ -7,7 +7,13 @@
 //!
 //! INVARIANT: the replay cache is bounded: at most `capacity` remembered pairs (the
 //! oldest go first when it is full, counted in [`ReplayCache::evicted`]) plus the
-//! reservations of requests in flight.
+//! reservations of requests in flight. A pair is kept as a 128-bit keyed digest of the
+//! source and id (SipHash with two random keys per process), never as text, so every
+//! entry costs the same [`ReplayCache::BYTES_PER_ENTRY`] whatever the ids look like: the
+//! bound on entries is a bound on bytes (100,000 entries: about 9 MiB, at most 14 MiB
+//! right after the map and the deque grew; text keys took about 30 MiB). Two pairs share
+//! a digest with a chance of about n²/2¹²⁹ (10⁻²⁹ at 100,000 pairs); a sender cannot
+//! aim for one, since the keys are secret and new with each process.
 //! INVARIANT: a pair is remembered only after its publish was confirmed
 //! ([`Reservation::commit`]); a reservation that is dropped uncommitted (a failed
 //! publish, a cancelled request) is released, so the sender's retry is accepted.
@@ -59,7 +65,31 @@ impl TokenBucket {
     }
 }
 
-type Key = (String, String);
+/// A `(source, id)` pair as its 128-bit keyed digest.
+type Key = u128;
+
+/// The digest of a pair: two independently keyed SipHash-1-3 values of the source and
+/// the id (length-prefixed, so `("ab", "c")` and `("a", "bc")` differ).
+#[derive(Debug)]
+struct PairDigest {
+    high: std::hash::RandomState,
+    low: std::hash::RandomState,
+}
+
+impl PairDigest {
+    fn new() -> PairDigest {
+        PairDigest {
+            high: std::hash::RandomState::new(),
+            low: std::hash::RandomState::new(),
+        }
+    }
+
+    fn key(&self, source: &str, id: &str) -> Key {
+        use std::hash::BuildHasher;
+        let pair = (source, id);
+        (u128::from(self.high.hash_one(pair)) << 64) | u128::from(self.low.hash_one(pair))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -80,6 +110,7 @@ struct Entries {
 #[derive(Debug)]
 pub struct ReplayCache {
     capacity: usize,
+    digest: PairDigest,
     entries: Mutex<Entries>,
     evicted: AtomicU64,
 }
@@ -120,10 +151,17 @@ impl Drop for Reservation {
 }
 
 impl ReplayCache {
+    /// What one remembered pair costs at most: its slot in the map (digest, state and
+    /// expiry, one control byte, at the map's lowest load of 7/16 after growing) and its
+    /// place in the commit order (expiry and digest, at a deque's lowest load of 1/2).
+    pub const BYTES_PER_ENTRY: usize = (std::mem::size_of::<(Key, Slot)>() + 1) * 16 / 7
+        + std::mem::size_of::<(Instant, Key)>() * 2;
+
     /// A cache remembering at most `capacity` pairs.
     pub fn new(capacity: usize) -> Arc<ReplayCache> {
         Arc::new(ReplayCache {
             capacity: capacity.max(1),
+            digest: PairDigest::new(),
             entries: Mutex::new(Entries::default()),
             evicted: AtomicU64::new(0),
         })
@@ -137,14 +175,14 @@ impl ReplayCache {
 
     /// Reserves a pair, unless it is remembered or in flight.
     pub fn reserve(self: &Arc<Self>, source: &str, id: &str, now: Instant) -> Reserve {
-        let key = (source.to_owned(), id.to_owned());
+        let key = self.digest.key(source, id);
         let mut entries = self.lock();
         Self::expire(&mut entries, now);
         match entries.slots.get(&key) {
             Some(Slot::InFlight) => Reserve::InFlight,
             Some(Slot::Seen { until }) if *until > now => Reserve::Duplicate,
             _ => {
-                if let Some(Slot::Seen { .. }) = entries.slots.insert(key.clone(), Slot::InFlight) {
+                if let Some(Slot::Seen { .. }) = entries.slots.insert(key, Slot::InFlight) {
                     entries.seen -= 1;
                 }
                 Reserve::Fresh(Reservation {
@@ -157,7 +195,7 @@ impl ReplayCache {
 
     fn commit(&self, key: Key, until: Instant) {
         let mut entries = self.lock();
-        entries.slots.insert(key.clone(), Slot::Seen { until });
+        entries.slots.insert(key, Slot::Seen { until });
         entries.order.push_back((until, key));
         entries.seen += 1;
         while entries.seen > self.capacity {
@@ -208,6 +246,12 @@ impl ReplayCache {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The most memory the remembered pairs can take: `capacity` entries of
+    /// [`ReplayCache::BYTES_PER_ENTRY`].
+    pub fn max_bytes(&self) -> usize {
+        self.capacity * Self::BYTES_PER_ENTRY
     }
 
     /// Pairs forgotten before their window ended because the cache was full.
@@ -298,6 +342,26 @@ mod tests {
         assert_eq!(cache.evicted(), 2);
         assert!(matches!(cache.reserve("s", "0", now), Reserve::Fresh(_)));
         assert!(matches!(cache.reserve("s", "4", now), Reserve::Duplicate));
+    }
+
+    #[test]
+    fn an_entry_costs_the_same_whatever_the_id_and_100_000_fit_in_14_mib() {
+        // Digest, state with expiry, expiry in the order: no text is kept.
+        assert_eq!(ReplayCache::BYTES_PER_ENTRY, 139);
+        assert!(ReplayCache::new(100_000).max_bytes() <= 14 << 20);
+        let cache = ReplayCache::new(10);
+        let now = Instant::now();
+        let long = "x".repeat(10_000);
+        let Reserve::Fresh(r) = cache.reserve("s", &long, now) else {
+            panic!("fresh");
+        };
+        r.commit(now + Duration::from_secs(60));
+        assert!(matches!(cache.reserve("s", &long, now), Reserve::Duplicate));
+        // The source and id stay apart inside the digest.
+        assert!(matches!(
+            cache.reserve("sx", &long[1..], now),
+            Reserve::Fresh(_)
+        ));
     }
 
     #[test]

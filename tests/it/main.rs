@@ -24,4 +24,5 @@ mod secrets;
 mod spine;
 mod telemetry;
 mod tools;
+mod trips;
 mod usage_key;

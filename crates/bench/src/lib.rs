@@ -5,18 +5,35 @@
 //! service runs as a child process (`puhuri-approver serve`, the executable beside this one, with a
 //! generated config), so its RSS and CPU time are read from `/proc/<pid>` apart from the
 //! generator's. Per queue backend it measures, in order:
-//! 1. idle RSS once the service is ready;
-//! 2. **ingest**: as many signed notifications as accepted, `--concurrency` in flight;
+//! 1. **receive**: the receiver alone (`puhuri-approver receive`, no workers, on a queue of
+//!    its own), as many signed notifications with unique bodies as accepted,
+//!    `--concurrency` in flight: its rate is compared with the RabbitMQ baseline
+//!    measured in the same run with the same message size, confirm channels and
+//!    in-flight count, and its CPU per notification is the receiver's cost;
+//! 2. idle RSS of a fresh `serve` process once ready (no team watcher, no reconciler: a
+//!    process that lists nothing), and how much of it is mapped files (code);
 //! 3. **rate**: `--rate` notifications per second (open loop: latency counts from the
 //!    intended send time, so a stalled service cannot hide its stall);
-//! 4. **upstream**: the same with `--upstream-latency-ms` added to every simulator call,
-//!    at `--upstream-rate`.
+//! 4. **latency**: `--upstream-rate` (low) with `--upstream-latency-ms` L added to every
+//!    simulator call: the time to a decision against its `3 × L + 5` ms target;
+//! 5. **ingest**: the whole pipeline, as many notifications as accepted (after the paced
+//!    phases, so that their peak RSS is not its backlog's);
+//! 6. **burst**: `--burst` allocations created, then notified all at once, with the same
+//!    latency, drained under `puhuri.max_in_flight` (`--max-in-flight`): the drain time
+//!    against the cap's ideal, `N × calls per decision × L / cap`;
+//! 7. RSS once idle again after the load.
 //!
-//! Every notification names an allocation created in the simulator just before (without
-//! its hook), which the example policy approves; end-to-end latency is from the intended
-//! send time to the simulator recording the `approve_by_provider` call of that order. On
-//! RabbitMQ, a plain lapin publisher with confirms into an identical queue gives the
-//! baseline (`baseline.rs`). Last, the reconciler lists `--reconcile` pending allocations.
+//! Each phase prints the service's CPU (user + system, `/proc/<pid>/stat`) per accepted
+//! notification and per decision, its peak RSS (`VmHWM`, reset per phase), and the
+//! Puhuri Core calls the simulator answered per decision and at most at once.
+//!
+//! Every notification of a deciding phase names an allocation created in the simulator
+//! just before (without its hook), which the example policy approves; end-to-end latency
+//! is from the intended send time to the simulator recording the `approve_by_provider`
+//! call of that order. On RabbitMQ, a plain lapin publisher with confirms into an
+//! identical queue gives the baseline (`baseline.rs`). Last, the reconciler lists
+//! `--reconcile` pending allocations, counting its list calls against one per page of 100
+//! plus one.
 //!
 //! INVARIANT: a benchmark, not a test: nothing here asserts on timings; figures are
 //! printed and written as JSON. Every RabbitMQ queue and exchange the bench creates has
@@ -60,10 +77,18 @@ pub struct BenchOptions {
     pub rate: f64,
     /// Length of each load phase.
     pub duration: Duration,
-    /// Added to every simulator call in the upstream phase; 0 skips the phase.
+    /// Added to every simulator call in the latency and burst phases; 0 skips both.
     pub upstream_latency_ms: u64,
-    /// Notifications per second of the upstream phase.
+    /// Notifications per second of the latency phase (low: the phase measures the time
+    /// to a decision, not throughput).
     pub upstream_rate: f64,
+    /// Notifications sent at once in the burst phase; 0 skips it.
+    pub burst: usize,
+    /// `puhuri.max_in_flight` of the service under test: the cap the burst drains under.
+    pub max_in_flight: usize,
+    /// `team.snapshot_on_approval` of the service under test (a GET and an event per
+    /// approval when on).
+    pub team_snapshots: bool,
     /// Requests in flight in the ingest phase (and publishes in flight of the baseline).
     pub concurrency: usize,
     /// `worker.prefetch` of the service under test.
@@ -82,6 +107,15 @@ const MAX_OPEN_REQUESTS: usize = 4096;
 /// Kernel clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
 const CLOCK_TICKS: f64 = 100.0;
 const EXAMPLE_POLICY: &str = include_str!("../../../deploy/local/policy.toml");
+/// The example policy reads `customer.country`, which only the customers file fills.
+const EXAMPLE_CUSTOMERS: &str = include_str!("../../../deploy/local/customers.toml");
+/// Confirm channels of the service's publisher and of the baseline: the same for both.
+const PUBLISH_CHANNELS: usize = 4;
+/// Puhuri Core calls on the critical path of an approval: one GET, `set_backend_id`,
+/// `approve_by_provider`.
+const APPROVAL_ROUND_TRIPS: f64 = 3.0;
+/// What the latency phase's e2e p50 should stay within: `3 × L + 5` ms.
+const LATENCY_SLACK_MS: f64 = 5.0;
 
 /// The whole report, as written to `--json`.
 #[derive(Debug, Serialize)]
@@ -98,6 +132,10 @@ pub struct ReportOptions {
     pub duration_secs: f64,
     pub upstream_latency_ms: u64,
     pub upstream_rate: f64,
+    pub burst: usize,
+    pub max_in_flight: usize,
+    pub team_snapshots: bool,
+    pub publish_channels: usize,
     pub concurrency: usize,
     pub prefetch: u16,
     pub reconcile: usize,
@@ -106,10 +144,26 @@ pub struct ReportOptions {
 #[derive(Debug, Serialize)]
 pub struct BackendReport {
     pub backend: String,
+    /// RSS of the `serve` process once ready, before any load.
     pub idle_rss_kib: u64,
-    pub phases: Vec<PhaseReport>,
-    /// Ingest rate of the ingest phase over the baseline's confirmed-publish rate.
+    /// The part of it that maps files (the executable's code and libraries), not heap.
+    pub idle_rss_file_kib: u64,
+    /// RSS of the receiver-only (`receive`) process once ready, before any load.
+    pub receiver_idle_rss_kib: u64,
+    /// RSS of the `serve` process after its phases, once its queue is drained.
+    pub rss_after_load_kib: u64,
+    /// The receiver alone (`receive`, no workers): as many notifications as accepted.
+    pub receive: Option<PhaseReport>,
+    /// The receiver-only rate over the baseline's confirmed-publish rate (same message
+    /// size, confirm channels and in-flight count); RabbitMQ only.
+    pub receive_share_of_baseline: Option<f64>,
+    /// Whole-pipeline ingest rate over the baseline's rate (receive and decide on the
+    /// same cores: not the receiver's share).
     pub ratio_to_baseline: Option<f64>,
+    /// Service CPU per decision of the rate phase less the receiver's share (the
+    /// receiver-only phase's CPU per notification).
+    pub worker_cpu_us_per_decision: Option<f64>,
+    pub phases: Vec<PhaseReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +180,24 @@ pub struct PhaseReport {
     pub end_to_end: Option<Summary>,
     pub peak_rss_kib: u64,
     pub cpu_secs: f64,
+    /// Service CPU (user + system) per accepted notification, in µs.
+    pub cpu_us_per_notification: Option<f64>,
+    /// Service CPU per decision, in µs (receiving included).
+    pub cpu_us_per_decision: Option<f64>,
+    /// Latency added to every Puhuri Core call during the phase.
+    pub upstream_latency_ms: u64,
+    /// Puhuri Core calls answered during the phase per decision (follow-ups included).
+    pub calls_per_decision: Option<f64>,
+    /// The most Puhuri Core calls the simulator answered at once during the phase.
+    pub peak_upstream_in_flight: usize,
+    /// Latency phase: the e2e p50 it should stay within, `3 × L + 5` ms.
+    pub e2e_p50_target_ms: Option<f64>,
+    /// Burst phase: first notification sent to last decision.
+    pub drain_secs: Option<f64>,
+    /// Burst phase: `N × calls per decision × L / max_in_flight`.
+    pub ideal_drain_secs: Option<f64>,
+    /// Burst phase: the ideal with only the 3 calls of an approval's critical path.
+    pub ideal_drain_secs_critical: Option<f64>,
     pub errors: BTreeMap<String, usize>,
 }
 
@@ -135,6 +207,9 @@ pub struct ReconcileReport {
     pub create_secs: f64,
     pub pending: usize,
     pub list_calls: usize,
+    /// The most list calls the pending allocations may take: one per page of 100, plus
+    /// one.
+    pub list_calls_bound: usize,
     pub list_secs: f64,
     pub enqueued: usize,
     pub cycle_secs: f64,
@@ -221,6 +296,10 @@ async fn run_all(options: &BenchOptions, cx: &Context_) -> anyhow::Result<BenchR
             duration_secs: options.duration.as_secs_f64(),
             upstream_latency_ms: options.upstream_latency_ms,
             upstream_rate: options.upstream_rate,
+            burst: options.burst,
+            max_in_flight: options.max_in_flight,
+            team_snapshots: options.team_snapshots,
+            publish_channels: PUBLISH_CHANNELS,
             concurrency: options.concurrency,
             prefetch: options.prefetch,
             reconcile: options.reconcile,
@@ -241,7 +320,7 @@ async fn run_all(options: &BenchOptions, cx: &Context_) -> anyhow::Result<BenchR
                 &format!("puhuri-approver-bench-{}.baseline", cx.run_id),
                 body,
                 options.concurrency,
-                4,
+                PUBLISH_CHANNELS,
                 options.duration,
             )
             .await?,
@@ -249,8 +328,16 @@ async fn run_all(options: &BenchOptions, cx: &Context_) -> anyhow::Result<BenchR
     }
     for backend in backends {
         let mut measured = run_backend(options, cx, backend).await?;
-        if let (Some(baseline), Some(ingest)) = (&report.baseline, measured.phases.first()) {
-            measured.ratio_to_baseline = Some(ingest.accepted_per_sec / baseline.per_sec);
+        if let Some(baseline) = report.baseline.as_ref().filter(|b| b.per_sec > 0.0) {
+            if let Some(ingest) = measured.phases.iter().find(|p| p.name == "ingest") {
+                measured.ratio_to_baseline = Some(ingest.accepted_per_sec / baseline.per_sec);
+            }
+            if *backend == "rabbitmq"
+                && let Some(receive) = &measured.receive
+            {
+                measured.receive_share_of_baseline =
+                    Some(receive.accepted_per_sec / baseline.per_sec);
+            }
         }
         report.backends.push(measured);
     }
@@ -315,10 +402,15 @@ fn service_config(
     sim_addr: std::net::SocketAddr,
     prefix: &str,
     dir: &Path,
-    prefetch: u16,
+    options: &BenchOptions,
 ) -> String {
+    let prefetch = options.prefetch;
+    let max_in_flight = options.max_in_flight;
+    let team_snapshots = options.team_snapshots;
     let queue = match backend {
-        "rabbitmq" => format!("backend = \"rabbitmq\"\n\n[amqp]\nprefix = \"{prefix}\""),
+        "rabbitmq" => format!(
+            "backend = \"rabbitmq\"\n\n[amqp]\nprefix = \"{prefix}\"\npublish_channels = {PUBLISH_CHANNELS}"
+        ),
         _ => format!(
             "backend = \"embedded\"\ndata_dir = \"{}\"",
             dir.join("queue")
@@ -340,11 +432,17 @@ prefetch = {prefetch}
 [reconcile]
 interval_secs = 0
 
+[team]
+watch_secs = 0
+snapshot_on_approval = {team_snapshots}
+
 [policy]
 file = "policy.toml"
+customers_file = "customers.toml"
 
 [puhuri]
 url = "http://{sim_addr}/api/"
+max_in_flight = {max_in_flight}
 
 [[sources]]
 name = "bench"
@@ -363,13 +461,14 @@ struct Service {
 }
 
 impl Service {
-    fn start(cx: &Context_, config: &Path, dir: &Path) -> anyhow::Result<Service> {
+    /// Starts `puhuri-approver ROLE --config CONFIG` (`serve`, or `receive` alone).
+    fn start(cx: &Context_, role: &str, config: &Path, dir: &Path) -> anyhow::Result<Service> {
         let exe = service_executable()?;
-        let stderr = dir.join("service.log");
+        let stderr = dir.join(format!("{role}.log"));
         let log = std::fs::File::create(&stderr)?;
         let mut command = Command::new(exe);
         command
-            .arg("serve")
+            .arg(role)
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())
@@ -425,6 +524,12 @@ impl Service {
             .unwrap_or(0)
     }
 
+    /// RSS once the process has been quiet for a second.
+    async fn idle_rss_kib(&self) -> u64 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.memory_kib("VmRSS:")
+    }
+
     /// Resets the peak RSS (`VmHWM`) to the current RSS.
     fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
@@ -468,72 +573,117 @@ async fn run_backend(
     cx: &Context_,
     backend: &str,
 ) -> anyhow::Result<BackendReport> {
-    let dir = cx.work_dir.join(backend);
+    // The receiver alone, on a queue of its own: what it accepts stays queued, unread.
+    eprintln!("bench: {backend}: the receiver alone (receive), as fast as accepted");
+    let prefix = format!("puhuri-approver-bench-{}.receive", cx.run_id);
+    let receive = with_service(
+        options,
+        cx,
+        backend,
+        "receive",
+        &prefix,
+        async |service, url| {
+            let idle = service.idle_rss_kib().await;
+            let phase = run_phase(cx, service, url, &Phase::receive(), options).await;
+            Ok((idle, phase))
+        },
+    )
+    .await?;
+    let (receiver_idle_rss_kib, receive) = receive;
+
+    let prefix = format!("puhuri-approver-bench-{}", cx.run_id);
+    with_service(options, cx, backend, "serve", &prefix, async |service, url| {
+        let idle_rss_kib = service.idle_rss_kib().await;
+        let idle_rss_file_kib = service.memory_kib("RssFile:");
+        let mut phases = Vec::new();
+        // The paced phases first, so that the rate phase's peak RSS is its own and not
+        // what the backlog of the as-fast-as-accepted phase left.
+        eprintln!("bench: {backend}: {} notifications/s", options.rate);
+        phases.push(run_phase(cx, service, url, &Phase::rate(options.rate), options).await);
+        let latency = options.upstream_latency_ms;
+        if latency > 0 {
+            eprintln!(
+                "bench: {backend}: {} notifications/s, upstream +{latency} ms",
+                options.upstream_rate
+            );
+            let phase = Phase::latency(options.upstream_rate, latency);
+            phases.push(run_phase(cx, service, url, &phase, options).await);
+        }
+        eprintln!("bench: {backend}: ingest, as fast as accepted");
+        phases.push(run_phase(cx, service, url, &Phase::ingest(), options).await);
+        if latency > 0 && options.burst > 0 {
+            eprintln!(
+                "bench: {backend}: burst of {} notifications at once, upstream +{latency} ms, max_in_flight {}",
+                options.burst, options.max_in_flight
+            );
+            let phase = Phase::burst(options.burst, latency);
+            phases.push(run_phase(cx, service, url, &phase, options).await);
+        }
+        // Idle again, after the load: what the allocator kept.
+        let rss_after_load_kib = service.idle_rss_kib().await;
+        let worker_cpu_us_per_decision = phases
+            .iter()
+            .find(|p| p.name == "rate")
+            .and_then(|p| {
+                let per_notification = receive.cpu_us_per_notification?;
+                let decided = p.decided as f64;
+                (decided > 0.0).then(|| {
+                    (p.cpu_secs * 1e6 - per_notification * p.accepted as f64) / decided
+                })
+            });
+        Ok(BackendReport {
+            backend: backend.to_owned(),
+            idle_rss_kib,
+            idle_rss_file_kib,
+            receiver_idle_rss_kib,
+            rss_after_load_kib,
+            receive: Some(receive),
+            receive_share_of_baseline: None,
+            ratio_to_baseline: None,
+            worker_cpu_us_per_decision,
+            phases,
+        })
+    })
+    .await
+}
+
+/// Runs `measure` against a fresh service process of `role` on its own queue (`prefix`,
+/// or a data directory of its own), then stops it and deletes its RabbitMQ queues.
+async fn with_service<T>(
+    options: &BenchOptions,
+    cx: &Context_,
+    backend: &str,
+    role: &str,
+    prefix: &str,
+    measure: impl AsyncFnOnce(&Service, &str) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let dir = cx.work_dir.join(format!("{backend}-{role}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("policy.toml"), EXAMPLE_POLICY)?;
+    std::fs::write(dir.join("customers.toml"), EXAMPLE_CUSTOMERS)?;
     let listen = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         probe.local_addr()?
     };
-    let prefix = format!("puhuri-approver-bench-{}", cx.run_id);
     let config_path = dir.join("config.toml");
     std::fs::write(
         &config_path,
-        service_config(
-            backend,
-            listen,
-            cx.sim_addr,
-            &prefix,
-            &dir,
-            options.prefetch,
-        ),
+        service_config(backend, listen, cx.sim_addr, prefix, &dir, options),
     )?;
-    eprintln!("bench: {backend}: starting the service");
-    let mut service = Service::start(cx, &config_path, &dir)?;
+    let mut service = Service::start(cx, role, &config_path, &dir)?;
+    // The pid, for a profiler to attach to.
+    eprintln!("bench: {backend}: `{role}` started (pid {})", service.pid);
     let result = async {
         service
             .wait_ready(&cx.http, &format!("http://{listen}/readyz"))
             .await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle_rss_kib = service.memory_kib("VmRSS:");
         let url = format!("http://{listen}/v1/notifications/bench");
-        let mut phases = Vec::new();
-        eprintln!("bench: {backend}: ingest, as fast as accepted");
-        phases.push(run_phase(cx, &service, &url, "ingest", None, options).await);
-        eprintln!("bench: {backend}: {} notifications/s", options.rate);
-        phases.push(run_phase(cx, &service, &url, "rate", Some(options.rate), options).await);
-        if options.upstream_latency_ms > 0 {
-            eprintln!(
-                "bench: {backend}: {} notifications/s, upstream +{} ms",
-                options.upstream_rate, options.upstream_latency_ms
-            );
-            cx.sim.set_faults(Faults {
-                latency_ms: options.upstream_latency_ms,
-                ..Faults::default()
-            });
-            let phase = run_phase(
-                cx,
-                &service,
-                &url,
-                &format!("upstream +{} ms", options.upstream_latency_ms),
-                Some(options.upstream_rate),
-                options,
-            )
-            .await;
-            cx.sim.set_faults(Faults::default());
-            phases.push(phase);
-        }
-        anyhow::Ok(BackendReport {
-            backend: backend.to_owned(),
-            idle_rss_kib,
-            phases,
-            ratio_to_baseline: None,
-        })
+        measure(&service, &url).await
     }
     .await;
     service.stop().await;
     if backend == "rabbitmq" {
-        delete_rabbit_topology(options, cx, &prefix).await;
+        delete_rabbit_topology(options, cx, prefix).await;
     }
     result
 }
@@ -654,19 +804,40 @@ async fn new_allocation(sim: &Sim, n: u64) -> Result<(String, String, String), S
     ))
 }
 
-/// Signs and posts the notification of one new allocation.
-async fn send_one(cx: &Context_, url: &str, n: u64, intended: Instant) -> Sent {
-    let (order, resource, offering) = match new_allocation(&cx.sim, n).await {
-        Ok(ids) => ids,
-        Err(error) => {
-            return Sent {
-                order: String::new(),
-                intended,
-                answered: Instant::now(),
-                outcome: Err(format!("simulator: {error}")),
-            };
+/// Uuids no allocation has: the receiver-only phase sends unique bodies without creating
+/// allocations (nothing decides them).
+fn made_up_allocation() -> (String, String, String) {
+    let uuid = || uuid::Uuid::new_v4().simple().to_string();
+    (uuid(), uuid(), uuid())
+}
+
+/// Signs and posts the notification of a new allocation (made up when `made_up`).
+async fn send_one(cx: &Context_, url: &str, n: u64, intended: Instant, made_up: bool) -> Sent {
+    let ids = if made_up {
+        made_up_allocation()
+    } else {
+        match new_allocation(&cx.sim, n).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                return Sent {
+                    order: String::new(),
+                    intended,
+                    answered: Instant::now(),
+                    outcome: Err(format!("simulator: {error}")),
+                };
+            }
         }
     };
+    send_notification(cx, url, ids, intended).await
+}
+
+/// Signs and posts the notification of the allocation `(order, resource, offering)`.
+async fn send_notification(
+    cx: &Context_,
+    url: &str,
+    (order, resource, offering): (String, String, String),
+    intended: Instant,
+) -> Sent {
     let now = time::OffsetDateTime::now_utc();
     let occurred = now
         .format(&time::format_description::well_known::Rfc3339)
@@ -711,37 +882,142 @@ async fn send_one(cx: &Context_, url: &str, n: u64, intended: Instant) -> Sent {
     }
 }
 
-/// One load phase: open loop at `rate`, or `options.concurrency` senders back to back
-/// when `rate` is `None`; then waits for the decisions.
+/// How a phase loads the service.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// `options.concurrency` senders back to back for the phase's duration.
+    AsFastAsAccepted,
+    /// Open loop at this many notifications per second for the phase's duration.
+    Rate(f64),
+    /// This many allocations created first, then their notifications sent by
+    /// `options.concurrency` senders back to back.
+    Burst(usize),
+}
+
+/// One load phase.
+#[derive(Debug, Clone)]
+struct Phase {
+    name: String,
+    load: Load,
+    /// Latency the simulator adds to every call during the phase.
+    latency_ms: u64,
+    /// Notifications name made-up allocations and nothing waits for decisions (the
+    /// receiver-only phase).
+    made_up: bool,
+}
+
+impl Phase {
+    fn receive() -> Phase {
+        Phase {
+            name: "receive".into(),
+            load: Load::AsFastAsAccepted,
+            latency_ms: 0,
+            made_up: true,
+        }
+    }
+
+    fn ingest() -> Phase {
+        Phase {
+            name: "ingest".into(),
+            load: Load::AsFastAsAccepted,
+            latency_ms: 0,
+            made_up: false,
+        }
+    }
+
+    fn rate(rate: f64) -> Phase {
+        Phase {
+            name: "rate".into(),
+            load: Load::Rate(rate),
+            latency_ms: 0,
+            made_up: false,
+        }
+    }
+
+    fn latency(rate: f64, latency_ms: u64) -> Phase {
+        Phase {
+            name: format!("latency +{latency_ms} ms"),
+            load: Load::Rate(rate),
+            latency_ms,
+            made_up: false,
+        }
+    }
+
+    fn burst(count: usize, latency_ms: u64) -> Phase {
+        Phase {
+            name: format!("burst +{latency_ms} ms"),
+            load: Load::Burst(count),
+            latency_ms,
+            made_up: false,
+        }
+    }
+}
+
+/// Runs one phase, then waits for the decisions of what it sent (unless made up).
 async fn run_phase(
     cx: &Context_,
     service: &Service,
     url: &str,
-    name: &str,
-    rate: Option<f64>,
+    phase: &Phase,
     options: &BenchOptions,
 ) -> PhaseReport {
     static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let next = || SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    // A burst's allocations exist before its clock starts.
+    let mut burst = Vec::new();
+    if let Load::Burst(count) = phase.load {
+        for _ in 0..count {
+            match new_allocation(&cx.sim, next()).await {
+                Ok(ids) => burst.push(ids),
+                Err(error) => *errors.entry(format!("simulator: {error}")).or_default() += 1,
+            }
+        }
+    }
+    if phase.latency_ms > 0 {
+        cx.sim.set_faults(Faults {
+            latency_ms: phase.latency_ms,
+            ..Faults::default()
+        });
+    }
     service.reset_peak();
+    cx.sim.reset_peak_in_flight();
+    let calls_before = cx.sim.api_calls();
     let cpu_before = service.cpu_secs();
     let started = Instant::now();
     let deadline = started + options.duration;
-    let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
-    match rate {
-        None => {
+    let made_up = phase.made_up;
+    match phase.load {
+        Load::AsFastAsAccepted => {
             let senders = (0..options.concurrency.max(1)).map(|_| {
                 let sent = sent.clone();
                 async move {
                     while Instant::now() < deadline {
-                        let one = send_one(cx, url, next(), Instant::now()).await;
+                        let one = send_one(cx, url, next(), Instant::now(), made_up).await;
                         sent.lock().unwrap_or_else(|p| p.into_inner()).push(one);
                     }
                 }
             });
             futures_util::future::join_all(senders).await;
         }
-        Some(rate) => {
+        Load::Burst(_) => {
+            let queue = Arc::new(Mutex::new(std::mem::take(&mut burst)));
+            let senders = (0..options.concurrency.max(1)).map(|_| {
+                let sent = sent.clone();
+                let queue = queue.clone();
+                async move {
+                    loop {
+                        let ids = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                        let Some(ids) = ids else { break };
+                        let one = send_notification(cx, url, ids, Instant::now()).await;
+                        sent.lock().unwrap_or_else(|p| p.into_inner()).push(one);
+                    }
+                }
+            });
+            futures_util::future::join_all(senders).await;
+        }
+        Load::Rate(rate) => {
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
             let total = (options.duration.as_secs_f64() * rate).ceil() as u64;
             let mut requests = futures_util::stream::FuturesUnordered::new();
@@ -759,7 +1035,7 @@ async fn run_phase(
                         let sent = sent.clone();
                         let n = next();
                         requests.push(async move {
-                            let one = send_one(cx, url, n, intended).await;
+                            let one = send_one(cx, url, n, intended, made_up).await;
                             sent.lock().unwrap_or_else(|p| p.into_inner()).push(one);
                         });
                         i += 1;
@@ -779,14 +1055,29 @@ async fn run_phase(
         .filter(|s| s.outcome == Ok(202))
         .map(|s| s.order.as_str())
         .collect();
-    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    while cx.approvals.count_of(&accepted) < accepted.len() && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let ideal_drain_secs = |calls_per_decision: f64| {
+        let latency = phase.latency_ms as f64 / 1000.0;
+        accepted.len() as f64 * calls_per_decision * latency / options.max_in_flight.max(1) as f64
+    };
+    let drain_timeout = DRAIN_TIMEOUT.max(Duration::from_secs_f64(
+        4.0 * ideal_drain_secs(APPROVAL_ROUND_TRIPS + 2.0),
+    ));
+    if !made_up {
+        let drain_deadline = Instant::now() + drain_timeout;
+        while cx.approvals.count_of(&accepted) < accepted.len() && Instant::now() < drain_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    // What follows the decisions (access reports, team snapshots) and the acks.
+    tokio::time::sleep(Duration::from_millis(200 + 4 * phase.latency_ms)).await;
     let cpu_secs = service.cpu_secs() - cpu_before;
+    let calls = cx.sim.api_calls() - calls_before;
+    let peak_upstream_in_flight = cx.sim.peak_in_flight();
     let peak_rss_kib = service.memory_kib("VmHWM:");
+    if phase.latency_ms > 0 {
+        cx.sim.set_faults(Faults::default());
+    }
 
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut ingest = Vec::new();
     let mut end_to_end = Vec::new();
     let mut last_decision = started;
@@ -794,12 +1085,19 @@ async fn run_phase(
         match &one.outcome {
             Ok(202) => {
                 ingest.push(one.answered.saturating_duration_since(one.intended));
+                if made_up {
+                    continue;
+                }
                 match cx.approvals.get(&one.order) {
                     Some(at) => {
                         end_to_end.push(at.saturating_duration_since(one.intended));
                         last_decision = last_decision.max(at);
                     }
-                    None => *errors.entry("not decided within 20 s".into()).or_default() += 1,
+                    None => {
+                        *errors
+                            .entry(format!("not decided within {} s", drain_timeout.as_secs()))
+                            .or_default() += 1
+                    }
                 }
             }
             Ok(status) => *errors.entry(format!("http {status}")).or_default() += 1,
@@ -810,9 +1108,15 @@ async fn run_phase(
     let decision_secs = last_decision
         .saturating_duration_since(started)
         .as_secs_f64();
+    let per = |n: usize| (n > 0).then(|| cpu_secs * 1e6 / n as f64);
+    let calls_per_decision = (decided > 0).then(|| calls as f64 / decided as f64);
+    let is_burst = matches!(phase.load, Load::Burst(_));
     PhaseReport {
-        name: name.to_owned(),
-        target_rate: rate,
+        name: phase.name.clone(),
+        target_rate: match phase.load {
+            Load::Rate(rate) => Some(rate),
+            _ => None,
+        },
         sent: sent.len(),
         accepted: accepted.len(),
         accepted_per_sec: accepted.len() as f64 / load_secs.max(f64::EPSILON),
@@ -826,6 +1130,18 @@ async fn run_phase(
         end_to_end: stats::summarize(end_to_end),
         peak_rss_kib,
         cpu_secs,
+        cpu_us_per_notification: per(accepted.len()),
+        cpu_us_per_decision: per(decided),
+        upstream_latency_ms: phase.latency_ms,
+        calls_per_decision,
+        peak_upstream_in_flight,
+        e2e_p50_target_ms: (phase.latency_ms > 0 && !is_burst)
+            .then_some(APPROVAL_ROUND_TRIPS * phase.latency_ms as f64 + LATENCY_SLACK_MS),
+        drain_secs: (is_burst && decided > 0).then_some(decision_secs),
+        ideal_drain_secs: calls_per_decision
+            .filter(|_| is_burst)
+            .map(ideal_drain_secs),
+        ideal_drain_secs_critical: is_burst.then(|| ideal_drain_secs(APPROVAL_ROUND_TRIPS)),
         errors,
     }
 }
@@ -875,6 +1191,10 @@ async fn reconcile(options: &BenchOptions, cx: &Context_) -> anyhow::Result<Reco
         create_secs,
         pending: cycle.pending,
         list_calls: list_calls.max(cycle.calls),
+        list_calls_bound: cycle
+            .pending
+            .div_ceil(puhuri_client::PENDING_PAGE_SIZE as usize)
+            + 1,
         list_secs,
         enqueued: cycle.enqueued,
         cycle_secs,
@@ -896,10 +1216,16 @@ fn ms(summary: &Option<Summary>) -> String {
 }
 
 fn print_report(report: &BenchReport) {
+    let o = &report.options;
     println!();
     println!(
-        "puhuri-bench: phases of {:.0} s, prefetch {}, ingest concurrency {}",
-        report.options.duration_secs, report.options.prefetch, report.options.concurrency
+        "puhuri-bench: phases of {:.0} s, prefetch {}, max_in_flight {}, ingest concurrency {}, {} confirm channels, team snapshots {}",
+        o.duration_secs,
+        o.prefetch,
+        o.max_in_flight,
+        o.concurrency,
+        o.publish_channels,
+        if o.team_snapshots { "on" } else { "off" }
     );
     if let Some(b) = &report.baseline {
         println!(
@@ -907,19 +1233,48 @@ fn print_report(report: &BenchReport) {
             b.message_bytes, b.in_flight, b.channels, b.per_sec, b.errors
         );
     }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     for backend in &report.backends {
         println!();
-        let ratio = backend
-            .ratio_to_baseline
-            .map(|r| format!(", ingest / baseline = {:.0} %", r * 100.0))
-            .unwrap_or_default();
         println!(
-            "{}: idle RSS {:.1} MiB{ratio}",
+            "{}: idle RSS {:.1} MiB (serve), {:.1} MiB (receive alone), {:.1} MiB after load",
             backend.backend,
-            backend.idle_rss_kib as f64 / 1024.0
+            mib(backend.idle_rss_kib),
+            mib(backend.receiver_idle_rss_kib),
+            mib(backend.rss_after_load_kib)
         );
+        if let Some(receive) = &backend.receive {
+            let share = backend
+                .receive_share_of_baseline
+                .map(|r| format!(" = {:.0} % of the baseline (target >= 80 %)", r * 100.0))
+                .unwrap_or_default();
+            println!(
+                "  receiver alone: {:.0} notifications/s{share}; {} µs CPU per notification (target <= 25)",
+                receive.accepted_per_sec,
+                us(receive.cpu_us_per_notification)
+            );
+        }
         println!(
-            "{:<18} {:>7} {:>8} {:>9} {:>8} {:>9} {:>28} {:>28} {:>9} {:>7}  errors",
+            "  idle RSS of serve: {:.1} MiB mapped files (code), {:.1} MiB heap and stacks",
+            mib(backend.idle_rss_file_kib),
+            mib(backend
+                .idle_rss_kib
+                .saturating_sub(backend.idle_rss_file_kib))
+        );
+        if let Some(ratio) = backend.ratio_to_baseline {
+            println!(
+                "  whole pipeline (ingest phase) / baseline = {:.0} %",
+                ratio * 100.0
+            );
+        }
+        if let Some(worker) = backend.worker_cpu_us_per_decision {
+            println!(
+                "  rate phase: {worker:.0} µs CPU per decision beyond receiving (target <= 150)"
+            );
+        }
+        println!(
+            "  {:<16} {:>7} {:>7} {:>8} {:>7} {:>8} {:>26} {:>26} {:>9} {:>6} {:>7} {:>7} {:>6} {:>5}  errors",
             "phase",
             "target",
             "sent",
@@ -929,9 +1284,14 @@ fn print_report(report: &BenchReport) {
             "ingest p50/p90/p99/max ms",
             "e2e p50/p90/p99/max ms",
             "peak RSS",
-            "CPU s"
+            "CPU s",
+            "µs/ntf",
+            "µs/dec",
+            "calls",
+            "up"
         );
-        for p in &backend.phases {
+        let all = backend.receive.iter().chain(&backend.phases);
+        for p in all {
             let errors = if p.errors.is_empty() {
                 "none".to_owned()
             } else {
@@ -942,7 +1302,7 @@ fn print_report(report: &BenchReport) {
                     .join(", ")
             };
             println!(
-                "{:<18} {:>7} {:>8} {:>9.0} {:>8} {:>9.0} {:>28} {:>28} {:>5.1} MiB {:>7.2}  {errors}",
+                "  {:<16} {:>7} {:>7} {:>8.0} {:>7} {:>8.0} {:>26} {:>26} {:>5.1} MiB {:>6.2} {:>7} {:>7} {:>6} {:>5}  {errors}",
                 p.name,
                 p.target_rate
                     .map_or("max".to_owned(), |r| format!("{r:.0}/s")),
@@ -952,19 +1312,42 @@ fn print_report(report: &BenchReport) {
                 p.decisions_per_sec,
                 ms(&p.ingest),
                 ms(&p.end_to_end),
-                p.peak_rss_kib as f64 / 1024.0,
-                p.cpu_secs
+                mib(p.peak_rss_kib),
+                p.cpu_secs,
+                us(p.cpu_us_per_notification),
+                us(p.cpu_us_per_decision),
+                p.calls_per_decision
+                    .map_or("-".to_owned(), |c| format!("{c:.2}")),
+                p.peak_upstream_in_flight
             );
+            if let (Some(target), Some(e2e)) = (p.e2e_p50_target_ms, &p.end_to_end) {
+                println!(
+                    "    e2e p50 {:.1} ms, p99 {:.1} ms; target p50 <= 3 x {} + {LATENCY_SLACK_MS:.0} = {target:.0} ms",
+                    e2e.p50_ms, e2e.p99_ms, p.upstream_latency_ms
+                );
+            }
+            if let Some(ideal) = p.ideal_drain_secs {
+                println!(
+                    "    drained {} in {:.1} s; ideal at {:.2} calls per decision {:.1} s ({:.0} %), at the 3 calls of the critical path {:.1} s",
+                    p.decided,
+                    p.drain_secs.unwrap_or(0.0),
+                    p.calls_per_decision.unwrap_or(0.0),
+                    ideal,
+                    100.0 * ideal / p.drain_secs.unwrap_or(f64::INFINITY),
+                    p.ideal_drain_secs_critical.unwrap_or(0.0)
+                );
+            }
         }
     }
     if let Some(r) = &report.reconcile {
         println!();
         println!(
-            "reconcile: {} allocations created in {:.2} s; {} pending listed in {} list calls, {:.2} s; one cycle (list + enqueue {}) {:.2} s",
+            "reconcile: {} allocations created in {:.2} s; {} pending listed in {} list calls (bound {}), {:.2} s; one cycle (list + enqueue {}) {:.2} s",
             r.allocations_created,
             r.create_secs,
             r.pending,
             r.list_calls,
+            r.list_calls_bound,
             r.list_secs,
             r.enqueued,
             r.cycle_secs

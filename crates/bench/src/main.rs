@@ -22,12 +22,24 @@ struct Args {
     /// Seconds of each load phase (and of the baseline).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Latency added to every simulator call in the upstream phase; 0 skips that phase.
+    /// Latency added to every simulator call in the latency and burst phases; 0 skips
+    /// both.
     #[arg(long, default_value_t = 50)]
     upstream_latency_ms: u64,
-    /// Notifications per second of the upstream phase.
-    #[arg(long, default_value_t = 1200.0)]
+    /// Notifications per second of the latency phase.
+    #[arg(long, default_value_t = 20.0)]
     upstream_rate: f64,
+    /// Notifications sent at once in the burst phase (100000 for the full burst); 0 skips
+    /// it.
+    #[arg(long, default_value_t = 2000)]
+    burst: usize,
+    /// `puhuri.max_in_flight` of the service under test (the burst drains under it).
+    #[arg(long, default_value_t = 16)]
+    max_in_flight: usize,
+    /// `team.snapshot_on_approval` of the service under test (`false` leaves team events to
+    /// the watcher: one GET and one event less per approval).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    team_snapshots: bool,
     /// Requests in flight in the as-fast-as-accepted ingest phase, and publishes in flight
     /// of the baseline.
     #[arg(long, default_value_t = 64)]
@@ -35,7 +47,8 @@ struct Args {
     /// `worker.prefetch` of the service under test.
     #[arg(long, default_value_t = 512)]
     prefetch: u16,
-    /// Pending allocations the reconcile measurement lists; 0 skips it.
+    /// Pending allocations the reconcile measurement lists (100000 for the full one); 0
+    /// skips it.
     #[arg(long, default_value_t = 10_000)]
     reconcile: usize,
     /// Also write the report as JSON to this file.
@@ -59,6 +72,9 @@ async fn main() -> std::process::ExitCode {
         duration: std::time::Duration::from_secs_f64(args.duration.clamp(0.5, 600.0)),
         upstream_latency_ms: args.upstream_latency_ms,
         upstream_rate: args.upstream_rate,
+        burst: args.burst,
+        max_in_flight: args.max_in_flight.clamp(1, 1024),
+        team_snapshots: args.team_snapshots,
         concurrency: args.concurrency.max(1),
         prefetch: args.prefetch.max(1),
         reconcile: args.reconcile,

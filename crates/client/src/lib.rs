@@ -626,7 +626,7 @@ impl PuhuriClient {
             // Signed: OpenTelemetry attributes have no unsigned integers.
             span.record("status", i64::from(response.status().as_u16()));
         }
-        let response = sent.map_err(|error| {
+        let mut response = sent.map_err(|error| {
             self.record(operation, None, started);
             PuhuriError::Transient {
                 operation,
@@ -635,7 +635,8 @@ impl PuhuriClient {
             }
         })?;
         let status = response.status();
-        let headers = response.headers().clone();
+        // Taken, not copied: the body is read without them.
+        let headers = std::mem::take(response.headers_mut());
         if status.is_success() {
             let bytes = response.bytes().await;
             self.record(operation, Some(status), started);
@@ -646,7 +647,8 @@ impl PuhuriClient {
             })?;
             return Ok(Answer {
                 headers,
-                bytes: bytes.to_vec(),
+                // Not copied when the body arrived in one piece.
+                bytes: Vec::from(bytes),
             });
         }
         self.record(operation, Some(status), started);
@@ -669,16 +671,16 @@ impl PuhuriClient {
             .json(operation)
     }
 
+    /// A write; its answer's body is not read into a value (no caller uses it).
     async fn post(
         &self,
         operation: &'static str,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, PuhuriError> {
-        let answer = self
-            .call(operation, Method::POST, &self.url(path), body.as_ref())
-            .await?;
-        Ok(serde_json::from_slice(&answer.bytes).unwrap_or(Value::Null))
+    ) -> Result<(), PuhuriError> {
+        self.call(operation, Method::POST, &self.url(path), body.as_ref())
+            .await
+            .map(drop)
     }
 
     /// The provider's view of resources in this API generation.

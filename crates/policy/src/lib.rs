@@ -220,6 +220,9 @@ pub struct Policy {
     needs_granted: bool,
     /// Every documented field a condition or template reads.
     paths: Vec<String>,
+    /// The top-level variables the conditions read: only these are converted to CEL
+    /// values for an evaluation (templates read the JSON view).
+    cel_variables: Vec<String>,
 }
 
 impl fmt::Debug for Policy {
@@ -351,6 +354,7 @@ impl Policy {
             needs_customer_details: false,
             needs_granted: false,
             paths: Vec::new(),
+            cel_variables: Vec::new(),
         }
     }
 
@@ -605,6 +609,14 @@ impl Policy {
         let needs_granted = all_paths
             .iter()
             .any(|p| p == "granted" || p.starts_with("granted."));
+        let mut cel_variables: Vec<String> = rules
+            .iter()
+            .filter_map(|rule| rule.when.as_ref())
+            .flat_map(|condition| condition.paths.iter())
+            .map(|path| path.split('.').next().unwrap_or(path).to_owned())
+            .collect();
+        cel_variables.sort_unstable();
+        cel_variables.dedup();
         Ok(Policy {
             rules,
             default,
@@ -615,6 +627,7 @@ impl Policy {
             needs_customer_details,
             needs_granted,
             paths: all_paths,
+            cel_variables,
         })
     }
 
@@ -667,9 +680,13 @@ impl Policy {
     fn run(&self, allocation: &Allocation, now: OffsetDateTime, every_rule: bool) -> Explanation {
         let view = allocation.view(&self.components, now);
         let mut context = cel::Context::with_env(self.env.clone());
+        // Only what the conditions read becomes a CEL value (a checked condition reads
+        // no other variable: an unknown one is refused at load).
         if let Value::Object(variables) = &view {
             for (name, value) in variables {
-                context.add_variable_from_value(name.as_str(), allocation::to_cel(value));
+                if self.cel_variables.binary_search(name).is_ok() {
+                    context.add_variable_from_value(name.as_str(), allocation::to_cel(value));
+                }
             }
         }
         let mut reasons = Vec::new();

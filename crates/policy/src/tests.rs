@@ -387,3 +387,38 @@ fn the_manual_section_is_checked_like_a_rule() {
         );
     }
 }
+
+#[test]
+fn only_the_variables_conditions_read_become_cel_values_and_templates_read_every_field() {
+    let policy = Policy::parse(
+        r#"
+[[rule]]
+name = "industry"
+when = 'has(attributes.is_industry) && attributes.is_industry'
+action = "hold"
+note = "industry"
+
+[[rule]]
+name = "small"
+when = 'limits.cpu_k_hours <= 1000.0 && today > "2000-01-01"'
+action = "approve"
+backend_id = "{project.slug}_{resource.short_uuid}"
+report = [{ header = "For {customer.name}", body = "{offering.name}" }]
+
+[default]
+action = "hold"
+note = "other"
+"#,
+    )
+    .expect("policy");
+    assert_eq!(policy.cel_variables, ["attributes", "limits", "today"]);
+    let verdict = policy.evaluate(&allocation(), now());
+    assert_eq!(verdict.rule.as_deref(), Some("small"));
+    assert!(verdict.errors.is_empty(), "{:?}", verdict.errors);
+    let Action::Approve { backend_id, report } = verdict.action else {
+        panic!("approved");
+    };
+    assert_eq!(backend_id, "climate_a1916bd5");
+    assert_eq!(report[0].header, "For University of Helsinki");
+    assert_eq!(report[0].body, "LUMI-C");
+}

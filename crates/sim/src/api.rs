@@ -416,6 +416,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
         }
     };
 
+    sim.note_request(method.as_str(), &path, uri.query(), status);
     if is_write {
         let recorded_body = match &body {
             Ok(bytes) if !bytes.is_empty() => {

@@ -62,7 +62,9 @@
 //!   and hook delivery happen outside it.
 //! - Every write call (POST/PUT/PATCH/DELETE) under `/api/` is recorded once, in
 //!   completion order, with its final status, including refused, redirected and
-//!   fault-injected ones; admin calls are never recorded.
+//!   fault-injected ones; admin calls are never recorded. Every `/api/` call, reads
+//!   included, is counted (`Sim::api_calls`) and, while `Sim::record_requests` is on,
+//!   logged with its method, path, query and status (`Sim::requests`).
 //! - A fault-injected response leaves the model untouched, except an
 //!   `applied_error_rate` fault: the write is applied, recorded with the fault's
 //!   status and `applied_status`, and the caller receives the server error.
@@ -277,6 +279,27 @@ pub struct RecordedCall {
     /// fault instead (`Faults::applied_error_rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_status: Option<u16>,
+}
+
+/// One call on the Waldur API, read or write, as [`Sim::record_requests`] logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The path as requested (without the query).
+    pub path: String,
+    pub query: Option<String>,
+    /// The status the caller received.
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// `METHOD path` with the query, e.g. `GET /api/marketplace-orders/<uuid>/`.
+    pub fn line(&self) -> String {
+        match &self.query {
+            Some(query) => format!("{} {}?{query}", self.method, self.path),
+            None => format!("{} {}", self.method, self.path),
+        }
+    }
 }
 
 /// Injected faults; they apply to every `/api/` request, never to `/admin/`.
@@ -500,6 +523,8 @@ struct Inner {
     shared: Mutex<Shared>,
     /// Counts recorded write calls, so observers can await the next one.
     recorded: tokio::sync::watch::Sender<u64>,
+    /// Every call under `/api/` answered so far, reads included.
+    api_calls: std::sync::atomic::AtomicU64,
 }
 
 struct Shared {
@@ -509,6 +534,8 @@ struct Shared {
     call_times: Vec<std::time::Instant>,
     faults: Faults,
     rng: u64,
+    /// Every `/api/` call, reads included, while [`Sim::record_requests`] is on.
+    requests: Option<Vec<RecordedRequest>>,
 }
 
 impl Shared {
@@ -546,6 +573,7 @@ impl Sim {
         Sim {
             inner: Arc::new(Inner {
                 recorded: tokio::sync::watch::channel(0).0,
+                api_calls: std::sync::atomic::AtomicU64::new(0),
                 waldur: config.waldur,
                 tokens: Mutex::new(session::Tokens::new(config.tokens)),
                 in_flight: session::InFlight::default(),
@@ -560,6 +588,7 @@ impl Sim {
                     call_times: Vec::new(),
                     faults: Faults::default(),
                     rng: seed,
+                    requests: None,
                 }),
             }),
         }
@@ -738,6 +767,41 @@ impl Sim {
 
     pub(crate) fn note_recorded(&self) {
         self.inner.recorded.send_modify(|n| *n += 1);
+    }
+
+    /// Starts (empty) or stops logging every `/api/` call, reads included: what
+    /// [`Sim::requests`] returns. Off by default (the write calls of [`Sim::calls`] are
+    /// always recorded).
+    pub fn record_requests(&self, on: bool) {
+        self.lock().requests = on.then(Vec::new);
+    }
+
+    /// Every `/api/` call answered since [`Sim::record_requests`] was turned on, in
+    /// completion order; empty when it is off.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone().unwrap_or_default()
+    }
+
+    /// How many `/api/` calls (reads and writes) were answered since start.
+    pub fn api_calls(&self) -> u64 {
+        self.inner
+            .api_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_request(&self, method: &str, path: &str, query: Option<&str>, status: u16) {
+        self.inner
+            .api_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut shared = self.lock();
+        if let Some(requests) = shared.requests.as_mut() {
+            requests.push(RecordedRequest {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                query: query.map(str::to_owned),
+                status,
+            });
+        }
     }
 
     /// Forgets the recorded calls.
