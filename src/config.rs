@@ -104,6 +104,7 @@ pub const KEYS: &[&str] = &[
     "policy",
     "receiver",
     "sources",
+    "events",
     // [amqp]
     "url",
     "urls",
@@ -128,6 +129,12 @@ pub const KEYS: &[&str] = &[
     "watch_secs",
     "linger_ms",
     "max_batch",
+    // [events]
+    "flow",
+    "heartbeat_ms",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "offerings",
     // [puhuri]
     "token",
     "token_file",
@@ -249,6 +256,32 @@ pub struct Config {
     pub policy_customers_file: Option<PathBuf>,
     pub receiver: ReceiverConfig,
     pub sources: Vec<SourceConfig>,
+    /// Waldur's event stream (`[events]`), when configured.
+    pub events: Option<EventsConfig>,
+}
+
+/// Which registration flow the `[events]` source uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsFlow {
+    /// Event consumers when the server has them (the start-up probe), else subscriptions.
+    Auto,
+    Consumers,
+    Subscriptions,
+}
+
+/// Waldur's own push channel: order events over STOMP 1.2 over WebSocket (`[events]`).
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// `ws://` or `wss://` URL of the web-STOMP endpoint.
+    pub url: String,
+    pub flow: EventsFlow,
+    /// The heart-beat this side offers and asks for, both ways.
+    pub heartbeat: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The offerings registered for (default `puhuri.offerings`).
+    pub offerings: Vec<String>,
 }
 
 /// The queue backend: RabbitMQ when an AMQP URL is configured, else the embedded queue.
@@ -552,6 +585,18 @@ struct FileConfig {
     receiver: FileReceiver,
     #[serde(default)]
     sources: Vec<Spanned<FileSource>>,
+    events: Option<Spanned<FileEvents>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEvents {
+    url: Option<Spanned<String>>,
+    flow: Option<EventsFlow>,
+    heartbeat_ms: Option<Spanned<u64>>,
+    backoff_initial_ms: Option<Spanned<u64>>,
+    backoff_max_ms: Option<Spanned<u64>>,
+    offerings: Option<Vec<String>>,
 }
 
 /// The two addresses `healthcheck` reads; every other key is left to the service.
@@ -1044,6 +1089,69 @@ impl Config {
             sources.push(source);
         }
 
+        let events = match &file.events {
+            None => None,
+            Some(section) => {
+                let raw = section.get_ref();
+                let url = match &raw.url {
+                    Some(url) => {
+                        let text = url.get_ref().trim();
+                        if !(text.starts_with("ws://") || text.starts_with("wss://")) {
+                            return Err(at.invalid(
+                                url.span(),
+                                "events.url",
+                                "expected a `ws://` or `wss://` URL",
+                            ));
+                        }
+                        text.to_owned()
+                    }
+                    None => match puhuri_url.as_deref().and_then(events_url_of) {
+                        Some(url) => url,
+                        None => {
+                            return Err(at.invalid(
+                                section.span(),
+                                "events.url",
+                                "needed: no `puhuri.url` to derive `wss://<host>/rmqws-stomp` from",
+                            ));
+                        }
+                    },
+                };
+                let heartbeat = millis(&at, &raw.heartbeat_ms, "events.heartbeat_ms", 10_000)?;
+                let backoff_initial =
+                    millis(&at, &raw.backoff_initial_ms, "events.backoff_initial_ms", 1_000)?;
+                let backoff_max =
+                    millis(&at, &raw.backoff_max_ms, "events.backoff_max_ms", 120_000)?;
+                if backoff_max < backoff_initial
+                    && let Some(max) = &raw.backoff_max_ms
+                {
+                    return Err(at.invalid(
+                        max.span(),
+                        "events.backoff_max_ms",
+                        "expected at least `events.backoff_initial_ms`",
+                    ));
+                }
+                let offerings = raw
+                    .offerings
+                    .clone()
+                    .unwrap_or_else(|| file.puhuri.offerings.clone());
+                if offerings.is_empty() {
+                    return Err(at.invalid(
+                        section.span(),
+                        "events.offerings",
+                        "needed: the offerings whose order events to receive (or `puhuri.offerings`)",
+                    ));
+                }
+                Some(EventsConfig {
+                    url,
+                    flow: raw.flow.unwrap_or(EventsFlow::Auto),
+                    heartbeat,
+                    backoff_initial,
+                    backoff_max,
+                    offerings,
+                })
+            }
+        };
+
         Ok(Config {
             origin: path.to_owned(),
             listen,
@@ -1081,6 +1189,7 @@ impl Config {
             policy_customers_file,
             receiver,
             sources,
+            events,
         })
     }
 
@@ -1108,7 +1217,7 @@ impl Config {
                 what: "the policy file (a policy whose `[default]` holds decides nothing automatically)",
             });
         }
-        if needs.sources && self.sources.is_empty() {
+        if needs.sources && self.sources.is_empty() && self.events.is_none() {
             missing.push(Missing {
                 key: "sources",
                 env: None,
@@ -1569,6 +1678,18 @@ fn millis(
         Some(ms) => Ok(Duration::from_millis(*ms.get_ref())),
         None => Ok(Duration::from_millis(default)),
     }
+}
+
+/// `wss://<host>/rmqws-stomp` (or `ws://` for an `http://` API) from Puhuri Core's API URL.
+pub fn events_url_of(api: &str) -> Option<String> {
+    let (scheme, rest) = api.split_once("://")?;
+    let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+    let scheme = match scheme {
+        "https" => "wss",
+        "http" => "ws",
+        _ => return None,
+    };
+    Some(format!("{scheme}://{host}/rmqws-stomp"))
 }
 
 /// Puhuri Core's base URL must be http(s) and end with `/api/`; a missing final slash is added.

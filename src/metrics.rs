@@ -95,6 +95,18 @@ pub const PUHURI_AUTH_OK: &str = "puhuri_approver_puhuri_auth_ok";
 /// timeouts) and workers take no new deliveries.
 pub const PUHURI_CIRCUIT_OPEN: &str = "puhuri_approver_puhuri_circuit_open";
 
+/// `1` while Waldur's event stream (`[events]`) is connected and subscribed.
+pub const STOMP_CONNECTED: &str = "puhuri_approver_stomp_connected";
+/// `MESSAGE` frames of the event stream by `outcome` (`queued`, `ignored`, `dead-lettered`).
+pub const STOMP_FRAMES: &str = "puhuri_approver_stomp_frames_total";
+/// Frames acknowledged to Waldur's broker (each only after it was durably queued).
+pub const STOMP_ACKED: &str = "puhuri_approver_stomp_acked_total";
+/// Frames Waldur's broker marked as redelivered (sent before, not acknowledged then).
+pub const STOMP_REDELIVERED: &str = "puhuri_approver_stomp_redelivered_total";
+/// Event stream sessions lost (each followed by a reconnect with backoff).
+pub const STOMP_RECONNECTS: &str = "puhuri_approver_stomp_reconnects_total";
+/// Seconds since the event stream's last frame (no sample before the first).
+pub const STOMP_LAST_FRAME_AGE: &str = "puhuri_approver_stomp_last_frame_age_seconds";
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
 /// in the order `/metrics` lists them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -125,6 +137,12 @@ pub const METRIC_NAMES: &[&str] = &[
     PUHURI_SLOT_WAITS,
     PUHURI_AUTH_OK,
     PUHURI_CIRCUIT_OPEN,
+    STOMP_CONNECTED,
+    STOMP_FRAMES,
+    STOMP_ACKED,
+    STOMP_REDELIVERED,
+    STOMP_RECONNECTS,
+    STOMP_LAST_FRAME_AGE,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -235,6 +253,13 @@ pub struct Metrics {
     puhuri_slot_waits: Counter,
     puhuri_auth_ok: Gauge,
     puhuri_circuit_open: Gauge,
+    stomp_connected: Reading<u64>,
+    stomp_frames: Family<Labels<1>, Counter>,
+    stomp_acked: Counter,
+    stomp_redelivered: Counter,
+    stomp_reconnects: Counter,
+    stomp_last_frame_age: Reading<f64>,
+    events: Mutex<Option<Arc<crate::events::StreamStats>>>,
     /// The start-up probe's report (`/readyz`), and whether it passed.
     probe: Mutex<Option<(bool, serde_json::Value)>>,
     /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
@@ -312,6 +337,13 @@ impl Metrics {
             puhuri_slot_waits: Counter::default(),
             puhuri_auth_ok: Gauge::default(),
             puhuri_circuit_open: Gauge::default(),
+            stomp_connected: Reading::default(),
+            stomp_frames: Family::default(),
+            stomp_acked: Counter::default(),
+            stomp_redelivered: Counter::default(),
+            stomp_reconnects: Counter::default(),
+            stomp_last_frame_age: Reading::default(),
+            events: Mutex::new(None),
             probe: Mutex::new(None),
             circuit: Mutex::new(None),
             runs_workers: AtomicBool::new(false),
@@ -489,7 +521,74 @@ impl Metrics {
             "1 while consumption is paused: the token is refused or Puhuri Core keeps failing",
             self.puhuri_circuit_open.clone(),
         );
+        register(
+            r,
+            STOMP_CONNECTED,
+            "1 while Waldur's event stream is connected and subscribed",
+            self.stomp_connected.clone(),
+        );
+        register(
+            r,
+            STOMP_FRAMES,
+            "Event stream MESSAGE frames by outcome",
+            Described(self.stomp_frames.clone()),
+        );
+        register(
+            r,
+            STOMP_ACKED,
+            "Event stream frames acknowledged after they were durably queued",
+            self.stomp_acked.clone(),
+        );
+        register(
+            r,
+            STOMP_REDELIVERED,
+            "Event stream frames the broker marked as redelivered",
+            self.stomp_redelivered.clone(),
+        );
+        register(
+            r,
+            STOMP_RECONNECTS,
+            "Event stream sessions lost and reconnected",
+            self.stomp_reconnects.clone(),
+        );
+        register(
+            r,
+            STOMP_LAST_FRAME_AGE,
+            "Seconds since the event stream's last frame",
+            self.stomp_last_frame_age.clone(),
+        );
         self
+    }
+
+    /// The event stream whose state `/metrics` and `/readyz` report.
+    pub fn attach_events(&self, stats: Arc<crate::events::StreamStats>) {
+        self.stomp_connected.set(Some(0));
+        *lock(&self.events) = Some(stats);
+    }
+
+    /// Whether the event stream is connected: `None` where none runs.
+    pub fn events_connected(&self) -> Option<bool> {
+        lock(&self.events)
+            .as_ref()
+            .map(|s| s.connected.load(Ordering::Relaxed))
+    }
+
+    /// One `MESSAGE` frame of the event stream: `queued`, `ignored` or `dead-lettered`.
+    pub fn stomp_frame(&self, outcome: &'static str, redelivered: bool) {
+        self.stomp_frames
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+        if redelivered {
+            self.stomp_redelivered.inc();
+        }
+    }
+
+    pub fn stomp_acked(&self) {
+        self.stomp_acked.inc();
+    }
+
+    pub fn stomp_reconnect(&self) {
+        self.stomp_reconnects.inc();
     }
 
     /// Records the start-up probe for `/readyz`: `passed` and what it found (or why not).
@@ -670,6 +769,11 @@ impl Metrics {
         self.queue_depth.set(reading.depth);
         self.dead_letter_depth.set(reading.dead);
         self.queue_oldest_age.set(reading.oldest_age);
+        if let Some(stats) = lock(&self.events).clone() {
+            self.stomp_connected
+                .set(Some(u64::from(stats.connected.load(Ordering::Relaxed))));
+            self.stomp_last_frame_age.set(stats.last_frame_age());
+        }
         self.render()
     }
 
