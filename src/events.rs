@@ -150,6 +150,9 @@ pub struct EventStream {
     broker: Broker,
     stats: Arc<StreamStats>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The registration, kept across reconnects (registering again with the older flow
+    /// would make a new subscription and queue); dropped when the broker refuses a login.
+    channel: tokio::sync::Mutex<Option<EventChannel>>,
 }
 
 type Socket =
@@ -170,6 +173,7 @@ impl EventStream {
             broker,
             stats: Arc::new(StreamStats::default()),
             metrics,
+            channel: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -230,7 +234,27 @@ impl EventStream {
     }
 
     async fn session(&self, stop: &CancellationToken) -> Result<(), SessionError> {
-        let channel = self.register().await?;
+        let known = self.channel.lock().await.clone();
+        let channel = match known {
+            Some(channel) => channel,
+            None => {
+                let channel = self.register().await?;
+                *self.channel.lock().await = Some(channel.clone());
+                channel
+            }
+        };
+        let result = self.connected_session(&channel, stop).await;
+        if matches!(result, Err(SessionError::Refused(_))) {
+            *self.channel.lock().await = None;
+        }
+        result
+    }
+
+    async fn connected_session(
+        &self,
+        channel: &EventChannel,
+        stop: &CancellationToken,
+    ) -> Result<(), SessionError> {
         let (mut socket, _) = tokio_tungstenite::connect_async(self.config.url.as_str())
             .await
             .map_err(|e| SessionError::Connect(e.to_string()))?;

@@ -21,6 +21,7 @@ mod readiness;
 mod recon;
 mod secrets;
 mod spine;
+mod stomp;
 mod telemetry;
 mod tools;
 mod usage_key;

@@ -1,0 +1,329 @@
+//! Waldur's event stream as a source (`[events]`): the simulator registers consumers and
+//! subscriptions on a private RabbitMQ node with the management and web-STOMP plugins
+//! (`deploy/rabbitmq/node`, own ports, name, data and cookie) and publishes order events
+//! there; the service's STOMP source reads them through the real web-STOMP endpoint. HTTP
+//! sources get nothing (the simulator announces nothing) and the reconciler's interval is an
+//! hour, so a decision can only come through the stream.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use puhuri_sim::{EventBroker, Sim, SimConfig, WaldurVersion};
+use serde_json::json;
+
+use crate::helpers::{Backend, Counts, Expect, Options, Proxy, TOKEN, WAIT, spawn_app, temp_dir};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq/node");
+
+/// A node of this test's own; dropping it stops the node and removes its folder.
+struct Node {
+    dir: PathBuf,
+    amqp: u16,
+    management: u16,
+    stomp: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn script(dir: &std::path::Path, args: &[&str]) {
+    let output = std::process::Command::new(SCRIPT)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {SCRIPT}: {error}"));
+    assert!(
+        output.status.success(),
+        "`node {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Node {
+    async fn start() -> Node {
+        let node = Node {
+            dir: temp_dir("stomp-node"),
+            amqp: free_port(),
+            management: free_port(),
+            stomp: free_port(),
+        };
+        let name = format!("ps{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let ports = format!(
+            "{},{},{},{}",
+            node.amqp,
+            node.management,
+            node.stomp,
+            free_port()
+        );
+        let dir = node.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            script(&dir, &["--name", &name, "--ports", &ports, "start"]);
+        })
+        .await
+        .expect("join");
+        node
+    }
+
+    fn broker(&self) -> EventBroker {
+        EventBroker {
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:{}", self.amqp),
+            management_url: format!("http://guest:guest@127.0.0.1:{}", self.management),
+        }
+    }
+
+    async fn run(&self, command: &'static str) {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || script(&dir, &[command]))
+            .await
+            .expect("join");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        script(&self.dir, &["stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The seeded catalogue's offering uuid by name (uuids are stable across simulators).
+fn offering(name: &str) -> String {
+    let sim = Sim::new(SimConfig {
+        tokens: vec![],
+        hook: None,
+        seed: true,
+        public_url: None,
+        waldur: WaldurVersion::V8_0,
+    });
+    sim.catalogue()
+        .offerings
+        .into_iter()
+        .find(|o| o.name == name)
+        .map(|o| o.uuid)
+        .expect("offering in the catalogue")
+}
+
+fn events_config(stomp_port: u16, flow: &str) -> String {
+    format!(
+        "[events]\nurl = \"ws://127.0.0.1:{stomp_port}/ws\"\nflow = \"{flow}\"\nheartbeat_ms = 1000\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\nofferings = [\"{}\", \"{}\"]\n",
+        offering("LUMI-C"),
+        offering("LUMI-G"),
+    )
+}
+
+async fn await_connected(stats: &puhuri_approver::events::StreamStats) {
+    let wait = async {
+        loop {
+            let notified = stats.connected_notify.notified();
+            if stats.connected.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("the event stream connects");
+}
+
+async fn stream_app(node: &Node, backend: Backend, waldur: WaldurVersion, flow: &str, url_port: u16) -> crate::helpers::TestApp {
+    spawn_app(Options {
+        backend,
+        waldur,
+        reconcile_interval_secs: 3600,
+        sim_events: Some(node.broker()),
+        extra_config: events_config(url_port, flow),
+        ..Options::default()
+    })
+    .await
+}
+
+crate::on_both_backends!(an_allocation_is_decided_through_the_event_stream_alone);
+
+async fn an_allocation_is_decided_through_the_event_stream_alone(backend: Backend) {
+    let node = Node::start().await;
+    let app = stream_app(&node, backend, WaldurVersion::V8_0, "auto", node.stomp).await;
+    let running = app.running.as_ref().expect("running");
+    let stats = running.events.clone().expect("the stream runs");
+    await_connected(&stats).await;
+    let began = Instant::now();
+    let cases = vec![(app.create(json!({"cpu_k_hours": 10})).await, Expect::Approve)];
+    app.wait_decided(&cases, WAIT).await;
+    let took = began.elapsed();
+    assert_eq!(app.check(&cases), Counts::default());
+    assert_eq!(stats.queued.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.acked.load(Ordering::Relaxed), 1);
+    let reconciled = running
+        .reconciler
+        .as_ref()
+        .and_then(|r| r.last_report())
+        .map_or(0, |r| r.enqueued);
+    assert_eq!(reconciled, 0, "the reconciler must not have found it");
+    let (_, _, ready) = app.readyz().await;
+    assert_eq!(ready["checks"]["events"], "ok", "{ready}");
+    println!(
+        "stomp end to end ({backend:?}): created to decided in {} ms through the event stream alone",
+        took.as_millis()
+    );
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_cut_websocket_loses_nothing_and_decides_nothing_twice);
+
+async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backend) {
+    let node = Node::start().await;
+    let proxy = Proxy::start(([127, 0, 0, 1], node.stomp).into()).await;
+    let app = stream_app(&node, backend, WaldurVersion::V7_0, "auto", proxy.port).await;
+    let running = app.running.as_ref().expect("running");
+    let stats = running.events.clone().expect("the stream runs");
+    await_connected(&stats).await;
+    let mut cases = app.create_mixed(9).await;
+    assert!(proxy.cut() > 0, "the stream went through the proxy");
+    cases.extend(app.create_mixed(9).await);
+    await_connected(&stats).await;
+    cases.extend(app.create_mixed(6).await);
+    let took = app.wait_decided(&cases, WAIT).await;
+    let counts = app.check(&cases);
+    println!(
+        "stomp cut ({backend:?}): {} allocations, websocket cut once: lost={} duplicated={} wrong={}; redelivered frames={} reconnects={} decided in {} ms",
+        cases.len(),
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        stats.redelivered.load(Ordering::Relaxed),
+        stats.reconnects.load(Ordering::Relaxed),
+        took.as_millis()
+    );
+    assert_eq!(counts, Counts::default());
+    assert!(stats.reconnects.load(Ordering::Relaxed) >= 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_broker_stopped_mid_stream_loses_nothing() {
+    let node = Node::start().await;
+    let app = stream_app(&node, Backend::Embedded, WaldurVersion::V8_0, "consumers", node.stomp).await;
+    let running = app.running.as_ref().expect("running");
+    let stats = running.events.clone().expect("the stream runs");
+    await_connected(&stats).await;
+    let mut cases = app.create_mixed(6).await;
+    node.run("stop").await;
+    // Created while Waldur's broker is away: their events are lost by design; the reconcile
+    // pass on reconnect finds them.
+    cases.extend(app.create_mixed(6).await);
+    node.run("start").await;
+    await_connected(&stats).await;
+    cases.extend(app.create_mixed(6).await);
+    let took = app.wait_decided(&cases, WAIT).await;
+    let counts = app.check(&cases);
+    println!(
+        "stomp broker stop: {} allocations: lost={} duplicated={} wrong={}; redelivered frames={} reconnects={} decided in {} ms",
+        cases.len(),
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        stats.redelivered.load(Ordering::Relaxed),
+        stats.reconnects.load(Ordering::Relaxed),
+        took.as_millis()
+    );
+    assert_eq!(counts, Counts::default());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn registration_is_as_strict_as_waldur() {
+    let node = Node::start().await;
+    let sim = Sim::new(SimConfig {
+        tokens: vec![puhuri_auth::Secret::new(TOKEN)],
+        hook: None,
+        seed: true,
+        public_url: None,
+        waldur: WaldurVersion::V8_0,
+    });
+    sim.set_event_broker(node.broker());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sim.clone().serve(listener, stop.clone()));
+    let http = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
+        let mut request = http.post(format!("http://{addr}/api/{path}")).json(&body);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Token {token}"));
+        }
+        request.send()
+    };
+    let lumi = offering("LUMI-C");
+    let scopes = json!({"object_types": ["order"], "scopes": [{"type": "offering", "uuid": lumi}]});
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(post("event-consumers/register/", None, scopes.clone()).await.expect("answer")), 401);
+    let other = json!({"object_types": ["order"], "scopes": [{"type": "offering", "uuid": uuid::Uuid::new_v4().simple().to_string()}]});
+    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), other).await.expect("answer")), 400);
+    let empty = json!({"object_types": ["order"], "scopes": []});
+    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), empty).await.expect("answer")), 403);
+    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), scopes.clone()).await.expect("answer")), 201);
+    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), scopes).await.expect("answer")), 200);
+
+    // Both flows through the client; the queues exist on the broker with Waldur's arguments.
+    let client = puhuri_client::PuhuriClient::new(
+        &puhuri_client::ClientConfig {
+            url: format!("http://{addr}/api/"),
+            api: puhuri_client::ApiGeneration::Orders,
+            timeout: Duration::from_secs(5),
+        },
+        TOKEN,
+    )
+    .expect("client");
+    assert!(client.has_event_consumers().await.expect("probe"));
+    let uuid = puhuri_client::WaldurUuid::parse(&lumi).expect("uuid");
+    let consumer = client.register_event_consumer(std::slice::from_ref(&uuid)).await.expect("consumer");
+    let subscription = client.subscribe_events(std::slice::from_ref(&uuid)).await.expect("subscription");
+    assert_eq!(consumer.vhost, subscription.vhost);
+    for queue in consumer.queues.iter().chain(&subscription.queues) {
+        let info: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{}/api/queues/{}/{queue}", node.management, consumer.vhost))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("management answers")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(info["durable"], true, "{info}");
+        assert_eq!(info["arguments"]["x-max-length"], 10_000, "{info}");
+        assert_eq!(info["arguments"]["x-message-ttl"], 3_600_000, "{info}");
+        assert_eq!(info["arguments"]["x-overflow"], "reject-publish-dlx", "{info}");
+    }
+    // 7.0 has no event consumers: the probe says so.
+    let old = Sim::new(SimConfig {
+        tokens: vec![puhuri_auth::Secret::new(TOKEN)],
+        hook: None,
+        seed: true,
+        public_url: None,
+        waldur: WaldurVersion::V7_0,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let old_addr = listener.local_addr().expect("addr");
+    tokio::spawn(old.serve(listener, stop.clone()));
+    let old_client = puhuri_client::PuhuriClient::new(
+        &puhuri_client::ClientConfig {
+            url: format!("http://{old_addr}/api/"),
+            api: puhuri_client::ApiGeneration::Orders,
+            timeout: Duration::from_secs(5),
+        },
+        TOKEN,
+    )
+    .expect("client");
+    assert!(!old_client.has_event_consumers().await.expect("probe"));
+    // Without a broker, registration fails as a server whose broker is away.
+    let error = old_client.subscribe_events(std::slice::from_ref(&uuid)).await;
+    assert!(error.is_err());
+    stop.cancel();
+}
