@@ -1117,8 +1117,12 @@ impl Config {
                     },
                 };
                 let heartbeat = millis(&at, &raw.heartbeat_ms, "events.heartbeat_ms", 10_000)?;
-                let backoff_initial =
-                    millis(&at, &raw.backoff_initial_ms, "events.backoff_initial_ms", 1_000)?;
+                let backoff_initial = millis(
+                    &at,
+                    &raw.backoff_initial_ms,
+                    "events.backoff_initial_ms",
+                    1_000,
+                )?;
                 let backoff_max =
                     millis(&at, &raw.backoff_max_ms, "events.backoff_max_ms", 120_000)?;
                 if backoff_max < backoff_initial

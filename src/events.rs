@@ -294,7 +294,11 @@ impl EventStream {
         }
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connected_notify.notify_waiters();
-        tracing::info!(queues = channel.queues.len(), heart_beat_ms = send_every, "event stream connected");
+        tracing::info!(
+            queues = channel.queues.len(),
+            heart_beat_ms = send_every,
+            "event stream connected"
+        );
         let silence = (expect_every > 0).then(|| Duration::from_millis(expect_every * 2));
         let mut beat_timer = tokio::time::interval(Duration::from_millis(send_every.max(1)));
         beat_timer.tick().await;

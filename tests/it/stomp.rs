@@ -133,11 +133,18 @@ async fn await_connected(stats: &puhuri_approver::events::StreamStats) {
         .expect("the event stream connects");
 }
 
-async fn stream_app(node: &Node, backend: Backend, waldur: WaldurVersion, flow: &str, url_port: u16) -> crate::helpers::TestApp {
+async fn stream_app(
+    node: &Node,
+    backend: Backend,
+    waldur: WaldurVersion,
+    flow: &str,
+    url_port: u16,
+    reconcile_interval_secs: u64,
+) -> crate::helpers::TestApp {
     spawn_app(Options {
         backend,
         waldur,
-        reconcile_interval_secs: 3600,
+        reconcile_interval_secs,
         sim_events: Some(node.broker()),
         extra_config: events_config(url_port, flow),
         ..Options::default()
@@ -149,23 +156,27 @@ crate::on_both_backends!(an_allocation_is_decided_through_the_event_stream_alone
 
 async fn an_allocation_is_decided_through_the_event_stream_alone(backend: Backend) {
     let node = Node::start().await;
-    let app = stream_app(&node, backend, WaldurVersion::V8_0, "auto", node.stomp).await;
+    // No reconciler loop at all: the decision can only come through the stream.
+    let app = stream_app(&node, backend, WaldurVersion::V8_0, "auto", node.stomp, 0).await;
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
     let began = Instant::now();
-    let cases = vec![(app.create(json!({"cpu_k_hours": 10})).await, Expect::Approve)];
+    let cases = vec![(
+        app.create(json!({"cpu_k_hours": 10})).await,
+        Expect::Approve,
+    )];
     app.wait_decided(&cases, WAIT).await;
     let took = began.elapsed();
     assert_eq!(app.check(&cases), Counts::default());
-    assert_eq!(stats.queued.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.acked.load(Ordering::Relaxed), 1);
-    let reconciled = running
-        .reconciler
-        .as_ref()
-        .and_then(|r| r.last_report())
-        .map_or(0, |r| r.enqueued);
-    assert_eq!(reconciled, 0, "the reconciler must not have found it");
+    assert_eq!(
+        stats.queued.load(Ordering::Relaxed),
+        1,
+        "{stats:?}, published {}",
+        app.sim.events_published()
+    );
+    assert_eq!(stats.acked.load(Ordering::Relaxed), 1, "{stats:?}");
+    assert_eq!(running.reconciler.as_ref().map_or(0, |r| r.passes()), 0);
     let (_, _, ready) = app.readyz().await;
     assert_eq!(ready["checks"]["events"], "ok", "{ready}");
     println!(
@@ -180,7 +191,15 @@ crate::on_both_backends!(a_cut_websocket_loses_nothing_and_decides_nothing_twice
 async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backend) {
     let node = Node::start().await;
     let proxy = Proxy::start(([127, 0, 0, 1], node.stomp).into()).await;
-    let app = stream_app(&node, backend, WaldurVersion::V7_0, "auto", proxy.port).await;
+    let app = stream_app(
+        &node,
+        backend,
+        WaldurVersion::V7_0,
+        "auto",
+        proxy.port,
+        3600,
+    )
+    .await;
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
@@ -209,7 +228,15 @@ async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backen
 #[tokio::test]
 async fn the_broker_stopped_mid_stream_loses_nothing() {
     let node = Node::start().await;
-    let app = stream_app(&node, Backend::Embedded, WaldurVersion::V8_0, "consumers", node.stomp).await;
+    let app = stream_app(
+        &node,
+        Backend::Embedded,
+        WaldurVersion::V8_0,
+        "consumers",
+        node.stomp,
+        3600,
+    )
+    .await;
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
@@ -248,7 +275,9 @@ async fn registration_is_as_strict_as_waldur() {
         waldur: WaldurVersion::V8_0,
     });
     sim.set_event_broker(node.broker());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(sim.clone().serve(listener, stop.clone()));
@@ -263,13 +292,48 @@ async fn registration_is_as_strict_as_waldur() {
     let lumi = offering("LUMI-C");
     let scopes = json!({"object_types": ["order"], "scopes": [{"type": "offering", "uuid": lumi}]});
     let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(status(post("event-consumers/register/", None, scopes.clone()).await.expect("answer")), 401);
+    assert_eq!(
+        status(
+            post("event-consumers/register/", None, scopes.clone())
+                .await
+                .expect("answer")
+        ),
+        401
+    );
     let other = json!({"object_types": ["order"], "scopes": [{"type": "offering", "uuid": uuid::Uuid::new_v4().simple().to_string()}]});
-    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), other).await.expect("answer")), 400);
+    assert_eq!(
+        status(
+            post("event-consumers/register/", Some(TOKEN), other)
+                .await
+                .expect("answer")
+        ),
+        400
+    );
     let empty = json!({"object_types": ["order"], "scopes": []});
-    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), empty).await.expect("answer")), 403);
-    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), scopes.clone()).await.expect("answer")), 201);
-    assert_eq!(status(post("event-consumers/register/", Some(TOKEN), scopes).await.expect("answer")), 200);
+    assert_eq!(
+        status(
+            post("event-consumers/register/", Some(TOKEN), empty)
+                .await
+                .expect("answer")
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            post("event-consumers/register/", Some(TOKEN), scopes.clone())
+                .await
+                .expect("answer")
+        ),
+        201
+    );
+    assert_eq!(
+        status(
+            post("event-consumers/register/", Some(TOKEN), scopes)
+                .await
+                .expect("answer")
+        ),
+        200
+    );
 
     // Both flows through the client; the queues exist on the broker with Waldur's arguments.
     let client = puhuri_client::PuhuriClient::new(
@@ -283,12 +347,21 @@ async fn registration_is_as_strict_as_waldur() {
     .expect("client");
     assert!(client.has_event_consumers().await.expect("probe"));
     let uuid = puhuri_client::WaldurUuid::parse(&lumi).expect("uuid");
-    let consumer = client.register_event_consumer(std::slice::from_ref(&uuid)).await.expect("consumer");
-    let subscription = client.subscribe_events(std::slice::from_ref(&uuid)).await.expect("subscription");
+    let consumer = client
+        .register_event_consumer(std::slice::from_ref(&uuid))
+        .await
+        .expect("consumer");
+    let subscription = client
+        .subscribe_events(std::slice::from_ref(&uuid))
+        .await
+        .expect("subscription");
     assert_eq!(consumer.vhost, subscription.vhost);
     for queue in consumer.queues.iter().chain(&subscription.queues) {
         let info: serde_json::Value = http
-            .get(format!("http://127.0.0.1:{}/api/queues/{}/{queue}", node.management, consumer.vhost))
+            .get(format!(
+                "http://127.0.0.1:{}/api/queues/{}/{queue}",
+                node.management, consumer.vhost
+            ))
             .basic_auth("guest", Some("guest"))
             .send()
             .await
@@ -299,7 +372,10 @@ async fn registration_is_as_strict_as_waldur() {
         assert_eq!(info["durable"], true, "{info}");
         assert_eq!(info["arguments"]["x-max-length"], 10_000, "{info}");
         assert_eq!(info["arguments"]["x-message-ttl"], 3_600_000, "{info}");
-        assert_eq!(info["arguments"]["x-overflow"], "reject-publish-dlx", "{info}");
+        assert_eq!(
+            info["arguments"]["x-overflow"], "reject-publish-dlx",
+            "{info}"
+        );
     }
     // 7.0 has no event consumers: the probe says so.
     let old = Sim::new(SimConfig {
@@ -309,7 +385,9 @@ async fn registration_is_as_strict_as_waldur() {
         public_url: None,
         waldur: WaldurVersion::V7_0,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let old_addr = listener.local_addr().expect("addr");
     tokio::spawn(old.serve(listener, stop.clone()));
     let old_client = puhuri_client::PuhuriClient::new(
@@ -323,7 +401,9 @@ async fn registration_is_as_strict_as_waldur() {
     .expect("client");
     assert!(!old_client.has_event_consumers().await.expect("probe"));
     // Without a broker, registration fails as a server whose broker is away.
-    let error = old_client.subscribe_events(std::slice::from_ref(&uuid)).await;
+    let error = old_client
+        .subscribe_events(std::slice::from_ref(&uuid))
+        .await;
     assert!(error.is_err());
     stop.cancel();
 }

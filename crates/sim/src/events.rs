@@ -300,10 +300,7 @@ impl Sim {
                 "This field is required.",
             ));
         };
-        if objects
-            .iter()
-            .any(|o| o["object_type"].as_str().is_none())
-        {
+        if objects.iter().any(|o| o["object_type"].as_str().is_none()) {
             return error(ApiError::field(
                 "observable_objects",
                 "Every object needs an object_type.",
@@ -332,18 +329,21 @@ impl Sim {
             return error(ApiError::detail(400, "JSON parse error."));
         };
         if body["object_type"].as_str() != Some("order") {
-            return error(ApiError::field("object_type", "Only order is supported here."));
+            return error(ApiError::field(
+                "object_type",
+                "Only order is supported here.",
+            ));
         }
-        let offering = match self.managed_offering(body["offering_uuid"].as_str().unwrap_or_default())
-        {
-            Ok(uuid) => uuid,
-            Err(_) => {
-                return error(ApiError::field(
-                    "offering_uuid",
-                    "You do not have permission to subscribe to this offering.",
-                ));
-            }
-        };
+        let offering =
+            match self.managed_offering(body["offering_uuid"].as_str().unwrap_or_default()) {
+                Ok(uuid) => uuid,
+                Err(_) => {
+                    return error(ApiError::field(
+                        "offering_uuid",
+                        "You do not have permission to subscribe to this offering.",
+                    ));
+                }
+            };
         let vhost = hex(user);
         let login = hex(subscription);
         let queue = format!("subscription_{}_offering_{}_order", login, hex(offering));
@@ -432,7 +432,10 @@ impl Sim {
             match answer {
                 Ok(answer) if answer.status().is_success() => {}
                 Ok(answer) => {
-                    tracing::warn!(status = answer.status().as_u16(), "the broker's management API refused a call");
+                    tracing::warn!(
+                        status = answer.status().as_u16(),
+                        "the broker's management API refused a call"
+                    );
                     return Err(server_error());
                 }
                 Err(e) => {
@@ -461,7 +464,12 @@ impl Sim {
                 Ok(()) => self.event_state().published += 1,
                 Err(e) => {
                     tracing::warn!(error = %e, queue = %target.queue, "publishing an order event failed; it is lost");
-                    self.inner.events.channels.lock().await.remove(&target.vhost);
+                    self.inner
+                        .events
+                        .channels
+                        .lock()
+                        .await
+                        .remove(&target.vhost);
                 }
             }
         }
@@ -482,7 +490,10 @@ impl Sim {
             let connection = Connection::connect(&url, ConnectionProperties::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
@@ -518,6 +529,9 @@ impl Sim {
 
 /// The token of an `Authorization: Token <t>` header (already authenticated).
 fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let raw = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let raw = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     raw.split_whitespace().nth(1).map(str::to_string)
 }

@@ -722,8 +722,7 @@ impl Sim {
         tokio::spawn(async move { sim.publish_order_event(offering, unified, bare).await });
         Ok(created)
     }
-
-    }
+}
 
 /// Waldur's order event for the push channel: the offering, the unified message and the bare
 /// `{order_uuid, order_state}` form.
