@@ -451,7 +451,13 @@ pub async fn start(
             metrics.clone(),
         );
         let stats = stream.stats();
-        metrics.attach_events(stats.clone());
+        let read = stats.clone();
+        metrics.attach_events(Arc::new(move || {
+            (
+                read.connected.load(std::sync::atomic::Ordering::Relaxed),
+                read.last_frame_age(),
+            )
+        }));
         if let Some(r) = reconciler.clone() {
             // Every (re)connect runs a reconcile pass: events published while the stream
             // was away are not sent again.

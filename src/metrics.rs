@@ -107,6 +107,10 @@ pub const STOMP_REDELIVERED: &str = "puhuri_approver_stomp_redelivered_total";
 pub const STOMP_RECONNECTS: &str = "puhuri_approver_stomp_reconnects_total";
 /// Seconds since the event stream's last frame (no sample before the first).
 pub const STOMP_LAST_FRAME_AGE: &str = "puhuri_approver_stomp_last_frame_age_seconds";
+/// How the event stream's state is read: whether it is connected, and the age of its last
+/// frame in seconds (no frame yet: `None`).
+pub type EventsReader = Arc<dyn Fn() -> (bool, Option<f64>) + Send + Sync>;
+
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
 /// in the order `/metrics` lists them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -259,7 +263,8 @@ pub struct Metrics {
     stomp_redelivered: Counter,
     stomp_reconnects: Counter,
     stomp_last_frame_age: Reading<f64>,
-    events: Mutex<Option<Arc<crate::events::StreamStats>>>,
+    /// Reads the event stream's state at scrape time: connected, seconds since its last frame.
+    events: Mutex<Option<EventsReader>>,
     /// The start-up probe's report (`/readyz`), and whether it passed.
     probe: Mutex<Option<(bool, serde_json::Value)>>,
     /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
@@ -561,16 +566,14 @@ impl Metrics {
     }
 
     /// The event stream whose state `/metrics` and `/readyz` report.
-    pub fn attach_events(&self, stats: Arc<crate::events::StreamStats>) {
+    pub fn attach_events(&self, reader: EventsReader) {
         self.stomp_connected.set(Some(0));
-        *lock(&self.events) = Some(stats);
+        *lock(&self.events) = Some(reader);
     }
 
     /// Whether the event stream is connected: `None` where none runs.
     pub fn events_connected(&self) -> Option<bool> {
-        lock(&self.events)
-            .as_ref()
-            .map(|s| s.connected.load(Ordering::Relaxed))
+        lock(&self.events).as_ref().map(|read| read().0)
     }
 
     /// One `MESSAGE` frame of the event stream: `queued`, `ignored` or `dead-lettered`.
@@ -769,10 +772,10 @@ impl Metrics {
         self.queue_depth.set(reading.depth);
         self.dead_letter_depth.set(reading.dead);
         self.queue_oldest_age.set(reading.oldest_age);
-        if let Some(stats) = lock(&self.events).clone() {
-            self.stomp_connected
-                .set(Some(u64::from(stats.connected.load(Ordering::Relaxed))));
-            self.stomp_last_frame_age.set(stats.last_frame_age());
+        if let Some(read) = lock(&self.events).clone() {
+            let (connected, age) = read();
+            self.stomp_connected.set(Some(u64::from(connected)));
+            self.stomp_last_frame_age.set(age);
         }
         self.render()
     }
