@@ -1200,6 +1200,11 @@ impl Config {
     /// Every setting `needs` asks for that this configuration does not give.
     pub fn missing(&self, needs: Needs) -> Vec<Missing> {
         let mut missing = Vec::new();
+        // The event stream registers with Puhuri Core and logs in with the token.
+        let needs = Needs {
+            puhuri: needs.puhuri || (needs.sources && self.events.is_some()),
+            ..needs
+        };
         if needs.puhuri && self.puhuri.url.is_none() {
             missing.push(Missing {
                 key: "puhuri.url",

@@ -407,3 +407,86 @@ async fn registration_is_as_strict_as_waldur() {
     assert!(error.is_err());
     stop.cancel();
 }
+
+/// A receiver process that exits after an event is durably queued and before its `ACK`
+/// (the test-only hook), then a second receiver on the same queue: Waldur's broker delivers
+/// the frame again, it is queued again, and the workers decide the allocation once.
+#[tokio::test]
+async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
+    let node = Node::start().await;
+    let app = spawn_app(Options {
+        backend: Backend::RabbitMq,
+        waldur: WaldurVersion::V8_0,
+        roles: puhuri_approver::app::Roles {
+            receive: false,
+            work: true,
+        },
+        reconcile_interval_secs: 0,
+        sim_events: Some(node.broker()),
+        extra_config: events_config(node.stomp, "consumers"),
+        ..Options::default()
+    })
+    .await;
+    let dir = temp_dir("stomp-kill");
+    let config = app.write_config(&dir);
+    let receiver = |hook: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
+        command
+            .arg("receive")
+            .arg("--config")
+            .arg(&config)
+            .env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url())
+            .env("PUHURI_APPROVER_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if hook {
+            command.env("PUHURI_APPROVER_TEST_EXIT_BEFORE_STOMP_ACK", "1");
+        }
+        command.spawn().expect("start a receiver process")
+    };
+    let mut first = receiver(true);
+    // The first receiver registers, connects and subscribes; the consumer's queue exists
+    // once the simulator answered its registration.
+    let registered = async {
+        let mut calls = app.sim.watch_calls();
+        while !app
+            .sim
+            .calls()
+            .iter()
+            .any(|c| c.path.ends_with("/event-consumers/register/"))
+        {
+            calls.changed().await.expect("simulator runs");
+        }
+    };
+    tokio::time::timeout(WAIT, registered)
+        .await
+        .expect("the receiver registers");
+    let cases = app.create_mixed(3).await;
+    let status = tokio::task::spawn_blocking(move || first.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert_eq!(
+        status.code(),
+        Some(86),
+        "the receiver exits between the confirm and the ACK"
+    );
+    let mut second = receiver(false);
+    let took = app.wait_decided(&cases, WAIT).await;
+    let counts = app.check(&cases);
+    let _ = second.kill();
+    let _ = second.wait();
+    println!(
+        "stomp exit before ACK: {} allocations: lost={} duplicated={} wrong={}; decided in {} ms",
+        cases.len(),
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        took.as_millis()
+    );
+    assert_eq!(counts, Counts::default());
+    // The frame queued before the exit was queued again after it: the work queue saw one
+    // more notification than there were events (the duplicate the workers absorbed).
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
