@@ -225,12 +225,13 @@ async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backen
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_broker_stopped_mid_stream_loses_nothing() {
+crate::on_both_backends!(the_broker_stopped_mid_stream_loses_nothing);
+
+async fn the_broker_stopped_mid_stream_loses_nothing(backend: Backend) {
     let node = Node::start().await;
     let app = stream_app(
         &node,
-        Backend::Embedded,
+        backend,
         WaldurVersion::V8_0,
         "consumers",
         node.stomp,
@@ -251,7 +252,7 @@ async fn the_broker_stopped_mid_stream_loses_nothing() {
     let took = app.wait_decided(&cases, WAIT).await;
     let counts = app.check(&cases);
     println!(
-        "stomp broker stop: {} allocations: lost={} duplicated={} wrong={}; redelivered frames={} reconnects={} decided in {} ms",
+        "stomp broker stop ({backend:?}): {} allocations: lost={} duplicated={} wrong={}; redelivered frames={} reconnects={} decided in {} ms",
         cases.len(),
         counts.lost,
         counts.duplicated,
