@@ -1847,6 +1847,70 @@ mod tests {
         Config::parse(text, "test.toml", &HashMap::new())
     }
 
+    const OFFERING: &str = "2f1c0d9e6a2b4c4e9d1f3a5b7c9e1f20";
+
+    #[test]
+    fn the_event_stream_defaults_from_puhuri() {
+        let config = parse(&format!(
+            "[puhuri]\nurl = \"https://puhuri.example.org/api/\"\ntoken = \"t\"\nofferings = [\"{OFFERING}\"]\n\n[events]\n"
+        ))
+        .expect("valid");
+        let events = config.events.clone().expect("events");
+        assert_eq!(events.url, "wss://puhuri.example.org/rmqws-stomp");
+        assert_eq!(events.flow, EventsFlow::Auto);
+        assert_eq!(events.heartbeat, Duration::from_secs(10));
+        assert_eq!(events.backoff_initial, Duration::from_secs(1));
+        assert_eq!(events.backoff_max, Duration::from_secs(120));
+        assert_eq!(events.offerings, [OFFERING]);
+        // `receive` needs no `[[sources]]` with the stream, but Puhuri Core's token.
+        assert!(
+            config
+                .missing(Needs {
+                    sources: true,
+                    ..Needs::default()
+                })
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn event_stream_errors_name_file_line_and_key() {
+        let cases = [
+            (
+                format!("[events]\nurl = \"http://x/\"\nofferings = [\"{OFFERING}\"]\n"),
+                "test.toml:2:7: `events.url`",
+            ),
+            (
+                format!("[events]\nofferings = [\"{OFFERING}\"]\n"),
+                "`events.url`",
+            ),
+            (
+                "[puhuri]\nurl = \"https://p.example/api/\"\n\n[events]\n".to_owned(),
+                "`events.offerings`",
+            ),
+            (
+                format!("[events]\nurl = \"wss://x/\"\noffering = [\"{OFFERING}\"]\n"),
+                "offering",
+            ),
+            (
+                format!(
+                    "[events]\nurl = \"wss://x/\"\nofferings = [\"{OFFERING}\"]\nbackoff_initial_ms = 5000\nbackoff_max_ms = 1000\n"
+                ),
+                "test.toml:5:18: `events.backoff_max_ms`",
+            ),
+            (
+                format!(
+                    "[events]\nurl = \"wss://x/\"\nofferings = [\"{OFFERING}\"]\nflow = \"sometimes\"\n"
+                ),
+                "flow",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).map(|_| ()).expect_err(&text);
+            assert!(error.to_string().contains(expected), "{text}: {error}");
+        }
+    }
+
     #[test]
     fn redacts_credentials_from_urls() {
         assert_eq!(redacted_url("amqp://u:p@h:5672/%2f"), "amqp://h:5672/%2f");
