@@ -431,6 +431,8 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
     let dir = temp_dir("stomp-kill");
     let config = app.write_config(&dir);
     let receiver = |hook: bool| {
+        let log = std::fs::File::create(dir.join(if hook { "first.log" } else { "second.log" }))
+            .expect("log file");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
         command
             .arg("receive")
@@ -438,9 +440,9 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
             .arg(&config)
             .env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url())
             .env("PUHURI_APPROVER_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "debug")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stderr(log);
         if hook {
             command.env("PUHURI_APPROVER_TEST_EXIT_BEFORE_STOMP_ACK", "1");
         }
@@ -505,6 +507,13 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
         "the redelivered frame was queued again: {seen:?}"
     );
     assert_eq!(duplicates, 1, "{seen:?}");
+    // Registration, login and every frame logged at debug: the token (the passcode) never.
+    for name in ["first.log", "second.log"] {
+        let log = std::fs::read_to_string(dir.join(name)).expect("read the log");
+        assert!(log.contains("event stream connected"), "{name}: {log}");
+        assert!(!log.contains(TOKEN), "{name} shows the token");
+        crate::helpers::assert_for_people(name, &log);
+    }
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
