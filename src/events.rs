@@ -47,6 +47,8 @@ pub struct StreamStats {
     pub last_frame_ms: AtomicI64,
     /// Fires on every (re)connect: the reconciler runs a pass.
     pub connected_notify: Notify,
+    /// Fires when a session ends (the stream is about to reconnect).
+    pub disconnected_notify: Notify,
 }
 
 impl StreamStats {
@@ -188,6 +190,7 @@ impl EventStream {
             let began = Instant::now();
             let result = self.session(&stop).await;
             self.stats.connected.store(false, Ordering::Relaxed);
+            self.stats.disconnected_notify.notify_waiters();
             match result {
                 Ok(()) => return,
                 Err(error) => {
@@ -299,8 +302,17 @@ impl EventStream {
             heart_beat_ms = send_every,
             "event stream connected"
         );
-        let silence = (expect_every > 0).then(|| Duration::from_millis(expect_every * 2));
-        let mut beat_timer = tokio::time::interval(Duration::from_millis(send_every.max(1)));
+        // Liveness: the server's heart-beats when negotiated, and in any case the pongs to
+        // the WebSocket pings sent every interval; nothing for twice the interval drops the
+        // connection. The deadline is kept across loop turns, so sending never extends it.
+        let every = Duration::from_millis(if send_every > 0 {
+            send_every
+        } else {
+            beat.max(1)
+        });
+        let silence = Duration::from_millis(expect_every.max(beat).max(1) * 2);
+        let mut last_seen = tokio::time::Instant::now();
+        let mut beat_timer = tokio::time::interval(every);
         beat_timer.tick().await;
         loop {
             tokio::select! {
@@ -309,13 +321,19 @@ impl EventStream {
                     let _ = socket.close(None).await;
                     return Ok(());
                 }
-                _ = beat_timer.tick(), if send_every > 0 => {
+                _ = beat_timer.tick() => {
+                    if send_every > 0 {
+                        socket
+                            .send(Message::text("\n"))
+                            .await
+                            .map_err(|e| SessionError::Transport(e.to_string()))?;
+                    }
                     socket
-                        .send(Message::text("\n"))
+                        .send(Message::Ping(Vec::new().into()))
                         .await
                         .map_err(|e| SessionError::Transport(e.to_string()))?;
                 }
-                frame = next_frame(&mut socket, &mut decoder, silence) => {
+                frame = next_frame(&mut socket, &mut decoder, Some((&mut last_seen, silence))) => {
                     match frame? {
                         Some(frame) => self.handle(&mut socket, frame).await?,
                         None => return Err(SessionError::Closed),
@@ -409,12 +427,13 @@ async fn send(socket: &mut Socket, frame: &Frame) -> Result<(), SessionError> {
         .map_err(|e| SessionError::Transport(e.to_string()))
 }
 
-/// The next frame (heart-beats are skipped), `None` once the server closed; fails after
-/// `silence` without any bytes.
+/// The next frame (heart-beats are skipped), `None` once the server closed; with
+/// `silence`, fails when nothing (frame, heart-beat or pong) arrived for that long since the
+/// instant it holds, which every message moves on.
 async fn next_frame(
     socket: &mut Socket,
     decoder: &mut Decoder,
-    silence: Option<Duration>,
+    mut silence: Option<(&mut tokio::time::Instant, Duration)>,
 ) -> Result<Option<Frame>, SessionError> {
     loop {
         while let Some(item) = decoder.next_item()? {
@@ -422,11 +441,16 @@ async fn next_frame(
                 return Ok(Some(frame));
             }
         }
-        let message = match silence {
-            Some(limit) => match tokio::time::timeout(limit, socket.next()).await {
-                Ok(message) => message,
-                Err(_) => return Err(SessionError::Silent(limit)),
-            },
+        let message = match &mut silence {
+            Some((last_seen, limit)) => {
+                match tokio::time::timeout_at(**last_seen + *limit, socket.next()).await {
+                    Ok(message) => {
+                        **last_seen = tokio::time::Instant::now();
+                        message
+                    }
+                    Err(_) => return Err(SessionError::Silent(*limit)),
+                }
+            }
             None => socket.next().await,
         };
         match message {

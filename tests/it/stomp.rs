@@ -517,3 +517,120 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP proxy that can hold every byte (both ways) while keeping the connections open: a
+/// WebSocket that goes silent without closing.
+struct StallingProxy {
+    port: u16,
+    paused: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    async fn start(upstream: u16) -> StallingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let gate = paused.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::spawn(pipe(in_read, out_write, gate.subscribe()));
+                tokio::spawn(pipe(out_read, in_write, gate.subscribe()));
+            }
+        });
+        StallingProxy {
+            port,
+            paused,
+            accept,
+        }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies bytes while the gate is open; holds them (the connection stays open) while shut.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buffer).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The server's heart-beats stop arriving while the connection stays open: the stream
+/// notices after twice the interval, reconnects, and what was published meanwhile is
+/// decided (redelivered, or found by the reconcile pass of the reconnect).
+#[tokio::test]
+async fn a_silent_connection_is_dropped_by_the_heart_beat() {
+    let node = Node::start().await;
+    let proxy = StallingProxy::start(node.stomp).await;
+    let app = stream_app(
+        &node,
+        Backend::Embedded,
+        WaldurVersion::V8_0,
+        "consumers",
+        proxy.port,
+        3600,
+    )
+    .await;
+    let running = app.running.as_ref().expect("running");
+    let stats = running.events.clone().expect("the stream runs");
+    await_connected(&stats).await;
+    let down = stats.disconnected_notify.notified();
+    proxy.pause(true);
+    let began = Instant::now();
+    let mut cases = app.create_mixed(6).await;
+    tokio::time::timeout(WAIT, down)
+        .await
+        .expect("the silence is noticed");
+    let noticed = began.elapsed();
+    proxy.pause(false);
+    await_connected(&stats).await;
+    cases.extend(app.create_mixed(6).await);
+    let took = app.wait_decided(&cases, WAIT).await;
+    let counts = app.check(&cases);
+    println!(
+        "stomp silence: noticed after {} ms (heart-beat 1000 ms); {} allocations: lost={} duplicated={} wrong={}; redelivered frames={}; decided in {} ms",
+        noticed.as_millis(),
+        cases.len(),
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        stats.redelivered.load(Ordering::Relaxed),
+        took.as_millis()
+    );
+    assert_eq!(counts, Counts::default());
+    assert!(noticed < Duration::from_secs(10), "{noticed:?}");
+    app.stop().await;
+}
