@@ -16,13 +16,18 @@ use crate::helpers::{Backend, Counts, Expect, Options, Proxy, TOKEN, WAIT, spawn
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq/node");
 
-/// A node of this test's own; dropping it stops the node and removes its folder.
+/// A RabbitMQ node with management and web-STOMP. A test's own node ([`Node::start`]) is
+/// stopped and removed when dropped; the shared one ([`Node::shared`]) serves every test that
+/// does not stop its broker, and is stopped by a watcher once this test process exits.
 struct Node {
     dir: PathBuf,
     amqp: u16,
     management: u16,
     stomp: u16,
+    owned: bool,
 }
+
+static SHARED: std::sync::OnceLock<Node> = std::sync::OnceLock::new();
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -47,12 +52,47 @@ fn script(dir: &std::path::Path, args: &[&str]) {
 }
 
 impl Node {
+    /// The node shared by this test run, started by the first test that asks.
+    async fn shared() -> &'static Node {
+        if let Some(node) = SHARED.get() {
+            return node;
+        }
+        tokio::task::spawn_blocking(|| {
+            SHARED.get_or_init(|| {
+                let node = Node::start_blocking(false);
+                // Stops the node when this process is gone (`kill -0` probes our own pid).
+                let watcher = format!(
+                    "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {SCRIPT} --dir '{dir}' stop; rm -rf '{dir}'",
+                    pid = std::process::id(),
+                    dir = node.dir.display(),
+                );
+                std::process::Command::new("sh")
+                    .args(["-c", &watcher])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start the node's watcher");
+                node
+            })
+        })
+        .await
+        .expect("join")
+    }
+
     async fn start() -> Node {
+        tokio::task::spawn_blocking(|| Node::start_blocking(true))
+            .await
+            .expect("join")
+    }
+
+    fn start_blocking(owned: bool) -> Node {
         let node = Node {
             dir: temp_dir("stomp-node"),
             amqp: free_port(),
             management: free_port(),
             stomp: free_port(),
+            owned,
         };
         let name = format!("ps{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let ports = format!(
@@ -62,12 +102,7 @@ impl Node {
             node.stomp,
             free_port()
         );
-        let dir = node.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            script(&dir, &["--name", &name, "--ports", &ports, "start"]);
-        })
-        .await
-        .expect("join");
+        script(&node.dir, &["--name", &name, "--ports", &ports, "start"]);
         node
     }
 
@@ -88,6 +123,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         script(&self.dir, &["stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -155,7 +193,7 @@ async fn stream_app(
 crate::on_both_backends!(an_allocation_is_decided_through_the_event_stream_alone);
 
 async fn an_allocation_is_decided_through_the_event_stream_alone(backend: Backend) {
-    let node = Node::start().await;
+    let node = Node::shared().await;
     // No reconciler loop at all: the decision can only come through the stream.
     let app = stream_app(&node, backend, WaldurVersion::V8_0, "auto", node.stomp, 0).await;
     let running = app.running.as_ref().expect("running");
@@ -189,7 +227,7 @@ async fn an_allocation_is_decided_through_the_event_stream_alone(backend: Backen
 crate::on_both_backends!(a_cut_websocket_loses_nothing_and_decides_nothing_twice);
 
 async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backend) {
-    let node = Node::start().await;
+    let node = Node::shared().await;
     let proxy = Proxy::start(([127, 0, 0, 1], node.stomp).into()).await;
     let app = stream_app(
         &node,
@@ -267,7 +305,7 @@ async fn the_broker_stopped_mid_stream_loses_nothing(backend: Backend) {
 
 #[tokio::test]
 async fn registration_is_as_strict_as_waldur() {
-    let node = Node::start().await;
+    let node = Node::shared().await;
     let sim = Sim::new(SimConfig {
         tokens: vec![puhuri_auth::Secret::new(TOKEN)],
         hook: None,
@@ -414,7 +452,7 @@ async fn registration_is_as_strict_as_waldur() {
 /// the frame again, it is queued again, and the workers decide the allocation once.
 #[tokio::test]
 async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
-    let node = Node::start().await;
+    let node = Node::shared().await;
     let mut app = spawn_app(Options {
         backend: Backend::RabbitMq,
         waldur: WaldurVersion::V8_0,
@@ -593,7 +631,7 @@ async fn pipe(
 /// decided (redelivered, or found by the reconcile pass of the reconnect).
 #[tokio::test]
 async fn a_silent_connection_is_dropped_by_the_heart_beat() {
-    let node = Node::start().await;
+    let node = Node::shared().await;
     let proxy = StallingProxy::start(node.stomp).await;
     let app = stream_app(
         &node,
