@@ -66,13 +66,14 @@ impl Node {
                     pid = std::process::id(),
                     dir = node.dir.display(),
                 );
-                std::process::Command::new("sh")
+                let mut child = std::process::Command::new("sh")
                     .args(["-c", &watcher])
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .expect("start the node's watcher");
+                std::thread::spawn(move || child.wait());
                 node
             })
         })
@@ -195,7 +196,7 @@ crate::on_both_backends!(an_allocation_is_decided_through_the_event_stream_alone
 async fn an_allocation_is_decided_through_the_event_stream_alone(backend: Backend) {
     let node = Node::shared().await;
     // No reconciler loop at all: the decision can only come through the stream.
-    let app = stream_app(&node, backend, WaldurVersion::V8_0, "auto", node.stomp, 0).await;
+    let app = stream_app(node, backend, WaldurVersion::V8_0, "auto", node.stomp, 0).await;
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
@@ -229,15 +230,7 @@ crate::on_both_backends!(a_cut_websocket_loses_nothing_and_decides_nothing_twice
 async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backend) {
     let node = Node::shared().await;
     let proxy = Proxy::start(([127, 0, 0, 1], node.stomp).into()).await;
-    let app = stream_app(
-        &node,
-        backend,
-        WaldurVersion::V7_0,
-        "auto",
-        proxy.port,
-        3600,
-    )
-    .await;
+    let app = stream_app(node, backend, WaldurVersion::V7_0, "auto", proxy.port, 3600).await;
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
@@ -634,7 +627,7 @@ async fn a_silent_connection_is_dropped_by_the_heart_beat() {
     let node = Node::shared().await;
     let proxy = StallingProxy::start(node.stomp).await;
     let app = stream_app(
-        &node,
+        node,
         Backend::Embedded,
         WaldurVersion::V8_0,
         "consumers",
