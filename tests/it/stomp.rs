@@ -665,3 +665,97 @@ async fn a_silent_connection_is_dropped_by_the_heart_beat() {
     assert!(noticed < Duration::from_secs(10), "{noticed:?}");
     app.stop().await;
 }
+
+crate::on_both_backends!(an_unreadable_event_is_dead_lettered_with_its_body_and_acked);
+
+/// Something that is not an order event arrives on the stream: it is queued as it came, the
+/// workers dead-letter it (body kept), and the frame is acknowledged; an order event of
+/// another state is counted and acknowledged; the stream goes on.
+async fn an_unreadable_event_is_dead_lettered_with_its_body_and_acked(backend: Backend) {
+    let node = Node::shared().await;
+    let app = stream_app(
+        node,
+        backend,
+        WaldurVersion::V8_0,
+        "consumers",
+        node.stomp,
+        0,
+    )
+    .await;
+    let running = app.running.as_ref().expect("running");
+    let stats = running.events.clone().expect("the stream runs");
+    await_connected(&stats).await;
+    // Registering again with the same bindings answers the same queue (200).
+    let client = puhuri_client::PuhuriClient::new(
+        &puhuri_client::ClientConfig {
+            url: format!("{}/api/", app.sim_url),
+            api: puhuri_client::ApiGeneration::Orders,
+            timeout: Duration::from_secs(5),
+        },
+        TOKEN,
+    )
+    .expect("client");
+    let offerings = [offering("LUMI-C"), offering("LUMI-G")]
+        .map(|o| puhuri_client::WaldurUuid::parse(&o).expect("uuid"));
+    let channel = client
+        .register_event_consumer(&offerings)
+        .await
+        .expect("registered again");
+    assert!(!channel.created);
+    let http = reqwest::Client::new();
+    let publish = |payload: &'static str| {
+        http.post(format!(
+            "http://127.0.0.1:{}/api/exchanges/{}/amq.default/publish",
+            node.management, channel.vhost
+        ))
+        .basic_auth("guest", Some("guest"))
+        .json(&json!({
+            "properties": {"delivery_mode": 2},
+            "routing_key": channel.queues[0],
+            "payload": payload,
+            "payload_encoding": "string",
+        }))
+        .send()
+    };
+    const GARBAGE: &str = "this is not an order event";
+    for payload in [
+        GARBAGE,
+        r#"{"order_uuid":"0bd3a4ee3c0a4b4d8f0c6b2f6f1e2a11","order_state":"pending-consumer"}"#,
+    ] {
+        let answer = publish(payload).await.expect("management answers");
+        assert_eq!(answer.status().as_u16(), 200);
+    }
+    let broker = running.broker.clone();
+    let dead = async {
+        loop {
+            let letters = broker.dead_letters(10).await.unwrap_or_default();
+            let ignored = stats.ignored.load(Ordering::Relaxed) == 1;
+            if let Some(letter) = letters.into_iter().find(|l| l.body == GARBAGE.as_bytes())
+                && ignored
+            {
+                return letter;
+            }
+            // Neither the dead-letter queue nor the stream's counters can be awaited.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let letter = tokio::time::timeout(WAIT, dead)
+        .await
+        .expect("the unreadable event is dead-lettered");
+    assert!(
+        letter.message_id.starts_with("stomp_"),
+        "{}",
+        letter.message_id
+    );
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.ignored.load(Ordering::Relaxed), 1);
+    assert!(stats.acked.load(Ordering::Relaxed) >= 2);
+    // The stream goes on.
+    let cases = vec![(
+        app.create(json!({"cpu_k_hours": 10})).await,
+        Expect::Approve,
+    )];
+    app.wait_decided(&cases, WAIT).await;
+    assert_eq!(app.check(&cases), Counts::default());
+    app.stop().await;
+}
