@@ -485,6 +485,28 @@ mod tests {
         assert_eq!(interpret(b"{}"), Err(EventError::NoOrder));
     }
 
+    /// `wss://` builds rustls' client configuration (one crypto provider in the tree, the
+    /// system's roots) and fails with an error, not a panic, on a server that speaks no TLS.
+    #[tokio::test]
+    async fn wss_against_a_server_without_tls_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            if let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let url = format!("wss://localhost:{port}/rmqws-stomp");
+        assert!(
+            tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn jitter_stays_within_a_quarter() {
         for _ in 0..100 {
