@@ -49,6 +49,8 @@ pub struct StreamStats {
     pub connected_notify: Notify,
     /// Fires when a session ends (the stream is about to reconnect).
     pub disconnected_notify: Notify,
+    /// Fires when a `MESSAGE` frame arrives, before it is handled.
+    pub frame_notify: Notify,
 }
 
 impl StreamStats {
@@ -354,6 +356,7 @@ impl EventStream {
             _ => return Ok(()),
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.stats.frame_notify.notify_waiters();
         self.stats.last_frame_ms.store(now_ms(), Ordering::Relaxed);
         let redelivered = frame.header("redelivered") == Some("true");
         if redelivered {

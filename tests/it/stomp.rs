@@ -234,7 +234,13 @@ async fn a_cut_websocket_loses_nothing_and_decides_nothing_twice(backend: Backen
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
-    let mut cases = app.create_mixed(9).await;
+    // The cut lands as the first frame arrives, while later ones are still in flight
+    // (delivered and not yet acknowledged, or not yet delivered).
+    let first = stats.frame_notify.notified();
+    let mut cases = app.create_mixed(30).await;
+    tokio::time::timeout(WAIT, first)
+        .await
+        .expect("a frame arrives");
     assert!(proxy.cut() > 0, "the stream went through the proxy");
     cases.extend(app.create_mixed(9).await);
     await_connected(&stats).await;
