@@ -278,7 +278,12 @@ async fn the_broker_stopped_mid_stream_loses_nothing(backend: Backend) {
     let running = app.running.as_ref().expect("running");
     let stats = running.events.clone().expect("the stream runs");
     await_connected(&stats).await;
-    let mut cases = app.create_mixed(6).await;
+    // Stopped as the first frame arrives: later ones are in flight or still in Waldur's queue.
+    let first = stats.frame_notify.notified();
+    let mut cases = app.create_mixed(24).await;
+    tokio::time::timeout(WAIT, first)
+        .await
+        .expect("a frame arrives");
     node.run("stop").await;
     // Created while Waldur's broker is away: their events are lost by design; the reconcile
     // pass on reconnect finds them.
