@@ -449,7 +449,8 @@ pub async fn start(
             config.puhuri.token.clone(),
             broker.clone(),
             metrics.clone(),
-        );
+        )
+        .with_token_file(config.puhuri.token_file.clone());
         let stats = stream.stats();
         let read = stats.clone();
         metrics.attach_events(Arc::new(move || {

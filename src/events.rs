@@ -51,6 +51,8 @@ pub struct StreamStats {
     pub disconnected_notify: Notify,
     /// Fires when a `MESSAGE` frame arrives, before it is handled.
     pub frame_notify: Notify,
+    /// Fires after each frame is handled (and acknowledged, where it had an `ack` id).
+    pub handled_notify: Notify,
 }
 
 impl StreamStats {
@@ -150,10 +152,14 @@ enum SessionError {
 pub struct EventStream {
     config: EventsConfig,
     client: PuhuriClient,
-    token: puhuri_auth::Secret,
+    /// The passcode: the API token.
+    token: std::sync::Mutex<puhuri_auth::Secret>,
     broker: Broker,
     stats: Arc<StreamStats>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Where the token is re-read before registering again (`puhuri.token_file`), so a
+    /// rotated token is picked up after the broker refuses the old one.
+    token_file: Option<std::path::PathBuf>,
     /// The registration, kept across reconnects (registering again with the older flow
     /// would make a new subscription and queue); dropped when the broker refuses a login.
     channel: tokio::sync::Mutex<Option<EventChannel>>,
@@ -173,12 +179,26 @@ impl EventStream {
         EventStream {
             config,
             client,
-            token,
+            token: std::sync::Mutex::new(token),
             broker,
             stats: Arc::new(StreamStats::default()),
             metrics,
+            token_file: None,
             channel: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Re-reads the token from `path` before each registration (`puhuri.token_file`).
+    pub fn with_token_file(mut self, path: Option<std::path::PathBuf>) -> EventStream {
+        self.token_file = path;
+        self
+    }
+
+    fn passcode(&self) -> puhuri_auth::Secret {
+        self.token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn stats(&self) -> Arc<StreamStats> {
@@ -215,6 +235,29 @@ impl EventStream {
     }
 
     async fn register(&self) -> Result<EventChannel, SessionError> {
+        if let Some(path) = &self.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    let token = text.trim().to_owned();
+                    let changed = token != self.passcode().expose();
+                    if changed {
+                        if let Err(error) = self.client.set_token(&token) {
+                            tracing::warn!(error = %error, "the token file's token is not usable; keeping the previous one");
+                        } else {
+                            *self
+                                .token
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                puhuri_auth::Secret::new(token);
+                            tracing::info!("event stream: token re-read from puhuri.token_file");
+                        }
+                    }
+                }
+                _ => {
+                    tracing::warn!(file = %path.display(), "event stream: cannot read puhuri.token_file; keeping the previous token")
+                }
+            }
+        }
         let offerings: Vec<WaldurUuid> = self
             .config
             .offerings
@@ -264,11 +307,12 @@ impl EventStream {
             .await
             .map_err(|e| SessionError::Connect(e.to_string()))?;
         let beat = self.config.heartbeat.as_millis() as u64;
+        let passcode = self.passcode();
         let connect = Frame::new("CONNECT")
             .with("accept-version", "1.2")
             .with("host", channel.vhost.as_str())
             .with("login", channel.login.as_str())
-            .with("passcode", self.token.expose())
+            .with("passcode", passcode.expose())
             .with("heart-beat", format!("{beat},{beat}"));
         send(&mut socket, &connect).await?;
         let mut decoder = Decoder::new(Limits::default());
@@ -401,6 +445,7 @@ impl EventStream {
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
             self.metrics.stomp_acked();
         }
+        self.stats.handled_notify.notify_waiters();
         Ok(())
     }
 }

@@ -208,6 +208,19 @@ async fn an_allocation_is_decided_through_the_event_stream_alone(backend: Backen
     app.wait_decided(&cases, WAIT).await;
     let took = began.elapsed();
     assert_eq!(app.check(&cases), Counts::default());
+    // The workers may decide before the stream counts its confirm and sends the ACK.
+    let handled = async {
+        loop {
+            let next = stats.handled_notify.notified();
+            if stats.acked.load(Ordering::Relaxed) >= 1 {
+                return;
+            }
+            next.await;
+        }
+    };
+    tokio::time::timeout(WAIT, handled)
+        .await
+        .expect("the frame is acknowledged");
     assert_eq!(
         stats.queued.load(Ordering::Relaxed),
         1,
