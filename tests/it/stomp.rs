@@ -771,6 +771,18 @@ async fn an_unreadable_event_is_dead_lettered_with_its_body_and_acked(backend: B
         "{}",
         letter.message_id
     );
+    let handled = async {
+        loop {
+            let next = stats.handled_notify.notified();
+            if stats.acked.load(Ordering::Relaxed) >= 2 {
+                return;
+            }
+            next.await;
+        }
+    };
+    tokio::time::timeout(WAIT, handled)
+        .await
+        .expect("both frames are acknowledged");
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
     assert_eq!(stats.ignored.load(Ordering::Relaxed), 1);
     assert!(stats.acked.load(Ordering::Relaxed) >= 2);
