@@ -795,3 +795,54 @@ async fn an_unreadable_event_is_dead_lettered_with_its_body_and_acked(backend: B
     assert_eq!(app.check(&cases), Counts::default());
     app.stop().await;
 }
+
+/// `demo --source stomp` as the README runs it, against the shared node; and the error that
+/// names what is missing when web-STOMP is not there.
+#[tokio::test]
+async fn the_demo_runs_through_the_event_stream() {
+    let node = Node::shared().await;
+    let demo = |stomp_url: String| {
+        let amqp = format!("amqp://guest:guest@127.0.0.1:{}", node.amqp);
+        let management = format!("http://guest:guest@127.0.0.1:{}", node.management);
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"))
+                .args(["demo", "--source", "stomp", "--count", "8", "--rate", "50"])
+                .env_remove("PUHURI_APPROVER_AMQP_URL")
+                .env_remove("PUHURI_APPROVER_CONFIG")
+                .env("PUHURI_APPROVER_DEMO_AMQP_URL", amqp)
+                .env("PUHURI_APPROVER_DEMO_MANAGEMENT_URL", management)
+                .env("PUHURI_APPROVER_DEMO_STOMP_URL", stomp_url)
+                .env("RUST_LOG", "error")
+                .output()
+                .expect("run the demo")
+        })
+    };
+    let output = demo(format!("ws://127.0.0.1:{}/ws", node.stomp))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Waldur's event stream, STOMP at"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("8 allocations decided: 3 approved, 4 held, 1 rejected"),
+        "{stdout}"
+    );
+    let closed = free_port();
+    let output = demo(format!("ws://127.0.0.1:{closed}/ws"))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("web-STOMP endpoint") && stderr.contains("rabbitmq_web_stomp"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("guest:guest"), "{stderr}");
+}
