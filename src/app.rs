@@ -83,6 +83,8 @@ pub enum Role {
     Prober,
     /// The review page on `review.listen`.
     Review,
+    /// Waldur's event stream (`[events]`, `events.rs`).
+    Events,
 }
 
 impl Role {
@@ -96,6 +98,7 @@ impl Role {
             Role::PolicyReloader => "policy-reloader",
             Role::Prober => "prober",
             Role::Review => "review",
+            Role::Events => "events",
         }
     }
 }
@@ -199,6 +202,8 @@ pub struct Running {
     pub circuit: Option<Arc<Circuit>>,
     /// What the start-up probe found, where workers run.
     pub probe: Option<ProbeReport>,
+    /// Waldur's event stream, where it runs (`[events]` with the receiver).
+    pub events: Option<Arc<crate::events::StreamStats>>,
     supervisor: Supervisor,
     shutdown_deadline: Duration,
     broker_stop: CancellationToken,
@@ -484,6 +489,47 @@ pub async fn start(
             "workers started"
         );
     }
+    let mut events = None;
+    if let (true, Some(events_config)) = (roles.receive, &config.events) {
+        let client = config.puhuri.client()?;
+        let stream = crate::events::EventStream::new(
+            events_config.clone(),
+            client,
+            config.puhuri.token.clone(),
+            broker.clone(),
+            metrics.clone(),
+        )
+        .with_token_file(config.puhuri.token_file.clone());
+        let stats = stream.stats();
+        let read = stats.clone();
+        metrics.attach_events(Arc::new(move || {
+            (
+                read.connected.load(std::sync::atomic::Ordering::Relaxed),
+                read.last_frame_age(),
+            )
+        }));
+        if let Some(r) = reconciler.clone() {
+            // Every (re)connect runs a reconcile pass: events published while the stream
+            // was away are not sent again.
+            let stats = stats.clone();
+            let link_stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = link_stop.cancelled() => return,
+                        () = stats.connected_notify.notified() => r.request_pass(),
+                    }
+                }
+            });
+        }
+        let events_stop = stop.clone();
+        supervisor.spawn(Role::Events, async move {
+            stream.run(events_stop).await;
+            Ok(())
+        });
+        tracing::info!(url = %crate::config::redacted_url(&events_config.url), "event stream started");
+        events = Some(stats);
+    }
     supervisor.tracker.close();
 
     Ok(Running {
@@ -497,6 +543,7 @@ pub async fn start(
         reconciler,
         circuit,
         probe,
+        events,
         supervisor,
         shutdown_deadline: config.worker.shutdown_deadline,
         broker_stop,

@@ -233,6 +233,13 @@ pub struct DemoArgs {
     /// Keep the embedded queue in this folder (default: a temporary one, removed at the end).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// How requests reach the service: `hook` (the simulator's signed notifications) or
+    /// `stomp` (Waldur's event stream, from a RabbitMQ with the management and web-STOMP
+    /// plugins: env PUHURI_APPROVER_DEMO_AMQP_URL, default amqp://guest:guest@127.0.0.1:5672;
+    /// PUHURI_APPROVER_DEMO_MANAGEMENT_URL, default http://guest:guest@127.0.0.1:15672;
+    /// PUHURI_APPROVER_DEMO_STOMP_URL, default ws://127.0.0.1:15674/ws).
+    #[arg(long, value_enum, default_value_t = crate::demo::DemoSource::Hook)]
+    pub source: crate::demo::DemoSource,
 }
 
 #[derive(Debug, clap::Args)]
@@ -518,6 +525,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     forever: args.forever,
                     policy: args.policy,
                     data_dir: args.data_dir,
+                    source: args.source,
                 },
                 shutdown_signal(),
             )

@@ -113,6 +113,7 @@ pub const KEYS: &[&str] = &[
     "trusted_proxies",
     "operators",
     "token_sha256",
+    "events",
     // [amqp]
     "url",
     "urls",
@@ -137,6 +138,12 @@ pub const KEYS: &[&str] = &[
     "watch_secs",
     "linger_ms",
     "max_batch",
+    // [events]
+    "flow",
+    "heartbeat_ms",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "offerings",
     // [puhuri]
     "token",
     "token_file",
@@ -260,6 +267,32 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// The review page (`[review]`): off unless `review.listen` is set.
     pub review: ReviewConfig,
+    /// Waldur's event stream (`[events]`), when configured.
+    pub events: Option<EventsConfig>,
+}
+
+/// Which registration flow the `[events]` source uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsFlow {
+    /// Event consumers when the server has them (the start-up probe), else subscriptions.
+    Auto,
+    Consumers,
+    Subscriptions,
+}
+
+/// Waldur's own push channel: order events over STOMP 1.2 over WebSocket (`[events]`).
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// `ws://` or `wss://` URL of the web-STOMP endpoint.
+    pub url: String,
+    pub flow: EventsFlow,
+    /// The heart-beat this side offers and asks for, both ways.
+    pub heartbeat: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The offerings registered for (default `puhuri.offerings`).
+    pub offerings: Vec<String>,
 }
 
 /// `[review]`: the review page's listener and how operators authenticate.
@@ -592,6 +625,7 @@ struct FileConfig {
     sources: Vec<Spanned<FileSource>>,
     #[serde(default)]
     review: FileReview,
+    events: Option<Spanned<FileEvents>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +646,17 @@ struct FileReview {
 struct FileOperator {
     name: String,
     token_sha256: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEvents {
+    url: Option<Spanned<String>>,
+    flow: Option<EventsFlow>,
+    heartbeat_ms: Option<Spanned<u64>>,
+    backoff_initial_ms: Option<Spanned<u64>>,
+    backoff_max_ms: Option<Spanned<u64>>,
+    offerings: Option<Vec<String>>,
 }
 
 /// The two addresses `healthcheck` reads; every other key is left to the service.
@@ -1105,6 +1150,73 @@ impl Config {
             sources.push(source);
         }
 
+        let events = match &file.events {
+            None => None,
+            Some(section) => {
+                let raw = section.get_ref();
+                let url = match &raw.url {
+                    Some(url) => {
+                        let text = url.get_ref().trim();
+                        if !(text.starts_with("ws://") || text.starts_with("wss://")) {
+                            return Err(at.invalid(
+                                url.span(),
+                                "events.url",
+                                "expected a `ws://` or `wss://` URL",
+                            ));
+                        }
+                        text.to_owned()
+                    }
+                    None => match puhuri_url.as_deref().and_then(events_url_of) {
+                        Some(url) => url,
+                        None => {
+                            return Err(at.invalid(
+                                section.span(),
+                                "events.url",
+                                "needed: no `puhuri.url` to derive `wss://<host>/rmqws-stomp` from",
+                            ));
+                        }
+                    },
+                };
+                let heartbeat = millis(&at, &raw.heartbeat_ms, "events.heartbeat_ms", 10_000)?;
+                let backoff_initial = millis(
+                    &at,
+                    &raw.backoff_initial_ms,
+                    "events.backoff_initial_ms",
+                    1_000,
+                )?;
+                let backoff_max =
+                    millis(&at, &raw.backoff_max_ms, "events.backoff_max_ms", 120_000)?;
+                if backoff_max < backoff_initial
+                    && let Some(max) = &raw.backoff_max_ms
+                {
+                    return Err(at.invalid(
+                        max.span(),
+                        "events.backoff_max_ms",
+                        "expected at least `events.backoff_initial_ms`",
+                    ));
+                }
+                let offerings = raw
+                    .offerings
+                    .clone()
+                    .unwrap_or_else(|| file.puhuri.offerings.clone());
+                if offerings.is_empty() {
+                    return Err(at.invalid(
+                        section.span(),
+                        "events.offerings",
+                        "needed: the offerings whose order events to receive (or `puhuri.offerings`)",
+                    ));
+                }
+                Some(EventsConfig {
+                    url,
+                    flow: raw.flow.unwrap_or(EventsFlow::Auto),
+                    heartbeat,
+                    backoff_initial,
+                    backoff_max,
+                    offerings,
+                })
+            }
+        };
+
         Ok(Config {
             origin: path.to_owned(),
             listen,
@@ -1143,12 +1255,18 @@ impl Config {
             policy_customers_file,
             receiver,
             sources,
+            events,
         })
     }
 
     /// Every setting `needs` asks for that this configuration does not give.
     pub fn missing(&self, needs: Needs) -> Vec<Missing> {
         let mut missing = Vec::new();
+        // The event stream registers with Puhuri Core and logs in with the token.
+        let needs = Needs {
+            puhuri: needs.puhuri || (needs.sources && self.events.is_some()),
+            ..needs
+        };
         if needs.puhuri && self.puhuri.url.is_none() {
             missing.push(Missing {
                 key: "puhuri.url",
@@ -1170,7 +1288,7 @@ impl Config {
                 what: "the policy file (a policy whose `[default]` holds decides nothing automatically)",
             });
         }
-        if needs.sources && self.sources.is_empty() {
+        if needs.sources && self.sources.is_empty() && self.events.is_none() {
             missing.push(Missing {
                 key: "sources",
                 env: None,
@@ -1784,6 +1902,18 @@ fn millis(
     }
 }
 
+/// `wss://<host>/rmqws-stomp` (or `ws://` for an `http://` API) from Puhuri Core's API URL.
+pub fn events_url_of(api: &str) -> Option<String> {
+    let (scheme, rest) = api.split_once("://")?;
+    let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+    let scheme = match scheme {
+        "https" => "wss",
+        "http" => "ws",
+        _ => return None,
+    };
+    Some(format!("{scheme}://{host}/rmqws-stomp"))
+}
+
 /// Puhuri Core's base URL must be http(s) and end with `/api/`; a missing final slash is added.
 fn normalize_api_url(url: &str) -> Result<String, &'static str> {
     let url = url.trim();
@@ -1928,6 +2058,70 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", &HashMap::new())
+    }
+
+    const OFFERING: &str = "2f1c0d9e6a2b4c4e9d1f3a5b7c9e1f20";
+
+    #[test]
+    fn the_event_stream_defaults_from_puhuri() {
+        let config = parse(&format!(
+            "[puhuri]\nurl = \"https://puhuri.example.org/api/\"\ntoken = \"t\"\nofferings = [\"{OFFERING}\"]\n\n[events]\n"
+        ))
+        .expect("valid");
+        let events = config.events.clone().expect("events");
+        assert_eq!(events.url, "wss://puhuri.example.org/rmqws-stomp");
+        assert_eq!(events.flow, EventsFlow::Auto);
+        assert_eq!(events.heartbeat, Duration::from_secs(10));
+        assert_eq!(events.backoff_initial, Duration::from_secs(1));
+        assert_eq!(events.backoff_max, Duration::from_secs(120));
+        assert_eq!(events.offerings, [OFFERING]);
+        // `receive` needs no `[[sources]]` with the stream, but Puhuri Core's token.
+        assert!(
+            config
+                .missing(Needs {
+                    sources: true,
+                    ..Needs::default()
+                })
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn event_stream_errors_name_file_line_and_key() {
+        let cases = [
+            (
+                format!("[events]\nurl = \"http://x/\"\nofferings = [\"{OFFERING}\"]\n"),
+                "test.toml:2:7: `events.url`",
+            ),
+            (
+                format!("[events]\nofferings = [\"{OFFERING}\"]\n"),
+                "`events.url`",
+            ),
+            (
+                "[puhuri]\nurl = \"https://p.example/api/\"\n\n[events]\n".to_owned(),
+                "`events.offerings`",
+            ),
+            (
+                format!("[events]\nurl = \"wss://x/\"\noffering = [\"{OFFERING}\"]\n"),
+                "offering",
+            ),
+            (
+                format!(
+                    "[events]\nurl = \"wss://x/\"\nofferings = [\"{OFFERING}\"]\nbackoff_initial_ms = 5000\nbackoff_max_ms = 1000\n"
+                ),
+                "test.toml:5:18: `events.backoff_max_ms`",
+            ),
+            (
+                format!(
+                    "[events]\nurl = \"wss://x/\"\nofferings = [\"{OFFERING}\"]\nflow = \"sometimes\"\n"
+                ),
+                "flow",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).map(|_| ()).expect_err(&text);
+            assert!(error.to_string().contains(expected), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -44,6 +44,61 @@ pub struct DemoOptions {
     pub policy: Option<PathBuf>,
     /// Where the embedded queue lives; a fresh temporary folder when `None`.
     pub data_dir: Option<PathBuf>,
+    pub source: DemoSource,
+}
+
+/// How the demo's requests reach the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoSource {
+    /// The simulator's signed notifications to the receiver.
+    Hook,
+    /// Waldur's event stream over STOMP from a local RabbitMQ with management and web-STOMP.
+    Stomp,
+}
+
+/// The RabbitMQ the `stomp` demo uses, from the environment, checked reachable.
+struct StompBroker {
+    amqp: String,
+    management: String,
+    stomp: String,
+}
+
+async fn stomp_broker() -> anyhow::Result<StompBroker> {
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let broker = StompBroker {
+        amqp: var(
+            "PUHURI_APPROVER_DEMO_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672",
+        ),
+        management: var(
+            "PUHURI_APPROVER_DEMO_MANAGEMENT_URL",
+            "http://guest:guest@127.0.0.1:15672",
+        ),
+        stomp: var("PUHURI_APPROVER_DEMO_STOMP_URL", "ws://127.0.0.1:15674/ws"),
+    };
+    for (what, url, plugin) in [
+        ("AMQP", &broker.amqp, "RabbitMQ itself"),
+        ("management", &broker.management, "rabbitmq_management"),
+        ("web-STOMP", &broker.stomp, "rabbitmq_web_stomp"),
+    ] {
+        let address = host_port(url)
+            .with_context(|| format!("the {what} URL is not a URL with a host and port"))?;
+        tokio::net::TcpStream::connect(&address).await.with_context(|| {
+            format!(
+                "`demo --source stomp` needs RabbitMQ's {what} endpoint at {address} ({plugin}; enable plugins with `rabbitmq-plugins enable rabbitmq_management rabbitmq_web_stomp`, or start `deploy/rabbitmq/node start` and set PUHURI_APPROVER_DEMO_* from `deploy/rabbitmq/node env`)"
+            )
+        })?;
+    }
+    Ok(broker)
+}
+
+/// `host:port` of a URL, without its credentials.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.contains(':').then(|| host.to_owned())
 }
 
 /// One kind of request in the stream, and what the example policy does with it.
@@ -165,16 +220,45 @@ pub async fn run(
         .await
         .context("cannot listen for the simulator")?;
     let sim_addr = sim_listener.local_addr()?;
+    let stomp = match options.source {
+        DemoSource::Hook => None,
+        DemoSource::Stomp => Some(stomp_broker().await?),
+    };
     let sim = Sim::new(SimConfig {
         tokens: vec![Secret::new(token.clone())],
-        hook: Some(HookTarget {
+        hook: stomp.is_none().then(|| HookTarget {
             url: format!("http://{receiver_addr}/v1/notifications/simulator"),
             format: HookFormat::Allocation { secret },
         }),
         seed: true,
         public_url: Some(format!("http://{sim_addr}")),
-        waldur: WaldurVersion::V7_0,
+        // Event consumers are an 8.0 feature; the hook demo shows 7.0.
+        waldur: if stomp.is_some() {
+            WaldurVersion::V8_0
+        } else {
+            WaldurVersion::V7_0
+        },
     });
+    let events_section = match &stomp {
+        None => String::new(),
+        Some(broker) => {
+            sim.set_event_broker(puhuri_sim::EventBroker {
+                amqp_url: broker.amqp.clone(),
+                management_url: broker.management.clone(),
+            });
+            let offerings: Vec<String> = sim
+                .catalogue()
+                .offerings
+                .iter()
+                .map(|o| format!("\"{}\"", o.uuid))
+                .collect();
+            format!(
+                "[events]\nurl = \"{}\"\nofferings = [{}]\n",
+                broker.stomp,
+                offerings.join(", ")
+            )
+        }
+    };
     let stop = CancellationToken::new();
     let sim_task = tokio::spawn(sim.clone().serve(sim_listener, stop.clone()));
 
@@ -207,6 +291,7 @@ interval_secs = 0
 [puhuri]
 url = "http://{sim_addr}/api/"
 
+{events_section}
 [[sources]]
 name = "simulator"
 format = "allocation"
@@ -235,6 +320,22 @@ token_sha256 = "{review_hash}"
         .as_ref()
         .map(|w| w.subscribe())
         .context("the demo runs workers")?;
+    if let Some(stats) = running.events.clone() {
+        // Requests are sent once the stream is subscribed: events before that wait in the
+        // queue, but the table would start with a pause.
+        let connected = async {
+            loop {
+                let notified = stats.connected_notify.notified();
+                if stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), connected)
+            .await
+            .context("Waldur's event stream did not connect within 30 s (is web-STOMP at the PUHURI_APPROVER_DEMO_STOMP_URL?)")?;
+    }
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "puhuri-approver demo")?;
@@ -242,10 +343,17 @@ token_sha256 = "{review_hash}"
         out,
         "  Puhuri Core simulator  http://{sim_addr}/api/  (LUMI-C, LUMI-G; five Nordic and Baltic organisations)"
     )?;
-    writeln!(
-        out,
-        "  receiver               http://{receiver_addr}/v1/notifications/simulator  (signed notifications)"
-    )?;
+    match &stomp {
+        None => writeln!(
+            out,
+            "  receiver               http://{receiver_addr}/v1/notifications/simulator  (signed notifications)"
+        )?,
+        Some(broker) => writeln!(
+            out,
+            "  source                 Waldur's event stream, STOMP at {}  (order events, acked after the queue's commit)",
+            broker.stomp
+        )?,
+    }
     writeln!(
         out,
         "  queue                  embedded, {}",

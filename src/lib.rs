@@ -15,6 +15,7 @@ pub mod customers;
 pub mod decision;
 #[cfg(feature = "tools")]
 pub mod demo;
+pub mod events;
 pub mod facts;
 pub mod failure;
 pub mod healthcheck;

@@ -104,6 +104,22 @@ pub const OPERATOR_DECISIONS: &str = "puhuri_approver_operator_decisions_total";
 /// Requests to the review page by `route` (the matched route, never the path) and `status`.
 pub const REVIEW_REQUESTS: &str = "puhuri_approver_review_requests_total";
 
+/// `1` while Waldur's event stream (`[events]`) is connected and subscribed.
+pub const STOMP_CONNECTED: &str = "puhuri_approver_stomp_connected";
+/// `MESSAGE` frames of the event stream by `outcome` (`queued`, `ignored`, `dead-lettered`).
+pub const STOMP_FRAMES: &str = "puhuri_approver_stomp_frames_total";
+/// Frames acknowledged to Waldur's broker (each only after it was durably queued).
+pub const STOMP_ACKED: &str = "puhuri_approver_stomp_acked_total";
+/// Frames Waldur's broker marked as redelivered (sent before, not acknowledged then).
+pub const STOMP_REDELIVERED: &str = "puhuri_approver_stomp_redelivered_total";
+/// Event stream sessions lost (each followed by a reconnect with backoff).
+pub const STOMP_RECONNECTS: &str = "puhuri_approver_stomp_reconnects_total";
+/// Seconds since the event stream's last frame (no sample before the first).
+pub const STOMP_LAST_FRAME_AGE: &str = "puhuri_approver_stomp_last_frame_age_seconds";
+/// How the event stream's state is read: whether it is connected, and the age of its last
+/// frame in seconds (no frame yet: `None`).
+pub type EventsReader = Arc<dyn Fn() -> (bool, Option<f64>) + Send + Sync>;
+
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
 /// in the order `/metrics` lists them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -138,6 +154,12 @@ pub const METRIC_NAMES: &[&str] = &[
     REVIEW_OLDEST_AGE,
     OPERATOR_DECISIONS,
     REVIEW_REQUESTS,
+    STOMP_CONNECTED,
+    STOMP_FRAMES,
+    STOMP_ACKED,
+    STOMP_REDELIVERED,
+    STOMP_RECONNECTS,
+    STOMP_LAST_FRAME_AGE,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -252,6 +274,14 @@ pub struct Metrics {
     review_oldest_age: Gauge<f64, AtomicU64>,
     operator_decisions: Family<Labels<2>, Counter>,
     review_requests: Family<Labels<2>, Counter>,
+    stomp_connected: Reading<u64>,
+    stomp_frames: Family<Labels<1>, Counter>,
+    stomp_acked: Counter,
+    stomp_redelivered: Counter,
+    stomp_reconnects: Counter,
+    stomp_last_frame_age: Reading<f64>,
+    /// Reads the event stream's state at scrape time: connected, seconds since its last frame.
+    events: Mutex<Option<EventsReader>>,
     /// The start-up probe's report (`/readyz`), and whether it passed.
     probe: Mutex<Option<(bool, serde_json::Value)>>,
     /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
@@ -333,6 +363,13 @@ impl Metrics {
             review_oldest_age: Gauge::default(),
             operator_decisions: Family::default(),
             review_requests: Family::default(),
+            stomp_connected: Reading::default(),
+            stomp_frames: Family::default(),
+            stomp_acked: Counter::default(),
+            stomp_redelivered: Counter::default(),
+            stomp_reconnects: Counter::default(),
+            stomp_last_frame_age: Reading::default(),
+            events: Mutex::new(None),
             probe: Mutex::new(None),
             circuit: Mutex::new(None),
             runs_workers: AtomicBool::new(false),
@@ -534,6 +571,42 @@ impl Metrics {
             "Requests to the review page by route and HTTP status",
             Described(self.review_requests.clone()),
         );
+        register(
+            r,
+            STOMP_CONNECTED,
+            "1 while Waldur's event stream is connected and subscribed",
+            self.stomp_connected.clone(),
+        );
+        register(
+            r,
+            STOMP_FRAMES,
+            "Event stream MESSAGE frames by outcome",
+            Described(self.stomp_frames.clone()),
+        );
+        register(
+            r,
+            STOMP_ACKED,
+            "Event stream frames acknowledged after they were durably queued",
+            self.stomp_acked.clone(),
+        );
+        register(
+            r,
+            STOMP_REDELIVERED,
+            "Event stream frames the broker marked as redelivered",
+            self.stomp_redelivered.clone(),
+        );
+        register(
+            r,
+            STOMP_RECONNECTS,
+            "Event stream sessions lost and reconnected",
+            self.stomp_reconnects.clone(),
+        );
+        register(
+            r,
+            STOMP_LAST_FRAME_AGE,
+            "Seconds since the event stream's last frame",
+            self.stomp_last_frame_age.clone(),
+        );
         self
     }
 
@@ -557,6 +630,35 @@ impl Metrics {
     pub fn review_request(&self, route: &str, status: u16) {
         let labels = [("route", route.to_owned()), ("status", status.to_string())];
         self.review_requests.get_or_create(&labels).inc();
+    }
+
+    /// The event stream whose state `/metrics` and `/readyz` report.
+    pub fn attach_events(&self, reader: EventsReader) {
+        self.stomp_connected.set(Some(0));
+        *lock(&self.events) = Some(reader);
+    }
+
+    /// Whether the event stream is connected: `None` where none runs.
+    pub fn events_connected(&self) -> Option<bool> {
+        lock(&self.events).as_ref().map(|read| read().0)
+    }
+
+    /// One `MESSAGE` frame of the event stream: `queued`, `ignored` or `dead-lettered`.
+    pub fn stomp_frame(&self, outcome: &'static str, redelivered: bool) {
+        self.stomp_frames
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+        if redelivered {
+            self.stomp_redelivered.inc();
+        }
+    }
+
+    pub fn stomp_acked(&self) {
+        self.stomp_acked.inc();
+    }
+
+    pub fn stomp_reconnect(&self) {
+        self.stomp_reconnects.inc();
     }
 
     /// Records the start-up probe for `/readyz`: `passed` and what it found (or why not).
@@ -737,6 +839,11 @@ impl Metrics {
         self.queue_depth.set(reading.depth);
         self.dead_letter_depth.set(reading.dead);
         self.queue_oldest_age.set(reading.oldest_age);
+        if let Some(read) = lock(&self.events).clone() {
+            let (connected, age) = read();
+            self.stomp_connected.set(Some(u64::from(connected)));
+            self.stomp_last_frame_age.set(age);
+        }
         self.render()
     }
 

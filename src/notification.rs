@@ -294,7 +294,7 @@ pub fn github_id(source: &str, body: &[u8]) -> String {
 }
 
 /// `prefix` + the first 128 bits of `sha256(source 0x00 body)` in hex.
-fn body_digest_id(prefix: &str, source: &str, body: &[u8]) -> String {
+pub(crate) fn body_digest_id(prefix: &str, source: &str, body: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(source.as_bytes());
     hasher.update([0]);

@@ -370,7 +370,8 @@ async fn readiness(State(state): State<Arc<ReceiverState>>) -> Response {
 /// `unauthorized` (the token is refused) or `circuit-open` (sustained failures). Checks of
 /// a role this process does not run are `not-applicable`. Where workers run, `probe` is
 /// what the start-up probe found (or why it has not passed) and `circuit` why the circuit
-/// is open.
+/// is open. `events` (only where it runs) is Waldur's event stream (`ok` or `connecting`): shown,
+/// not gating readiness, since the HTTP sources and the reconciler work without it.
 fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
     let workers = metrics.runs_workers();
     let policy = match (workers, metrics.is_policy_loaded()) {
@@ -401,6 +402,10 @@ fn readiness_response(broker: bool, metrics: &Metrics) -> Response {
         "policy": policy,
         "puhuri": puhuri,
     });
+    let mut checks = checks;
+    if let Some(connected) = metrics.events_connected() {
+        checks["events"] = json!(if connected { "ok" } else { "connecting" });
+    }
     let mut body = json!({
         "status": if ready { "ready" } else { "not-ready" },
         "checks": checks,

@@ -102,6 +102,8 @@ pub struct Reconciler {
     passes: AtomicU64,
     last: Mutex<Option<CycleReport>>,
     metrics: Arc<Metrics>,
+    /// Cuts the wait before the next pass short ([`Reconciler::request_pass`]).
+    wake: tokio::sync::Notify,
 }
 
 impl Reconciler {
@@ -121,6 +123,7 @@ impl Reconciler {
             passes: AtomicU64::new(0),
             last: Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -128,6 +131,13 @@ impl Reconciler {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Reconciler {
         self.metrics = metrics;
         self
+    }
+
+    /// Runs the next pass now rather than after the interval (e.g. when the event stream
+    /// reconnected: events published while it was away are not sent again). A request
+    /// during a pass runs one more pass after it.
+    pub fn request_pass(&self) {
+        self.wake.notify_one();
     }
 
     /// Passes started so far, whatever their outcome.
@@ -528,6 +538,7 @@ impl Reconciler {
                 biased;
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
+                () = self.wake.notified() => {}
             }
         }
     }

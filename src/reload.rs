@@ -75,7 +75,7 @@ pub enum Reload {
     /// Same content as the running policy (or as the last refused one).
     Unchanged,
     /// A new policy, compiled.
-    Compiled(Policy),
+    Compiled(Box<Policy>),
     /// The file cannot be read or does not compile: every reason, one per line.
     Refused(String),
 }
@@ -140,7 +140,7 @@ impl PolicyFile {
                 self.seen = policy.version().to_owned();
                 let unfillable = crate::customers::unfillable_fields(&policy, self.customers_file);
                 if unfillable.is_empty() {
-                    Reload::Compiled(policy)
+                    Reload::Compiled(Box::new(policy))
                 } else {
                     Reload::Refused(
                         unfillable
@@ -213,7 +213,7 @@ pub fn apply(
                 rules = compiled.rule_count(),
                 "policy reloaded"
             );
-            policy.replace(compiled);
+            policy.replace(*compiled);
             Applied::Reloaded(version)
         }
         Reload::Refused(reasons) => {

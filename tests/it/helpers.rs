@@ -101,6 +101,8 @@ pub struct Options {
     pub max_in_flight: usize,
     /// `PUHURI_APPROVER_PUHURI_TOKEN_FILE`: the token from this file instead of the config.
     pub token_file: Option<std::path::PathBuf>,
+    /// The broker the simulator publishes Waldur's order events to (`stomp.rs`).
+    pub sim_events: Option<puhuri_sim::EventBroker>,
 }
 
 impl Default for Options {
@@ -128,6 +130,7 @@ impl Default for Options {
             backend: Backend::RabbitMq,
             max_in_flight: 16,
             token_file: None,
+            sim_events: None,
         }
     }
 }
@@ -172,6 +175,9 @@ pub async fn spawn_app(options: Options) -> TestApp {
         public_url: Some(format!("http://{sim_addr}")),
         waldur: options.waldur,
     });
+    if let Some(broker) = options.sim_events.clone() {
+        sim.set_event_broker(broker);
+    }
     let sim_stop = CancellationToken::new();
     tokio::spawn(sim.clone().serve(sim_listener, sim_stop.clone()));
 

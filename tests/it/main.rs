@@ -22,6 +22,7 @@ mod recon;
 mod review;
 mod secrets;
 mod spine;
+mod stomp;
 mod telemetry;
 mod tools;
 mod trips;

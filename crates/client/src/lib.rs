@@ -26,10 +26,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
+pub mod events;
 pub mod ids;
 pub mod probe;
 pub mod states;
 
+pub use events::EventChannel;
 pub use ids::{AllocationHint, InvalidUuid, OrderUuid, ResourceUuid, WaldurUuid};
 pub use probe::{Me, OfferingSummary, Permission};
 pub use states::{OrderState, OrderType, ResourceState};
@@ -382,6 +384,7 @@ impl Fetched {
 
 /// A successful answer, read whole.
 struct Answer {
+    status: u16,
     headers: HeaderMap,
     bytes: Vec<u8>,
 }
@@ -646,6 +649,7 @@ impl PuhuriClient {
                 retry_after: None,
             })?;
             return Ok(Answer {
+                status: status.as_u16(),
                 headers,
                 // Not copied when the body arrived in one piece.
                 bytes: Vec::from(bytes),

@@ -387,6 +387,31 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
     );
     let body = to_bytes(request.into_body(), MAX_BODY).await;
     let _in_flight = sim.inner.in_flight.enter();
+    if super::events::owns(sim.inner.waldur, &path) {
+        let bytes = body.as_deref().unwrap_or_default();
+        let (status, reply) = sim.handle_events(&method, &path, &headers, bytes).await;
+        if is_write {
+            let mut shared = sim.lock();
+            shared.calls.push(RecordedCall {
+                method: method.as_str().to_string(),
+                path,
+                query: uri.query().map(str::to_string),
+                body: Value::Null,
+                status,
+                applied_status: None,
+            });
+            shared.call_times.push(std::time::Instant::now());
+            drop(shared);
+            sim.note_recorded();
+        }
+        let reply = Reply::json(status, reply);
+        let reply = if status == 401 {
+            reply.with_header(header::WWW_AUTHENTICATE, "Token")
+        } else {
+            reply
+        };
+        return reply.into_response(method == Method::HEAD);
+    }
 
     let (latency, fault, slow) = sim.take_fault(&path, uri.query());
     if latency > 0 {
@@ -542,7 +567,7 @@ impl Sim {
     }
 
     /// Authenticates like DRF's `TokenAuthentication`.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Actor, ApiError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Actor, ApiError> {
         let not_provided =
             || ApiError::detail(401, "Authentication credentials were not provided.");
         let Some(raw) = headers.get(header::AUTHORIZATION) else {

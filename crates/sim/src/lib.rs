@@ -76,6 +76,8 @@
 mod admin;
 mod api;
 mod decimal;
+mod events;
+pub use events::EventBroker;
 mod hook;
 mod offerings;
 mod query;
@@ -525,6 +527,8 @@ struct Inner {
     recorded: tokio::sync::watch::Sender<u64>,
     /// Every call under `/api/` answered so far, reads included.
     api_calls: std::sync::atomic::AtomicU64,
+    /// Event registrations and the broker they publish to.
+    events: events::Events,
 }
 
 struct Shared {
@@ -574,6 +578,7 @@ impl Sim {
             inner: Arc::new(Inner {
                 recorded: tokio::sync::watch::channel(0).0,
                 api_calls: std::sync::atomic::AtomicU64::new(0),
+                events: events::Events::default(),
                 waldur: config.waldur,
                 tokens: Mutex::new(session::Tokens::new(config.tokens)),
                 in_flight: session::InFlight::default(),
@@ -734,15 +739,50 @@ impl Sim {
                 .hook
                 .as_ref()
                 .map(|target| hook::prepare(target, model, order, now));
-            (created, delivery)
+            let event = order_event(model, order);
+            (created, (delivery, event))
         };
+        let (delivery, (offering, unified, bare)) = delivery;
         if let Some(delivery) = delivery {
             let client = self.inner.http.clone();
             tokio::spawn(hook::deliver(client, delivery));
         }
+        let sim = self.clone();
+        tokio::spawn(async move { sim.publish_order_event(offering, unified, bare).await });
         Ok(created)
     }
+}
 
+/// Waldur's order event for the push channel: the offering, the unified message and the bare
+/// `{order_uuid, order_state}` form.
+fn order_event(model: &Model, order: usize) -> (uuid::Uuid, serde_json::Value, serde_json::Value) {
+    let o = &model.orders[order];
+    let resource = &model.resources[o.resource];
+    let offering = &model.offerings[o.offering];
+    let project = &model.projects[o.project];
+    let bare = serde_json::json!({
+        "order_uuid": state::hex(o.uuid),
+        "order_state": o.state.as_str(),
+    });
+    let unified = serde_json::json!({
+        "order_uuid": state::hex(o.uuid),
+        "order_state": o.state.as_str(),
+        "offering_uuid": state::hex(offering.uuid),
+        "object_type": "order",
+        "schema_version": "1.0",
+        "order_type": "Create",
+        "resource_uuid": state::hex(resource.uuid),
+        "resource_name": resource.name,
+        "project_uuid": state::hex(project.uuid),
+        "project_name": project.name,
+        "attributes": o.attributes,
+        "limits": o.limits,
+        "plan_uuid": state::hex(offering.plan_uuid),
+    });
+    (offering.uuid, unified, bare)
+}
+
+impl Sim {
     /// Every write call on the Waldur API so far, in order.
     pub fn calls(&self) -> Vec<RecordedCall> {
         self.lock().calls.clone()

@@ -49,6 +49,11 @@ struct Args {
     /// only the current API (`marketplace-orders`, `marketplace-provider-resources`).
     #[arg(long, value_name = "VERSION", default_value = "7.0")]
     waldur: WaldurVersion,
+    // Waldur's event stream: with env `PUHURI_SIM_EVENTS_AMQP_URL` and
+    // `PUHURI_SIM_EVENTS_MANAGEMENT_URL` (a RabbitMQ with the management and web-STOMP
+    // plugins, administrator credentials in the URLs; environment only, never argv), the
+    // event registration endpoints provision queues there and order events are published to
+    // them; without them registration answers 500.
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,6 +119,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         waldur: args.waldur,
     });
     sim.set_token_lifetime(args.token_lifetime_secs.map(std::time::Duration::from_secs));
+    if let (Ok(amqp_url), Ok(management_url)) = (
+        std::env::var("PUHURI_SIM_EVENTS_AMQP_URL"),
+        std::env::var("PUHURI_SIM_EVENTS_MANAGEMENT_URL"),
+    ) {
+        sim.set_event_broker(puhuri_sim::EventBroker {
+            amqp_url,
+            management_url,
+        });
+        tracing::info!("order events are published to the configured RabbitMQ");
+    }
     tracing::info!(listen = %addr, waldur = %args.waldur, "Puhuri Core simulator listening (API under /api/, admin under /admin/)");
     let stop = CancellationToken::new();
     let server = tokio::spawn(sim.serve(listener, stop.clone()));
