@@ -83,6 +83,8 @@ pub enum Role {
     Prober,
     /// The review page on `review.listen`.
     Review,
+    /// Recomputes the review queue for the held gauges (`review.refresh_secs`).
+    ReviewRefresh,
 }
 
 impl Role {
@@ -96,6 +98,7 @@ impl Role {
             Role::PolicyReloader => "policy-reloader",
             Role::Prober => "prober",
             Role::Review => "review",
+            Role::ReviewRefresh => "review-refresh",
         }
     }
 }
@@ -448,13 +451,28 @@ pub async fn start(
                 Some(path) => crate::customers::CustomerDirectory::load(path)?,
                 None => crate::customers::CustomerDirectory::default(),
             };
+            let review = crate::review::Review::new(
+                client.clone(),
+                w.policy_handle().clone(),
+                customers,
+                config.puhuri.offerings.clone(),
+            );
+            if let Some(every) = config.review.refresh {
+                let refresh = crate::review::refresh(
+                    review.clone(),
+                    metrics.clone(),
+                    breaker.clone(),
+                    every,
+                    stop.clone(),
+                );
+                supervisor.spawn(Role::ReviewRefresh, async move {
+                    refresh.await;
+                    Ok(())
+                });
+                tracing::info!(every_secs = every.as_secs(), "review queue refresh started");
+            }
             let page = Arc::new(crate::review::web::ReviewPage {
-                review: crate::review::Review::new(
-                    client.clone(),
-                    w.policy_handle().clone(),
-                    customers,
-                    config.puhuri.offerings.clone(),
-                ),
+                review,
                 broker: broker.clone(),
                 auth,
                 metrics: metrics.clone(),

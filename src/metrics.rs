@@ -94,15 +94,17 @@ pub const PUHURI_AUTH_OK: &str = "puhuri_approver_puhuri_auth_ok";
 /// 1 while the circuit to Puhuri Core is open (a refused token, or sustained 5xx and
 /// timeouts) and workers take no new deliveries.
 pub const PUHURI_CIRCUIT_OPEN: &str = "puhuri_approver_puhuri_circuit_open";
-/// Allocations held for a person, as the review queue's last listing found them.
+/// Allocations held for a person, as the review queue's last listing or refresh found them.
 pub const REVIEW_HELD: &str = "puhuri_approver_review_held";
-/// Age in seconds of the oldest held allocation at the review queue's last listing.
+/// Age in seconds of the oldest held allocation at the review queue's last listing or refresh.
 pub const REVIEW_OLDEST_AGE: &str = "puhuri_approver_review_oldest_held_age_seconds";
 /// Operators' decisions settled by the workers, by `action` (`approve`, `reject`) and
 /// `outcome` (`approved`, `rejected`, `already-handled`, …).
 pub const OPERATOR_DECISIONS: &str = "puhuri_approver_operator_decisions_total";
 /// Requests to the review page by `route` (the matched route, never the path) and `status`.
 pub const REVIEW_REQUESTS: &str = "puhuri_approver_review_requests_total";
+/// Background refreshes of the review queue (`review.refresh_secs`) that failed.
+pub const REVIEW_REFRESH_FAILURES: &str = "puhuri_approver_review_refresh_failures_total";
 
 /// Every metric name this service exports (histograms add `_bucket`, `_sum`, `_count`),
 /// in the order `/metrics` lists them.
@@ -138,6 +140,7 @@ pub const METRIC_NAMES: &[&str] = &[
     REVIEW_OLDEST_AGE,
     OPERATOR_DECISIONS,
     REVIEW_REQUESTS,
+    REVIEW_REFRESH_FAILURES,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -252,6 +255,7 @@ pub struct Metrics {
     review_oldest_age: Gauge<f64, AtomicU64>,
     operator_decisions: Family<Labels<2>, Counter>,
     review_requests: Family<Labels<2>, Counter>,
+    review_refresh_failures: Counter,
     /// The start-up probe's report (`/readyz`), and whether it passed.
     probe: Mutex<Option<(bool, serde_json::Value)>>,
     /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
@@ -333,6 +337,7 @@ impl Metrics {
             review_oldest_age: Gauge::default(),
             operator_decisions: Family::default(),
             review_requests: Family::default(),
+            review_refresh_failures: Counter::default(),
             probe: Mutex::new(None),
             circuit: Mutex::new(None),
             runs_workers: AtomicBool::new(false),
@@ -513,13 +518,13 @@ impl Metrics {
         register(
             r,
             REVIEW_HELD,
-            "Allocations held for a person at the review queue's last listing",
+            "Allocations held for a person at the review queue's last listing or refresh",
             self.review_held.clone(),
         );
         register(
             r,
             REVIEW_OLDEST_AGE,
-            "Age in seconds of the oldest held allocation at the review queue's last listing",
+            "Age in seconds of the oldest held allocation at the review queue's last listing or refresh",
             self.review_oldest_age.clone(),
         );
         register(
@@ -534,6 +539,12 @@ impl Metrics {
             "Requests to the review page by route and HTTP status",
             Described(self.review_requests.clone()),
         );
+        register(
+            r,
+            REVIEW_REFRESH_FAILURES,
+            "Background refreshes of the review queue that failed",
+            self.review_refresh_failures.clone(),
+        );
         self
     }
 
@@ -542,6 +553,11 @@ impl Metrics {
         self.review_held
             .set(i64::try_from(held).unwrap_or(i64::MAX));
         self.review_oldest_age.set(oldest_age_secs);
+    }
+
+    /// A background refresh of the review queue failed.
+    pub fn review_refresh_failed(&self) {
+        self.review_refresh_failures.inc();
     }
 
     /// An operator's decision, settled.

@@ -255,12 +255,10 @@ async fn list(
         offering: query.offering.filter(|o| !o.trim().is_empty()),
         rule: query.rule.filter(|r| !r.trim().is_empty()),
     };
-    let held = match page.review.list(&Filter::default()).await {
+    let held = match page.review.held_now(&page.metrics).await {
         Ok(held) => held,
         Err(error) => return served(&operator, review_failure(&error)),
     };
-    page.metrics
-        .review_listed(held.len(), held.first().map_or(0.0, |h| h.age_secs as f64));
     let total = held.len();
     let shown: Vec<&Held> = held.iter().filter(|h| filter.keeps(h)).collect();
     let body = layout(

@@ -768,3 +768,107 @@ async fn a_trusted_proxy_names_the_operator() {
     assert!(!logs.contains(&csrf), "{logs}");
     app.stop().await;
 }
+
+/// `/metrics` of the app, as text.
+async fn metrics_text(app: &TestApp) -> String {
+    app.http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// Scrapes `/metrics` until `wanted` holds (each scrape waits for the last to answer).
+async fn metrics_until(app: &TestApp, wanted: impl Fn(&str) -> bool) -> String {
+    let poll = async {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            every.tick().await;
+            let text = metrics_text(app).await;
+            if wanted(&text) {
+                return text;
+            }
+        }
+    };
+    match tokio::time::timeout(WAIT, poll).await {
+        Ok(text) => text,
+        Err(_) => panic!("/metrics never showed it:\n{}", metrics_text(app).await),
+    }
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn the_held_gauges_follow_the_queue_without_a_visitor() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // As in `a_trusted_proxy_names_the_operator`: the refresh runs on this thread.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _logs = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app(Options {
+        policy: POLICY,
+        backend: Backend::Embedded,
+        extra_config: review_config().replace(
+            "secure_cookie = false\n",
+            "secure_cookie = false\nrefresh_secs = 1\n",
+        ),
+        ..Options::default()
+    })
+    .await;
+    // The pending listing fails: each refresh counts it, the log says so once.
+    app.sim.set_faults(puhuri_sim::Faults {
+        error_rate: 1.0,
+        error_path: Some("/marketplace-orders/".into()),
+        error_statuses: vec![400],
+        ..Default::default()
+    });
+    let held = app.create(json!({"cpu_k_hours": 5000})).await;
+    metrics_until(&app, |m| {
+        sample(m, "puhuri_approver_review_refresh_failures_total").is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    let logs = || String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    assert_eq!(
+        logs().matches("review queue refresh failed").count(),
+        1,
+        "{}",
+        logs()
+    );
+    app.sim.set_faults(puhuri_sim::Faults::default());
+
+    // Nobody opens the page, yet the gauges show the held allocation.
+    let metrics = metrics_until(&app, |m| {
+        sample(m, "puhuri_approver_review_held") == Some(1.0)
+    })
+    .await;
+    assert!(
+        !metrics.contains("puhuri_approver_review_requests_total{"),
+        "{metrics}"
+    );
+    assert!(
+        logs().contains("review queue refreshed again"),
+        "{}",
+        logs()
+    );
+    // Decided elsewhere: the next refresh drops it.
+    approve_by_hand(&app, &held).await;
+    metrics_until(&app, |m| {
+        sample(m, "puhuri_approver_review_held") == Some(0.0)
+            && sample(m, "puhuri_approver_review_oldest_held_age_seconds") == Some(0.0)
+    })
+    .await;
+    app.stop().await;
+}
