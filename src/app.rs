@@ -471,12 +471,12 @@ pub async fn start(
                 });
                 tracing::info!(every_secs = every.as_secs(), "review queue refresh started");
             }
-            let page = Arc::new(crate::review::web::ReviewPage {
+            let page = Arc::new(crate::review::web::ReviewPage::new(
                 review,
-                broker: broker.clone(),
+                broker.clone(),
                 auth,
-                metrics: metrics.clone(),
-            });
+                metrics.clone(),
+            ));
             let router = crate::review::web::router(page);
             let server_stop = stop.clone();
             supervisor.spawn(Role::Review, async move {

@@ -6,13 +6,17 @@
 //! authenticated operator: anything else gets 401 and the login form, never data.
 //! INVARIANT: every POST but the login carries the operator's CSRF token; the login
 //! carries its form's. A missing or wrong token is 403 and nothing is done.
+//! INVARIANT: login attempts are throttled per client address (an IPv6 client by its
+//! /64): [`LOGIN_BURST`] at once, then one every [`LOGIN_PERIOD`]; past that, 429 with the
+//! login form, a message and `Retry-After`, and the token is not looked at.
 //! INVARIANT: every answer carries a strict `Content-Security-Policy` (no scripts at
 //! all), `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and
 //! `Cache-Control: no-store`; every request of an operator is logged with their name
 //! and counted in `puhuri_approver_review_requests_total`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, MatchedPath, Path, Query, Request, State};
@@ -25,6 +29,7 @@ use serde::Deserialize;
 
 use super::session::{self, Auth, Operator};
 use super::{Filter, Held, Review, ReviewError, Shown, age_text, amounts};
+use crate::limits::KeyedBuckets;
 use crate::metrics::Metrics;
 use crate::notification::OperatorAction;
 use puhuri_queue::Broker;
@@ -35,12 +40,48 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; for
 
 const STYLE: &str = include_str!("review.css");
 
+/// Login attempts a client address may make at once.
+pub const LOGIN_BURST: u32 = 5;
+/// Then one more login attempt per this long.
+pub const LOGIN_PERIOD: Duration = Duration::from_secs(12);
+/// Client addresses whose login attempts are remembered at once.
+const LOGIN_ADDRESSES: usize = 10_000;
+
 /// What the page serves from.
 pub struct ReviewPage {
     pub review: Review,
     pub broker: Broker,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    /// Login attempts by client address.
+    pub logins: KeyedBuckets<IpAddr>,
+}
+
+impl ReviewPage {
+    /// The page over `review`, with the login throttle of [`LOGIN_BURST`] and [`LOGIN_PERIOD`].
+    pub fn new(review: Review, broker: Broker, auth: Auth, metrics: Arc<Metrics>) -> ReviewPage {
+        ReviewPage {
+            review,
+            broker,
+            auth,
+            metrics,
+            logins: KeyedBuckets::new(LOGIN_PERIOD, LOGIN_BURST, LOGIN_ADDRESSES),
+        }
+    }
+}
+
+/// The throttle's key of a client: its address; an IPv6 client's /64, which one client
+/// usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
 }
 
 /// The operator a response was made for, for the request log.
@@ -117,6 +158,16 @@ impl ReviewPage {
     /// 401 with the login form (and its cookie, unless the browser has a valid one),
     /// never data.
     fn unauthenticated(&self, headers: &HeaderMap, message: Option<&str>) -> Response {
+        self.login_page(StatusCode::UNAUTHORIZED, headers, message)
+    }
+
+    /// The login form with `status` and an optional message.
+    fn login_page(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        message: Option<&str>,
+    ) -> Response {
         let kept = headers
             .get(header::COOKIE)
             .and_then(|v| v.to_str().ok())
@@ -159,12 +210,14 @@ impl ReviewPage {
                 }
             },
         );
-        let mut response = (StatusCode::UNAUTHORIZED, Html(body.into_string())).into_response();
+        let mut response = (status, Html(body.into_string())).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Cookie realm=\"puhuri-review\", form-action=\"/login\""),
-        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Cookie realm=\"puhuri-review\", form-action=\"/login\""),
+            );
+        }
         if let Some(Ok(value)) = set.map(|set| HeaderValue::from_str(&set)) {
             headers.insert(header::SET_COOKIE, value);
         }
@@ -506,9 +559,21 @@ struct LoginForm {
 
 async fn login(
     State(page): State<Page>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if let Err(wait) = page.logins.take(client_key(peer.ip()), Instant::now()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        tracing::warn!(client = %peer.ip(), retry_after_secs = secs, "login throttled: too many attempts from this address");
+        let message =
+            format!("Too many login attempts from your address: try again in {secs} seconds.");
+        let mut response = page.login_page(StatusCode::TOO_MANY_REQUESTS, &headers, Some(&message));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
     let cookie = headers
         .get(header::COOKIE)
         .and_then(|v| v.to_str().ok())
@@ -589,5 +654,20 @@ async fn not_found(
             failure(StatusCode::NOT_FOUND, "There is no such page."),
         ),
         None => page.unauthenticated(&headers, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_its_address_or_its_ipv6_slash_64() {
+        let key = |text: &str| client_key(text.parse().expect("address"));
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
     }
 }
