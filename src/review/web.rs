@@ -7,7 +7,8 @@
 //! INVARIANT: every POST but the login carries the operator's CSRF token; the login
 //! carries its form's. A missing or wrong token is 403 and nothing is done.
 //! INVARIANT: login attempts are throttled per client address (an IPv6 client by its
-//! /64): [`LOGIN_BURST`] at once, then one every [`LOGIN_PERIOD`]; past that, 429 with the
+//! /64; behind `review.trusted_proxies`, the nearest `X-Forwarded-For` address that is
+//! not one of them, never an address a client could write alone): [`LOGIN_BURST`] at once, then one every [`LOGIN_PERIOD`]; past that, 429 with the
 //! login form, a message and `Retry-After`, and the token is not looked at.
 //! INVARIANT: every answer carries a strict `Content-Security-Policy` (no scripts at
 //! all), `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and
@@ -68,6 +69,33 @@ impl ReviewPage {
             logins: KeyedBuckets::new(LOGIN_PERIOD, LOGIN_BURST, LOGIN_ADDRESSES),
         }
     }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy; then the
+/// `X-Forwarded-For` entries read from the right (the proxies append), skipping trusted
+/// proxies: the first that is not one is the client (entries further left are the
+/// client's own claim). An entry that is not an address ends the walk.
+fn client_address(auth: &Auth, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !auth.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !auth.is_trusted_proxy(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The throttle's key of a client: its address; an IPv6 client's /64, which one client
@@ -563,9 +591,10 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if let Err(wait) = page.logins.take(client_key(peer.ip()), Instant::now()) {
+    let client = client_address(&page.auth, peer.ip(), &headers);
+    if let Err(wait) = page.logins.take(client_key(client), Instant::now()) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        tracing::warn!(client = %peer.ip(), retry_after_secs = secs, "login throttled: too many attempts from this address");
+        tracing::warn!(client = %client, retry_after_secs = secs, "login throttled: too many attempts from this address");
         let message =
             format!("Too many login attempts from your address: try again in {secs} seconds.");
         let mut response = page.login_page(StatusCode::TOO_MANY_REQUESTS, &headers, Some(&message));
@@ -669,5 +698,48 @@ mod tests {
         assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_client_is_the_nearest_untrusted_forwarded_address() {
+        let config = crate::config::ReviewConfig {
+            trusted_header: Some("x-forwarded-user".into()),
+            trusted_proxies: vec!["10.0.0.0/8".parse().expect("net")],
+            ..Default::default()
+        };
+        let auth = Auth::with_key(&config, &[7u8; 32]).expect("key");
+        let ip = |text: &str| -> IpAddr { text.parse().expect("address") };
+        let forwarded = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    "x-forwarded-for",
+                    HeaderValue::from_str(value).expect("value"),
+                );
+            }
+            headers
+        };
+        // A client reaching the port directly is its own address, whatever it claims.
+        let claim = forwarded(&["198.51.100.1"]);
+        assert_eq!(
+            client_address(&auth, ip("192.0.2.7"), &claim),
+            ip("192.0.2.7")
+        );
+        // Through the proxies: the nearest address they did not add themselves.
+        let chain = forwarded(&["198.51.100.1, 192.0.2.7", "10.1.1.1"]);
+        assert_eq!(
+            client_address(&auth, ip("10.0.0.2"), &chain),
+            ip("192.0.2.7")
+        );
+        // A proxy that forwards nothing, or garbage: the proxy.
+        assert_eq!(
+            client_address(&auth, ip("10.0.0.2"), &HeaderMap::new()),
+            ip("10.0.0.2")
+        );
+        let garbage = forwarded(&["not-an-address"]);
+        assert_eq!(
+            client_address(&auth, ip("10.0.0.2"), &garbage),
+            ip("10.0.0.2")
+        );
     }
 }
