@@ -85,6 +85,8 @@ pub enum Role {
     Review,
     /// Waldur's event stream (`[events]`, `events.rs`).
     Events,
+    /// Recomputes the review queue for the held gauges (`review.refresh_secs`).
+    ReviewRefresh,
 }
 
 impl Role {
@@ -99,6 +101,7 @@ impl Role {
             Role::Prober => "prober",
             Role::Review => "review",
             Role::Events => "events",
+            Role::ReviewRefresh => "review-refresh",
         }
     }
 }
@@ -453,17 +456,32 @@ pub async fn start(
                 Some(path) => crate::customers::CustomerDirectory::load(path)?,
                 None => crate::customers::CustomerDirectory::default(),
             };
-            let page = Arc::new(crate::review::web::ReviewPage {
-                review: crate::review::Review::new(
-                    client.clone(),
-                    w.policy_handle().clone(),
-                    customers,
-                    config.puhuri.offerings.clone(),
-                ),
-                broker: broker.clone(),
+            let review = crate::review::Review::new(
+                client.clone(),
+                w.policy_handle().clone(),
+                customers,
+                config.puhuri.offerings.clone(),
+            );
+            if let Some(every) = config.review.refresh {
+                let refresh = crate::review::refresh(
+                    review.clone(),
+                    metrics.clone(),
+                    breaker.clone(),
+                    every,
+                    stop.clone(),
+                );
+                supervisor.spawn(Role::ReviewRefresh, async move {
+                    refresh.await;
+                    Ok(())
+                });
+                tracing::info!(every_secs = every.as_secs(), "review queue refresh started");
+            }
+            let page = Arc::new(crate::review::web::ReviewPage::new(
+                review,
+                broker.clone(),
                 auth,
-                metrics: metrics.clone(),
-            });
+                metrics.clone(),
+            ));
             let router = crate::review::web::router(page);
             let server_stop = stop.clone();
             supervisor.spawn(Role::Review, async move {

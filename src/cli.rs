@@ -55,6 +55,10 @@ pub enum Command {
     /// Run every role in one process: receiver, workers, reconciler and team watcher (and
     /// the review page when `review.listen` is set).
     ///
+    /// The process serving the review page also recomputes the review queue every
+    /// `review.refresh_secs` (default 300; 0: only when listed) for the held gauges: one
+    /// pending listing plus one read of each pending allocation per refresh.
+    ///
     /// Needs `puhuri.url`, `puhuri.token`, `policy.file` and `[[sources]]`; every missing
     /// one is named before anything is opened or created.
     Serve(ServiceArgs),
@@ -64,6 +68,10 @@ pub enum Command {
     Receive(ServiceArgs),
     /// Run the workers, reconciler and team watcher only (the queue in, Puhuri Core out),
     /// and the review page when `review.listen` is set.
+    ///
+    /// The process serving the review page also recomputes the review queue every
+    /// `review.refresh_secs` (default 300; 0: only when listed) for the held gauges: one
+    /// pending listing plus one read of each pending allocation per refresh.
     ///
     /// Needs `puhuri.url`, `puhuri.token` and `policy.file`; every missing one is named
     /// before anything is opened or created.

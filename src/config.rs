@@ -105,6 +105,7 @@ pub const KEYS: &[&str] = &[
     "receiver",
     "sources",
     "review",
+    "events",
     // [review]
     "session_key_file",
     "session_secs",
@@ -113,7 +114,7 @@ pub const KEYS: &[&str] = &[
     "trusted_proxies",
     "operators",
     "token_sha256",
-    "events",
+    "refresh_secs",
     // [amqp]
     "url",
     "urls",
@@ -313,6 +314,9 @@ pub struct ReviewConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Operators who log in with a token, by its SHA-256.
     pub operators: Vec<ReviewOperator>,
+    /// How often the process serving the page recomputes the queue for the held gauges
+    /// without a visitor; `None`: only when the queue is listed.
+    pub refresh: Option<Duration>,
 }
 
 /// An operator who logs in with a token; only the token's SHA-256 is configured.
@@ -639,6 +643,7 @@ struct FileReview {
     trusted_proxies: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     operators: Vec<Spanned<FileOperator>>,
+    refresh_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1749,6 +1754,18 @@ fn review_config(
         Some(secs) => Duration::from_secs(*secs.get_ref()),
         None => Duration::from_secs(8 * 3600),
     };
+    let refresh = match &file.refresh_secs {
+        Some(secs) if *secs.get_ref() > 86_400 => {
+            return Err(at.invalid(
+                secs.span(),
+                "review.refresh_secs",
+                "expected 0 (only when the queue is listed) to 86400 seconds (a day)",
+            ));
+        }
+        Some(secs) if *secs.get_ref() == 0 => None,
+        Some(secs) => Some(Duration::from_secs(*secs.get_ref())),
+        None => Some(Duration::from_secs(300)),
+    };
     let trusted_header = match &file.trusted_header {
         None => None,
         Some(name) => {
@@ -1846,6 +1863,7 @@ fn review_config(
         trusted_header,
         trusted_proxies,
         operators,
+        refresh,
     })
 }
 
@@ -2587,6 +2605,12 @@ mod tests {
         );
         assert_eq!(config.review.operators[0].token_sha256, [0xab; 32]);
         assert!(config.review.secure_cookie);
+        assert_eq!(config.review.refresh, Some(Duration::from_secs(300)));
+        let visits_only = parse(&format!(
+            "[review]\nlisten = \"127.0.0.1:8070\"\nrefresh_secs = 0\n\n[[review.operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n"
+        ))
+        .expect("review");
+        assert_eq!(visits_only.review.refresh, None);
         for (text, wanted) in [
             (
                 "[review]\nlisten = \"127.0.0.1:8070\"\n".to_owned(),
@@ -2603,6 +2627,10 @@ mod tests {
             (
                 "listen = \"127.0.0.1:8080\"\n[review]\nlisten = \"127.0.0.1:8080\"\ntrusted_header = \"x-user\"\ntrusted_proxies = [\"10.0.0.1\"]\n".to_owned(),
                 "`review.listen`: must differ from `listen`",
+            ),
+            (
+                "[review]\nrefresh_secs = 100000\n".to_owned(),
+                "test.toml:2:16: `review.refresh_secs`: expected 0 (only when the queue is listed) to 86400",
             ),
         ] {
             let error = parse(&text).expect_err(&text).to_string();

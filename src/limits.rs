@@ -1,10 +1,14 @@
-//! The receiver's in-memory guards: a per-source token bucket ([`TokenBucket`]) and the
+//! In-memory guards: a token bucket ([`TokenBucket`]), per source in the receiver and per
+//! client address for the review page's logins ([`KeyedBuckets`]), and the receiver's
 //! replay cache ([`ReplayCache`]) that de-duplicates verified notifications on
 //! `(source, id)`, where the id is derived only from bytes the source's authentication
 //! covers (the signed `webhook-id`, else a digest of the body: see
 //! `receiver::authenticate`). No IO, no HTTP: time is passed in, so both are tested
 //! exactly.
 //!
+//! INVARIANT: [`KeyedBuckets`] holds at most `capacity` buckets: a new key finding it full
+//! first forgets the buckets that refilled (they are as a new one would be); if none did,
+//! the new key is refused until one does.
 //! INVARIANT: the replay cache is bounded: at most `capacity` remembered pairs (the
 //! oldest go first when it is full, counted in [`ReplayCache::evicted`]) plus the
 //! reservations of requests in flight. A pair is kept as a 128-bit keyed digest of the
@@ -35,33 +39,105 @@ use crate::config::RateLimit;
 /// A token bucket refilled continuously at `per_sec`, holding at most `burst` tokens.
 #[derive(Debug)]
 pub struct TokenBucket {
-    limit: RateLimit,
+    per_sec: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket.
+    /// A full bucket (at least one token a second).
     pub fn new(limit: RateLimit, now: Instant) -> TokenBucket {
+        TokenBucket::every(
+            Duration::from_secs_f64(1.0 / f64::from(limit.per_sec.max(1))),
+            limit.burst,
+            now,
+        )
+    }
+
+    /// A full bucket of `burst` tokens, refilled by one every `period`.
+    pub fn every(period: Duration, burst: u32, now: Instant) -> TokenBucket {
+        let burst = f64::from(burst.max(1));
         TokenBucket {
-            limit,
-            tokens: f64::from(limit.burst),
+            per_sec: 1.0 / period.as_secs_f64().max(1e-6),
+            burst,
+            tokens: burst,
             last: now,
         }
     }
 
-    /// Takes one token, or tells how long until one is available.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        let per_sec = f64::from(self.limit.per_sec.max(1));
-        self.tokens = (self.tokens + elapsed * per_sec).min(f64::from(self.limit.burst));
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+    }
+
+    /// Takes one token, or tells how long until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_sec))
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
         }
+    }
+
+    /// Whether it refilled to its burst: as a new bucket would be.
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// One [`TokenBucket`] per key (the review page: per client address), each of `burst`
+/// tokens refilled by one every `period`.
+#[derive(Debug)]
+pub struct KeyedBuckets<K> {
+    period: Duration,
+    burst: u32,
+    capacity: usize,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
+}
+
+impl<K: std::hash::Hash + Eq> KeyedBuckets<K> {
+    /// At most `capacity` keys remembered at once.
+    pub fn new(period: Duration, burst: u32, capacity: usize) -> KeyedBuckets<K> {
+        KeyedBuckets {
+            period,
+            burst,
+            capacity: capacity.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token of `key`'s bucket, or tells how long until one is available.
+    pub fn take(&self, key: K, now: Instant) -> Result<(), Duration> {
+        // Every step leaves the map consistent, so a poisoned lock is still safe to use.
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if !buckets.contains_key(&key) && buckets.len() >= self.capacity {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+            if buckets.len() >= self.capacity {
+                return Err(self.period);
+            }
+        }
+        buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::every(self.period, self.burst, now))
+            .take(now)
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -286,6 +362,39 @@ mod tests {
             assert_eq!(bucket.take(later), Ok(()));
         }
         assert!(bucket.take(later).is_err());
+    }
+
+    #[test]
+    fn a_slow_bucket_refills_one_token_a_period() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::every(Duration::from_secs(12), 2, start);
+        assert_eq!(bucket.take(start), Ok(()));
+        assert_eq!(bucket.take(start), Ok(()));
+        assert_eq!(bucket.take(start), Err(Duration::from_secs(12)));
+        let wait = bucket
+            .take(start + Duration::from_secs(6))
+            .expect_err("half a token");
+        assert!(wait > Duration::from_millis(5_900) && wait <= Duration::from_secs(6));
+        assert_eq!(bucket.take(start + Duration::from_secs(12)), Ok(()));
+    }
+
+    #[test]
+    fn keyed_buckets_limit_each_key_alone_and_stay_bounded() {
+        let start = Instant::now();
+        let buckets = KeyedBuckets::new(Duration::from_secs(10), 2, 2);
+        for key in ["a", "a", "b"] {
+            assert_eq!(buckets.take(key, start), Ok(()));
+        }
+        assert!(buckets.take("a", start).is_err(), "a's burst is spent");
+        // Full of keys that have not refilled: a third is refused, not let in.
+        assert_eq!(buckets.take("c", start), Err(Duration::from_secs(10)));
+        assert_eq!(buckets.len(), 2);
+        // Once b refilled it is forgotten and c gets a bucket of its own.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(buckets.take("c", later), Ok(()));
+        assert_eq!(buckets.len(), 2);
+        assert!(buckets.take("a", later).is_ok(), "one token back");
+        assert!(buckets.take("a", later).is_err());
     }
 
     #[test]

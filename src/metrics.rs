@@ -94,15 +94,17 @@ pub const PUHURI_AUTH_OK: &str = "puhuri_approver_puhuri_auth_ok";
 /// 1 while the circuit to Puhuri Core is open (a refused token, or sustained 5xx and
 /// timeouts) and workers take no new deliveries.
 pub const PUHURI_CIRCUIT_OPEN: &str = "puhuri_approver_puhuri_circuit_open";
-/// Allocations held for a person, as the review queue's last listing found them.
+/// Allocations held for a person, as the review queue's last listing or refresh found them.
 pub const REVIEW_HELD: &str = "puhuri_approver_review_held";
-/// Age in seconds of the oldest held allocation at the review queue's last listing.
+/// Age in seconds of the oldest held allocation at the review queue's last listing or refresh.
 pub const REVIEW_OLDEST_AGE: &str = "puhuri_approver_review_oldest_held_age_seconds";
 /// Operators' decisions settled by the workers, by `action` (`approve`, `reject`) and
 /// `outcome` (`approved`, `rejected`, `already-handled`, …).
 pub const OPERATOR_DECISIONS: &str = "puhuri_approver_operator_decisions_total";
 /// Requests to the review page by `route` (the matched route, never the path) and `status`.
 pub const REVIEW_REQUESTS: &str = "puhuri_approver_review_requests_total";
+/// Background refreshes of the review queue (`review.refresh_secs`) that failed.
+pub const REVIEW_REFRESH_FAILURES: &str = "puhuri_approver_review_refresh_failures_total";
 
 /// `1` while Waldur's event stream (`[events]`) is connected and subscribed.
 pub const STOMP_CONNECTED: &str = "puhuri_approver_stomp_connected";
@@ -160,6 +162,7 @@ pub const METRIC_NAMES: &[&str] = &[
     STOMP_REDELIVERED,
     STOMP_RECONNECTS,
     STOMP_LAST_FRAME_AGE,
+    REVIEW_REFRESH_FAILURES,
 ];
 
 /// Whether `name` is exported, directly or as a histogram's series.
@@ -282,6 +285,7 @@ pub struct Metrics {
     stomp_last_frame_age: Reading<f64>,
     /// Reads the event stream's state at scrape time: connected, seconds since its last frame.
     events: Mutex<Option<EventsReader>>,
+    review_refresh_failures: Counter,
     /// The start-up probe's report (`/readyz`), and whether it passed.
     probe: Mutex<Option<(bool, serde_json::Value)>>,
     /// Why the circuit is open (`/readyz`): `unauthorized` or `unavailable`, and the detail.
@@ -370,6 +374,7 @@ impl Metrics {
             stomp_reconnects: Counter::default(),
             stomp_last_frame_age: Reading::default(),
             events: Mutex::new(None),
+            review_refresh_failures: Counter::default(),
             probe: Mutex::new(None),
             circuit: Mutex::new(None),
             runs_workers: AtomicBool::new(false),
@@ -550,13 +555,13 @@ impl Metrics {
         register(
             r,
             REVIEW_HELD,
-            "Allocations held for a person at the review queue's last listing",
+            "Allocations held for a person at the review queue's last listing or refresh",
             self.review_held.clone(),
         );
         register(
             r,
             REVIEW_OLDEST_AGE,
-            "Age in seconds of the oldest held allocation at the review queue's last listing",
+            "Age in seconds of the oldest held allocation at the review queue's last listing or refresh",
             self.review_oldest_age.clone(),
         );
         register(
@@ -607,6 +612,12 @@ impl Metrics {
             "Seconds since the event stream's last frame",
             self.stomp_last_frame_age.clone(),
         );
+        register(
+            r,
+            REVIEW_REFRESH_FAILURES,
+            "Background refreshes of the review queue that failed",
+            self.review_refresh_failures.clone(),
+        );
         self
     }
 
@@ -615,6 +626,11 @@ impl Metrics {
         self.review_held
             .set(i64::try_from(held).unwrap_or(i64::MAX));
         self.review_oldest_age.set(oldest_age_secs);
+    }
+
+    /// A background refresh of the review queue failed.
+    pub fn review_refresh_failed(&self) {
+        self.review_refresh_failures.inc();
     }
 
     /// An operator's decision, settled.

@@ -8,17 +8,24 @@
 //! INVARIANT: an operator's decision is never written from here: it is queued as work
 //! (`work::publish_operator`), and a worker re-fetches the allocation, writes only while
 //! it still waits, and writes exactly what an automatic decision writes (`[manual]`).
+//! INVARIANT: the held gauges are set by one computation ([`Review::held_now`]): each
+//! listing of the page, and in the process serving the page every `review.refresh_secs`
+//! ([`refresh`]), so they are current without a visitor.
 
 pub mod session;
 pub mod web;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
+use crate::circuit::Circuit;
 use crate::customers::{Abbreviations, CustomerDirectory};
+use crate::metrics::Metrics;
 use crate::notification::{OperatorAction, OperatorDecision, OperatorWork, WorkItem};
 use crate::reload::PolicyHandle;
 use puhuri_client::{
@@ -178,6 +185,14 @@ impl Review {
         Ok(held)
     }
 
+    /// Every allocation the policy holds now, oldest first, recorded in the held gauges:
+    /// what the page lists and what [`refresh`] keeps current.
+    pub async fn held_now(&self, metrics: &Metrics) -> Result<Vec<Held>, ReviewError> {
+        let held = self.list(&Filter::default()).await?;
+        metrics.review_listed(held.len(), held.first().map_or(0.0, |h| h.age_secs as f64));
+        Ok(held)
+    }
+
     /// One allocation: the policy's explanation now, and what approving it would write.
     pub async fn show(&self, id: &str) -> Result<Shown, ReviewError> {
         let fetched = self.fetch(id).await?;
@@ -332,6 +347,54 @@ impl Review {
             age_secs,
         };
         Ok((held, explanation, allocation))
+    }
+}
+
+/// Recomputes the review queue every `every` for the held gauges, until `stop`: one
+/// listing of the pending allocations and one read of each per refresh, through the
+/// client's `max_in_flight` calls like any other. Waits while the circuit to Puhuri Core
+/// is open; a failure is counted each time and logged once per streak of failures, and
+/// the next refresh tries again.
+pub async fn refresh(
+    review: Review,
+    metrics: Arc<Metrics>,
+    circuit: Arc<Circuit>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if !circuit.wait_closed(&stop).await {
+            return;
+        }
+        let outcome = tokio::select! {
+            outcome = review.held_now(&metrics) => outcome,
+            () = stop.cancelled() => return,
+        };
+        match outcome {
+            Ok(held) => {
+                if failing {
+                    tracing::info!(held = held.len(), "review queue refreshed again");
+                }
+                failing = false;
+            }
+            Err(error) => {
+                metrics.review_refresh_failed();
+                if !failing {
+                    tracing::warn!(
+                        error = %error,
+                        "review queue refresh failed: the held gauges keep the last listing's numbers; retrying every refresh"
+                    );
+                }
+                failing = true;
+            }
+        }
     }
 }
 

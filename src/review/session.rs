@@ -240,13 +240,7 @@ impl Auth {
     /// The operator a trusted proxy names, when the request came from one.
     pub fn proxy_operator(&self, peer: IpAddr, header: Option<&str>) -> Option<Operator> {
         let header_name = self.config.trusted_header.as_ref()?;
-        let peer = canonical(peer);
-        if !self
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer))
-        {
+        if !self.is_trusted_proxy(peer) {
             return None;
         }
         let name = header?.trim();
@@ -294,6 +288,17 @@ pub fn same(expected: &str, given: &str) -> bool {
 }
 
 /// An IPv4 address mapped into IPv6 as its IPv4 form.
+impl Auth {
+    /// Whether `ip` is one of `review.trusted_proxies`.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -6,13 +6,18 @@
 //! authenticated operator: anything else gets 401 and the login form, never data.
 //! INVARIANT: every POST but the login carries the operator's CSRF token; the login
 //! carries its form's. A missing or wrong token is 403 and nothing is done.
+//! INVARIANT: login attempts are throttled per client address (an IPv6 client by its
+//! /64; behind `review.trusted_proxies`, the nearest `X-Forwarded-For` address that is
+//! not one of them, never an address a client could write alone): [`LOGIN_BURST`] at once, then one every [`LOGIN_PERIOD`]; past that, 429 with the
+//! login form, a message and `Retry-After`, and the token is not looked at.
 //! INVARIANT: every answer carries a strict `Content-Security-Policy` (no scripts at
 //! all), `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and
 //! `Cache-Control: no-store`; every request of an operator is logged with their name
 //! and counted in `puhuri_approver_review_requests_total`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, MatchedPath, Path, Query, Request, State};
@@ -25,6 +30,7 @@ use serde::Deserialize;
 
 use super::session::{self, Auth, Operator};
 use super::{Filter, Held, Review, ReviewError, Shown, age_text, amounts};
+use crate::limits::KeyedBuckets;
 use crate::metrics::Metrics;
 use crate::notification::OperatorAction;
 use puhuri_queue::Broker;
@@ -35,12 +41,75 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; for
 
 const STYLE: &str = include_str!("review.css");
 
+/// Login attempts a client address may make at once.
+pub const LOGIN_BURST: u32 = 5;
+/// Then one more login attempt per this long.
+pub const LOGIN_PERIOD: Duration = Duration::from_secs(12);
+/// Client addresses whose login attempts are remembered at once.
+const LOGIN_ADDRESSES: usize = 10_000;
+
 /// What the page serves from.
 pub struct ReviewPage {
     pub review: Review,
     pub broker: Broker,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    /// Login attempts by client address.
+    pub logins: KeyedBuckets<IpAddr>,
+}
+
+impl ReviewPage {
+    /// The page over `review`, with the login throttle of [`LOGIN_BURST`] and [`LOGIN_PERIOD`].
+    pub fn new(review: Review, broker: Broker, auth: Auth, metrics: Arc<Metrics>) -> ReviewPage {
+        ReviewPage {
+            review,
+            broker,
+            auth,
+            metrics,
+            logins: KeyedBuckets::new(LOGIN_PERIOD, LOGIN_BURST, LOGIN_ADDRESSES),
+        }
+    }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy; then the
+/// `X-Forwarded-For` entries read from the right (the proxies append), skipping trusted
+/// proxies: the first that is not one is the client (entries further left are the
+/// client's own claim). An entry that is not an address ends the walk.
+fn client_address(auth: &Auth, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !auth.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !auth.is_trusted_proxy(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// The throttle's key of a client: its address; an IPv6 client's /64, which one client
+/// usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
 }
 
 /// The operator a response was made for, for the request log.
@@ -117,6 +186,16 @@ impl ReviewPage {
     /// 401 with the login form (and its cookie, unless the browser has a valid one),
     /// never data.
     fn unauthenticated(&self, headers: &HeaderMap, message: Option<&str>) -> Response {
+        self.login_page(StatusCode::UNAUTHORIZED, headers, message)
+    }
+
+    /// The login form with `status` and an optional message.
+    fn login_page(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        message: Option<&str>,
+    ) -> Response {
         let kept = headers
             .get(header::COOKIE)
             .and_then(|v| v.to_str().ok())
@@ -159,12 +238,14 @@ impl ReviewPage {
                 }
             },
         );
-        let mut response = (StatusCode::UNAUTHORIZED, Html(body.into_string())).into_response();
+        let mut response = (status, Html(body.into_string())).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Cookie realm=\"puhuri-review\", form-action=\"/login\""),
-        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Cookie realm=\"puhuri-review\", form-action=\"/login\""),
+            );
+        }
         if let Some(Ok(value)) = set.map(|set| HeaderValue::from_str(&set)) {
             headers.insert(header::SET_COOKIE, value);
         }
@@ -255,12 +336,10 @@ async fn list(
         offering: query.offering.filter(|o| !o.trim().is_empty()),
         rule: query.rule.filter(|r| !r.trim().is_empty()),
     };
-    let held = match page.review.list(&Filter::default()).await {
+    let held = match page.review.held_now(&page.metrics).await {
         Ok(held) => held,
         Err(error) => return served(&operator, review_failure(&error)),
     };
-    page.metrics
-        .review_listed(held.len(), held.first().map_or(0.0, |h| h.age_secs as f64));
     let total = held.len();
     let shown: Vec<&Held> = held.iter().filter(|h| filter.keeps(h)).collect();
     let body = layout(
@@ -508,9 +587,22 @@ struct LoginForm {
 
 async fn login(
     State(page): State<Page>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let client = client_address(&page.auth, peer.ip(), &headers);
+    if let Err(wait) = page.logins.take(client_key(client), Instant::now()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        tracing::warn!(client = %client, retry_after_secs = secs, "login throttled: too many attempts from this address");
+        let message =
+            format!("Too many login attempts from your address: try again in {secs} seconds.");
+        let mut response = page.login_page(StatusCode::TOO_MANY_REQUESTS, &headers, Some(&message));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
     let cookie = headers
         .get(header::COOKIE)
         .and_then(|v| v.to_str().ok())
@@ -591,5 +683,63 @@ async fn not_found(
             failure(StatusCode::NOT_FOUND, "There is no such page."),
         ),
         None => page.unauthenticated(&headers, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_its_address_or_its_ipv6_slash_64() {
+        let key = |text: &str| client_key(text.parse().expect("address"));
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_client_is_the_nearest_untrusted_forwarded_address() {
+        let config = crate::config::ReviewConfig {
+            trusted_header: Some("x-forwarded-user".into()),
+            trusted_proxies: vec!["10.0.0.0/8".parse().expect("net")],
+            ..Default::default()
+        };
+        let auth = Auth::with_key(&config, &[7u8; 32]).expect("key");
+        let ip = |text: &str| -> IpAddr { text.parse().expect("address") };
+        let forwarded = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    "x-forwarded-for",
+                    HeaderValue::from_str(value).expect("value"),
+                );
+            }
+            headers
+        };
+        // A client reaching the port directly is its own address, whatever it claims.
+        let claim = forwarded(&["198.51.100.1"]);
+        assert_eq!(
+            client_address(&auth, ip("192.0.2.7"), &claim),
+            ip("192.0.2.7")
+        );
+        // Through the proxies: the nearest address they did not add themselves.
+        let chain = forwarded(&["198.51.100.1, 192.0.2.7", "10.1.1.1"]);
+        assert_eq!(
+            client_address(&auth, ip("10.0.0.2"), &chain),
+            ip("192.0.2.7")
+        );
+        // A proxy that forwards nothing, or garbage: the proxy.
+        assert_eq!(
+            client_address(&auth, ip("10.0.0.2"), &HeaderMap::new()),
+            ip("10.0.0.2")
+        );
+        let garbage = forwarded(&["not-an-address"]);
+        assert_eq!(
+            client_address(&auth, ip("10.0.0.2"), &garbage),
+            ip("10.0.0.2")
+        );
     }
 }

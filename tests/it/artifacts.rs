@@ -366,9 +366,9 @@ fn yaml_block(text: &str, key: &str) -> String {
     block
 }
 
-#[test]
-fn the_shipped_configurations_and_policy_are_valid() {
-    let env: std::collections::HashMap<String, String> = [
+/// The secrets the shipped configurations take from the environment, as placeholders.
+fn shipped_env() -> std::collections::HashMap<String, String> {
+    [
         ("PUHURI_APPROVER_PUHURI_TOKEN", "token"),
         (
             "PUHURI_APPROVER_SOURCE_SIM_SECRETS",
@@ -381,7 +381,12 @@ fn the_shipped_configurations_and_policy_are_valid() {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    .collect()
+}
+
+#[test]
+fn the_shipped_configurations_and_policy_are_valid() {
+    let env = shipped_env();
     use puhuri_approver::app::Roles;
     let compose = read("deploy/compose/puhuri-approver.toml");
     let config = Config::parse(&compose, "compose.toml", &env).expect("compose config");
@@ -447,4 +452,67 @@ async fn a_pre_declared_topology_is_used_without_declaring() {
     assert_eq!(passive.work_depth().await.expect("depth"), 0);
     operator.delete_topology().await.expect("clean up");
     stop.cancel();
+}
+
+/// A configuration with its commented `# [review]` block switched on: the `# `-prefixed
+/// lines from `# [review]` to the first line that is not a comment, without the prefix.
+fn with_review_on(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut on = String::new();
+    for line in lines.by_ref() {
+        if line == "# [review]" {
+            on.push_str("[review]\n");
+            break;
+        }
+        on.push_str(line);
+        on.push('\n');
+    }
+    assert!(on.contains("[review]"), "no commented `# [review]` block");
+    for line in lines {
+        match line.strip_prefix('#') {
+            Some(rest) => on.push_str(rest.strip_prefix(' ').unwrap_or(rest)),
+            None => break,
+        }
+        on.push('\n');
+    }
+    on
+}
+
+#[test]
+fn the_shipped_review_page_is_off_and_its_commented_settings_serve_it() {
+    let env = shipped_env();
+    let compose = read("deploy/compose/puhuri-approver.toml");
+    let configmap = yaml_block(&read("deploy/k8s/configmap.yaml"), "puhuri-approver.toml");
+    for (name, text) in [("compose.toml", &compose), ("configmap.toml", &configmap)] {
+        let off = Config::parse(text, name, &env).expect("as shipped");
+        assert_eq!(off.review.listen, None, "{name}: off by default");
+        let on = Config::parse(&with_review_on(text), name, &env)
+            .unwrap_or_else(|error| panic!("{name} with [review] on: {error}"));
+        assert_eq!(on.review.listen.map(|a| a.port()), Some(8070), "{name}");
+        assert_eq!(
+            on.review.refresh,
+            Some(std::time::Duration::from_secs(300)),
+            "{name}"
+        );
+    }
+    let worker = read("deploy/k8s/worker.yaml");
+    for needle in [
+        "# - name: review\n            #   containerPort: 8070",
+        "#   name: puhuri-approver-review",
+        "#       port: 8070\n#       targetPort: review",
+        "#       key: review-session-key",
+    ] {
+        assert!(worker.contains(needle), "worker.yaml lacks `{needle}`");
+    }
+    assert!(read("deploy/k8s/secret.yaml").contains("# review-session-key:"));
+    assert!(read("deploy/compose/compose.yaml").contains("#   - \"127.0.0.1:8070-8071:8070\""));
+    for unit in [
+        "deploy/systemd/puhuri-approver.service",
+        "deploy/systemd/puhuri-approver-work.service",
+    ] {
+        assert!(
+            read(unit).contains("`[review] listen = \"127.0.0.1:8070\"`"),
+            "{unit}"
+        );
+    }
 }

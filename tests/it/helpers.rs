@@ -440,12 +440,13 @@ impl TestApp {
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop_roles().await;
-            if running.broker.is_connected() {
-                running
-                    .broker
-                    .delete_topology()
-                    .await
-                    .expect("delete test topology");
+            // Teardown only: the test's assertions are behind it. lapin may report a late
+            // frame of a channel the roles closed (its id reused) as a connection error here;
+            // the queues then stay behind under this test's own prefix.
+            if running.broker.is_connected()
+                && let Err(error) = running.broker.delete_topology().await
+            {
+                eprintln!("teardown: the test's queues and exchanges stay: {error}");
             }
             running.shutdown().await;
         }

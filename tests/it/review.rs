@@ -768,3 +768,214 @@ async fn a_trusted_proxy_names_the_operator() {
     assert!(!logs.contains(&csrf), "{logs}");
     app.stop().await;
 }
+
+/// `/metrics` of the app, as text.
+async fn metrics_text(app: &TestApp) -> String {
+    app.http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// Scrapes `/metrics` until `wanted` holds (each scrape waits for the last to answer).
+async fn metrics_until(app: &TestApp, wanted: impl Fn(&str) -> bool) -> String {
+    let poll = async {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            every.tick().await;
+            let text = metrics_text(app).await;
+            if wanted(&text) {
+                return text;
+            }
+        }
+    };
+    match tokio::time::timeout(WAIT, poll).await {
+        Ok(text) => text,
+        Err(_) => panic!("/metrics never showed it:\n{}", metrics_text(app).await),
+    }
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn the_held_gauges_follow_the_queue_without_a_visitor() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // As in `a_trusted_proxy_names_the_operator`: the refresh runs on this thread.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _logs = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app(Options {
+        policy: POLICY,
+        backend: Backend::Embedded,
+        extra_config: review_config().replace(
+            "secure_cookie = false\n",
+            "secure_cookie = false\nrefresh_secs = 1\n",
+        ),
+        ..Options::default()
+    })
+    .await;
+    // The pending listing fails: each refresh counts it, the log says so once.
+    app.sim.set_faults(puhuri_sim::Faults {
+        error_rate: 1.0,
+        error_path: Some("/marketplace-orders/".into()),
+        error_statuses: vec![400],
+        ..Default::default()
+    });
+    let held = app.create(json!({"cpu_k_hours": 5000})).await;
+    metrics_until(&app, |m| {
+        sample(m, "puhuri_approver_review_refresh_failures_total").is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    let logs = || String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    assert_eq!(
+        logs().matches("review queue refresh failed").count(),
+        1,
+        "{}",
+        logs()
+    );
+    app.sim.set_faults(puhuri_sim::Faults::default());
+
+    // Nobody opens the page, yet the gauges show the held allocation.
+    let metrics = metrics_until(&app, |m| {
+        sample(m, "puhuri_approver_review_held") == Some(1.0)
+    })
+    .await;
+    assert!(
+        !metrics.contains("puhuri_approver_review_requests_total{"),
+        "{metrics}"
+    );
+    assert!(
+        logs().contains("review queue refreshed again"),
+        "{}",
+        logs()
+    );
+    // Decided elsewhere: the next refresh drops it.
+    approve_by_hand(&app, &held).await;
+    metrics_until(&app, |m| {
+        sample(m, "puhuri_approver_review_held") == Some(0.0)
+            && sample(m, "puhuri_approver_review_oldest_held_age_seconds") == Some(0.0)
+    })
+    .await;
+    app.stop().await;
+}
+
+/// A client of the review page from `from`, following no redirect.
+fn client_from(from: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(Some(from.parse().expect("address")))
+        .build()
+        .expect("client")
+}
+
+/// Opens the login form: its cookie (`name=value`) and CSRF token.
+async fn login_form(app: &TestApp, client: &reqwest::Client) -> (String, String) {
+    let form = client
+        .get(review_url(app, "/login"))
+        .send()
+        .await
+        .expect("login form answers");
+    let cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("the login form's cookie")
+        .to_owned();
+    let body = form.text().await.expect("body");
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form's csrf token")
+        .to_owned();
+    (cookie, csrf)
+}
+
+async fn log_in(
+    app: &TestApp,
+    client: &reqwest::Client,
+    form: &(String, String),
+    token: &str,
+) -> reqwest::Response {
+    client
+        .post(review_url(app, "/login"))
+        .header("cookie", &form.0)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[
+            ("csrf", form.1.clone()),
+            ("token", token.into()),
+        ]))
+        .send()
+        .await
+        .expect("login answers")
+}
+
+#[tokio::test]
+async fn login_attempts_are_throttled_per_client_address() {
+    let app = review_app(Backend::Embedded).await;
+    let guesser = client_from("127.0.0.1");
+    let form = login_form(&app, &guesser).await;
+    for _ in 0..puhuri_approver::review::web::LOGIN_BURST {
+        let refused = log_in(&app, &guesser, &form, "a-guess").await;
+        assert_eq!(refused.status(), 401);
+        let body = refused.text().await.expect("body");
+        assert!(body.contains("That token is not an operator"), "{body}");
+    }
+    // Past the burst even the right token is not looked at.
+    let throttled = log_in(&app, &guesser, &form, OPERATOR_TOKEN).await;
+    assert_eq!(throttled.status(), 429);
+    let retry_after: u64 = throttled
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!(
+        (1..=puhuri_approver::review::web::LOGIN_PERIOD.as_secs()).contains(&retry_after),
+        "{retry_after}"
+    );
+    assert!(throttled.headers().get("set-cookie").is_none());
+    let body = throttled.text().await.expect("body");
+    assert!(
+        body.contains("Too many login attempts from your address"),
+        "{body}"
+    );
+    assert!(
+        body.contains("name=\"token\""),
+        "the login form again: {body}"
+    );
+
+    // Another address is not held back by the first one's guesses.
+    let operator = client_from("127.0.0.2");
+    let form = login_form(&app, &operator).await;
+    let logged_in = log_in(&app, &operator, &form, OPERATOR_TOKEN).await;
+    assert_eq!(logged_in.status(), 303);
+    assert!(
+        logged_in.headers().get_all("set-cookie").iter().any(|v| v
+            .to_str()
+            .is_ok_and(|v| v.starts_with("puhuri_review_session="))),
+        "a session cookie"
+    );
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics
+            .contains("puhuri_approver_review_requests_total{route=\"/login\",status=\"429\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
