@@ -635,6 +635,100 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing(backend: Backend) 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+crate::on_both_backends!(a_receive_process_asks_the_workers_for_a_reconcile_pass);
+
+/// A `receive` process has no reconciler: when its event stream connects, it queues a
+/// reconcile request, and a worker's reconciler runs a pass. Allocations created before any
+/// consumer was registered (Waldur sends their events to nobody) are decided by that pass;
+/// the workers' own interval is an hour.
+async fn a_receive_process_asks_the_workers_for_a_reconcile_pass(backend: Backend) {
+    let node = Node::shared().await;
+    let mut app = spawn_app(Options {
+        backend,
+        waldur: WaldurVersion::V8_0,
+        roles: puhuri_approver::app::Roles {
+            receive: false,
+            work: true,
+        },
+        reconcile_interval_secs: 3600,
+        sim_events: Some(node.broker()),
+        extra_config: events_config(node.stomp, "consumers"),
+        ..Options::default()
+    })
+    .await;
+    let reconciler = app
+        .running
+        .as_ref()
+        .and_then(|r| r.reconciler.clone())
+        .expect("the workers' reconciler");
+    // The pass at start; nothing announces its end but its report.
+    tokio::time::timeout(WAIT, async {
+        while reconciler.last_report().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first reconcile pass ends");
+    let cases = app.create_mixed(3).await;
+    assert!(
+        !app.sim
+            .calls()
+            .iter()
+            .any(|c| c.path.ends_with("/event-consumers/register/")),
+        "no consumer yet: Waldur sends these events to nobody"
+    );
+    let dir = temp_dir("stomp-reconcile");
+    let config = app.write_config(&dir);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
+    command
+        .arg("receive")
+        .arg("--config")
+        .arg(&config)
+        .env("PUHURI_APPROVER_LISTEN", "127.0.0.1:0");
+    if backend == Backend::RabbitMq {
+        command.env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url());
+    }
+    let (mut receiver, requested) = spawn_logged(
+        command,
+        dir.join("receive.log"),
+        "reconcile pass requested from the workers",
+    );
+    tokio::time::timeout(WAIT, requested)
+        .await
+        .expect("the receive process requests a pass")
+        .expect("the request line");
+    let took = app.wait_decided(&cases, WAIT).await;
+    let counts = app.check(&cases);
+    let mut settled = app.settled.take().expect("workers run");
+    let mut ids = Vec::new();
+    let all = tokio::time::timeout(WAIT, async {
+        while ids.len() < cases.len() {
+            ids.push(settled.recv().await.expect("worker events").id);
+        }
+    })
+    .await;
+    let _ = receiver.kill();
+    let _ = tokio::task::spawn_blocking(move || receiver.wait()).await;
+    println!(
+        "stomp reconcile request from a receive process ({backend:?}): {} allocations: lost={} duplicated={} wrong={}; reconcile passes={}; decided in {} ms",
+        cases.len(),
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        reconciler.passes(),
+        took.as_millis()
+    );
+    assert_eq!(counts, Counts::default());
+    assert_eq!(reconciler.passes(), 2, "the start and the requested pass");
+    assert!(all.is_ok(), "every allocation settled: {ids:?}");
+    assert!(
+        ids.iter().all(|id| !id.starts_with("stomp_")),
+        "decided by the reconciler, not through the stream: {ids:?}"
+    );
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A TCP proxy that can hold every byte (both ways) while keeping the connections open: a
 /// WebSocket that goes silent without closing.
 struct StallingProxy {
