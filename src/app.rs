@@ -518,11 +518,20 @@ pub async fn start(
         let local = reconciler.clone();
         let queue = broker.clone();
         tokio::spawn(async move {
+            // A connect before this task first ran counts too.
+            let mut first = true;
             loop {
-                tokio::select! {
-                    () = link_stop.cancelled() => return,
-                    () = link.connected_notify.notified() => {}
+                let notified = link.connected_notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let connected = link.connected.load(std::sync::atomic::Ordering::Relaxed);
+                if !(first && connected) {
+                    tokio::select! {
+                        () = link_stop.cancelled() => return,
+                        () = &mut notified => {}
+                    }
                 }
+                first = false;
                 match &local {
                     Some(r) => r.request_pass(),
                     None => request_remote_pass(&queue, &link_stop).await,

@@ -401,13 +401,13 @@ impl Worker {
                 return;
             }
             Ok(Work::Reconcile(request)) => {
-                match &self.reconciler {
+                match self.reconciler.as_ref().filter(|r| r.runs_passes()) {
                     Some(reconciler) => {
                         tracing::info!(id = %request.id, source = %request.source, "reconcile pass requested");
                         reconciler.request_pass();
                     }
                     None => {
-                        tracing::warn!(id = %request.id, source = %request.source, "reconcile pass requested, but no reconciler runs here");
+                        tracing::warn!(id = %request.id, source = %request.source, "reconcile pass requested, but no reconciler runs here (reconcile.interval_secs = 0)");
                     }
                 }
                 if let Err(error) = delivery.ack().await {
