@@ -466,13 +466,33 @@ async fn registration_is_as_strict_as_waldur() {
 
 crate::on_both_backends!(killed_between_the_confirm_and_the_ack_loses_nothing);
 
+/// A child process, SIGKILLed (to its own pid) and reaped when dropped, also when a test
+/// fails first.
+struct Child(std::process::Child);
+
+impl Child {
+    /// SIGKILL to the child's own pid; its exit status once reaped.
+    fn kill(mut self) -> std::process::ExitStatus {
+        let _ = self.0.kill();
+        self.0.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // A reaped child is not signalled again (std keeps its status).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A child process whose stderr is copied line by line into `log`; `marker` fires on the
 /// first line containing `marker_text`.
 fn spawn_logged(
     mut command: std::process::Command,
     log: PathBuf,
     marker_text: &'static str,
-) -> (std::process::Child, tokio::sync::oneshot::Receiver<()>) {
+) -> (Child, tokio::sync::oneshot::Receiver<()>) {
     use std::io::{BufRead as _, Write as _};
     let mut child = command
         .stdout(std::process::Stdio::null())
@@ -495,7 +515,7 @@ fn spawn_logged(
             }
         }
     });
-    (child, seen)
+    (Child(child), seen)
 }
 
 /// A `receive` process SIGKILLed after an event is durably queued and before its `ACK` (the
@@ -538,7 +558,7 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing(backend: Backend) 
         let log = dir.join(if hold { "first.log" } else { "second.log" });
         spawn_logged(command, log, puhuri_approver::events::HOLD_MARKER)
     };
-    let (mut first, held) = receiver(true);
+    let (first, held) = receiver(true);
     // The first receiver registers, connects and subscribes; the consumer's queue exists
     // once the simulator answered its registration.
     let registered = async {
@@ -561,13 +581,12 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing(backend: Backend) 
         .expect("the receiver queues an event and holds its ACK")
         .expect("the marker line");
     // SIGKILL to the child's own pid, then reaped: the second starts only once it is gone.
-    first.kill().expect("SIGKILL the first receiver");
-    let status = tokio::task::spawn_blocking(move || first.wait().expect("wait"))
+    let status = tokio::task::spawn_blocking(move || first.kill())
         .await
         .expect("join");
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(status.signal(), Some(9), "the first receiver is SIGKILLed");
-    let (mut second, _) = receiver(false);
+    let (second, _) = receiver(false);
     let took = app.wait_decided(&cases, WAIT).await;
     // The frame queued before the kill is delivered again by Waldur's broker and queued
     // again under the same id: one notification more than events, which the workers absorb.
@@ -584,8 +603,7 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing(backend: Backend) 
     let all = tokio::time::timeout(WAIT, count).await;
     let duplicates = seen.values().filter(|&&n| n > 1).count();
     let counts = app.check(&cases);
-    let _ = second.kill();
-    let _ = tokio::task::spawn_blocking(move || second.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || second.kill()).await;
     let first_log = std::fs::read_to_string(dir.join("first.log")).expect("read the log");
     let second_log = std::fs::read_to_string(dir.join("second.log")).expect("read the log");
     let held_ids: Vec<&str> = first_log
@@ -688,7 +706,7 @@ async fn a_receive_process_asks_the_workers_for_a_reconcile_pass(backend: Backen
     if backend == Backend::RabbitMq {
         command.env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url());
     }
-    let (mut receiver, requested) = spawn_logged(
+    let (receiver, requested) = spawn_logged(
         command,
         dir.join("receive.log"),
         "reconcile pass requested from the workers",
@@ -707,8 +725,7 @@ async fn a_receive_process_asks_the_workers_for_a_reconcile_pass(backend: Backen
         }
     })
     .await;
-    let _ = receiver.kill();
-    let _ = tokio::task::spawn_blocking(move || receiver.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || receiver.kill()).await;
     println!(
         "stomp reconcile request from a receive process ({backend:?}): {} allocations: lost={} duplicated={} wrong={}; reconcile passes={}; decided in {} ms",
         cases.len(),
