@@ -407,6 +407,7 @@ pub async fn start(
         );
         reconciler = Some(r.clone());
         if let Some(interval) = config.reconcile.interval {
+            let r = r.clone();
             let reconcile_stop = stop.clone();
             let gate = breaker.clone();
             supervisor.spawn(Role::Reconciler, async move {
@@ -430,7 +431,8 @@ pub async fn start(
             .with_metrics(metrics.clone())
             .with_usage(config.usage.clone())
             .with_team(config.team.clone())
-            .with_circuit(breaker.clone()),
+            .with_circuit(breaker.clone())
+            .with_reconciler(r.clone()),
         );
         if let Some(period) = config.team.watch {
             let watcher = Arc::new(TeamWatcher::new(
@@ -526,20 +528,34 @@ pub async fn start(
                 read.last_frame_age(),
             )
         }));
-        if let Some(r) = reconciler.clone() {
-            // Every (re)connect runs a reconcile pass: events published while the stream
-            // was away are not sent again.
-            let stats = stats.clone();
-            let link_stop = stop.clone();
-            tokio::spawn(async move {
-                loop {
+        // Every (re)connect runs a reconcile pass: events published while the stream was
+        // away are not sent again. Without a reconciler in this process (`receive`), the
+        // request goes through the work queue to a worker's reconciler.
+        let link = stats.clone();
+        let link_stop = stop.clone();
+        let local = reconciler.clone();
+        let queue = broker.clone();
+        tokio::spawn(async move {
+            // A connect before this task first ran counts too.
+            let mut first = true;
+            loop {
+                let notified = link.connected_notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let connected = link.connected.load(std::sync::atomic::Ordering::Relaxed);
+                if !(first && connected) {
                     tokio::select! {
                         () = link_stop.cancelled() => return,
-                        () = stats.connected_notify.notified() => r.request_pass(),
+                        () = &mut notified => {}
                     }
                 }
-            });
-        }
+                first = false;
+                match &local {
+                    Some(r) => r.request_pass(),
+                    None => request_remote_pass(&queue, &link_stop).await,
+                }
+            }
+        });
         let events_stop = stop.clone();
         supervisor.spawn(Role::Events, async move {
             stream.run(events_stop).await;
@@ -570,6 +586,36 @@ pub async fn start(
 
 fn client_api(probe: &Option<ProbeReport>) -> Option<crate::config::ApiGeneration> {
     probe.as_ref().map(|p| p.api)
+}
+
+/// Queues a request for a reconcile pass for the workers (the event stream of a process
+/// without a reconciler connected), once the queue is connected; a failed publish is tried
+/// again after a second, up to five times, and then left to the workers' interval.
+async fn request_remote_pass(broker: &Broker, stop: &CancellationToken) {
+    let request =
+        crate::notification::ReconcileRequest::new(crate::events::SOURCE, crate::events::now_ms());
+    for attempt in 1..=5 {
+        if !broker.wait_connected(stop).await {
+            return;
+        }
+        match crate::work::publish_reconcile_request(broker, &request).await {
+            Ok(()) => {
+                tracing::info!(id = %request.id, "reconcile pass requested from the workers");
+                return;
+            }
+            Err(error) if attempt < 5 => {
+                tracing::debug!(error = %error, attempt, "cannot request a reconcile pass yet");
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot request a reconcile pass from the workers; their interval covers it");
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Records a passed start-up probe, sets the client's API generation and opens the way

@@ -1763,6 +1763,9 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                             Ok(Work::Usage(record)) => {
                                 format!("usage of {} for {}", record.allocation, record.month)
                             }
+                            Ok(Work::Reconcile(request)) => {
+                                format!("reconcile request from {}", request.source)
+                            }
                             Err(_) => "(undecodable)".into(),
                         };
                         let reason = letter

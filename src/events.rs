@@ -63,7 +63,7 @@ impl StreamStats {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -407,7 +407,7 @@ impl EventStream {
             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
         }
         let id = body_digest_id("stomp_", SOURCE, &frame.body);
-        match interpret(&frame.body) {
+        let queued = match interpret(&frame.body) {
             Ok(Meaning::Allocation(hint)) => {
                 let item = WorkItem {
                     id: id.clone(),
@@ -421,12 +421,14 @@ impl EventStream {
                     .map_err(|e| SessionError::Publish(e.to_string()))?;
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 self.metrics.stomp_frame("queued", redelivered);
-                tracing::info!(notification = %id, allocation = %item.hint, "event queued");
+                tracing::info!(notification = %id, allocation = %item.hint, redelivered, "event queued");
+                true
             }
             Ok(Meaning::Ignored(why)) => {
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
                 self.metrics.stomp_frame("ignored", redelivered);
                 tracing::debug!(why, "event ignored");
+                false
             }
             Err(error) => {
                 // Queued as it came: the workers dead-letter it as undecodable, body kept.
@@ -437,9 +439,12 @@ impl EventStream {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.stomp_frame("dead-lettered", redelivered);
                 tracing::warn!(notification = %id, error = %error, "event unreadable; dead-lettered");
+                true
             }
+        };
+        if queued {
+            hold_before_ack_for_tests(&id).await;
         }
-        exit_before_ack_for_tests();
         if let Some(ack) = frame.header("ack") {
             send(socket, &Frame::new("ACK").with("id", ack)).await?;
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -451,14 +456,20 @@ impl EventStream {
 }
 
 /// A fault hook for the tests only: with the `tools` feature (never in a production build,
-/// `--no-default-features`) and `PUHURI_APPROVER_TEST_EXIT_BEFORE_STOMP_ACK=1`, the process
-/// exits after an event is durably queued and before its `ACK` is sent.
-fn exit_before_ack_for_tests() {
+/// `--no-default-features`) and `PUHURI_APPROVER_TEST_HOLD_BEFORE_STOMP_ACK=1`, the session
+/// logs [`HOLD_MARKER`] once an event is durably queued and then never sends its `ACK`, so a
+/// test can SIGKILL the process exactly between the confirm and the `ACK`.
+async fn hold_before_ack_for_tests(id: &str) {
     #[cfg(feature = "tools")]
-    if std::env::var_os("PUHURI_APPROVER_TEST_EXIT_BEFORE_STOMP_ACK").is_some_and(|v| v == "1") {
-        std::process::exit(86);
+    if std::env::var_os("PUHURI_APPROVER_TEST_HOLD_BEFORE_STOMP_ACK").is_some_and(|v| v == "1") {
+        tracing::warn!(notification = %id, "{HOLD_MARKER}");
+        std::future::pending::<()>().await;
     }
+    let _ = id;
 }
+
+/// The line the test-only hook logs before it holds an `ACK` back.
+pub const HOLD_MARKER: &str = "test hook: event queued, holding its ACK";
 
 /// `delay` shortened or lengthened at random by up to 25 %.
 fn jittered(delay: Duration) -> Duration {

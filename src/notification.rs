@@ -315,6 +315,32 @@ pub enum Envelope {
     /// as a plain notification and dropping the decision.
     #[serde(rename = "operator.1")]
     Operator(OperatorWork),
+    /// A request for a reconcile pass from a process without a reconciler of its own (a
+    /// `receive` process whose event stream (re)connected). A tag of its own, so that a
+    /// worker that predates it dead-letters it rather than reading it as a notification.
+    #[serde(rename = "reconcile.1")]
+    Reconcile(ReconcileRequest),
+}
+
+/// Asks the reconciler of the worker that takes it for a pass now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileRequest {
+    /// The message id: `reconcile_` and a random uuid.
+    pub id: String,
+    /// What asked: `waldur-events` (the event stream (re)connected).
+    pub source: String,
+    pub requested_at_ms: i64,
+}
+
+impl ReconcileRequest {
+    /// A request from `source`, with a fresh id.
+    pub fn new(source: &str, requested_at_ms: i64) -> ReconcileRequest {
+        ReconcileRequest {
+            id: format!("reconcile_{}", uuid::Uuid::new_v4().simple()),
+            source: source.to_owned(),
+            requested_at_ms,
+        }
+    }
 }
 
 /// An operator's decision, queued for the workers: the allocation (a [`WorkItem`]) and

@@ -140,6 +140,12 @@ impl Reconciler {
         self.wake.notify_one();
     }
 
+    /// Whether this reconciler runs passes on its own ([`Reconciler::run`]: an interval is
+    /// set), so that [`Reconciler::request_pass`] is acted on.
+    pub fn runs_passes(&self) -> bool {
+        self.config.interval.is_some()
+    }
+
     /// Passes started so far, whatever their outcome.
     pub fn passes(&self) -> u64 {
         self.passes.load(Ordering::Relaxed)

@@ -7,7 +7,7 @@
 
 use puhuri_queue::{Broker, DeadLetter, Delivery, Kind, PublishError};
 
-use crate::notification::{Envelope, OperatorWork, WorkItem};
+use crate::notification::{Envelope, OperatorWork, ReconcileRequest, WorkItem};
 use crate::usage::{RecordDecodeError, UsageRecord};
 
 /// One work message, decoded.
@@ -19,6 +19,8 @@ pub enum Work {
     Usage(UsageRecord),
     /// An operator's decision from the review queue.
     Operator(OperatorWork),
+    /// A request for a reconcile pass (from a `receive` process whose event stream connected).
+    Reconcile(ReconcileRequest),
 }
 
 /// Why a work message cannot be decoded. It can never succeed: it is dead-lettered.
@@ -48,6 +50,7 @@ pub fn decode(kind: Option<Kind>, body: &[u8]) -> Result<Work, DecodeError> {
                 .map_err(|problem| DecodeError::Envelope(serde::de::Error::custom(problem)))?;
                 Ok(Work::Operator(work))
             }
+            Ok(Envelope::Reconcile(request)) => Ok(Work::Reconcile(request)),
             Err(error) => Err(DecodeError::Envelope(error)),
         },
         Some(Kind::Usage) => UsageRecord::decode(body)
@@ -73,6 +76,18 @@ pub async fn publish_notification(broker: &Broker, item: &WorkItem) -> Result<()
     broker.publish_work(Kind::Allocation, &item.id, &body).await
 }
 
+/// Queues a request for a reconcile pass for the workers; `Ok` only once it is durable.
+pub async fn publish_reconcile_request(
+    broker: &Broker,
+    request: &ReconcileRequest,
+) -> Result<(), PublishError> {
+    let body =
+        serde_json::to_vec(&Envelope::Reconcile(request.clone())).map_err(PublishError::Encode)?;
+    broker
+        .publish_work(Kind::Allocation, &request.id, &body)
+        .await
+}
+
 /// Queues an operator's decision for the workers; `Ok` only once it is durable.
 pub async fn publish_operator(broker: &Broker, work: &OperatorWork) -> Result<(), PublishError> {
     let body = Envelope::encode_operator(work).map_err(PublishError::Encode)?;
@@ -93,6 +108,23 @@ pub async fn publish_usage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconcile_request_has_a_tag_of_its_own() {
+        let request = ReconcileRequest::new("waldur-events", 7);
+        let body = serde_json::to_vec(&Envelope::Reconcile(request.clone())).expect("encode");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(r#""v":"reconcile.1""#), "{text}");
+        assert!(request.id.starts_with("reconcile_"), "{}", request.id);
+        assert!(
+            matches!(decode(Some(Kind::Allocation), &body), Ok(Work::Reconcile(r)) if r == request)
+        );
+        // Not a notification: it names no allocation.
+        assert!(matches!(
+            decode(Some(Kind::Usage), &body),
+            Err(DecodeError::Usage(_))
+        ));
+    }
 
     #[test]
     fn a_body_is_decoded_by_its_kind() {

@@ -205,6 +205,8 @@ pub struct Worker {
     /// The provider's customers file (country, abbreviation, tags), when configured.
     customers: Arc<CustomerDirectory>,
     abbreviations: Arc<Abbreviations>,
+    /// Runs a pass when a reconcile request is delivered.
+    reconciler: Option<Arc<crate::reconciler::Reconciler>>,
 }
 
 /// The usage path of a worker.
@@ -249,7 +251,14 @@ impl Worker {
             metrics,
             customers: Arc::new(CustomerDirectory::default()),
             abbreviations: Arc::new(Abbreviations::default()),
+            reconciler: None,
         }
+    }
+
+    /// The reconciler that a delivered reconcile request asks for a pass.
+    pub fn with_reconciler(mut self, reconciler: Arc<crate::reconciler::Reconciler>) -> Worker {
+        self.reconciler = Some(reconciler);
+        self
     }
 
     /// The provider's customers file: the source of `customer.country` and `tags`.
@@ -389,6 +398,21 @@ impl Worker {
             Ok(Work::Operator(work)) => (work.item, Some(work.operator)),
             Ok(Work::Usage(record)) => {
                 self.usage.add(record, delivery).await;
+                return;
+            }
+            Ok(Work::Reconcile(request)) => {
+                match self.reconciler.as_ref().filter(|r| r.runs_passes()) {
+                    Some(reconciler) => {
+                        tracing::info!(id = %request.id, source = %request.source, "reconcile pass requested");
+                        reconciler.request_pass();
+                    }
+                    None => {
+                        tracing::warn!(id = %request.id, source = %request.source, "reconcile pass requested, but no reconciler runs here (reconcile.interval_secs = 0)");
+                    }
+                }
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(error = %error, "cannot acknowledge a reconcile request; it will be redelivered");
+                }
                 return;
             }
             Err(error) => {

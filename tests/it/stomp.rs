@@ -464,14 +464,70 @@ async fn registration_is_as_strict_as_waldur() {
     stop.cancel();
 }
 
-/// A receiver process that exits after an event is durably queued and before its `ACK`
-/// (the test-only hook), then a second receiver on the same queue: Waldur's broker delivers
-/// the frame again, it is queued again, and the workers decide the allocation once.
-#[tokio::test]
-async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
+crate::on_both_backends!(killed_between_the_confirm_and_the_ack_loses_nothing);
+
+/// A child process, SIGKILLed (to its own pid) and reaped when dropped, also when a test
+/// fails first.
+struct Child(std::process::Child);
+
+impl Child {
+    /// SIGKILL to the child's own pid; its exit status once reaped.
+    fn kill(mut self) -> std::process::ExitStatus {
+        let _ = self.0.kill();
+        self.0.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // A reaped child is not signalled again (std keeps its status).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A child process whose stderr is copied line by line into `log`; `marker` fires on the
+/// first line containing `marker_text`.
+fn spawn_logged(
+    mut command: std::process::Command,
+    log: PathBuf,
+    marker_text: &'static str,
+) -> (Child, tokio::sync::oneshot::Receiver<()>) {
+    use std::io::{BufRead as _, Write as _};
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a receiver process");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (marker, seen) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(&log).expect("log file");
+        let mut marker = Some(marker);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            if line.contains(marker_text)
+                && let Some(marker) = marker.take()
+            {
+                let _ = file.flush();
+                let _ = marker.send(());
+            }
+        }
+    });
+    (Child(child), seen)
+}
+
+/// A `receive` process SIGKILLed after an event is durably queued and before its `ACK` (the
+/// test-only hook logs a marker there and holds the `ACK`; the test awaits the marker), then
+/// a second `receive` process on the same queue, started once the first is gone (on the
+/// embedded queue, the same data folder): Waldur's broker delivers the frame again, marked
+/// redelivered, it is queued again under the same id, and the workers decide every
+/// allocation once.
+async fn killed_between_the_confirm_and_the_ack_loses_nothing(backend: Backend) {
     let node = Node::shared().await;
     let mut app = spawn_app(Options {
-        backend: Backend::RabbitMq,
+        backend,
         waldur: WaldurVersion::V8_0,
         roles: puhuri_approver::app::Roles {
             receive: false,
@@ -485,25 +541,24 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
     .await;
     let dir = temp_dir("stomp-kill");
     let config = app.write_config(&dir);
-    let receiver = |hook: bool| {
-        let log = std::fs::File::create(dir.join(if hook { "first.log" } else { "second.log" }))
-            .expect("log file");
+    let receiver = |hold: bool| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
         command
             .arg("receive")
             .arg("--config")
             .arg(&config)
-            .env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url())
             .env("PUHURI_APPROVER_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "debug")
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        if hook {
-            command.env("PUHURI_APPROVER_TEST_EXIT_BEFORE_STOMP_ACK", "1");
+            .env("RUST_LOG", "debug");
+        if backend == Backend::RabbitMq {
+            command.env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url());
         }
-        command.spawn().expect("start a receiver process")
+        if hold {
+            command.env("PUHURI_APPROVER_TEST_HOLD_BEFORE_STOMP_ACK", "1");
+        }
+        let log = dir.join(if hold { "first.log" } else { "second.log" });
+        spawn_logged(command, log, puhuri_approver::events::HOLD_MARKER)
     };
-    let mut first = receiver(true);
+    let (first, held) = receiver(true);
     // The first receiver registers, connects and subscribes; the consumer's queue exists
     // once the simulator answered its registration.
     let registered = async {
@@ -521,17 +576,19 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
         .await
         .expect("the receiver registers");
     let cases = app.create_mixed(3).await;
-    let status = tokio::task::spawn_blocking(move || first.wait().expect("wait"))
+    tokio::time::timeout(WAIT, held)
+        .await
+        .expect("the receiver queues an event and holds its ACK")
+        .expect("the marker line");
+    // SIGKILL to the child's own pid, then reaped: the second starts only once it is gone.
+    let status = tokio::task::spawn_blocking(move || first.kill())
         .await
         .expect("join");
-    assert_eq!(
-        status.code(),
-        Some(86),
-        "the receiver exits between the confirm and the ACK"
-    );
-    let mut second = receiver(false);
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(9), "the first receiver is SIGKILLed");
+    let (second, _) = receiver(false);
     let took = app.wait_decided(&cases, WAIT).await;
-    // The frame queued before the exit is delivered again by Waldur's broker and queued
+    // The frame queued before the kill is delivered again by Waldur's broker and queued
     // again under the same id: one notification more than events, which the workers absorb.
     let mut settled = app.settled.take().expect("workers run");
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
@@ -546,14 +603,28 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
     let all = tokio::time::timeout(WAIT, count).await;
     let duplicates = seen.values().filter(|&&n| n > 1).count();
     let counts = app.check(&cases);
-    let _ = second.kill();
-    let _ = second.wait();
+    let _ = tokio::task::spawn_blocking(move || second.kill()).await;
+    let first_log = std::fs::read_to_string(dir.join("first.log")).expect("read the log");
+    let second_log = std::fs::read_to_string(dir.join("second.log")).expect("read the log");
+    let held_ids: Vec<&str> = first_log
+        .lines()
+        .filter(|l| l.contains(puhuri_approver::events::HOLD_MARKER))
+        .filter_map(|l| l.split("notification=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    let requeued: Vec<&str> = second_log
+        .lines()
+        .filter(|l| l.contains("event queued") && l.contains("redelivered=true"))
+        .filter_map(|l| l.split("notification=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
     println!(
-        "stomp exit before ACK: {} allocations: lost={} duplicated={} wrong={}; redelivered frames that were duplicates={duplicates}; decided in {} ms",
+        "stomp SIGKILL before ACK ({backend:?}): {} allocations: lost={} duplicated={} wrong={}; frames queued twice={duplicates}; redelivered frames queued by the second receiver={}; decided in {} ms",
         cases.len(),
         counts.lost,
         counts.duplicated,
         counts.wrong,
+        requeued.len(),
         took.as_millis()
     );
     assert_eq!(counts, Counts::default());
@@ -562,13 +633,115 @@ async fn killed_between_the_confirm_and_the_ack_loses_nothing() {
         "the redelivered frame was queued again: {seen:?}"
     );
     assert_eq!(duplicates, 1, "{seen:?}");
+    assert_eq!(held_ids.len(), 1, "{first_log}");
+    assert!(
+        requeued.contains(&held_ids[0]),
+        "the held frame comes back marked redelivered: {held_ids:?} {requeued:?}"
+    );
+    assert_eq!(
+        seen.get(held_ids[0]),
+        Some(&2),
+        "the held frame is the one queued twice: {seen:?}"
+    );
     // Registration, login and every frame logged at debug: the token (the passcode) never.
-    for name in ["first.log", "second.log"] {
-        let log = std::fs::read_to_string(dir.join(name)).expect("read the log");
+    for (name, log) in [("first.log", &first_log), ("second.log", &second_log)] {
         assert!(log.contains("event stream connected"), "{name}: {log}");
         assert!(!log.contains(TOKEN), "{name} shows the token");
-        crate::helpers::assert_for_people(name, &log);
+        crate::helpers::assert_for_people(name, log);
     }
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+crate::on_both_backends!(a_receive_process_asks_the_workers_for_a_reconcile_pass);
+
+/// A `receive` process has no reconciler: when its event stream connects, it queues a
+/// reconcile request, and a worker's reconciler runs a pass. Allocations created before any
+/// consumer was registered (Waldur sends their events to nobody) are decided by that pass;
+/// the workers' own interval is an hour.
+async fn a_receive_process_asks_the_workers_for_a_reconcile_pass(backend: Backend) {
+    let node = Node::shared().await;
+    let mut app = spawn_app(Options {
+        backend,
+        waldur: WaldurVersion::V8_0,
+        roles: puhuri_approver::app::Roles {
+            receive: false,
+            work: true,
+        },
+        reconcile_interval_secs: 3600,
+        sim_events: Some(node.broker()),
+        extra_config: events_config(node.stomp, "consumers"),
+        ..Options::default()
+    })
+    .await;
+    let reconciler = app
+        .running
+        .as_ref()
+        .and_then(|r| r.reconciler.clone())
+        .expect("the workers' reconciler");
+    // The pass at start; nothing announces its end but its report.
+    tokio::time::timeout(WAIT, async {
+        while reconciler.last_report().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first reconcile pass ends");
+    let cases = app.create_mixed(3).await;
+    assert!(
+        !app.sim
+            .calls()
+            .iter()
+            .any(|c| c.path.ends_with("/event-consumers/register/")),
+        "no consumer yet: Waldur sends these events to nobody"
+    );
+    let dir = temp_dir("stomp-reconcile");
+    let config = app.write_config(&dir);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puhuri-approver"));
+    command
+        .arg("receive")
+        .arg("--config")
+        .arg(&config)
+        .env("PUHURI_APPROVER_LISTEN", "127.0.0.1:0");
+    if backend == Backend::RabbitMq {
+        command.env("PUHURI_APPROVER_AMQP_URL", crate::helpers::amqp_url());
+    }
+    let (receiver, requested) = spawn_logged(
+        command,
+        dir.join("receive.log"),
+        "reconcile pass requested from the workers",
+    );
+    tokio::time::timeout(WAIT, requested)
+        .await
+        .expect("the receive process requests a pass")
+        .expect("the request line");
+    let took = app.wait_decided(&cases, WAIT).await;
+    let counts = app.check(&cases);
+    let mut settled = app.settled.take().expect("workers run");
+    let mut ids = Vec::new();
+    let all = tokio::time::timeout(WAIT, async {
+        while ids.len() < cases.len() {
+            ids.push(settled.recv().await.expect("worker events").id);
+        }
+    })
+    .await;
+    let _ = tokio::task::spawn_blocking(move || receiver.kill()).await;
+    println!(
+        "stomp reconcile request from a receive process ({backend:?}): {} allocations: lost={} duplicated={} wrong={}; reconcile passes={}; decided in {} ms",
+        cases.len(),
+        counts.lost,
+        counts.duplicated,
+        counts.wrong,
+        reconciler.passes(),
+        took.as_millis()
+    );
+    assert_eq!(counts, Counts::default());
+    assert_eq!(reconciler.passes(), 2, "the start and the requested pass");
+    assert!(all.is_ok(), "every allocation settled: {ids:?}");
+    assert!(
+        ids.iter().all(|id| !id.starts_with("stomp_")),
+        "decided by the reconciler, not through the stream: {ids:?}"
+    );
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
