@@ -210,6 +210,7 @@ async fn team_events_follow_approval_and_member_changes() {
         TeamConfig {
             snapshot_on_approval: true,
             watch: Some(Duration::from_secs(300)),
+            ..TeamConfig::default()
         },
         std::sync::Arc::new(Metrics::new()),
     );
