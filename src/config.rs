@@ -137,6 +137,7 @@ pub const KEYS: &[&str] = &[
     "recheck_secs",
     "snapshot_on_approval",
     "watch_secs",
+    "watch_memory_kib",
     "linger_ms",
     "max_batch",
     // [events]
@@ -416,6 +417,8 @@ pub struct TeamConfig {
     pub snapshot_on_approval: bool,
     /// Time between watch cycles (with the reconciler); `None` turns the watcher off.
     pub watch: Option<Duration>,
+    /// Bytes the watcher may keep of the teams it saw last (`team.watch_memory_kib`).
+    pub watch_memory_bytes: usize,
 }
 
 impl Default for TeamConfig {
@@ -423,6 +426,7 @@ impl Default for TeamConfig {
         TeamConfig {
             snapshot_on_approval: true,
             watch: Some(Duration::from_secs(300)),
+            watch_memory_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -720,6 +724,7 @@ struct FileReconcile {
 struct FileTeam {
     snapshot_on_approval: Option<bool>,
     watch_secs: Option<Spanned<u64>>,
+    watch_memory_kib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -980,6 +985,19 @@ impl Config {
                 Some(s) if *s.get_ref() == 0 => None,
                 Some(s) => Some(Duration::from_secs(*s.get_ref())),
                 None => TeamConfig::default().watch,
+            },
+            watch_memory_bytes: match &file.team.watch_memory_kib {
+                Some(s) if !(64..=4_194_304).contains(s.get_ref()) => {
+                    return Err(at.invalid(
+                        s.span(),
+                        "team.watch_memory_kib",
+                        "expected 64 to 4194304 (KiB)",
+                    ));
+                }
+                Some(s) => usize::try_from(*s.get_ref())
+                    .unwrap_or(usize::MAX / 1024)
+                    .saturating_mul(1024),
+                None => TeamConfig::default().watch_memory_bytes,
             },
         };
         let usage = UsageConfig {
@@ -2079,6 +2097,20 @@ mod tests {
     }
 
     const OFFERING: &str = "2f1c0d9e6a2b4c4e9d1f3a5b7c9e1f20";
+
+    #[test]
+    fn the_team_watchers_memory_is_read_in_kib_and_bounded() {
+        let base = "[puhuri]\nurl = \"https://puhuri.example.org/api/\"\ntoken = \"t\"\n\n[team]\n";
+        let config = parse(base).expect("valid");
+        assert_eq!(config.team.watch_memory_bytes, 16 * 1024 * 1024);
+        let config = parse(&format!("{base}watch_memory_kib = 2048\n")).expect("valid");
+        assert_eq!(config.team.watch_memory_bytes, 2048 * 1024);
+        let error = parse(&format!("{base}watch_memory_kib = 1\n")).expect_err("too small");
+        assert_eq!(
+            error.to_string(),
+            "test.toml:6:20: `team.watch_memory_kib`: expected 64 to 4194304 (KiB)"
+        );
+    }
 
     #[test]
     fn the_event_stream_defaults_from_puhuri() {

@@ -154,8 +154,10 @@ impl TeamEvent {
 /// Publishes a team event; a failure is logged, never fatal (the next watch cycle or
 /// snapshot carries the truth).
 pub async fn publish(broker: &Broker, event: &TeamEvent) -> bool {
-    let body = match serde_json::to_vec(event) {
-        Ok(body) => body,
+    // Sized for a team of a few members: one allocation instead of a series of regrowths.
+    let mut body = Vec::with_capacity(512 + 256 * event.members.len());
+    match serde_json::to_writer(&mut body, event) {
+        Ok(()) => {}
         Err(error) => {
             tracing::warn!(error = %error, "team event not serializable");
             return false;
@@ -186,13 +188,369 @@ pub struct WatchReport {
     pub failed: usize,
 }
 
+/// An allocation's key in [`TeamMemory`]: its uuid as a number when it is Puhuri Core's
+/// 32 lowercase hex digits, as text otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Uuid(u128),
+    Text(Box<str>),
+}
+
+impl Key {
+    fn of(uuid: &str) -> Key {
+        match compact_uuid(uuid) {
+            Some(number) => Key::Uuid(number),
+            None => Key::Text(uuid.into()),
+        }
+    }
+
+    fn extra_bytes(&self) -> usize {
+        match self {
+            Key::Uuid(_) => 0,
+            Key::Text(text) => text.len() + ALLOCATION_OVERHEAD,
+        }
+    }
+}
+
+/// A uuid written as 32 lowercase hex digits, as a number; anything else is kept as text
+/// so that it reads back exactly as it came.
+fn compact_uuid(text: &str) -> Option<u128> {
+    if text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        u128::from_str_radix(text, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// What the watcher keeps of one allocation's team.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kept {
+    /// The whole team, encoded by [`encode`]: a change can list who left and what changed.
+    Team(Box<[u8]>),
+    /// Only a 64-bit digest of the encoded team (evicted to stay within the budget): an
+    /// unchanged team is recognised, a changed one is announced with a snapshot.
+    Digest(u64),
+}
+
+/// Fixed cost of one allocation in [`TeamMemory`] (its map entry, its place in the
+/// eviction order, the tables' spare room), in bytes.
+pub const ENTRY_BYTES: usize = 128;
+/// What the allocator adds to each heap block, in bytes.
+const ALLOCATION_OVERHEAD: usize = 16;
+
+#[derive(Debug)]
+struct Entry {
+    /// When the team last changed (a sequence number: larger is later).
+    changed: u64,
+    kept: Kept,
+}
+
+/// What the team watcher last saw of each approved allocation's team, within a byte
+/// budget (`team.watch_memory_kib`).
+///
+/// Teams are kept compactly: per member, the uuid as a 128-bit number, the role as one
+/// byte, the other fields as length-prefixed text. When the budget is exceeded, the team
+/// that changed least recently is reduced to a digest; when only digests are left, the
+/// oldest digest is forgotten. On its next pass an allocation kept as a digest gives no
+/// event when its team is unchanged and a `team.snapshot` (never a `team.changed`) when
+/// it changed; a forgotten one gives a `team.snapshot`, as on first sight.
+#[derive(Debug)]
+pub struct TeamMemory {
+    budget: usize,
+    bytes: usize,
+    next: u64,
+    entries: HashMap<Key, Entry>,
+    /// Allocations kept as whole teams, by when they last changed.
+    teams: BTreeMap<u64, Key>,
+    /// Allocations kept as digests, by when they last changed.
+    digests: BTreeMap<u64, Key>,
+}
+
+/// How an observed team compares with what [`TeamMemory`] kept.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Compared {
+    /// Never seen (or forgotten): announce it with a snapshot.
+    New,
+    /// The same as last time.
+    Same,
+    /// Changed, and this was the team before.
+    Changed(Vec<TeamMember>),
+    /// Changed, but only a digest was kept: announce it with a snapshot.
+    ChangedFromDigest,
+}
+
+impl TeamMemory {
+    pub fn new(budget: usize) -> TeamMemory {
+        TeamMemory {
+            budget,
+            bytes: 0,
+            next: 0,
+            entries: HashMap::new(),
+            teams: BTreeMap::new(),
+            digests: BTreeMap::new(),
+        }
+    }
+
+    /// Bytes in use by the count of [`ENTRY_BYTES`] and the encoded teams.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Allocations remembered (whole teams and digests).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Allocations kept as whole teams.
+    pub fn whole_teams(&self) -> usize {
+        self.teams.len()
+    }
+
+    fn cost(key: &Key, kept: &Kept) -> usize {
+        ENTRY_BYTES
+            + key.extra_bytes()
+            + match kept {
+                Kept::Team(bytes) => bytes.len() + ALLOCATION_OVERHEAD,
+                Kept::Digest(_) => 0,
+            }
+    }
+
+    /// Compares `encoded` (from [`encode`]) with what was kept for `resource_uuid`.
+    pub fn compare(&self, resource_uuid: &str, encoded: &[u8]) -> Compared {
+        match self.entries.get(&Key::of(resource_uuid)).map(|e| &e.kept) {
+            None => Compared::New,
+            Some(Kept::Team(kept)) if **kept == *encoded => Compared::Same,
+            Some(Kept::Team(kept)) => match decode(kept) {
+                Some(before) => Compared::Changed(before),
+                None => Compared::ChangedFromDigest,
+            },
+            Some(Kept::Digest(digest)) if *digest == digest_of(encoded) => Compared::Same,
+            Some(Kept::Digest(_)) => Compared::ChangedFromDigest,
+        }
+    }
+
+    /// Keeps `encoded` as the team of `resource_uuid`, changed now; evicts to stay
+    /// within the budget.
+    pub fn remember(&mut self, resource_uuid: &str, encoded: Vec<u8>) {
+        let key = Key::of(resource_uuid);
+        self.forget(&key);
+        let changed = self.next;
+        self.next += 1;
+        let kept = Kept::Team(encoded.into_boxed_slice());
+        self.bytes += Self::cost(&key, &kept);
+        self.teams.insert(changed, key.clone());
+        self.entries.insert(key, Entry { changed, kept });
+        self.make_room();
+    }
+
+    /// Forgets every allocation not in `listed` (no longer approved, or gone from view).
+    pub fn retain_listed<'a>(&mut self, listed: impl IntoIterator<Item = &'a str>) {
+        let listed: std::collections::HashSet<Key> = listed.into_iter().map(Key::of).collect();
+        let gone: Vec<Key> = self
+            .entries
+            .keys()
+            .filter(|key| !listed.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.forget(&key);
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes -= Self::cost(key, &entry.kept);
+            self.teams.remove(&entry.changed);
+            self.digests.remove(&entry.changed);
+        }
+    }
+
+    fn make_room(&mut self) {
+        while self.bytes > self.budget {
+            if let Some((changed, key)) = self.teams.pop_first() {
+                if let Some(entry) = self.entries.get_mut(&key) {
+                    let digest = match &entry.kept {
+                        Kept::Team(bytes) => digest_of(bytes),
+                        Kept::Digest(digest) => *digest,
+                    };
+                    let before = Self::cost(&key, &entry.kept);
+                    entry.kept = Kept::Digest(digest);
+                    self.bytes = self.bytes - before + Self::cost(&key, &entry.kept);
+                }
+                self.digests.insert(changed, key);
+            } else if let Some((_, key)) = self.digests.pop_first() {
+                if let Some(entry) = self.entries.remove(&key) {
+                    self.bytes -= Self::cost(&key, &entry.kept);
+                }
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+fn digest_of(encoded: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    encoded.hash(&mut hasher);
+    hasher.finish()
+}
+
+const ROLE_NONE: u8 = 0;
+const ROLE_OTHER: u8 = 4;
+const ROLES: [&str; 3] = ["admin", "manager", "member"];
+const UUID_AS_TEXT: u8 = 1 << 3;
+const HAS_EXPIRATION: u8 = 1 << 4;
+const HAS_OFFERING_USERNAME: u8 = 1 << 5;
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let mut len = text.len();
+    loop {
+        let low = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A team (sorted by username) in the compact form [`TeamMemory`] keeps: equal teams
+/// encode to equal bytes.
+pub fn encode(members: &[TeamMember]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(members.len() * 96);
+    for member in members {
+        let uuid = compact_uuid(&member.uuid);
+        let role = match member.role.as_deref() {
+            None => ROLE_NONE,
+            Some(role) => ROLES
+                .iter()
+                .position(|known| *known == role)
+                .map_or(ROLE_OTHER, |i| i as u8 + 1),
+        };
+        let mut tag = role;
+        if uuid.is_none() {
+            tag |= UUID_AS_TEXT;
+        }
+        if member.expiration_time.is_some() {
+            tag |= HAS_EXPIRATION;
+        }
+        if member.offering_user_username.is_some() {
+            tag |= HAS_OFFERING_USERNAME;
+        }
+        out.push(tag);
+        match uuid {
+            Some(number) => out.extend_from_slice(&number.to_le_bytes()),
+            None => put_text(&mut out, &member.uuid),
+        }
+        put_text(&mut out, &member.username);
+        put_text(&mut out, &member.full_name);
+        put_text(&mut out, &member.email);
+        if let (ROLE_OTHER, Some(role)) = (role, member.role.as_deref()) {
+            put_text(&mut out, role);
+        }
+        if let Some(expiration) = &member.expiration_time {
+            put_text(&mut out, expiration);
+        }
+        if let Some(name) = &member.offering_user_username {
+            put_text(&mut out, name);
+        }
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*first)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let mut len = 0usize;
+        let mut shift = 0u32;
+        loop {
+            let byte = self.byte()?;
+            len |= usize::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        String::from_utf8(self.bytes(len)?.to_vec()).ok()
+    }
+}
+
+/// The team [`encode`] wrote; `None` if `bytes` is not such a team.
+pub fn decode(bytes: &[u8]) -> Option<Vec<TeamMember>> {
+    let mut reader = Reader(bytes);
+    let mut members = Vec::new();
+    while let Some(tag) = reader.byte() {
+        let uuid = if tag & UUID_AS_TEXT != 0 {
+            reader.text()?
+        } else {
+            let number: [u8; 16] = reader.bytes(16)?.try_into().ok()?;
+            format!("{:032x}", u128::from_le_bytes(number))
+        };
+        let username = reader.text()?;
+        let full_name = reader.text()?;
+        let email = reader.text()?;
+        let role = match tag & 0x7 {
+            ROLE_NONE => None,
+            ROLE_OTHER => Some(reader.text()?),
+            known => Some((*ROLES.get(usize::from(known) - 1)?).to_owned()),
+        };
+        let expiration_time = if tag & HAS_EXPIRATION != 0 {
+            Some(reader.text()?)
+        } else {
+            None
+        };
+        let offering_user_username = if tag & HAS_OFFERING_USERNAME != 0 {
+            Some(reader.text()?)
+        } else {
+            None
+        };
+        members.push(TeamMember {
+            uuid,
+            username,
+            full_name,
+            email,
+            role,
+            expiration_time,
+            offering_user_username,
+        });
+    }
+    Some(members)
+}
+
 /// The team watcher.
 pub struct TeamWatcher {
     client: PuhuriClient,
     broker: Broker,
     offerings: Vec<String>,
+    known: tokio::sync::Mutex<TeamMemory>,
     config: TeamConfig,
-    known: tokio::sync::Mutex<HashMap<String, Vec<TeamMember>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -208,8 +566,8 @@ impl TeamWatcher {
             client,
             broker,
             offerings,
+            known: tokio::sync::Mutex::new(TeamMemory::new(config.watch_memory_bytes)),
             config,
-            known: tokio::sync::Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -230,35 +588,34 @@ impl TeamWatcher {
             }
         }
         report.allocations = allocations.len();
-        let teams: Vec<(ResourceSummary, Result<Vec<TeamMember>, PuhuriError>)> =
-            futures_util::stream::iter(allocations)
-                .map(|allocation| async move {
-                    let team = self.client.team(&allocation.resource_uuid).await;
-                    (allocation, team)
-                })
-                .buffer_unordered(WATCH_CONCURRENCY)
-                .collect()
-                .await;
         let mut known = self.known.lock().await;
         // Allocations no longer approved (terminated, or gone from view) are forgotten; one
         // that returns is announced with a snapshot again.
-        let listed: std::collections::HashSet<String> =
-            teams.iter().map(|(a, _)| a.resource_uuid.clone()).collect();
-        known.retain(|uuid, _| listed.contains(uuid));
-        for (allocation, team) in teams {
+        known.retain_listed(allocations.iter().map(|a| a.resource_uuid.as_str()));
+        let mut teams = futures_util::stream::iter(allocations)
+            .map(|allocation| async move {
+                let team = self.client.team(&allocation.resource_uuid).await;
+                (allocation, team)
+            })
+            .buffer_unordered(WATCH_CONCURRENCY);
+        while let Some((allocation, team)) = teams.next().await {
             report.calls += 1;
             let members = match team {
-                Ok(members) => members,
+                Ok(members) => sorted(members),
                 Err(error) => {
                     tracing::warn!(resource = %allocation.resource_uuid, error = %error, "team not readable this cycle");
                     report.failed += 1;
                     continue;
                 }
             };
+            let encoded = encode(&members);
             let key = allocation.resource_uuid.clone();
-            let event = match known.get(&key) {
-                None => Some(TeamEvent::snapshot(allocation, members.clone())),
-                Some(before) => TeamEvent::change(allocation, before, members.clone()),
+            let event = match known.compare(&key, &encoded) {
+                Compared::Same => None,
+                Compared::New | Compared::ChangedFromDigest => {
+                    Some(TeamEvent::snapshot(allocation, members))
+                }
+                Compared::Changed(before) => TeamEvent::change(allocation, &before, members),
             };
             let Some(event) = event else { continue };
             if publish(&self.broker, &event).await {
@@ -268,7 +625,7 @@ impl TeamWatcher {
                     report.changes += 1;
                 }
                 self.metrics.team_event(event.event_type);
-                known.insert(key, sorted(members));
+                known.remember(&key, encoded);
             }
         }
         Ok(report)
@@ -387,6 +744,109 @@ mod tests {
             keys(&event["members"][0]),
             keys(&schema["$defs"]["member"]["properties"])
         );
+    }
+
+    fn team(n: usize, role: &str) -> Vec<TeamMember> {
+        sorted(
+            (0..n)
+                .map(|i| TeamMember {
+                    uuid: format!("{:032x}", 0xabc0_0000_u128 + i as u128),
+                    ..member(&format!("user{i:03}"), role)
+                })
+                .collect(),
+        )
+    }
+
+    fn uuid(i: usize) -> String {
+        format!("{:032x}", 0x5eed_0000_u128 + i as u128)
+    }
+
+    #[test]
+    fn a_kept_team_reads_back_exactly() {
+        let mut members = team(3, "manager");
+        members[0].role = None;
+        members[1].role = Some("PROJECT.ADMIN".into());
+        members[1].expiration_time = Some("2027-01-01T00:00:00Z".into());
+        members[2].offering_user_username = Some("u".repeat(300));
+        members[2].uuid = "not-a-uuid-ABC".into();
+        members[2].full_name = "Zoë Ångström".into();
+        let encoded = encode(&members);
+        assert_eq!(decode(&encoded), Some(members.clone()));
+        // Compact: three members of a typical team take well under 100 bytes each here.
+        assert!(encode(&team(3, "member")).len() < 3 * 80);
+        assert_eq!(decode(&encoded[..encoded.len() - 1]), None);
+        assert_eq!(decode(&[]), Some(Vec::new()));
+    }
+
+    #[test]
+    fn the_memory_stays_within_its_budget_evicting_the_least_recently_changed() {
+        let unchanged = encode(&team(3, "member"));
+        let changed = encode(&team(3, "admin"));
+        let one = ENTRY_BYTES + ALLOCATION_OVERHEAD + unchanged.len();
+        let budget = 10 * one;
+        let mut memory = TeamMemory::new(budget);
+        for i in 0..20 {
+            memory.remember(&uuid(i), unchanged.clone());
+            assert!(memory.bytes() <= budget, "{} > {budget}", memory.bytes());
+        }
+        // Whole teams for the most recently changed, digests for the rest: all remembered.
+        assert!(memory.whole_teams() >= 1 && memory.whole_teams() < 10);
+        assert_eq!(memory.len(), 20);
+        let kept = |memory: &TeamMemory, i: usize| {
+            memory
+                .entries
+                .get(&Key::of(&uuid(i)))
+                .map(|e| e.kept.clone())
+        };
+        assert!(matches!(kept(&memory, 19), Some(Kept::Team(_))));
+        assert_eq!(kept(&memory, 0), Some(Kept::Digest(digest_of(&unchanged))));
+        assert!(matches!(
+            memory.compare(&uuid(19), &changed),
+            Compared::Changed(before) if before == team(3, "member")
+        ));
+        assert_eq!(memory.compare(&uuid(19), &unchanged), Compared::Same);
+        // A team kept as a digest: unchanged gives no event, changed a snapshot, never a
+        // change.
+        assert_eq!(memory.compare(&uuid(0), &unchanged), Compared::Same);
+        assert_eq!(
+            memory.compare(&uuid(0), &changed),
+            Compared::ChangedFromDigest
+        );
+        // A change makes it the most recently changed: it is kept whole again.
+        memory.remember(&uuid(0), changed.clone());
+        assert!(matches!(kept(&memory, 0), Some(Kept::Team(_))));
+        assert!(matches!(
+            memory.compare(&uuid(0), &unchanged),
+            Compared::Changed(_)
+        ));
+        // Past what digests can hold, the least recently changed are forgotten: new again.
+        for i in 20..100 {
+            memory.remember(&uuid(i), unchanged.clone());
+            assert!(memory.bytes() <= budget, "{} > {budget}", memory.bytes());
+        }
+        assert!(memory.len() < 100 && memory.len() >= budget / one);
+        assert_eq!(memory.compare(&uuid(1), &unchanged), Compared::New);
+        assert_eq!(memory.compare(&uuid(99), &unchanged), Compared::Same);
+        // Forgetting what is no longer listed gives its bytes back.
+        memory.retain_listed([uuid(99).as_str(), "not-listed-before"]);
+        assert_eq!(memory.len(), 1);
+        assert!(memory.bytes() <= one);
+        memory.retain_listed([]);
+        assert_eq!((memory.len(), memory.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_team_larger_than_the_budget_is_kept_as_a_digest_or_not_at_all() {
+        let big = encode(&team(200, "member"));
+        let mut memory = TeamMemory::new(ENTRY_BYTES + 8);
+        memory.remember(&uuid(1), big.clone());
+        assert!(memory.bytes() <= ENTRY_BYTES + 8);
+        assert_eq!(memory.whole_teams(), 0);
+        assert_eq!(memory.compare(&uuid(1), &big), Compared::Same);
+        let mut none = TeamMemory::new(0);
+        none.remember("text-key", big.clone());
+        assert_eq!((none.len(), none.bytes()), (0, 0));
+        assert_eq!(none.compare("text-key", &big), Compared::New);
     }
 
     #[test]

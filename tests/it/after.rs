@@ -210,6 +210,7 @@ async fn team_events_follow_approval_and_member_changes() {
         TeamConfig {
             snapshot_on_approval: true,
             watch: Some(Duration::from_secs(300)),
+            ..TeamConfig::default()
         },
         std::sync::Arc::new(Metrics::new()),
     );
@@ -261,6 +262,72 @@ async fn team_events_follow_approval_and_member_changes() {
     let third = watcher.cycle().await.expect("cycle");
     assert_eq!((third.snapshots, third.changes), (0, 0));
     assert_eq!(next_event(&broker, &events).await, None);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_over_its_memory_budget_announces_changes_with_snapshots_only() {
+    let mut app = spawn_app(Options::default()).await;
+    let broker = app.running.as_ref().expect("running").broker.clone();
+    let Some(rabbit) = broker.as_rabbit() else {
+        panic!("RabbitMQ backend")
+    };
+    let events = format!("{}.team-budget-test", broker.topology().events_exchange());
+    rabbit
+        .bind_events_queue(&events, "team.#")
+        .await
+        .expect("bind");
+    let (first, _) = approve(&mut app, "msg_team_budget_1").await;
+    approve(&mut app, "msg_team_budget_2").await;
+    for _ in 0..2 {
+        let after_approval = next_event(&broker, &events).await.expect("a snapshot");
+        assert_eq!(after_approval["type"], "team.snapshot");
+    }
+
+    // Room for the digests of two teams, not for one team kept whole.
+    let (config, client) = client_for(&app);
+    let watcher = TeamWatcher::new(
+        client,
+        broker.clone(),
+        Vec::new(),
+        TeamConfig {
+            watch_memory_bytes: 2 * puhuri_approver::team::ENTRY_BYTES,
+            ..TeamConfig::default()
+        },
+        std::sync::Arc::new(Metrics::new()),
+    );
+    drop(config);
+    let seen = watcher.cycle().await.expect("cycle");
+    assert_eq!((seen.allocations, seen.snapshots, seen.changes), (2, 2, 0));
+    for _ in 0..2 {
+        let snapshot = next_event(&broker, &events).await.expect("a snapshot");
+        assert_eq!(snapshot["type"], "team.snapshot");
+    }
+    // Kept as digests: an unchanged team gives no event.
+    let unchanged = watcher.cycle().await.expect("cycle");
+    assert_eq!((unchanged.snapshots, unchanged.changes), (0, 0));
+    assert_eq!(next_event(&broker, &events).await, None);
+
+    // A changed team gives its whole team again, never a change without the members before.
+    app.sim
+        .add_member(
+            &first.project_uuid,
+            NewMember {
+                username: "budget.researcher@example.org".into(),
+                role: Some("member".into()),
+                ..NewMember::default()
+            },
+        )
+        .expect("add member");
+    let changed = watcher.cycle().await.expect("cycle");
+    assert_eq!(changed.changes, 0);
+    assert!(changed.snapshots >= 1, "{changed:?}");
+    let snapshot = next_event(&broker, &events).await.expect("a snapshot");
+    assert_eq!(snapshot["type"], "team.snapshot");
+    assert_eq!(snapshot["allocation"]["resource_uuid"], first.resource_uuid);
+    assert!(usernames(&snapshot["members"]).contains(&"budget.researcher@example.org".to_owned()));
+    let settled = watcher.cycle().await.expect("cycle");
+    assert_eq!((settled.snapshots, settled.changes), (0, 0));
     app.stop().await;
 }
 

@@ -429,6 +429,9 @@ pub struct PuhuriClient {
     auth: Arc<RwLock<HeaderValue>>,
     slots: Arc<Slots>,
     base: String,
+    /// `base` parsed once: a call's URL is joined to it (its path alone is parsed, not
+    /// the host again).
+    base_url: Option<reqwest::Url>,
     /// Shared by clones: the start-up probe may set it once the server answered.
     api: Arc<std::sync::atomic::AtomicBool>,
     observer: Option<std::sync::Arc<dyn CallObserver>>,
@@ -489,6 +492,7 @@ impl PuhuriClient {
                 max: DEFAULT_MAX_IN_FLIGHT,
             }),
             base: config.url.clone(),
+            base_url: reqwest::Url::parse(&config.url).ok(),
             api: Arc::new(std::sync::atomic::AtomicBool::new(
                 config.api == ApiGeneration::Resources,
             )),
@@ -567,6 +571,24 @@ impl PuhuriClient {
         format!("{}{}", self.base, path)
     }
 
+    /// `url` parsed by joining its path to the parsed base, when it is the base followed
+    /// by a plain relative path; `None` leaves it to be parsed whole.
+    fn joined(&self, url: &str) -> Option<reqwest::Url> {
+        let path = url.strip_prefix(self.base.as_str())?;
+        let plain = path
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && !path
+                .split('/')
+                .next()
+                .is_some_and(|first| first.contains(':'));
+        if !plain || !self.base.ends_with('/') {
+            return None;
+        }
+        self.base_url.as_ref()?.join(path).ok()
+    }
+
     /// Makes one call within a slot, reading the whole answer before the slot is freed.
     async fn call(
         &self,
@@ -618,7 +640,11 @@ impl PuhuriClient {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let mut request = self.http.request(method, url).header(AUTHORIZATION, auth);
+        let request = match self.joined(url) {
+            Some(joined) => self.http.request(method, joined),
+            None => self.http.request(method, url),
+        };
+        let mut request = request.header(AUTHORIZATION, auth);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -1410,6 +1436,41 @@ pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joined_url_is_the_url_parsed_whole() {
+        for base in [
+            "http://127.0.0.1:8000/api/",
+            "https://puhuri.example.org/api/",
+        ] {
+            let config = ClientConfig {
+                url: base.into(),
+                api: ApiGeneration::Orders,
+                timeout: Duration::from_secs(1),
+            };
+            let client = PuhuriClient::new(&config, "t").unwrap_or_else(|e| panic!("{e}"));
+            for path in [
+                "marketplace-provider-resources/0123456789abcdef0123456789abcdef/",
+                "marketplace-provider-resources/0123456789abcdef0123456789abcdef/team/",
+                "marketplace-orders/0123456789abcdef0123456789abcdef/approve_by_provider/",
+                "marketplace-provider-resources/?state=Creating&page_size=100&field=uuid",
+                "users/?username=a%20b&x=\u{e9}",
+                "weird path/with spaces/",
+            ] {
+                let url = client.url(path);
+                let joined = client.joined(&url).map(|u| u.to_string());
+                assert_eq!(
+                    joined,
+                    reqwest::Url::parse(&url).ok().map(|u| u.to_string())
+                );
+            }
+            // Not a plain relative path: parsed whole.
+            for path in ["/root/", "//other.host/x", "http:x", "?q=1", "#f", ""] {
+                assert_eq!(client.joined(&client.url(path)), None, "{path}");
+            }
+            assert_eq!(client.joined("http://elsewhere/api/x/"), None);
+        }
+    }
 
     #[test]
     fn finds_rel_next_in_any_order() {

@@ -563,6 +563,16 @@ fn open_initialized(path: &Path) -> rusqlite::Result<Connection> {
     }
 }
 
+/// Runs one statement compiled once per connection (from its statement cache), not at
+/// every call: these run for every message.
+fn run(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    connection.prepare_cached(sql)?.execute(params)
+}
+
 fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(
         error.sqlite_error_code(),
@@ -572,6 +582,8 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 fn initialize(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(Duration::from_secs(10))?;
+    // Room for every statement of the message path at once.
+    connection.set_prepared_statement_cache_capacity(32);
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     let created = connection.execute_batch(
@@ -829,8 +841,8 @@ fn apply(
             available_at,
             reply,
         } => {
-            let result = tx
-                .execute(
+            let result = run(
+                    tx,
                     "INSERT INTO messages (lane, kind, message_id, body, attempts, reasons, available_at, enqueued_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![lane.as_str(), kind.as_str(), message_id, body, attempts, encode_reasons(&reasons), available_at, now],
@@ -866,29 +878,29 @@ fn apply(
             available_at,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "UPDATE messages SET lane = ?1, attempts = ?2, reasons = ?3, available_at = ?4,
+            let result = run(
+                tx,
+                "UPDATE messages SET lane = ?1, attempts = ?2, reasons = ?3, available_at = ?4,
                          lease_until = NULL, lease_token = NULL, deliveries = 0
                      WHERE id = ?5 AND lease_token = ?6 AND lease_until > ?7",
-                    params![
-                        lane.as_str(),
-                        attempts,
-                        encode_reasons(&reasons),
-                        available_at,
-                        id,
-                        token,
-                        now
-                    ],
-                )
-                .map_err(StorageError::from)
-                .and_then(|n| {
-                    if n == 1 {
-                        Ok(())
-                    } else {
-                        Err(StorageError::LeaseLost)
-                    }
-                });
+                params![
+                    lane.as_str(),
+                    attempts,
+                    encode_reasons(&reasons),
+                    available_at,
+                    id,
+                    token,
+                    now
+                ],
+            )
+            .map_err(StorageError::from)
+            .and_then(|n| {
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(StorageError::LeaseLost)
+                }
+            });
             answer(reply, result)
         }
         Op::NextDue { reply } => {
@@ -953,25 +965,25 @@ fn apply(
             until,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "INSERT INTO claims (key, token, until) VALUES (?1, ?2, ?3)
+            let result = run(
+                tx,
+                "INSERT INTO claims (key, token, until) VALUES (?1, ?2, ?3)
                      ON CONFLICT (key) DO UPDATE SET token = excluded.token, until = excluded.until
                      WHERE claims.until <= ?4",
-                    params![key, token, until, now],
-                )
-                .map(|n| n == 1)
-                .map_err(StorageError::from);
+                params![key, token, until, now],
+            )
+            .map(|n| n == 1)
+            .map_err(StorageError::from);
             answer(reply, result)
         }
         Op::Unlock { key, token, reply } => {
-            let result = tx
-                .execute(
-                    "DELETE FROM claims WHERE key = ?1 AND token = ?2",
-                    params![key, token],
-                )
-                .map(drop)
-                .map_err(StorageError::from);
+            let result = run(
+                tx,
+                "DELETE FROM claims WHERE key = ?1 AND token = ?2",
+                params![key, token],
+            )
+            .map(drop)
+            .map_err(StorageError::from);
             answer(reply, result)
         }
         Op::Purge { reply } => {
@@ -993,18 +1005,18 @@ fn ack(
     event: Option<(String, Vec<u8>)>,
     now: i64,
 ) -> Result<(), StorageError> {
-    let leased: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
-        params![id, token, now],
-        |row| row.get(0),
-    )?;
+    let leased: i64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages WHERE id = ?1 AND lease_token = ?2 AND lease_until > ?3",
+        )?
+        .query_row(params![id, token, now], |row| row.get(0))?;
     if leased != 1 {
         return Err(StorageError::LeaseLost);
     }
     if let Some((routing_key, body)) = event {
         record_event(tx, &routing_key, &body, now)?;
     }
-    tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+    run(tx, "DELETE FROM messages WHERE id = ?1", params![id])?;
     Ok(())
 }
 
@@ -1015,11 +1027,13 @@ fn record_event(
     body: &[u8],
     now: i64,
 ) -> Result<(), StorageError> {
-    tx.execute(
+    run(
+        tx,
         "INSERT INTO events (routing_key, body, recorded_at) VALUES (?1, ?2, ?3)",
         params![routing_key, body, now],
     )?;
-    tx.execute(
+    run(
+        tx,
         "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
         params![EVENTS_KEPT],
     )?;
@@ -1047,7 +1061,8 @@ fn claim(
 ) -> Result<Vec<Claimed>, StorageError> {
     // Deliveries that keep failing without being settled go to the dead lane, as
     // RabbitMQ's delivery limit does.
-    tx.execute(
+    run(
+        tx,
         "UPDATE messages SET lane = 'dead', lease_until = NULL, lease_token = NULL,
              reasons = json_insert(reasons, '$[#]', 'delivered ' || deliveries || ' times without being settled')
          WHERE lane = 'work' AND deliveries >= ?1 AND (lease_until IS NULL OR lease_until <= ?2)",
