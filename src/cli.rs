@@ -841,6 +841,37 @@ fn parse_now(now: Option<&str>) -> anyhow::Result<time::OffsetDateTime> {
     }
 }
 
+/// Each rule's line, result and the facts it read (the rule that decided marked `=>`), then
+/// `LABEL: ACTION by RULE`: `policy explain` and `review show`.
+fn print_explanation(explanation: &puhuri_policy::Explanation, label: &str) {
+    let verdict = &explanation.verdict;
+    for rule in &explanation.rules {
+        let first = verdict.rule.as_deref() == Some(rule.rule.as_str());
+        println!(
+            "  {} line {:>4}  {:<12} {}",
+            if first { "=>" } else { "  " },
+            rule.line,
+            rule.result,
+            rule.rule
+        );
+        if let Some(error) = &rule.error {
+            println!("                        error: {error}");
+        }
+        for (path, value) in &rule.facts {
+            println!("                        {path} = {value}");
+        }
+    }
+    println!(
+        "{label}: {} by {}",
+        verdict.action.name(),
+        verdict
+            .rule
+            .as_deref()
+            .map(|r| format!("rule `{r}`"))
+            .unwrap_or_else(|| "the default".into())
+    );
+}
+
 fn explain_policy(
     file: &Path,
     allocation: Allocation,
@@ -877,31 +908,7 @@ fn explain_policy(
         return Ok(());
     }
     println!("policy {} ({})", file.display(), verdict.policy_version);
-    for rule in &explanation.rules {
-        let first = verdict.rule.as_deref() == Some(rule.rule.as_str());
-        println!(
-            "  {} line {:>4}  {:<12} {}",
-            if first { "=>" } else { "  " },
-            rule.line,
-            rule.result,
-            rule.rule
-        );
-        if let Some(error) = &rule.error {
-            println!("                        error: {error}");
-        }
-        for (path, value) in &rule.facts {
-            println!("                        {path} = {value}");
-        }
-    }
-    println!(
-        "decision: {} by {}",
-        verdict.action.name(),
-        verdict
-            .rule
-            .as_deref()
-            .map(|r| format!("rule `{r}`"))
-            .unwrap_or_else(|| "the default".into())
-    );
+    print_explanation(&explanation, "decision");
     println!("{key}: {value}");
     if let Action::Approve { report, .. } = &verdict.action {
         for section in report {
@@ -1509,31 +1516,7 @@ async fn review(args: ReviewArgs) -> anyhow::Result<()> {
                 amounts(&h.granted.project)
             );
             let verdict = &shown.explanation.verdict;
-            for rule in &shown.explanation.rules {
-                let first = verdict.rule.as_deref() == Some(rule.rule.as_str());
-                println!(
-                    "  {} line {:>4}  {:<12} {}",
-                    if first { "=>" } else { "  " },
-                    rule.line,
-                    rule.result,
-                    rule.rule
-                );
-                if let Some(error) = &rule.error {
-                    println!("                        error: {error}");
-                }
-                for (path, value) in &rule.facts {
-                    println!("                        {path} = {value}");
-                }
-            }
-            println!(
-                "decision now: {} by {}",
-                verdict.action.name(),
-                verdict
-                    .rule
-                    .as_deref()
-                    .map(|r| format!("rule `{r}`"))
-                    .unwrap_or_else(|| "the default".into())
-            );
+            print_explanation(&shown.explanation, "decision now");
             if let Action::Hold { note } = &verdict.action {
                 println!("note: {note}");
             }
