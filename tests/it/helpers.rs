@@ -916,3 +916,61 @@ pub fn assert_for_people(what: &str, text: &str) {
         }
     }
 }
+
+/// Log lines written through `tracing`, kept for a test to read.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// While held, the log lines (at `filter`) of the tasks a current-thread test runtime runs on
+/// this thread go to the returned [`Captured`].
+pub struct ThreadLogs {
+    _second: tracing::Dispatch,
+    _default: tracing::subscriber::DefaultGuard,
+}
+
+pub fn capture_thread_logs(filter: &str) -> (Captured, ThreadLogs) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // A second live dispatcher: tracing then computes each callsite's interest over all
+    // dispatchers, not only the thread that first reaches it (see tests/it/ingress.rs).
+    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let default = tracing::subscriber::set_default(subscriber);
+    (
+        captured,
+        ThreadLogs {
+            _second: second,
+            _default: default,
+        },
+    )
+}

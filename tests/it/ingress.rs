@@ -2,7 +2,6 @@
 //! row): status, problem `type`, and a work queue that stayed empty. Plus the accepted
 //! schemes end to end, replays, and a log capture proving no secret is ever logged.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use puhuri_approver::app::Roles;
@@ -10,7 +9,7 @@ use puhuri_auth::signature::{GithubSecret, WebhookSecret};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Options, SECRET, TOKEN, TestApp, now, spawn_app};
+use crate::helpers::{Captured, Options, SECRET, TOKEN, TestApp, now, spawn_app};
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const PATH_SECRET: &str = "waldur-path-secret-0123456789abcdefghijkl";
@@ -938,19 +937,6 @@ async fn waldur_hook_with_the_path_secret_is_queued_once() {
 }
 
 // ---- secret hygiene -------------------------------------------------------------------
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Captures every log line of the process (receiver, workers, broker client, simulator;
 /// successes and failures) at `debug` and checks that no secret appears in it.

@@ -264,36 +264,9 @@ async fn accepts(addr: std::net::SocketAddr) -> bool {
     TcpStream::connect(addr).await.is_ok()
 }
 
-/// Log lines written on this thread (the test's runtime runs every task on it).
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_failing_role_stops_every_role_and_is_named() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // A second live dispatcher: tracing then computes each callsite's interest over all
-    // dispatchers, not only the thread that first reaches it (see tests/it/ingress.rs).
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    let _logs = tracing::subscriber::set_default(subscriber);
+    let (captured, _logs) = crate::helpers::capture_thread_logs("info");
 
     let mut app = spawn_app(Options {
         backend: crate::helpers::Backend::Embedded,
@@ -318,13 +291,7 @@ async fn a_failing_role_stops_every_role_and_is_named() {
     assert!(message.contains("401 to every list call"), "{message}");
     // The receiver stopped with it.
     assert!(!accepts(addr).await, "the receiver still accepts");
-    let logs = String::from_utf8_lossy(
-        &captured
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
-    .into_owned();
+    let logs = captured.text();
     let line = logs
         .lines()
         .find(|line| line.contains("role failed"))

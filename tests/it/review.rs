@@ -632,33 +632,9 @@ async fn the_review_commands_list_show_and_reject() {
     app.stop().await;
 }
 
-/// Log lines written by this test's thread.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_trusted_proxy_names_the_operator() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // Callsite interest is the union over live dispatchers (see ingress.rs); this test's
-    // current-thread runtime runs the page on this thread.
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    let _logs = tracing::subscriber::set_default(subscriber);
+    let (captured, _logs) = crate::helpers::capture_thread_logs("info");
     let mut app = spawn_app(Options {
         policy: POLICY,
         backend: Backend::Embedded,
@@ -750,7 +726,7 @@ async fn a_trusted_proxy_names_the_operator() {
     );
     assert!(!after.contains("/reject\""), "{after}");
     // Every request is logged with its operator; a refused form says why, without the token.
-    let logs = String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    let logs = captured.text();
     assert!(
         logs.contains(
             "review request operator=carol method=POST route=/allocations/{id}/reject status=303"
@@ -808,16 +784,7 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn the_held_gauges_follow_the_queue_without_a_visitor() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // As in `a_trusted_proxy_names_the_operator`: the refresh runs on this thread.
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    let _logs = tracing::subscriber::set_default(subscriber);
+    let (captured, _logs) = crate::helpers::capture_thread_logs("info");
     let app = spawn_app(Options {
         policy: POLICY,
         backend: Backend::Embedded,
@@ -840,7 +807,7 @@ async fn the_held_gauges_follow_the_queue_without_a_visitor() {
         sample(m, "puhuri_approver_review_refresh_failures_total").is_some_and(|n| n >= 2.0)
     })
     .await;
-    let logs = || String::from_utf8_lossy(&captured.0.lock().expect("capture lock")).into_owned();
+    let logs = || captured.text();
     assert_eq!(
         logs().matches("review queue refresh failed").count(),
         1,
