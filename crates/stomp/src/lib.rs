@@ -124,6 +124,8 @@ pub enum DecodeError {
     BodyTooLong(usize),
     #[error("the frame has no command")]
     NoCommand,
+    #[error("the frame's command is not a STOMP command (capital letters A-Z)")]
+    BadCommand,
     #[error("the frame's command or a header is not UTF-8")]
     NotUtf8,
     #[error("a header line has no colon")]
@@ -289,6 +291,11 @@ impl Decoder {
         let Some((command, headers)) = lines.split_first() else {
             return Err(DecodeError::NoCommand);
         };
+        // Every STOMP 1.2 command is capital letters; anything else (a stray CR, control
+        // bytes) is not a frame this side could encode again.
+        if !command.iter().all(u8::is_ascii_uppercase) {
+            return Err(DecodeError::BadCommand);
+        }
         let command = std::str::from_utf8(command).map_err(|_| DecodeError::NotUtf8)?;
         let mut frame = Frame::new(command);
         let escape = frame.escapes();

@@ -53,7 +53,7 @@ fn connected_headers_are_not_unescaped() {
 
 #[test]
 fn malformed_frames_are_errors() {
-    let cases: [(&[u8], DecodeError); 6] = [
+    let cases: [(&[u8], DecodeError); 9] = [
         (b"MESSAGE\nfoo\n\n\0", DecodeError::HeaderWithoutColon),
         (b"MESSAGE\nfoo:\\t\n\n\0", DecodeError::BadEscape),
         (
@@ -65,7 +65,11 @@ fn malformed_frames_are_errors() {
             DecodeError::MissingNul,
         ),
         (b"\rX", DecodeError::NoCommand),
-        (b"\xff\n\n\0", DecodeError::NotUtf8),
+        (b"MESSAGE\nk:\xff\n\n\0", DecodeError::NotUtf8),
+        (b"\xff\n\n\0", DecodeError::BadCommand),
+        // A command line ending in two CRs: one ends the line, the other is no command's.
+        (b"MESSAGE\r\r\n\n\0", DecodeError::BadCommand),
+        (b"Message\n\n\0", DecodeError::BadCommand),
     ];
     for (bytes, expected) in cases {
         let (_, error) = decode_all(bytes, Limits::default());
@@ -239,5 +243,28 @@ proptest! {
             }
         }
         prop_assert_eq!((items, error), whole);
+    }
+
+    #[test]
+    fn whatever_decodes_encodes_to_itself(
+        bytes in proptest::collection::vec(
+            prop_oneof![
+                Just(b'\r'), Just(b'\n'), Just(b':'), Just(b'\\'), Just(0u8),
+                b'A'..=b'Z', any::<u8>(),
+            ],
+            0..200,
+        ),
+    ) {
+        // A frame read from any bytes is one this side writes back unchanged (but for
+        // content-length, which encoding sets).
+        let (items, _) = decode_all(&bytes, Limits::default());
+        for frame in frames(&items) {
+            if !frame.escapes() {
+                continue;
+            }
+            let (again, error) = decode_all(&frame.encode(), Limits::default());
+            prop_assert_eq!(error, None);
+            prop_assert_eq!(frames(&again), vec![frame]);
+        }
     }
 }
