@@ -29,26 +29,39 @@ struct Node {
 
 static SHARED: std::sync::OnceLock<Node> = std::sync::OnceLock::new();
 
+/// A free port below Linux's ephemeral range (32768 and up), so that the listeners other
+/// tests bind on port 0 cannot take it in the seconds before the node binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
-fn script(dir: &std::path::Path, args: &[&str]) {
+fn try_script(dir: &std::path::Path, args: &[&str]) -> Result<(), String> {
     let output = std::process::Command::new(SCRIPT)
         .arg("--dir")
         .arg(dir)
         .args(args)
         .output()
         .unwrap_or_else(|error| panic!("cannot run {SCRIPT}: {error}"));
-    assert!(
-        output.status.success(),
-        "`node {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`node {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn script(dir: &std::path::Path, args: &[&str]) {
+    if let Err(error) = try_script(dir, args) {
+        panic!("{error}");
+    }
 }
 
 impl Node {
@@ -87,24 +100,37 @@ impl Node {
             .expect("join")
     }
 
+    /// A node on free ports; a port taken between the choice and the bind fails the start at
+    /// once, and the start is tried again on other ports (three times in all).
     fn start_blocking(owned: bool) -> Node {
-        let node = Node {
-            dir: temp_dir("stomp-node"),
-            amqp: free_port(),
-            management: free_port(),
-            stomp: free_port(),
-            owned,
-        };
-        let name = format!("ps{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let ports = format!(
-            "{},{},{},{}",
-            node.amqp,
-            node.management,
-            node.stomp,
-            free_port()
-        );
-        script(&node.dir, &["--name", &name, "--ports", &ports, "start"]);
-        node
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut node = Node {
+                dir: temp_dir("stomp-node"),
+                amqp: free_port(),
+                management: free_port(),
+                stomp: free_port(),
+                owned,
+            };
+            let name = format!("ps{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let ports = format!(
+                "{},{},{},{}",
+                node.amqp,
+                node.management,
+                node.stomp,
+                free_port()
+            );
+            match try_script(&node.dir, &["--name", &name, "--ports", &ports, "start"]) {
+                Ok(()) => return node,
+                Err(error) => {
+                    let _ = try_script(&node.dir, &["stop"]);
+                    failures.push(error);
+                    // Its folder stays for the logs the failure names.
+                    node.owned = false;
+                }
+            }
+        }
+        panic!("the web-STOMP node did not start: {}", failures.join("; "));
     }
 
     fn broker(&self) -> EventBroker {
