@@ -30,6 +30,13 @@ struct Node {
     port: u16,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Runs the harness (off the runtime's threads) and returns its standard output; a
 /// failure panics with its standard error.
 async fn harness(dir: &std::path::Path, args: &[&str]) -> String {
@@ -63,13 +70,9 @@ impl Cluster {
         };
         let name = format!("pa{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let ports = || {
-            [
-                crate::helpers::free_port(),
-                crate::helpers::free_port(),
-                crate::helpers::free_port(),
-            ]
-            .map(|p| p.to_string())
-            .join(",")
+            [free_port(), free_port(), free_port()]
+                .map(|p| p.to_string())
+                .join(",")
         };
         let (amqp, dist) = (ports(), ports());
         harness(

@@ -114,6 +114,14 @@ async fn run_block(block: &Block, text: String, env: Vec<(String, String)>) -> (
     .expect("join")
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// `serve` as `deploy/local/run` starts it; stopped (SIGTERM to its own pid) on drop.
 struct Service(std::process::Child);
 
@@ -134,7 +142,7 @@ async fn the_docs_command_blocks_run_as_written() {
     assert!(!local.is_empty(), "no block runs against deploy/local/run");
 
     // What `deploy/local/run` starts: the simulator announcing new allocations to `serve`.
-    let (sim_port, service_port) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let (sim_port, service_port) = (free_port(), free_port());
     let sim_listener = TcpListener::bind(("127.0.0.1", sim_port))
         .await
         .expect("bind the simulator");

@@ -370,13 +370,20 @@ struct PrivateRabbit {
     process: Option<std::process::Child>,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 impl PrivateRabbit {
     fn new() -> PrivateRabbit {
         let dir = temp_dir("rabbit");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
         PrivateRabbit {
-            port: crate::helpers::free_port(),
-            dist_port: crate::helpers::free_port(),
+            port: free_port(),
+            dist_port: free_port(),
             name: format!(
                 "pa-{}@localhost",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -559,7 +566,7 @@ async fn serve_killed_mid_stream_on_the_embedded_queue_loses_nothing() {
     })
     .await;
     let dir = temp_dir("embedded-kill");
-    let port = crate::helpers::free_port();
+    let port = free_port();
     let config_text = app.config_text.replacen(
         "[queue]\nbackend = \"rabbitmq\"\n",
         &format!(

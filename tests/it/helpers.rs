@@ -974,15 +974,3 @@ pub fn capture_thread_logs(filter: &str) -> (Captured, ThreadLogs) {
         },
     )
 }
-
-/// A free port below Linux's ephemeral range (32768 and up), so that the listeners other
-/// tests bind on port 0 cannot take it before whoever it is for (a RabbitMQ node starting
-/// for seconds, a child process) binds it.
-pub fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}

@@ -34,6 +34,12 @@ fn text(bytes: &[u8]) -> String {
     text
 }
 
+/// A port on which nobody listens (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
 #[tokio::test]
 async fn healthcheck_exits_0_when_ready_and_1_when_nobody_answers() {
     let app = spawn_app(Options {
@@ -83,7 +89,7 @@ async fn healthcheck_exits_0_when_ready_and_1_when_nobody_answers() {
     );
 
     // `metrics_listen` wins over `listen`; nobody listens there.
-    let port = crate::helpers::free_port();
+    let port = free_port();
     std::fs::write(
         &config,
         format!(
@@ -118,10 +124,7 @@ async fn healthcheck_exits_1_when_the_service_answers_not_ready() {
             receive: true,
             work: false,
         },
-        amqp_url: Some(format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
-            crate::helpers::free_port()
-        )),
+        amqp_url: Some(format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port())),
         expect_broker: false,
         ..Options::default()
     })
@@ -386,7 +389,7 @@ async fn receive_starts_and_is_ready_whatever_the_policy_file_holds() {
         .build()
         .expect("client");
     for (case, policy) in cases {
-        let (listen, metrics) = (crate::helpers::free_port(), crate::helpers::free_port());
+        let (listen, metrics) = (free_port(), free_port());
         let config = dir.join(format!("receive-{case}.toml"));
         std::fs::write(
             &config,

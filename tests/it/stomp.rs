@@ -29,6 +29,17 @@ struct Node {
 
 static SHARED: std::sync::OnceLock<Node> = std::sync::OnceLock::new();
 
+/// A free port below Linux's ephemeral range (32768 and up), so that the listeners other
+/// tests bind on port 0 cannot take it in the seconds before the node binds it.
+fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn try_script(dir: &std::path::Path, args: &[&str]) -> Result<(), String> {
     let output = std::process::Command::new(SCRIPT)
         .arg("--dir")
@@ -96,9 +107,9 @@ impl Node {
         for _ in 0..3 {
             let mut node = Node {
                 dir: temp_dir("stomp-node"),
-                amqp: crate::helpers::free_port(),
-                management: crate::helpers::free_port(),
-                stomp: crate::helpers::free_port(),
+                amqp: free_port(),
+                management: free_port(),
+                stomp: free_port(),
                 owned,
             };
             let name = format!("ps{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -107,7 +118,7 @@ impl Node {
                 node.amqp,
                 node.management,
                 node.stomp,
-                crate::helpers::free_port()
+                free_port()
             );
             match try_script(&node.dir, &["--name", &name, "--ports", &ports, "start"]) {
                 Ok(()) => return node,
@@ -1022,7 +1033,7 @@ async fn the_demo_runs_through_the_event_stream() {
         stdout.contains("8 allocations decided: 3 approved, 4 held, 1 rejected"),
         "{stdout}"
     );
-    let closed = crate::helpers::free_port();
+    let closed = free_port();
     let output = demo(format!("ws://127.0.0.1:{closed}/ws"))
         .await
         .expect("join");
