@@ -471,12 +471,10 @@ async fn hold_before_ack_for_tests(id: &str) {
 /// The line the test-only hook logs before it holds an `ACK` back.
 pub const HOLD_MARKER: &str = "test hook: event queued, holding its ACK";
 
-/// `delay` shortened or lengthened at random by up to 25 %.
+/// `delay` shortened or lengthened at random by up to 25 % (the queue's jitter, which only
+/// shortens, applied to 125 % of it: 75 % to 125 %).
 fn jittered(delay: Duration) -> Duration {
-    let mut bytes = [0u8; 2];
-    let _ = getrandom::fill(&mut bytes);
-    let unit = f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX);
-    delay.mul_f64(0.75 + unit * 0.5)
+    puhuri_queue::jittered(delay.mul_f64(1.25), 0.4)
 }
 
 async fn send(socket: &mut Socket, frame: &Frame) -> Result<(), SessionError> {
