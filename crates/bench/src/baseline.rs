@@ -30,6 +30,11 @@ pub struct BaselineReport {
     pub channels: usize,
     /// Nacks, returns and channel errors.
     pub errors: u64,
+    /// The local RabbitMQ node's CPU per confirmed message, in µs (when exactly one node
+    /// runs on this machine).
+    pub broker_cpu_us_per_message: Option<f64>,
+    /// The publisher's (the bench process's) CPU per confirmed message, in µs.
+    pub publisher_cpu_us_per_message: Option<f64>,
 }
 
 /// Publishes `body`-sized persistent messages with confirms for `duration`, keeping
@@ -96,6 +101,7 @@ async fn publish_for(
     let body: Arc<[u8]> = body.into();
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let side = crate::cpu::SideCpu::start();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(in_flight);
@@ -147,6 +153,7 @@ async fn publish_for(
     }
     let seconds = started.elapsed().as_secs_f64();
     let published = acked.load(Ordering::Relaxed);
+    let (broker_cpu_us_per_message, publisher_cpu_us_per_message) = side.per(published as usize);
     Ok(BaselineReport {
         published,
         seconds,
@@ -155,5 +162,7 @@ async fn publish_for(
         in_flight,
         channels: confirm_channels.len(),
         errors: errors.load(Ordering::Relaxed),
+        broker_cpu_us_per_message,
+        publisher_cpu_us_per_message,
     })
 }

@@ -41,6 +41,7 @@
 //! own pid) and killed only if it does not exit.
 
 mod baseline;
+mod cpu;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,8 +105,6 @@ pub struct BenchOptions {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Requests the generator keeps open at most in the open-loop phases.
 const MAX_OPEN_REQUESTS: usize = 4096;
-/// Kernel clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
-const CLOCK_TICKS: f64 = 100.0;
 const EXAMPLE_POLICY: &str = include_str!("../../../deploy/local/policy.toml");
 /// The example policy reads `customer.country`, which only the customers file fills.
 const EXAMPLE_CUSTOMERS: &str = include_str!("../../../deploy/local/customers.toml");
@@ -184,6 +183,12 @@ pub struct PhaseReport {
     pub cpu_us_per_notification: Option<f64>,
     /// Service CPU per decision, in µs (receiving included).
     pub cpu_us_per_decision: Option<f64>,
+    /// The local RabbitMQ node's CPU per accepted notification, in µs (when exactly one
+    /// node runs on this machine).
+    pub broker_cpu_us_per_notification: Option<f64>,
+    /// The bench process's CPU per accepted notification, in µs: the load generator and
+    /// the simulator it hosts.
+    pub bench_cpu_us_per_notification: Option<f64>,
     /// Latency added to every Puhuri Core call during the phase.
     pub upstream_latency_ms: u64,
     /// Puhuri Core calls answered during the phase per decision (follow-ups included).
@@ -537,17 +542,7 @@ impl Service {
 
     /// User plus system CPU time of the service so far.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the parenthesised command name: state is the first, utime the 12th.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        (ticks(11) + ticks(12)) as f64 / CLOCK_TICKS
+        cpu::cpu_secs_of(&self.pid.to_string()).unwrap_or(0.0)
     }
 
     /// SIGTERM by pid, then a kill after 15 s.
@@ -985,6 +980,7 @@ async fn run_phase(
     cx.sim.reset_peak_in_flight();
     let calls_before = cx.sim.api_calls();
     let cpu_before = service.cpu_secs();
+    let side = cpu::SideCpu::start();
     let started = Instant::now();
     let deadline = started + options.duration;
     let made_up = phase.made_up;
@@ -1071,6 +1067,7 @@ async fn run_phase(
     // What follows the decisions (access reports, team snapshots) and the acks.
     tokio::time::sleep(Duration::from_millis(200 + 4 * phase.latency_ms)).await;
     let cpu_secs = service.cpu_secs() - cpu_before;
+    let (broker_cpu_us_per_notification, bench_cpu_us_per_notification) = side.per(accepted.len());
     let calls = cx.sim.api_calls() - calls_before;
     let peak_upstream_in_flight = cx.sim.peak_in_flight();
     let peak_rss_kib = service.memory_kib("VmHWM:");
@@ -1132,6 +1129,8 @@ async fn run_phase(
         cpu_secs,
         cpu_us_per_notification: per(accepted.len()),
         cpu_us_per_decision: per(decided),
+        broker_cpu_us_per_notification,
+        bench_cpu_us_per_notification,
         upstream_latency_ms: phase.latency_ms,
         calls_per_decision,
         peak_upstream_in_flight,
@@ -1227,14 +1226,19 @@ fn print_report(report: &BenchReport) {
         o.publish_channels,
         if o.team_snapshots { "on" } else { "off" }
     );
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     if let Some(b) = &report.baseline {
         println!(
             "baseline: lapin publisher with confirms, quorum queue, persistent {}-byte messages, {} in flight on {} channels: {:.0} msg/s ({} errors)",
             b.message_bytes, b.in_flight, b.channels, b.per_sec, b.errors
         );
+        println!(
+            "  CPU per message: publisher {} µs + broker {} µs",
+            us(b.publisher_cpu_us_per_message),
+            us(b.broker_cpu_us_per_message)
+        );
     }
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     for backend in &report.backends {
         println!();
         println!(
@@ -1253,6 +1257,12 @@ fn print_report(report: &BenchReport) {
                 "  receiver alone: {:.0} notifications/s{share}; {} µs CPU per notification (target <= 25)",
                 receive.accepted_per_sec,
                 us(receive.cpu_us_per_notification)
+            );
+            println!(
+                "  CPU per notification: receiver {} µs + broker {} µs + load generator {} µs",
+                us(receive.cpu_us_per_notification),
+                us(receive.broker_cpu_us_per_notification),
+                us(receive.bench_cpu_us_per_notification)
             );
         }
         println!(

@@ -415,7 +415,7 @@ pub(crate) async fn handle(State(sim): State<Sim>, request: Request) -> Response
 
     let (latency, fault, slow) = sim.take_fault(&path, uri.query());
     if latency > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+        crate::delay::sleep(std::time::Duration::from_millis(latency)).await;
     }
 
     let mut applied_status = None;

@@ -76,6 +76,7 @@
 mod admin;
 mod api;
 mod decimal;
+mod delay;
 mod events;
 pub use events::EventBroker;
 mod hook;
