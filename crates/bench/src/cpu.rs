@@ -14,9 +14,39 @@ pub(crate) fn cpu_secs_of(pid: &str) -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) as f64 / CLOCK_TICKS)
 }
 
-/// The local RabbitMQ node's process, when exactly one runs on this machine (with more,
-/// whose CPU is whose cannot be told, and the broker's share is not reported).
+/// Whether the broker the bench talks to is on this machine (set once from its URL).
+static BROKER_IS_LOCAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Tells whether the broker's URL names this machine (`localhost` or a loopback address).
+pub(crate) fn set_broker_url(url: &str) {
+    let _ = BROKER_IS_LOCAL.set(is_local(url));
+}
+
+fn is_local(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The local RabbitMQ node's process, when the bench's broker is on this machine and exactly
+/// one node runs here (with more, whose CPU is whose cannot be told, and the broker's share is
+/// not reported).
 fn local_broker_pid() -> Option<String> {
+    if !BROKER_IS_LOCAL.get().copied().unwrap_or(false) {
+        return None;
+    }
     let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
         let pid = entry.ok()?.file_name().into_string().ok()?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
@@ -61,5 +91,38 @@ impl SideCpu {
             ),
             since(self.bench, cpu_secs_of("self")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_and_refuses_what_is_not_one() {
+        let before = cpu_secs_of("self").expect("/proc/self/stat is readable");
+        let mut spun = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(50) {
+            spun = spun.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(spun > 0);
+        let after = cpu_secs_of("self").expect("/proc/self/stat is readable");
+        assert!(after >= before);
+        assert_eq!(cpu_secs_of("no-such-process"), None);
+        let side = SideCpu::start();
+        assert_eq!(side.per(0), (None, None));
+        let (_, bench) = side.per(1);
+        assert!(bench.is_some_and(|us| us >= 0.0));
+    }
+
+    #[test]
+    fn only_a_loopback_broker_counts_as_local() {
+        let local = is_local;
+        assert!(local("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert!(local("amqp://localhost/%2f"));
+        assert!(local("amqp://u:p@[::1]:5672/%2f"));
+        assert!(!local("amqp://u:p@mq-1.example.org:5672/%2f"));
+        assert!(!local("amqps://u:p@10.0.0.5/%2f?heartbeat=5"));
     }
 }
