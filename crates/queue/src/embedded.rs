@@ -1498,6 +1498,21 @@ mod tests {
 
     use super::*;
 
+    /// An allocation message with an empty body, ready at once.
+    async fn publish_allocation(queue: &EmbeddedQueue, id: &str) -> Result<(), StorageError> {
+        queue
+            .publish(
+                Lane::Work,
+                Kind::Allocation,
+                id,
+                b"{}",
+                0,
+                &[],
+                Duration::ZERO,
+            )
+            .await
+    }
+
     fn temp() -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("embedded-queue-{}", uuid::Uuid::new_v4().simple()));
@@ -1552,18 +1567,7 @@ mod tests {
         let dir = temp();
         let queue = EmbeddedQueue::open(&dir, Duration::from_secs(60)).expect("open");
         for id in ["at-limit", "below-limit", "fresh"] {
-            queue
-                .publish(
-                    Lane::Work,
-                    Kind::Allocation,
-                    id,
-                    b"{}",
-                    0,
-                    &[],
-                    Duration::ZERO,
-                )
-                .await
-                .expect("publish");
+            publish_allocation(&queue, id).await.expect("publish");
         }
         // As if workers had taken them and died before settling, lease after lease.
         let db = Connection::open(dir.join("queue.sqlite3")).expect("open");
@@ -1915,19 +1919,7 @@ mod tests {
         let queue = EmbeddedQueue::open(&dir, Duration::from_secs(5)).expect("open");
         let publish = |id: &'static str| {
             let queue = queue.clone();
-            async move {
-                queue
-                    .publish(
-                        Lane::Work,
-                        Kind::Allocation,
-                        id,
-                        b"{}",
-                        0,
-                        &[],
-                        Duration::ZERO,
-                    )
-                    .await
-            }
+            async move { publish_allocation(&queue, id).await }
         };
         publish("m1").await.expect("published");
         assert!(queue.is_writable());
