@@ -30,8 +30,8 @@ pub struct BaselineReport {
     pub channels: usize,
     /// Nacks, returns and channel errors.
     pub errors: u64,
-    /// The local RabbitMQ node's CPU per confirmed message, in µs (when exactly one node
-    /// runs on this machine).
+    /// The local RabbitMQ node's CPU per confirmed message, in µs (when the broker URL is a
+    /// loopback one and exactly one node runs on this machine).
     pub broker_cpu_us_per_message: Option<f64>,
     /// The publisher's (the bench process's) CPU per confirmed message, in µs.
     pub publisher_cpu_us_per_message: Option<f64>,

@@ -183,8 +183,8 @@ pub struct PhaseReport {
     pub cpu_us_per_notification: Option<f64>,
     /// Service CPU per decision, in µs (receiving included).
     pub cpu_us_per_decision: Option<f64>,
-    /// The local RabbitMQ node's CPU per accepted notification, in µs (when exactly one
-    /// node runs on this machine).
+    /// The local RabbitMQ node's CPU per accepted notification, in µs (when the bench's
+    /// broker URL is a loopback one and exactly one node runs on this machine).
     pub broker_cpu_us_per_notification: Option<f64>,
     /// The bench process's CPU per accepted notification, in µs: the load generator and
     /// the simulator it hosts.
