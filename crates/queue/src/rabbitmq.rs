@@ -295,7 +295,7 @@ impl RabbitBroker {
             )))
             .into());
         };
-        let connect = connect_to(url);
+        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
         let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(result) => result?,
             Err(_) => {
@@ -865,29 +865,6 @@ fn exchanges(topology: &Topology) -> [(String, ExchangeKind); 4] {
     ]
 }
 
-/// The largest frame asked of the broker unless the URL names one (`?frame_max=`). lapin keeps
-/// a receive and a send buffer of 32 frames per connection, filled when the connection opens:
-/// at RabbitMQ's default of 128 KiB that is 8 MiB of memory per connection, at 16 KiB 1 MiB.
-/// The messages here are a few KiB; a larger one (a big team's snapshot) travels in several
-/// frames.
-const FRAME_MAX: u32 = 16 * 1024;
-
-/// Connects to one node, with [`FRAME_MAX`] unless its URL sets `frame_max`.
-async fn connect_to(url: &Secret) -> Result<Connection, lapin::Error> {
-    match with_frame_max(url.expose()) {
-        Some(uri) => Connection::connect_uri(uri, ConnectionProperties::default()).await,
-        // The same error as connecting with the text would give.
-        None => Connection::connect(url.expose(), ConnectionProperties::default()).await,
-    }
-}
-
-/// The URL parsed, with `frame_max` = [`FRAME_MAX`] unless it names its own.
-fn with_frame_max(url: &str) -> Option<lapin::uri::AMQPUri> {
-    let mut uri: lapin::uri::AMQPUri = url.parse().ok()?;
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Some(uri)
-}
-
 /// One connection that checks, with passive declarations only, that every exchange and
 /// queue of `config.prefix` exists, and says which one does not: for tools, which must
 /// neither declare anything nor wait for a broker that is not there.
@@ -898,7 +875,7 @@ pub async fn check_declared(
     // The first node that answers (a cluster shares its topology).
     let mut connected = Err(QueueError::Unreachable);
     for url in &config.urls {
-        let connect = connect_to(url);
+        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
         connected = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(error.into()),
@@ -1423,30 +1400,6 @@ impl Claim for RabbitClaim {
 mod tests {
     use super::*;
     use crate::jittered;
-
-    #[test]
-    fn connections_ask_for_small_frames_unless_the_url_names_a_size() {
-        let asked = |url: &str| with_frame_max(url).and_then(|uri| uri.query.frame_max);
-        assert_eq!(asked("amqp://u:p@h:5672/%2f"), Some(FRAME_MAX));
-        assert_eq!(asked("amqp://h/%2f?heartbeat=5"), Some(FRAME_MAX));
-        assert_eq!(asked("amqp://h/%2f?frame_max=131072"), Some(131_072));
-        assert!(with_frame_max("garbage://").is_none());
-        let uri = with_frame_max("amqps://u:secret@h:5671/vhost?heartbeat=7");
-        let uri = uri.as_ref().expect("a valid URL parses");
-        assert_eq!(
-            (
-                uri.scheme.clone(),
-                uri.authority.host.as_str(),
-                uri.authority.port
-            ),
-            (lapin::uri::AMQPScheme::AMQPS, "h", 5671)
-        );
-        assert_eq!(
-            (uri.vhost.as_str(), uri.query.heartbeat),
-            ("vhost", Some(7))
-        );
-        assert_eq!(uri.authority.userinfo.password, "secret");
-    }
 
     #[test]
     fn node_names_carry_no_credentials() {
