@@ -169,18 +169,24 @@ fn usernames(members: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn team_events_follow_approval_and_member_changes() {
-    let mut app = spawn_app(Options::default()).await;
+/// The app's broker and a queue of the test's own bound to its `team.#` events.
+async fn team_events_queue(app: &TestApp, name: &str) -> (Broker, String) {
     let broker = app.running.as_ref().expect("running").broker.clone();
     let Some(rabbit) = broker.as_rabbit() else {
         panic!("RabbitMQ backend")
     };
-    let events = format!("{}.team-test", broker.topology().events_exchange());
+    let events = format!("{}.{name}", broker.topology().events_exchange());
     rabbit
         .bind_events_queue(&events, "team.#")
         .await
         .expect("bind");
+    (broker, events)
+}
+
+#[tokio::test]
+async fn team_events_follow_approval_and_member_changes() {
+    let mut app = spawn_app(Options::default()).await;
+    let (broker, events) = team_events_queue(&app, "team-test").await;
 
     let (created, backend_id) = approve(&mut app, "msg_team_1").await;
     let members: Vec<String> = app
@@ -268,15 +274,7 @@ async fn team_events_follow_approval_and_member_changes() {
 #[tokio::test]
 async fn a_watcher_over_its_memory_budget_announces_changes_with_snapshots_only() {
     let mut app = spawn_app(Options::default()).await;
-    let broker = app.running.as_ref().expect("running").broker.clone();
-    let Some(rabbit) = broker.as_rabbit() else {
-        panic!("RabbitMQ backend")
-    };
-    let events = format!("{}.team-budget-test", broker.topology().events_exchange());
-    rabbit
-        .bind_events_queue(&events, "team.#")
-        .await
-        .expect("bind");
+    let (broker, events) = team_events_queue(&app, "team-budget-test").await;
     let (first, _) = approve(&mut app, "msg_team_budget_1").await;
     approve(&mut app, "msg_team_budget_2").await;
     for _ in 0..2 {

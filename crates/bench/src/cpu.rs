@@ -118,11 +118,10 @@ mod tests {
 
     #[test]
     fn only_a_loopback_broker_counts_as_local() {
-        let local = is_local;
-        assert!(local("amqp://guest:guest@127.0.0.1:5672/%2f"));
-        assert!(local("amqp://localhost/%2f"));
-        assert!(local("amqp://u:p@[::1]:5672/%2f"));
-        assert!(!local("amqp://u:p@mq-1.example.org:5672/%2f"));
-        assert!(!local("amqps://u:p@10.0.0.5/%2f?heartbeat=5"));
+        assert!(is_local("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert!(is_local("amqp://localhost/%2f"));
+        assert!(is_local("amqp://u:p@[::1]:5672/%2f"));
+        assert!(!is_local("amqp://u:p@mq-1.example.org:5672/%2f"));
+        assert!(!is_local("amqps://u:p@10.0.0.5/%2f?heartbeat=5"));
     }
 }
