@@ -78,6 +78,9 @@ pub const POLICY_RELOAD_FAILURES: &str = "puhuri_approver_policy_reload_failures
 pub const POLICY_LOADED: &str = "puhuri_approver_policy_loaded";
 /// `1` while the broker connection is up (the embedded queue is always up).
 pub const BROKER_CONNECTED: &str = "puhuri_approver_broker_connected";
+/// Publishes RabbitMQ refused (nack), each published again while `amqp.confirm_timeout_ms`
+/// allowed (a quorum queue refuses them for seconds after losing its leader's node).
+pub const BROKER_NACKS: &str = "puhuri_approver_broker_nacks_total";
 /// Usage records settled by the workers, by `outcome` (`reported`, `unchanged`, `stale`,
 /// `dead-lettered`, `retried`).
 pub const USAGE_RECORDS: &str = "puhuri_approver_usage_records_total";
@@ -145,6 +148,7 @@ pub const METRIC_NAMES: &[&str] = &[
     POLICY_RELOAD_FAILURES,
     POLICY_LOADED,
     BROKER_CONNECTED,
+    BROKER_NACKS,
     USAGE_RECORDS,
     USAGE_REPORTS,
     TEAM_EVENTS,
@@ -266,6 +270,7 @@ pub struct Metrics {
     policy_reload_failures: Counter,
     policy_loaded: Gauge,
     broker_connected: Reading<u64>,
+    broker_nacks: Counter,
     usage_records: Family<Labels<1>, Counter>,
     usage_reports: Counter,
     team_events: Family<Labels<1>, Counter>,
@@ -356,6 +361,7 @@ impl Metrics {
             policy_reload_failures: Counter::default(),
             policy_loaded: Gauge::default(),
             broker_connected: Reading::default(),
+            broker_nacks: Counter::default(),
             usage_records: Family::default(),
             usage_reports: Counter::default(),
             team_events: Family::default(),
@@ -509,6 +515,12 @@ impl Metrics {
             BROKER_CONNECTED,
             "1 while the broker connection is up",
             self.broker_connected.clone(),
+        );
+        register(
+            r,
+            BROKER_NACKS,
+            "Publishes the broker refused (nack), each published again within the confirm timeout",
+            self.broker_nacks.clone(),
         );
         register(
             r,
@@ -846,11 +858,17 @@ impl Metrics {
     /// Reads the scrape-time gauges from the attached queue, then renders everything.
     pub async fn scrape(&self) -> String {
         let broker = lock(&self.broker).clone();
-        let reading = match broker {
-            Some(broker) => self.read_queue(&broker).await,
+        let reading = match &broker {
+            Some(broker) => self.read_queue(broker).await,
             None => QueueReading::default(),
         };
         let _one_scrape = lock(&self.scraping);
+        // The broker counts; the counter follows it (it only grows).
+        let nacks = broker.as_ref().map_or(0, Broker::publish_nacks);
+        let counted = self.broker_nacks.get();
+        if nacks > counted {
+            self.broker_nacks.inc_by(nacks - counted);
+        }
         self.broker_connected.set(reading.connected);
         self.queue_depth.set(reading.depth);
         self.dead_letter_depth.set(reading.dead);

@@ -212,6 +212,42 @@ async fn the_last_attempt_dead_letters_and_replay_brings_it_back(backend: Backen
     harness.clean_up(&broker).await;
 }
 
+/// At the largest `worker.max_attempts`, with reasons of the largest size, a message keeps
+/// going round and is dead-lettered with its whole attempt count and the newest reasons that
+/// fit: on RabbitMQ its header frame stays inside the connection's frame size.
+async fn a_hundred_long_reasons_keep_the_newest_that_fit(backend: Backend) {
+    let harness = Harness::new(backend, vec![Duration::from_millis(1)]);
+    let (broker, _stop) = harness.open().await;
+    let mut broker_deliveries = consumer(&broker, 1).await;
+    puhuri_approver::work::publish_notification(&broker, &item("long-1"))
+        .await
+        .expect("durable");
+    let reason = |n: u32| format!("attempt {n:03}: {}", "\u{1D11E}".repeat(600));
+    for n in 1..=100 {
+        let delivery = next(&mut broker_deliveries).await;
+        assert_eq!(delivery.attempts, n - 1);
+        let outcome = delivery
+            .retry_later(&reason(n), 100, None, 0.0)
+            .await
+            .expect("retried");
+        if n < 100 {
+            assert!(matches!(outcome, Retried::Scheduled { attempts, .. } if attempts == n));
+        } else {
+            assert_eq!(outcome, Retried::DeadLettered { attempts: 100 });
+        }
+    }
+    let dead = broker.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 100);
+    let kept: Vec<&str> = dead[0].reasons.iter().map(|r| &r[..11]).collect();
+    assert_eq!(
+        kept,
+        ["attempt 097", "attempt 098", "attempt 099", "attempt 100"]
+    );
+    assert!(dead[0].reasons.iter().map(String::len).sum::<usize>() <= puhuri_queue::REASONS_BYTES);
+    harness.clean_up(&broker).await;
+}
+
 async fn purge_removes_dead_letters(backend: Backend) {
     let harness = Harness::new(backend, vec![Duration::from_millis(50)]);
     let (broker, _stop) = harness.open().await;
@@ -279,5 +315,6 @@ on_both_backends!(
     a_retry_waits_for_its_tier_and_keeps_its_history,
     the_last_attempt_dead_letters_and_replay_brings_it_back,
     purge_removes_dead_letters,
+    a_hundred_long_reasons_keep_the_newest_that_fit,
     a_refused_claim_keeps_the_claims_its_process_holds,
 );

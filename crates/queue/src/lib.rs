@@ -199,7 +199,8 @@ pub struct DeadLetter {
     pub kind: Option<Kind>,
     /// Attempts made before it was dead-lettered.
     pub attempts: u32,
-    /// One reason per failed attempt, oldest first.
+    /// The reasons of the last failed attempts, oldest first: of every attempt unless
+    /// they exceed [`REASONS_BYTES`] together, then of the newest that fit.
     pub reasons: Vec<String>,
     pub body: Vec<u8>,
 }
@@ -248,6 +249,11 @@ pub trait Backend: Send + Sync + 'static {
     fn topology(&self) -> &Topology;
     /// Whether publishing can succeed right now.
     fn is_connected(&self) -> bool;
+    /// Publishes the broker refused (nack) since start; each was published again while the
+    /// confirm timeout allowed. The embedded queue has none.
+    fn publish_nacks(&self) -> u64 {
+        0
+    }
     /// Whether the backend is the embedded queue (it knows its oldest message's age).
     fn is_embedded(&self) -> bool;
     /// The backend itself, for backend-specific tooling.
@@ -347,6 +353,27 @@ pub trait Settle: Send {
 /// The longest reason kept per attempt.
 const REASON_CHARS: usize = 500;
 
+/// The most bytes of attempt reasons one message carries: the newest reasons that fit (the
+/// attempt count is kept whole). On RabbitMQ they travel in the message's header frame, which
+/// AMQP cannot split, so they stay well inside the 16 KiB frames the connections ask for,
+/// whatever `worker.max_attempts` is.
+pub const REASONS_BYTES: usize = 8 * 1024;
+
+/// `reasons` with `reason` (cut to [`REASON_CHARS`]) after them, less the oldest ones that do
+/// not fit in [`REASONS_BYTES`]. The newest always fits: 500 characters are at most 2,000
+/// bytes.
+fn with_reason(mut reasons: Vec<String>, reason: &str) -> Vec<String> {
+    reasons.push(reason.chars().take(REASON_CHARS).collect());
+    let mut total: usize = reasons.iter().map(String::len).sum();
+    let mut dropped = 0;
+    while total > REASONS_BYTES && dropped + 1 < reasons.len() {
+        total -= reasons[dropped].len();
+        dropped += 1;
+    }
+    reasons.drain(..dropped);
+    reasons
+}
+
 /// One delivery from the work queue, on either backend.
 pub struct Delivery {
     /// What it is, when known (`None`: a routing key or header this version does not know).
@@ -414,8 +441,7 @@ impl Delivery {
         jitter: f64,
     ) -> Result<Retried, QueueError> {
         let attempts = self.attempts + 1;
-        let mut reasons = self.reasons;
-        reasons.push(reason.chars().take(REASON_CHARS).collect());
+        let reasons = with_reason(self.reasons, reason);
         if attempts >= max_attempts {
             self.settle
                 .move_to(Destination::Dead, attempts, &reasons)
@@ -441,8 +467,7 @@ impl Delivery {
 
     /// Moves it to the dead letters with every attempt's reason.
     pub async fn dead_letter(self, reason: &str) -> Result<(), QueueError> {
-        let mut reasons = self.reasons;
-        reasons.push(reason.chars().take(REASON_CHARS).collect());
+        let reasons = with_reason(self.reasons, reason);
         self.settle
             .move_to(Destination::Dead, self.attempts + 1, &reasons)
             .await
@@ -505,6 +530,11 @@ impl Broker {
 
     pub fn is_embedded(&self) -> bool {
         self.0.is_embedded()
+    }
+
+    /// Publishes the broker refused (nack) since start (see [`Backend::publish_nacks`]).
+    pub fn publish_nacks(&self) -> u64 {
+        self.0.publish_nacks()
     }
 
     pub async fn wait_connected(&self, stop: &CancellationToken) -> bool {
@@ -575,5 +605,35 @@ impl Broker {
     /// a claim does not exclude: callers serialize their own tasks.
     pub async fn claim(&self, key: &str, ttl: Duration) -> Result<Option<ClaimGuard>, QueueError> {
         self.0.claim(key, ttl).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_keep_the_newest_that_fit_and_always_the_last() {
+        // 500 four-byte characters: the largest reason, 2,000 bytes.
+        let wide = |n: usize| format!("{n:03}{}", "\u{1D11E}".repeat(600));
+        let mut reasons = Vec::new();
+        for n in 0..100 {
+            reasons = with_reason(reasons, &wide(n));
+            assert!(reasons.iter().map(String::len).sum::<usize>() <= REASONS_BYTES);
+            assert!(
+                reasons
+                    .last()
+                    .is_some_and(|r| r.starts_with(&format!("{n:03}")))
+            );
+        }
+        let kept: Vec<&str> = reasons.iter().map(|r| &r[..3]).collect();
+        assert_eq!(kept, ["096", "097", "098", "099"]);
+        assert!(reasons.iter().all(|r| r.chars().count() == REASON_CHARS));
+        // Short reasons are all kept.
+        let short = (0..100).fold(Vec::new(), |kept, n| {
+            with_reason(kept, &format!("HTTP 503 ({n})"))
+        });
+        assert_eq!(short.len(), 100);
+        assert_eq!(short[0], "HTTP 503 (0)");
     }
 }

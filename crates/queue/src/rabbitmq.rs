@@ -99,6 +99,8 @@ struct Inner {
     session: RwLock<Option<Arc<Session>>>,
     generation: AtomicU64,
     connected: watch::Sender<bool>,
+    /// Publishes nacked by the broker since start.
+    nacks: watch::Sender<u64>,
 }
 
 /// A supervised broker connection: reconnects with backoff, redeclares the topology,
@@ -131,6 +133,7 @@ impl RabbitBroker {
                 session: RwLock::new(None),
                 generation: AtomicU64::new(0),
                 connected,
+                nacks: watch::Sender::new(0),
             }),
         };
         let supervisor = broker.clone();
@@ -295,7 +298,7 @@ impl RabbitBroker {
             )))
             .into());
         };
-        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
+        let connect = connect_to(url);
         let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(result) => result?,
             Err(_) => {
@@ -377,9 +380,11 @@ impl RabbitBroker {
     /// Publishes and awaits the confirm. When the connection fails after the message
     /// was sent but before its confirm, the message is published again on the next
     /// connection, within the confirm timeout: every unconfirmed message is republished,
-    /// and consumers tolerate the duplicate. When not connected at all it answers at once
-    /// (the sender retries), or with `await_connection` waits for the next connection
-    /// within the confirm timeout.
+    /// and consumers tolerate the duplicate. A nack is published again too, after a pause
+    /// that doubles from 25 ms to 400 ms, while the confirm timeout allows: a quorum queue
+    /// refuses publishes for seconds after losing its leader's node, until it elects
+    /// another. When not connected at all it answers at once (the sender retries), or with
+    /// `await_connection` waits for the next connection within the confirm timeout.
     async fn publish(
         &self,
         exchange: &str,
@@ -399,6 +404,7 @@ impl RabbitBroker {
                 .ok_or(PublishError::Unavailable)?,
             None => return Err(PublishError::Unavailable),
         };
+        let mut nacks = 0u32;
         loop {
             let channel = session.channel();
             let publish = async {
@@ -422,9 +428,26 @@ impl RabbitBroker {
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                     return Err(PublishError::Unroutable(returned.reply_text.to_string()));
                 }
-                Ok(Ok(Confirmation::Nack(_))) | Ok(Ok(Confirmation::NotRequested)) => {
-                    return Err(PublishError::Nacked);
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    self.inner.nacks.send_modify(|n| *n += 1);
+                    let pause = Duration::from_millis(25 << nacks.min(4));
+                    nacks += 1;
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(PublishError::Nacked);
+                    }
+                    tracing::debug!(
+                        nacks,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "publish nacked by the broker; publishing again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    // The connection may have been replaced meanwhile.
+                    if let Some(current) = self.session() {
+                        session = current;
+                    }
+                    continue;
                 }
+                Ok(Ok(Confirmation::NotRequested)) => return Err(PublishError::Nacked),
                 Ok(Err(error)) => error,
             };
             // The channel or connection failed: wait for the supervisor's next session.
@@ -865,6 +888,30 @@ fn exchanges(topology: &Topology) -> [(String, ExchangeKind); 4] {
     ]
 }
 
+/// The largest frame asked of the broker unless the URL names one (`?frame_max=`). lapin keeps
+/// a receive and a send buffer of 32 frames per connection, filled when the connection opens:
+/// at RabbitMQ's default of 128 KiB that is 8 MiB of memory per connection, at 16 KiB 1 MiB.
+/// A body larger than a frame (a big team's snapshot) travels in several frames; a message's
+/// headers cannot, and the largest of them, the attempt reasons, are bounded by
+/// [`crate::REASONS_BYTES`] to half a frame.
+const FRAME_MAX: u32 = 16 * 1024;
+
+/// Connects to one node, with [`FRAME_MAX`] unless its URL sets `frame_max`.
+async fn connect_to(url: &Secret) -> Result<Connection, lapin::Error> {
+    match with_frame_max(url.expose()) {
+        Some(uri) => Connection::connect_uri(uri, ConnectionProperties::default()).await,
+        // The same error as connecting with the text would give.
+        None => Connection::connect(url.expose(), ConnectionProperties::default()).await,
+    }
+}
+
+/// The URL parsed, with `frame_max` = [`FRAME_MAX`] unless it names its own.
+fn with_frame_max(url: &str) -> Option<lapin::uri::AMQPUri> {
+    let mut uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Some(uri)
+}
+
 /// One connection that checks, with passive declarations only, that every exchange and
 /// queue of `config.prefix` exists, and says which one does not: for tools, which must
 /// neither declare anything nor wait for a broker that is not there.
@@ -875,7 +922,7 @@ pub async fn check_declared(
     // The first node that answers (a cluster shares its topology).
     let mut connected = Err(QueueError::Unreachable);
     for url in &config.urls {
-        let connect = Connection::connect(url.expose(), ConnectionProperties::default());
+        let connect = connect_to(url);
         connected = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(error.into()),
@@ -1195,6 +1242,10 @@ impl Backend for RabbitBroker {
         self.session().is_some()
     }
 
+    fn publish_nacks(&self) -> u64 {
+        *self.inner.nacks.borrow()
+    }
+
     fn is_embedded(&self) -> bool {
         false
     }
@@ -1400,6 +1451,105 @@ impl Claim for RabbitClaim {
 mod tests {
     use super::*;
     use crate::jittered;
+
+    /// Against the broker of `AMQP_URL` (the local one by default): a queue bound to the
+    /// events exchange that holds one message and refuses more (`reject-publish`) nacks a
+    /// publish; once it has room, the publish that was nacked goes through, and one that never
+    /// finds room is refused when the confirm timeout passes.
+    #[tokio::test]
+    async fn a_nacked_publish_is_published_again_within_the_confirm_timeout() {
+        let url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let stop = CancellationToken::new();
+        let config = AmqpConfig {
+            urls: vec![Secret::new(url)],
+            prefix: format!("nack-{}", uuid::Uuid::new_v4().simple()),
+            publish_channels: 2,
+            confirm_timeout: Duration::from_secs(2),
+            declare: true,
+        };
+        let broker = RabbitBroker::start(&config, vec![Duration::from_secs(1)], stop.clone());
+        let connected = tokio::time::timeout(Duration::from_secs(30), broker.wait_connected(&stop));
+        assert_eq!(connected.await, Ok(true), "a broker at AMQP_URL");
+        let full = format!("{}.full", config.prefix);
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        broker
+            .declare_events_queue(&full, "#", arguments)
+            .await
+            .expect("declare the small queue");
+        let publish = |id: &'static str| {
+            let broker = broker.clone();
+            async move {
+                broker
+                    .publish_to_events("allocation.approved", b"{}", id)
+                    .await
+            }
+        };
+        publish("first").await.expect("room for one");
+
+        let mut nacks = broker.inner.nacks.subscribe();
+        let second = tokio::spawn(publish("second"));
+        tokio::time::timeout(Duration::from_secs(10), nacks.wait_for(|n| *n >= 1))
+            .await
+            .expect("the broker nacks the second")
+            .expect("the broker runs");
+        let taken = broker.take_one(&full).await.expect("take").expect("one");
+        assert_eq!(taken.message_id, "first");
+        second
+            .await
+            .expect("the task ran")
+            .expect("published again once there was room");
+        let taken = broker.take_one(&full).await.expect("take").expect("one");
+        assert_eq!(taken.message_id, "second");
+        assert!(broker.publish_nacks() >= 1);
+
+        publish("third").await.expect("room for one");
+        let refused = publish("fourth").await;
+        assert!(matches!(refused, Err(PublishError::Nacked)), "{refused:?}");
+
+        let channel = broker
+            .session()
+            .expect("connected")
+            .connection
+            .create_channel()
+            .await
+            .expect("channel");
+        channel
+            .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete the small queue");
+        broker.delete_topology().await.expect("clean up");
+        stop.cancel();
+    }
+
+    #[test]
+    fn connections_ask_for_small_frames_unless_the_url_names_a_size() {
+        let asked = |url: &str| with_frame_max(url).and_then(|uri| uri.query.frame_max);
+        assert_eq!(asked("amqp://u:p@h:5672/%2f"), Some(FRAME_MAX));
+        assert_eq!(asked("amqp://h/%2f?heartbeat=5"), Some(FRAME_MAX));
+        assert_eq!(asked("amqp://h/%2f?frame_max=131072"), Some(131_072));
+        assert!(with_frame_max("garbage://").is_none());
+        let uri = with_frame_max("amqps://u:secret@h:5671/vhost?heartbeat=7");
+        let uri = uri.as_ref().expect("a valid URL parses");
+        assert_eq!(
+            (
+                uri.scheme.clone(),
+                uri.authority.host.as_str(),
+                uri.authority.port
+            ),
+            (lapin::uri::AMQPScheme::AMQPS, "h", 5671)
+        );
+        assert_eq!(
+            (uri.vhost.as_str(), uri.query.heartbeat),
+            ("vhost", Some(7))
+        );
+        assert_eq!(uri.authority.userinfo.password, "secret");
+    }
 
     #[test]
     fn node_names_carry_no_credentials() {
