@@ -1794,9 +1794,15 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                     } else {
                         println!("body:      {}", String::from_utf8_lossy(&letter.body));
                     }
+                    // The newest reasons are kept (8 KiB of them): numbered by attempt.
+                    let kept = u32::try_from(letter.reasons.len()).unwrap_or(u32::MAX);
+                    let first = letter.attempts.saturating_sub(kept) + 1;
                     println!("reasons:");
-                    for (i, reason) in letter.reasons.iter().enumerate() {
-                        println!("  {}. {reason}", i + 1);
+                    if first > 1 {
+                        println!("  (attempts 1 to {} are not kept)", first - 1);
+                    }
+                    for (attempt, reason) in (first..).zip(&letter.reasons) {
+                        println!("  {attempt}. {reason}");
                     }
                     Ok(())
                 }

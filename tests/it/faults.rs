@@ -147,6 +147,12 @@ async fn a_dead_letter_is_replayed_once_the_cause_is_fixed() {
     let (ok, shown, _) = cli(&["show", "msg_forbidden"]);
     assert!(ok);
     assert!(shown.contains(&created.resource_uuid), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("  1. ") && l.contains("403")),
+        "the one attempt's reason, numbered: {shown}"
+    );
     let (ok, _, stderr) = cli(&["replay", "msg_missing"]);
     assert!(!ok);
     assert!(
