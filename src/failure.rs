@@ -23,6 +23,45 @@ pub enum ProcessError {
     /// Never possible: the message is dead-lettered with this reason.
     #[error(transparent)]
     Refused(Box<dyn std::error::Error + Send + Sync>),
+    /// A transient failure after the allocation was decided in Puhuri Core, or after a
+    /// decision write whose answer was lost (it may have been applied), and before the
+    /// decision event was published. Retried like any transient failure, but never
+    /// dead-lettered for running out of attempts: the event is owed, and nothing else would
+    /// publish it (the reconciler lists only allocations still waiting).
+    #[error("{0}{OWED}")]
+    Owed(Box<ProcessError>),
+}
+
+/// The end of an attempt reason whose delivery owes a decision event (see
+/// [`ProcessError::Owed`]): later attempts of the delivery read it in the newest reason.
+pub const OWED: &str = " (decided in Puhuri Core, or maybe: its event is owed)";
+
+/// `error` as an owed failure when it is transient (another attempt may publish the event);
+/// as it is otherwise.
+pub fn owed(error: impl Into<ProcessError>) -> ProcessError {
+    match error.into() {
+        owed @ ProcessError::Owed(_) => owed,
+        error if error.is_transient() && !error.is_unauthorized() => {
+            ProcessError::Owed(Box::new(error))
+        }
+        error => error,
+    }
+}
+
+/// The attempt reason of a failure of a delivery that owes its event: the error, cut so that
+/// the reason keeps [`OWED`] at its end within the queue's limit of a reason.
+pub fn owed_reason(error: &ProcessError) -> String {
+    let error = match error {
+        ProcessError::Owed(inner) => inner.to_string(),
+        other => other.to_string(),
+    };
+    let keep = puhuri_queue::REASON_CHARS - OWED.chars().count();
+    format!("{}{OWED}", error.chars().take(keep).collect::<String>())
+}
+
+/// Whether an attempt reason says its delivery owes a decision event.
+pub fn is_owed(reason: &str) -> bool {
+    reason.ends_with(OWED)
 }
 
 impl ProcessError {
@@ -39,7 +78,7 @@ impl ProcessError {
                 error,
                 PuhuriError::Transient { .. } | PuhuriError::Conflict { .. }
             ),
-            ProcessError::NotYet(_) => true,
+            ProcessError::NotYet(_) | ProcessError::Owed(_) => true,
             ProcessError::Refused(_) => false,
         }
     }
@@ -47,14 +86,70 @@ impl ProcessError {
     /// Whether Puhuri Core refused the token (401): not the message's fault, so it goes
     /// back to the queue unprocessed while the service pauses (see `circuit.rs`).
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self, ProcessError::Puhuri(error) if error.is_unauthorized())
+        match self {
+            ProcessError::Puhuri(error) => error.is_unauthorized(),
+            ProcessError::Owed(inner) => inner.is_unauthorized(),
+            _ => false,
+        }
     }
 
     /// How long the server asked to wait, when it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProcessError::Puhuri(PuhuriError::Transient { retry_after, .. }) => *retry_after,
+            ProcessError::Owed(inner) => inner.retry_after(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transient(detail: String) -> ProcessError {
+        ProcessError::Puhuri(PuhuriError::Transient {
+            operation: "approve",
+            detail,
+            retry_after: Some(Duration::from_secs(3)),
+        })
+    }
+
+    #[test]
+    fn an_owed_reason_keeps_its_mark_within_the_reason_limit() {
+        let long = owed(transient("x".repeat(2_000)));
+        assert!(matches!(long, ProcessError::Owed(_)));
+        assert!(long.is_transient());
+        assert_eq!(long.retry_after(), Some(Duration::from_secs(3)));
+        let reason = owed_reason(&long);
+        assert_eq!(reason.chars().count(), puhuri_queue::REASON_CHARS);
+        assert!(is_owed(&reason), "{reason}");
+        // A reason that passed through the queue (cut to its limit) still says so.
+        let kept: String = reason.chars().take(puhuri_queue::REASON_CHARS).collect();
+        assert!(is_owed(&kept));
+        // Marked once, however often it is wrapped; a plain reason is not owed.
+        assert!(
+            matches!(owed(long), ProcessError::Owed(inner) if !matches!(*inner, ProcessError::Owed(_)))
+        );
+        assert!(!is_owed(&transient("HTTP 503".into()).to_string()));
+        let short = owed_reason(&transient("HTTP 503".into()));
+        assert!(short.starts_with("approve: ") && is_owed(&short), "{short}");
+    }
+
+    #[test]
+    fn only_transient_failures_become_owed() {
+        assert!(matches!(
+            owed(ProcessError::refused("a refusal")),
+            ProcessError::Refused(_)
+        ));
+        let unauthorized = ProcessError::Puhuri(PuhuriError::Unauthorized {
+            operation: "approve",
+            detail: "401".into(),
+        });
+        assert!(owed(unauthorized).is_unauthorized());
+        assert!(matches!(
+            owed(ProcessError::NotYet("not yet".into())),
+            ProcessError::Owed(_)
+        ));
     }
 }

@@ -506,13 +506,13 @@ impl Worker {
                         repeat = staged;
                         Ok((outcome, verdict))
                     }
-                    Err(error) => Err(ProcessError::NotYet(
+                    Err(error) => Err(crate::failure::owed(ProcessError::NotYet(
                         format!(
                             "decided ({}), but the decision event was not published: {error}",
                             outcome.name()
                         )
                         .into(),
-                    )),
+                    ))),
                 }
             }
             Err(error) => Err(error),
@@ -574,19 +574,26 @@ impl Worker {
                 (Err(Arc::new(error)), disposition)
             }
             Err(error) if error.is_transient() => {
-                let reason = error.to_string();
+                // A delivery that owes a decision event (this attempt's error says so, or
+                // an earlier attempt's reason) is retried past `max_attempts`, at the last
+                // tier: dead-lettered, its event would never be published.
+                let owed = matches!(error, ProcessError::Owed(_))
+                    || delivery
+                        .reasons
+                        .last()
+                        .is_some_and(|r| crate::failure::is_owed(r));
+                let (reason, max_attempts) = if owed {
+                    (crate::failure::owed_reason(&error), u32::MAX)
+                } else {
+                    (error.to_string(), self.config.max_attempts)
+                };
                 let retry_after = error.retry_after();
                 let disposition = match delivery
-                    .retry_later(
-                        &reason,
-                        self.config.max_attempts,
-                        retry_after,
-                        self.config.retry_jitter,
-                    )
+                    .retry_later(&reason, max_attempts, retry_after, self.config.retry_jitter)
                     .await
                 {
                     Ok(Retried::Scheduled { attempts, delay }) => {
-                        tracing::warn!(error = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "temporary failure; retry scheduled");
+                        tracing::warn!(error = %reason, attempts, retry_in_ms = delay.as_millis() as u64, owed, "temporary failure; retry scheduled");
                         let tiers = self.config.retry_delays.len().max(1) as u32;
                         self.metrics.retry(attempts.clamp(1, tiers));
                         Disposition::RetryScheduled
@@ -733,7 +740,8 @@ impl Worker {
         let waited = as_it_waited(fetched, api);
         let allocation = match self.allocation(&policy, &waited).await {
             Ok(allocation) => allocation,
-            Err(error) if error.is_transient() => return Err(error.into()),
+            // Decided, perhaps by this policy: its event may be owed.
+            Err(error) if error.is_transient() => return Err(crate::failure::owed(error)),
             Err(error) => {
                 tracing::warn!(error = %error, "allocation decided already; not re-evaluated, so no decision event");
                 return Ok((done, None));
@@ -753,7 +761,8 @@ impl Worker {
             if !report.is_empty() && !has_report && fetched.resource.state == ResourceState::Ok {
                 self.client
                     .submit_report(&fetched.resource.uuid, &crate::facts::report(report))
-                    .await?;
+                    .await
+                    .map_err(crate::failure::owed)?;
                 tracing::info!("access report submitted for an allocation approved earlier");
             }
         }
@@ -890,7 +899,7 @@ impl Worker {
         release(claim).await;
         let outcome = match acted {
             Ok(outcome) => outcome,
-            Err(PuhuriError::Conflict { .. }) => {
+            Err(ProcessError::Puhuri(PuhuriError::Conflict { .. })) => {
                 // Someone else moved it: decide by what it is now.
                 let now = self.client.fetch_allocation(&item.hint).await?;
                 match now.waiting(self.client.api()) {
@@ -905,7 +914,7 @@ impl Worker {
                     }
                 }
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error),
         };
         if let (Outcome::Approved { .. }, Action::Approve { report, .. }) =
             (&outcome, &verdict.action)
@@ -950,13 +959,16 @@ impl Worker {
         }
     }
 
-    async fn act(&self, fetched: &Fetched, action: &Action) -> Result<Outcome, PuhuriError> {
+    async fn act(&self, fetched: &Fetched, action: &Action) -> Result<Outcome, ProcessError> {
         match action {
             Action::Approve { backend_id, .. } => {
                 self.client
                     .set_backend_id(&fetched.resource.uuid, backend_id)
                     .await?;
-                self.client.approve(fetched).await?;
+                self.client
+                    .approve(fetched)
+                    .await
+                    .map_err(decision_write_error)?;
                 Ok(Outcome::Approved {
                     backend_id: backend_id.clone(),
                 })
@@ -967,7 +979,10 @@ impl Worker {
                         "the 2021 API takes no rejection comment; terminating without it"
                     );
                 }
-                self.client.reject(fetched, reason).await?;
+                self.client
+                    .reject(fetched, reason)
+                    .await
+                    .map_err(decision_write_error)?;
                 Ok(Outcome::Rejected {
                     reason: reason.clone(),
                 })
@@ -983,7 +998,11 @@ impl Worker {
                         .set_backend_id(&fetched.resource.uuid, backend_id)
                         .await?;
                 }
-                let written = self.client.set_erred(fetched, message).await?;
+                let written = self
+                    .client
+                    .set_erred(fetched, message)
+                    .await
+                    .map_err(decision_write_error)?;
                 if written == ErredWrite::Reject {
                     tracing::info!(
                         "erred is not writable for this offering type; rejected with the message instead"
@@ -993,6 +1012,17 @@ impl Worker {
             }
             Action::Hold { note } => Ok(Outcome::Held { note: note.clone() }),
         }
+    }
+}
+
+/// The error of a decision's own write: one whose answer was lost (a timeout, a 5xx) may
+/// have been applied, so the delivery owes the decision's event (see
+/// [`ProcessError::Owed`]). A conflict or a refusal was not applied.
+fn decision_write_error(error: PuhuriError) -> ProcessError {
+    if error.is_transient() {
+        ProcessError::Owed(Box::new(error.into()))
+    } else {
+        error.into()
     }
 }
 

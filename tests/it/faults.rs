@@ -694,6 +694,68 @@ async fn writes_applied_then_answered_5xx_are_decided_once_with_their_events(bac
     app.stop().await;
 }
 
+crate::on_both_backends!(a_decision_whose_answer_was_lost_owes_its_event_past_max_attempts);
+
+/// A reject takes effect and is answered 502; the reads of the attempts after it fail more
+/// times than `max_attempts` allows. The delivery owes the decision event (nothing else would
+/// publish it: the allocation no longer waits, so the reconciler skips it), so it is retried
+/// at the last tier instead of dead-lettered, and publishes the event once Puhuri Core
+/// answers again.
+async fn a_decision_whose_answer_was_lost_owes_its_event_past_max_attempts(backend: Backend) {
+    let mut app = spawn_app(Options {
+        max_attempts: 2,
+        retry_delays_ms: "[300]",
+        backend,
+        ..Options::default()
+    })
+    .await;
+    let mut events = app.tap_events().await;
+    let cases = app.create_mixed(2).await;
+    let case = &cases[1..];
+    let (created, expect) = &case[0];
+    assert_eq!(*expect, Expect::Reject);
+    app.sim.set_faults(Faults {
+        applied_error_rate: 1.0,
+        applied_error_statuses: vec![502],
+        ..Faults::default()
+    });
+    notify_until_accepted(&app, "msg_owed", created).await;
+    let first = app.settled("msg_owed").await;
+    assert_eq!(first.disposition, Disposition::RetryScheduled, "{first:?}");
+    assert!(
+        app.writes_for(created)
+            .iter()
+            .any(|c| c.applied_status.is_some() && c.status == 502),
+        "the reject was applied and answered 502"
+    );
+    // The next three reads of the allocation fail: past `max_attempts` (2).
+    app.sim.set_faults(Faults {
+        fail_next: 3,
+        fail_path: Some(created.resource_uuid.clone()),
+        fail_status: Some(503),
+        ..Faults::default()
+    });
+    let mut retries = 1;
+    let last = loop {
+        let settled = app.settled("msg_owed").await;
+        match settled.disposition {
+            Disposition::RetryScheduled => retries += 1,
+            _ => break settled,
+        }
+    };
+    assert_eq!(last.disposition, Disposition::Acked, "{last:?}");
+    assert!(
+        matches!(last.result, Ok(Outcome::AlreadyHandled { .. })),
+        "{last:?}"
+    );
+    assert_eq!(retries, 4, "the applied reject, then three failed reads");
+    let tally = app.check_all(case, &mut events, RECOVERY).await;
+    assert_eq!(tally.counts, Counts::default());
+    let broker = &app.running.as_ref().expect("running").broker;
+    assert_eq!(broker.dead_depth().await.expect("dead depth"), 0);
+    app.stop().await;
+}
+
 /// [`crate::helpers::APPROVE_SMALL`] plus erred for every LUMI-Slurm request (the order's
 /// `set_state_erred`, a write Puhuri Core accepts in any state); holds the rest.
 const PAIR_POLICY: &str = r#"

@@ -350,8 +350,8 @@ pub trait Settle: Send {
     ) -> Result<(), QueueError>;
 }
 
-/// The longest reason kept per attempt.
-const REASON_CHARS: usize = 500;
+/// The longest reason kept per attempt, in characters.
+pub const REASON_CHARS: usize = 500;
 
 /// The most bytes of attempt reasons one message carries: the newest reasons that fit (the
 /// attempt count is kept whole). On RabbitMQ they travel in the message's header frame, which
