@@ -6,14 +6,7 @@
 //!
 //! INVARIANT: `publish` returns only after the transaction holding the message has
 //! committed with `synchronous = FULL` in WAL mode, i.e. after the write-ahead log was
-//! fsync'd: a 202 answered after it survives a crash of the process or the machine. So do
-//! recorded events and an operator's replay or purge of dead letters. A batch with none of
-//! these (claims, acks, retries, allocation locks) commits with `synchronous = NORMAL`: it
-//! survives a crash of the process (the commit is in the operating system's cache), and
-//! the loss of the machine takes at most its newest such commits, never an older one or a
-//! later `FULL` one (the log is written in order and every fsync covers what precedes it).
-//! What such a loss undoes is a lease or a settlement: the message is delivered again, as
-//! after any crash, and processed idempotently.
+//! fsync'd: a 202 answered after it survives a crash of the process or the machine.
 //! INVARIANT: a claimed message is leased, not removed: a worker that dies leaves a lease
 //! that expires, and the message is delivered again (`redelivered`). Settling (ack, retry,
 //! dead letter) checks the lease token, so a worker whose lease expired cannot settle a
@@ -322,7 +315,6 @@ impl EmbeddedQueue {
             health: health.clone(),
             files,
             lease_ms,
-            full: true,
         };
         std::thread::Builder::new()
             .name("embedded-queue".into())
@@ -657,8 +649,6 @@ struct Writer {
     health: Arc<Health>,
     files: Files,
     lease_ms: i64,
-    /// Whether the connection's `synchronous` is `FULL` (else `NORMAL`).
-    full: bool,
 }
 
 impl Writer {
@@ -751,37 +741,7 @@ impl Writer {
         }
     }
 
-    /// Sets the connection's `synchronous` for a batch: `FULL` when it holds a write that
-    /// must survive the loss of the machine once answered (see the module's invariants).
-    fn synchronous_for(&mut self, connection: &Connection, batch: &[Op]) -> rusqlite::Result<()> {
-        let full = batch.iter().any(|op| {
-            matches!(
-                op,
-                Op::Publish { .. } | Op::Event { .. } | Op::SettleDead { .. } | Op::Purge { .. }
-            )
-        });
-        if full == self.full {
-            return Ok(());
-        }
-        match connection.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" }) {
-            Ok(()) => self.full = full,
-            // Staying on `FULL` is only slower.
-            Err(error) if !full => {
-                tracing::debug!(error = %error, "synchronous stays FULL for this batch");
-            }
-            Err(error) => return Err(error),
-        }
-        Ok(())
-    }
-
     fn apply_batch(&mut self, connection: &mut Connection, batch: Vec<Op>, next_token: &mut i64) {
-        if let Err(error) = self.synchronous_for(connection, &batch) {
-            let error = StorageError::from(error);
-            for op in batch {
-                fail(op, error.clone());
-            }
-            return;
-        }
         let transaction =
             match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
                 Ok(tx) => tx,
@@ -1928,7 +1888,6 @@ mod tests {
             health: health.clone(),
             files: Files::new(&path),
             lease_ms: 1000,
-            full: true,
         };
         let mut token = 0;
         // No page more than the database has: a write fails as on a full disk.
@@ -1951,62 +1910,6 @@ mod tests {
         let (op, answer) = publish_op("m2", vec![7; 1024]);
         writer.apply_batch(&mut connection, vec![op], &mut token);
         assert!(answer.blocking_recv().expect("answered").is_ok());
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn publishes_commit_with_fsync_and_claims_and_acks_without() {
-        let dir = temp();
-        let path = dir.join("queue.sqlite3");
-        let mut connection = open_initialized(&path).expect("open");
-        let mut writer = Writer {
-            health: Arc::new(Health {
-                writable: std::sync::atomic::AtomicBool::new(true),
-                replaced: std::sync::atomic::AtomicBool::new(false),
-            }),
-            files: Files::new(&path),
-            lease_ms: 1000,
-            full: true,
-        };
-        let synchronous = |connection: &Connection| -> i64 {
-            connection
-                .query_row("PRAGMA synchronous", [], |row| row.get(0))
-                .expect("synchronous")
-        };
-        let (full, normal) = (2, 1);
-        let mut token = 0;
-        let (op, answer) = publish_op("m1", b"{}".to_vec());
-        writer.apply_batch(&mut connection, vec![op], &mut token);
-        assert!(answer.blocking_recv().expect("answered").is_ok());
-        assert_eq!(synchronous(&connection), full);
-        let (reply, claimed) = oneshot::channel();
-        writer.apply_batch(
-            &mut connection,
-            vec![Op::Claim { limit: 1, reply }],
-            &mut token,
-        );
-        let claimed = claimed.blocking_recv().expect("answered").expect("claimed");
-        assert_eq!(synchronous(&connection), normal);
-        let (reply, acked) = oneshot::channel();
-        let ack = Op::Ack {
-            id: claimed[0].id,
-            token: claimed[0].token,
-            event: None,
-            reply,
-        };
-        writer.apply_batch(&mut connection, vec![ack], &mut token);
-        assert!(acked.blocking_recv().expect("answered").is_ok());
-        assert_eq!(synchronous(&connection), normal);
-        // A batch with a publish among claims is durable as a whole.
-        let (op, answer) = publish_op("m2", b"{}".to_vec());
-        let (reply, _claimed) = oneshot::channel();
-        writer.apply_batch(
-            &mut connection,
-            vec![Op::Claim { limit: 1, reply }, op],
-            &mut token,
-        );
-        assert!(answer.blocking_recv().expect("answered").is_ok());
-        assert_eq!(synchronous(&connection), full);
         let _ = std::fs::remove_dir_all(dir);
     }
 
