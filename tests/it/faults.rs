@@ -704,7 +704,7 @@ crate::on_both_backends!(a_decision_whose_answer_was_lost_owes_its_event_past_ma
 async fn a_decision_whose_answer_was_lost_owes_its_event_past_max_attempts(backend: Backend) {
     let mut app = spawn_app(Options {
         max_attempts: 2,
-        retry_delays_ms: "[300]",
+        retry_delays_ms: "[1000]",
         backend,
         ..Options::default()
     })
