@@ -41,9 +41,7 @@ pub const OWED: &str = " (decided in Puhuri Core, or maybe: its event is owed)";
 pub fn owed(error: impl Into<ProcessError>) -> ProcessError {
     match error.into() {
         owed @ ProcessError::Owed(_) => owed,
-        error if error.is_transient() && !error.is_unauthorized() => {
-            ProcessError::Owed(Box::new(error))
-        }
+        error if error.is_transient() => ProcessError::Owed(Box::new(error)),
         error => error,
     }
 }
@@ -124,9 +122,6 @@ mod tests {
         let reason = owed_reason(&long);
         assert_eq!(reason.chars().count(), puhuri_queue::REASON_CHARS);
         assert!(is_owed(&reason), "{reason}");
-        // A reason that passed through the queue (cut to its limit) still says so.
-        let kept: String = reason.chars().take(puhuri_queue::REASON_CHARS).collect();
-        assert!(is_owed(&kept));
         // Marked once, however often it is wrapped; a plain reason is not owed.
         assert!(
             matches!(owed(long), ProcessError::Owed(inner) if !matches!(*inner, ProcessError::Owed(_)))
